@@ -1,0 +1,172 @@
+"""Pure decoders: ``bytes -> Fix | Rejection``. They never raise on any input.
+
+The native fix format (DESIGN.md) on ``devices/{device_id}/fix`` is a JSON object::
+
+    {"ts": "2026-11-23T10:00:00Z" | 1795428000.0, "lat": 50.85, "lon": 4.35, "acc": 8,
+     "alt": 60, "speed": 1.4, "heading": 90, "battery": 80, "seq": 17}
+
+``ts``, ``lat`` and ``lon`` are required; ``acc`` is strongly expected (without it the fix's
+accuracy is unknown); the rest is optional.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ingest.model import Fix, Rejection, RejectReason
+
+#: Payloads larger than this are not parsed (a fix is about 150 bytes).
+MAX_PAYLOAD_BYTES = 64 * 1024
+#: A fix time later than its arrival by more than this is a device clock fault, not a fix.
+MAX_FUTURE_S = 300.0
+#: Fix times before 2000-01-01 are a device that has not synchronised its clock.
+MIN_EPOCH_S = 946684800.0
+
+FIX_TOPIC_PREFIX = "devices/"
+FIX_TOPIC_SUFFIX = "/fix"
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def device_from_fix_topic(topic: str) -> str | None:
+    """``devices/{device_id}/fix`` -> ``device_id``; None for any other topic.
+
+    >>> device_from_fix_topic("devices/tag-17/fix")
+    'tag-17'
+    >>> device_from_fix_topic("devices//fix") is None
+    True
+    """
+    if not (topic.startswith(FIX_TOPIC_PREFIX) and topic.endswith(FIX_TOPIC_SUFFIX)):
+        return None
+    device = topic[len(FIX_TOPIC_PREFIX) : -len(FIX_TOPIC_SUFFIX)]
+    if not device or "/" in device:
+        return None
+    return device
+
+
+def _number(obj: dict[str, Any], key: str, lo: float, hi: float, required: bool) -> float:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise _Invalid(RejectReason.MISSING_FIELD, f"field '{key}' is required")
+        return math.nan
+    # bool is an int in Python; true/false is never a coordinate.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Invalid(
+            RejectReason.BAD_TYPE, f"field '{key}' must be a number, got {type(value).__name__}"
+        )
+    x = float(value)
+    if not (lo <= x <= hi):  # also rejects NaN and infinities
+        raise _Invalid(RejectReason.OUT_OF_RANGE, f"field '{key}' = {value!r} is outside [{lo}, {hi}]")
+    return x
+
+
+def parse_timestamp(value: object) -> float:
+    """``ts`` as ISO 8601 with a UTC offset, or epoch seconds -> epoch seconds (float).
+
+    >>> parse_timestamp("2026-11-23T10:00:00Z")
+    1795428000.0
+    >>> parse_timestamp(1795428000)
+    1795428000.0
+    """
+    if isinstance(value, bool):
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, "field 'ts' must be ISO 8601 or epoch seconds")
+    if isinstance(value, int | float):
+        t = float(value)
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise _Invalid(
+                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not ISO 8601"
+            ) from exc
+        if dt.tzinfo is None:
+            raise _Invalid(
+                RejectReason.BAD_TIMESTAMP,
+                f"field 'ts' = {value!r} has no UTC offset; send e.g. '2026-11-23T10:00:00Z'",
+            )
+        t = dt.timestamp()
+    else:
+        raise _Invalid(
+            RejectReason.BAD_TIMESTAMP,
+            f"field 'ts' must be ISO 8601 or epoch seconds, got {type(value).__name__}",
+        )
+    if not (MIN_EPOCH_S <= t < 1e11):
+        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not a plausible time")
+    return t
+
+
+def decode_fix(topic: str, payload: bytes, t_recv: float) -> Fix | Rejection:
+    """Decode one native fix message; never raises.
+
+    Parameters
+    ----------
+    topic : str
+        The MQTT topic, ``devices/{device_id}/fix``.
+    payload : bytes
+        The message body (UTF-8 JSON).
+    t_recv : float
+        Arrival time, UTC epoch seconds.
+    """
+    device = device_from_fix_topic(topic)
+    if device is None:
+        return Rejection(
+            topic, None, RejectReason.BAD_TOPIC, "expected devices/{device_id}/fix", t_recv
+        )
+    try:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise _Invalid(
+                RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+            )
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise _Invalid(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise _Invalid(
+                RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+            )
+        if "ts" not in obj:
+            raise _Invalid(RejectReason.MISSING_FIELD, "field 'ts' is required")
+        t_fix = parse_timestamp(obj["ts"])
+        if t_fix > t_recv + MAX_FUTURE_S:
+            raise _Invalid(
+                RejectReason.FUTURE_TIMESTAMP,
+                f"fix time is {t_fix - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s):"
+                " check the device clock",
+            )
+        lat = _number(obj, "lat", -90.0, 90.0, required=True)
+        lon = _number(obj, "lon", -180.0, 180.0, required=True)
+        acc = _number(obj, "acc", 0.0, 1e6, required=False)
+        seq_raw = obj.get("seq")
+        if seq_raw is None:
+            seq = -1
+        elif isinstance(seq_raw, int) and not isinstance(seq_raw, bool) and 0 <= seq_raw < 2**63:
+            seq = seq_raw
+        else:
+            raise _Invalid(RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0")
+        return Fix(
+            device=device,
+            t_fix=t_fix,
+            t_recv=t_recv,
+            lat=lat,
+            lon=lon,
+            # 0 is what many devices send when they do not know: unknown, never "perfect".
+            acc_m=acc if acc > 0.0 else math.nan,
+            alt_m=_number(obj, "alt", -1000.0, 100000.0, required=False),
+            speed_mps=_number(obj, "speed", 0.0, 1000.0, required=False),
+            heading_deg=_number(obj, "heading", 0.0, 360.0, required=False),
+            battery_pct=_number(obj, "battery", 0.0, 100.0, required=False),
+            seq=seq,
+        )
+    except _Invalid as bad:
+        return Rejection(topic, device, bad.reason, bad.detail, t_recv)

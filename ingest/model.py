@@ -1,0 +1,70 @@
+"""Value types that leave the ingest edge."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class IngestError(Exception):
+    """Base of the errors raised by :mod:`ingest` (bad broker address, bad topic, ...)."""
+
+
+class RejectReason(StrEnum):
+    """Why a message was not turned into a fix. The values are the codes on the wire."""
+
+    BAD_TOPIC = "bad_topic"
+    TOO_LARGE = "too_large"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+    FUTURE_TIMESTAMP = "future_timestamp"
+    UNKNOWN_DEVICE = "unknown_device"
+
+
+@dataclass(frozen=True, slots=True)
+class Fix:
+    """One validated position report.
+
+    Times are UTC epoch seconds: ``t_fix`` is when the device took the fix (it drives every
+    rule), ``t_recv`` when it reached us (kept for latency accounting). ``acc_m`` is the 68 %
+    horizontal radius in metres; NaN means unknown (a device that sends 0 or nothing).
+    Optional fields are NaN (floats) or -1 (``seq``) when absent.
+    """
+
+    device: str
+    t_fix: float
+    t_recv: float
+    lat: float
+    lon: float
+    acc_m: float = math.nan
+    alt_m: float = math.nan
+    speed_mps: float = math.nan
+    heading_deg: float = math.nan
+    battery_pct: float = math.nan
+    seq: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that was not used, with the reason code and a sentence for a person."""
+
+    topic: str
+    device: str | None
+    reason: RejectReason
+    detail: str
+    t_recv: float
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON object published on the rejection topic (DESIGN.md contract)."""
+        return {
+            "topic": self.topic,
+            "device": self.device,
+            "reason": self.reason.value,
+            "detail": self.detail,
+            "received": self.t_recv,
+        }

@@ -1,0 +1,103 @@
+"""MQTT transport shared by every client of the project: broker address and client factory."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ingest.model import IngestError
+
+DEFAULT_PORT = 1883
+KEEPALIVE_S = 30
+CONNECT_TIMEOUT_S = 10.0
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://HOST:PORT`` (or ``HOST:PORT``, or ``HOST``) -> :class:`BrokerAddress`.
+
+    >>> parse_broker_url("mqtt://127.0.0.1:1884")
+    BrokerAddress(host='127.0.0.1', port=1884)
+    >>> parse_broker_url("localhost")
+    BrokerAddress(host='localhost', port=1883)
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = "mqtt://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in {"mqtt", "tcp"}:
+        raise IngestError(
+            f"broker URL {url!r}: scheme {parts.scheme!r} is not supported; use mqtt://HOST:PORT"
+        )
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError as exc:
+        raise IngestError(f"broker URL {url!r}: the port must be a number 1-65535") from exc
+    if not parts.hostname:
+        raise IngestError(f"broker URL {url!r} names no host; use mqtt://HOST:PORT")
+    return BrokerAddress(parts.hostname, port)
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # paho leaves Nagle's algorithm on; with QoS 1 it meets the peer's delayed ACK and every
+    # small publish waits ~40 ms. Alarms and fixes are small and urgent: send at once.
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def make_client(client_id: str = "") -> mqtt.Client:
+    """A paho client speaking MQTT 5 with the version-2 callback API and TCP_NODELAY set."""
+    client = mqtt.Client(
+        callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    client.on_socket_open = _set_nodelay
+    client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+    return client
+
+
+def connect(
+    client: mqtt.Client,
+    broker: BrokerAddress,
+    *,
+    clean_start: bool = True,
+    session_expiry_s: int = 0,
+) -> None:
+    """Connect (blocking for the TCP part) and start paho's network thread.
+
+    With ``clean_start=False`` and a session expiry, the broker keeps the subscriptions and
+    queues QoS 1 messages while the client is away (the engine restarting).
+    """
+    props = Properties(PacketTypes.CONNECT)
+    if session_expiry_s > 0:
+        props.SessionExpiryInterval = session_expiry_s
+    try:
+        client.connect(
+            broker.host,
+            broker.port,
+            keepalive=KEEPALIVE_S,
+            clean_start=clean_start,
+            properties=props,
+        )
+    except OSError as exc:
+        raise IngestError(
+            f"cannot reach the MQTT broker at {broker}: {exc}. Is Mosquitto running there?"
+        ) from exc
+    client.loop_start()

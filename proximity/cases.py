@@ -1,0 +1,232 @@
+"""The case file: parsing and validation into immutable :class:`Case` values.
+
+Shape (DESIGN.md)::
+
+    {"cases": [{"id": "BE-2026-0001", "offenders": ["tag-17"], "protected": ["phone-42"],
+                "order": {"distance_m": 500, "warning_distance_m": 1000},
+                "summary": {"offender_name": "...", "victim_phone": "...", ...},
+                "zones": {"type": "FeatureCollection", "features": [...]}}],
+     "devices": [{"id": "phone-42", "reporting_interval_s": 30, ...}]}
+
+Validation collects every problem of the file before failing, and names the case and field
+of each, so a file can be corrected in one pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from proximity.errors import CaseFileError
+
+MAX_ORDER_DISTANCE_M = 100_000.0
+#: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.
+FORBIDDEN_ID_CHARS = frozenset("/+#")
+ZONE_KINDS = frozenset({"exclusion", "inclusion"})
+CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones"})
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One court order: who must stay away from whom, how far, and what the team must know."""
+
+    id: str
+    offenders: tuple[str, ...]
+    protected: tuple[str, ...]
+    order_distance_m: float
+    warning_distance_m: float
+    summary: Mapping[str, str] = field(default_factory=dict)
+    zones: Mapping[str, Any] = field(
+        default_factory=lambda: {"type": "FeatureCollection", "features": []}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device described in the file's optional ``devices`` list (aliases, interval, ...)."""
+
+    id: str
+    info: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFile:
+    cases: tuple[Case, ...]
+    devices: tuple[Device, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def _device_id_problem(value: object) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return f"must be a non-empty string, got {value!r}"
+    if value != value.strip():
+        return f"{value!r} has leading or trailing spaces"
+    bad = sorted(FORBIDDEN_ID_CHARS & set(value))
+    if bad:
+        return f"{value!r} contains {''.join(bad)!r}, which MQTT topics do not allow"
+    return None
+
+
+def _positive(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    x = float(value)
+    return x if math.isfinite(x) and x > 0 else None
+
+
+def _check_devices(where: str, key: str, value: object, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        problems.append(f"{where}: '{key}' must be a non-empty list of device ids")
+        return ()
+    out: list[str] = []
+    for i, dev in enumerate(value):
+        problem = _device_id_problem(dev)
+        if problem:
+            problems.append(f"{where}: '{key}[{i}]' {problem}")
+        elif dev in out:
+            problems.append(f"{where}: '{key}' lists {dev!r} twice")
+        else:
+            out.append(str(dev))
+    return tuple(out)
+
+
+def _check_zones(where: str, value: object, problems: list[str]) -> dict[str, Any]:
+    empty: dict[str, Any] = {"type": "FeatureCollection", "features": []}
+    if value is None:
+        return empty
+    if not isinstance(value, dict) or value.get("type") != "FeatureCollection":
+        problems.append(f"{where}: 'zones' must be a GeoJSON FeatureCollection")
+        return empty
+    features = value.get("features")
+    if not isinstance(features, list):
+        problems.append(f"{where}: 'zones.features' must be a list")
+        return empty
+    for i, feat in enumerate(features):
+        fw = f"{where}: 'zones.features[{i}]'"
+        if not isinstance(feat, dict) or feat.get("type") != "Feature":
+            problems.append(f"{fw} must be a GeoJSON Feature")
+            continue
+        props = feat.get("properties")
+        if not isinstance(props, dict):
+            problems.append(f"{fw} needs 'properties' with 'kind' and 'label'")
+            continue
+        if props.get("kind") not in ZONE_KINDS:
+            problems.append(
+                f"{fw}: 'properties.kind' must be 'exclusion' or 'inclusion', got {props.get('kind')!r}"
+            )
+        label = props.get("label")
+        if not isinstance(label, str) or not label.strip():
+            problems.append(f"{fw}: 'properties.label' must be a non-empty string (shown to the operator)")
+        if not isinstance(feat.get("geometry"), dict):
+            problems.append(f"{fw}: 'geometry' must be a GeoJSON geometry object")
+    return value
+
+
+def _parse_case(where: str, raw: dict[str, Any], problems: list[str], warnings: list[str]) -> Case | None:
+    before = len(problems)
+    unknown = sorted(set(raw) - CASE_KEYS)
+    if unknown:
+        warnings.append(f"{where}: ignored unknown field(s) {', '.join(map(repr, unknown))}")
+    case_id = raw["id"]
+    offenders = _check_devices(where, "offenders", raw.get("offenders"), problems)
+    protected = _check_devices(where, "protected", raw.get("protected"), problems)
+    for dev in sorted(set(offenders) & set(protected)):
+        problems.append(f"{where}: device {dev!r} is both an offender and a protected person")
+
+    order = raw.get("order")
+    distance = warning = math.nan
+    if not isinstance(order, dict):
+        problems.append(f"{where}: 'order' must be an object with 'distance_m' (metres)")
+    else:
+        d = _positive(order.get("distance_m"))
+        if d is None or d > MAX_ORDER_DISTANCE_M:
+            problems.append(
+                f"{where}: 'order.distance_m' must be a number of metres in (0, {MAX_ORDER_DISTANCE_M:.0f}],"
+                f" got {order.get('distance_m')!r}"
+            )
+        else:
+            distance = d
+            w_raw = order.get("warning_distance_m")
+            if w_raw is None:
+                warning = 2.0 * d
+            else:
+                w = _positive(w_raw)
+                if w is None or w < d:
+                    problems.append(
+                        f"{where}: 'order.warning_distance_m' must be a number of metres >= "
+                        f"'order.distance_m' ({d:g}), got {w_raw!r}"
+                    )
+                else:
+                    warning = w
+
+    summary_raw = raw.get("summary", {})
+    summary: dict[str, str] = {}
+    if not isinstance(summary_raw, dict):
+        problems.append(f"{where}: 'summary' must be an object of text fields")
+    else:
+        for key, val in summary_raw.items():
+            if not isinstance(val, str):
+                problems.append(
+                    f"{where}: 'summary.{key}' must be text (quote numbers such as phone numbers),"
+                    f" got {type(val).__name__}"
+                )
+            else:
+                summary[key] = val
+    zones = _check_zones(where, raw.get("zones"), problems)
+    if len(problems) > before:
+        return None
+    return Case(str(case_id), offenders, protected, distance, warning, summary, zones)
+
+
+def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
+    """Validate a decoded case file; raise :class:`CaseFileError` listing every problem."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not isinstance(doc, dict):
+        raise CaseFileError(source, ['the file must be a JSON object with a "cases" list'])
+    raw_cases = doc.get("cases")
+    if not isinstance(raw_cases, list):
+        raise CaseFileError(source, ['"cases" must be a list of case objects'])
+
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_cases):
+        if not isinstance(raw, dict):
+            problems.append(f"cases[{i}]: must be an object")
+            continue
+        case_id = raw.get("id")
+        if not isinstance(case_id, str) or not case_id.strip():
+            problems.append(f"cases[{i}]: 'id' must be a non-empty string, got {case_id!r}")
+            continue
+        where = f"cases[{i}] ({case_id})"
+        if case_id in seen:
+            problems.append(f"{where}: the id appears more than once in the file")
+            continue
+        seen.add(case_id)
+        case = _parse_case(where, raw, problems, warnings)
+        if case is not None:
+            cases.append(case)
+
+    devices: list[Device] = []
+    raw_devices = doc.get("devices", [])
+    if not isinstance(raw_devices, list):
+        problems.append('"devices" must be a list of device objects')
+        raw_devices = []
+    seen_dev: set[str] = set()
+    for i, raw in enumerate(raw_devices):
+        dev_id = raw.get("id") if isinstance(raw, dict) else None
+        problem = _device_id_problem(dev_id) if isinstance(raw, dict) else "must be an object"
+        if problem:
+            problems.append(f"devices[{i}]: 'id' {problem}")
+        elif dev_id in seen_dev:
+            problems.append(f"devices[{i}] ({dev_id}): the id appears more than once")
+        else:
+            assert isinstance(raw, dict) and isinstance(dev_id, str)
+            seen_dev.add(dev_id)
+            devices.append(Device(dev_id, {k: v for k, v in raw.items() if k != "id"}))
+
+    if problems:
+        raise CaseFileError(source, problems)
+    return CaseFile(tuple(cases), tuple(devices), tuple(warnings))

@@ -1,0 +1,166 @@
+"""The case registry: cases, their devices and orders, in SQLite (the embedded default)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+
+from proximity.cases import Case, CaseFile, Device
+from proximity.errors import RegistryError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cases (
+    id                 TEXT PRIMARY KEY,
+    order_distance_m   REAL NOT NULL CHECK (order_distance_m > 0),
+    warning_distance_m REAL NOT NULL CHECK (warning_distance_m >= order_distance_m),
+    summary            TEXT NOT NULL,  -- JSON object of text fields
+    zones              TEXT NOT NULL,  -- GeoJSON FeatureCollection
+    updated_at         TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS case_devices (
+    case_id   TEXT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
+    device_id TEXT NOT NULL,
+    role      TEXT NOT NULL CHECK (role IN ('offender', 'protected')),
+    position  INTEGER NOT NULL,
+    PRIMARY KEY (case_id, device_id)
+);
+CREATE INDEX IF NOT EXISTS case_devices_by_device ON case_devices(device_id);
+CREATE TABLE IF NOT EXISTS devices (
+    id   TEXT PRIMARY KEY,
+    info TEXT NOT NULL  -- JSON object: aliases, reporting interval, ...
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    created: tuple[str, ...]
+    updated: tuple[str, ...]
+    devices: int
+
+
+class Registry:
+    """A SQLite registry file. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise RegistryError(
+                f"cannot open the registry {self.path}: folder {self.path.parent} does not exist"
+            )
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RegistryError(
+                    f"{self.path} was written by a newer version (schema {row[0]}); upgrade"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise RegistryError(f"cannot use {self.path} as a registry: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def import_file(self, case_file: CaseFile) -> ImportReport:
+        """Write every case and device of the file in one transaction (all or nothing).
+
+        A case whose id is already registered is replaced by the file's version.
+        """
+        now = datetime.now(UTC).isoformat()
+        created: list[str] = []
+        updated: list[str] = []
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for case in case_file.cases:
+                exists = db.execute("SELECT 1 FROM cases WHERE id=?", (case.id,)).fetchone()
+                (updated if exists else created).append(case.id)
+                db.execute(
+                    "INSERT INTO cases(id, order_distance_m, warning_distance_m, summary, zones,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " order_distance_m=excluded.order_distance_m,"
+                    " warning_distance_m=excluded.warning_distance_m,"
+                    " summary=excluded.summary, zones=excluded.zones, updated_at=excluded.updated_at",
+                    (
+                        case.id,
+                        case.order_distance_m,
+                        case.warning_distance_m,
+                        json.dumps(dict(case.summary), ensure_ascii=False),
+                        json.dumps(case.zones, ensure_ascii=False),
+                        now,
+                    ),
+                )
+                db.execute("DELETE FROM case_devices WHERE case_id=?", (case.id,))
+                rows = [(case.id, d, "offender", i) for i, d in enumerate(case.offenders)]
+                rows += [(case.id, d, "protected", i) for i, d in enumerate(case.protected)]
+                db.executemany(
+                    "INSERT INTO case_devices(case_id, device_id, role, position)"
+                    " VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            for dev in case_file.devices:
+                db.execute(
+                    "INSERT INTO devices(id, info) VALUES (?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET info=excluded.info",
+                    (dev.id, json.dumps(dict(dev.info), ensure_ascii=False)),
+                )
+            db.execute("COMMIT")
+        except BaseException as exc:
+            db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise RegistryError(f"import into {self.path} failed, nothing written: {exc}") from exc
+            raise
+        return ImportReport(tuple(created), tuple(updated), len(case_file.devices))
+
+    def cases(self) -> list[Case]:
+        """Every registered case, ordered by id."""
+        members: dict[str, dict[str, list[str]]] = {}
+        for case_id, device_id, role in self._db.execute(
+            "SELECT case_id, device_id, role FROM case_devices ORDER BY case_id, role, position"
+        ):
+            members.setdefault(case_id, {"offender": [], "protected": []})[role].append(device_id)
+        out = []
+        for case_id, order_m, warning_m, summary, zones in self._db.execute(
+            "SELECT id, order_distance_m, warning_distance_m, summary, zones FROM cases ORDER BY id"
+        ):
+            m = members.get(case_id, {"offender": [], "protected": []})
+            out.append(
+                Case(
+                    id=case_id,
+                    offenders=tuple(m["offender"]),
+                    protected=tuple(m["protected"]),
+                    order_distance_m=order_m,
+                    warning_distance_m=warning_m,
+                    summary=json.loads(summary),
+                    zones=json.loads(zones),
+                )
+            )
+        return out
+
+    def devices(self) -> list[Device]:
+        return [
+            Device(dev_id, json.loads(info))
+            for dev_id, info in self._db.execute("SELECT id, info FROM devices ORDER BY id")
+        ]
