@@ -1,0 +1,3 @@
+from proximity.cli import main
+
+raise SystemExit(main())

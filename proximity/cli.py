@@ -1,0 +1,240 @@
+"""Command line: ``proximity run``, ``proximity cases import|list``, ``proximity demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from proximity.cases import parse_case_file
+from proximity.errors import CaseFileError, ProximityError
+from proximity.registry import Registry
+from proximity.settings import Settings, load_settings
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+
+_ENV_HELP = """\
+Every setting can also come from an environment variable (PROXIMITY_BROKER, PROXIMITY_DB,
+PROXIMITY_ALARM_TOPIC, ...: PROXIMITY_ and the upper-case name) or from a TOML config file
+(--config FILE or PROXIMITY_CONFIG) with the same names, e.g.
+
+    broker = "mqtt://10.0.0.5:1883"
+    db = "/var/lib/proximity/registry.sqlite"
+    margin_min_m = 30
+
+Precedence: command-line flag > environment variable > config file > default.
+"""
+
+
+def _help(name: str) -> str:
+    field = Settings.model_fields[name]
+    return f"{field.description} (default: {field.default})"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, metavar="PATH", help=_help("db"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proximity",
+        description="Electronic tracking and geofence proximity engine for stalking and"
+        " restraining-order cases: GPS fixes in over MQTT, stalking alarms out to the"
+        " police emergency centre (CIC).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run 'proximity COMMAND --help' for each command's options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the engine against an MQTT broker",
+        description="Subscribe to devices/+/fix, keep the last fix of every device, evaluate"
+        " the offender/protected-person pairs of the registered cases, and publish an alarm"
+        " on the alarm topic (QoS 1) whenever a pair enters or leaves breach of its order."
+        " Stops cleanly on Ctrl-C or SIGTERM.",
+        epilog=_ENV_HELP
+        + "\nExample:\n  proximity run --broker mqtt://127.0.0.1:1883 --db cases.sqlite\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--broker", metavar="URL", help=_help("broker"))
+    _add_db(run)
+    _add_config(run)
+    run.add_argument("--client-id", metavar="ID", help=_help("client_id"))
+    run.add_argument("--alarm-topic", metavar="TOPIC", help=_help("alarm_topic"))
+    run.add_argument("--rejected-topic", metavar="TOPIC", help=_help("rejected_topic"))
+    run.add_argument("--status-topic", metavar="TOPIC", help=_help("status_topic"))
+    run.add_argument("--status-interval-s", type=float, metavar="S", help=_help("status_interval_s"))
+    run.add_argument("--margin-fraction", type=float, metavar="F", help=_help("margin_fraction"))
+    run.add_argument("--margin-min-m", type=float, metavar="M", help=_help("margin_min_m"))
+    run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
+
+    cases = sub.add_parser("cases", help="import and list cases in the registry")
+    cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="ACTION")
+    imp = cases_sub.add_parser(
+        "import",
+        help="import a case file (JSON) into the registry",
+        description="Validate a case file and write all its cases in one transaction: if any"
+        " case has a problem, every problem is listed and nothing is imported. A case whose"
+        " id is already registered is replaced. The file format is in the README.",
+        epilog="Example:\n  proximity cases import cases.json --db cases.sqlite\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    imp.add_argument("file", type=Path, metavar="FILE", help="case file (JSON)")
+    _add_db(imp)
+    _add_config(imp)
+    lst = cases_sub.add_parser(
+        "list",
+        help="list the registered cases",
+        description="List the cases in the registry: devices, order and warning distances.",
+    )
+    _add_db(lst)
+    _add_config(lst)
+    lst.add_argument("--json", action="store_true", help="print the cases as JSON")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a self-contained demonstration (private broker, simulated devices)",
+        description="Start a private Mosquitto on a free port, write generated cases to a"
+        " temporary SQLite registry, start the engine ('proximity run') and simulated"
+        " devices (walking and driving people, some approaching their victims, with GPS"
+        " noise), print alarms as they arrive, and end with a summary: fixes processed,"
+        " alarms, detection against ground truth, and latency from fix publication to alarm"
+        " reception.",
+    )
+    demo.add_argument("--duration", type=float, default=60.0, metavar="S",
+                      help="seconds of simulated movement (default: 60)")
+    demo.add_argument("--pairs", type=int, default=24, metavar="N",
+                      help="number of cases (offender/victim pairs) to simulate (default: 24)")
+    demo.add_argument("--interval", type=float, default=1.0, metavar="S",
+                      help="seconds between fixes of each device (default: 1)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
+    demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    return parser
+
+
+def _settings(args: argparse.Namespace, **flags: object) -> Settings:
+    return load_settings(getattr(args, "config", None), db=getattr(args, "db", None), **flags)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from proximity.service import EngineService
+
+    settings = _settings(
+        args,
+        broker=args.broker,
+        client_id=args.client_id,
+        alarm_topic=args.alarm_topic,
+        rejected_topic=args.rejected_topic,
+        status_topic=args.status_topic,
+        status_interval_s=args.status_interval_s,
+        margin_fraction=args.margin_fraction,
+        margin_min_m=args.margin_min_m,
+        log_level=args.log_level,
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    EngineService(settings).run(stop)
+    return EXIT_OK
+
+
+def _cmd_cases_import(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    try:
+        doc = json.loads(args.file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"error: case file {args.file} does not exist", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        print(f"error: {args.file} is not valid JSON: {exc}; nothing was imported", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    case_file = parse_case_file(doc, str(args.file))
+    for warning in case_file.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    with Registry(settings.db) as registry:
+        report = registry.import_file(case_file)
+    print(
+        f"imported {len(case_file.cases)} case(s) into {settings.db}:"
+        f" {len(report.created)} new, {len(report.updated)} replaced"
+        + (f"; {report.devices} device description(s)" if report.devices else "")
+    )
+    return EXIT_OK
+
+
+def _cmd_cases_list(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.db.exists():
+        print(f"error: registry {settings.db} does not exist; import a case file first",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with Registry(settings.db) as registry:
+        cases = registry.cases()
+    if args.json:
+        print(json.dumps([
+            {"id": c.id, "offenders": list(c.offenders), "protected": list(c.protected),
+             "order": {"distance_m": c.order_distance_m, "warning_distance_m": c.warning_distance_m},
+             "summary": dict(c.summary), "zones": c.zones}
+            for c in cases
+        ], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not cases:
+        print(f"no cases in {settings.db}")
+        return EXIT_OK
+    rows = [("CASE", "OFFENDERS", "PROTECTED", "ORDER_M", "WARNING_M", "ZONES")]
+    for c in cases:
+        rows.append((c.id, ",".join(c.offenders), ",".join(c.protected),
+                     f"{c.order_distance_m:g}", f"{c.warning_distance_m:g}",
+                     str(len(c.zones.get("features", [])))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print(f"{len(cases)} case(s)")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from proximity.demo import DemoOptions, run_demo
+
+    return run_demo(DemoOptions(duration_s=args.duration, pairs=args.pairs,
+                                interval_s=args.interval, seed=args.seed, quiet=args.quiet))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "cases":
+            if args.cases_command == "import":
+                return _cmd_cases_import(args)
+            return _cmd_cases_list(args)
+        return _cmd_demo(args)
+    except CaseFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ProximityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE

@@ -1,0 +1,224 @@
+"""``proximity demo``: the whole flow on embedded defaults, in about a minute.
+
+A private Mosquitto on a free port, a temporary SQLite registry with generated cases, the
+engine as its own process (``proximity run``, exactly as deployed), simulated devices
+publishing fixes, and a CIC-side listener that prints alarms as they arrive and measures the
+latency from a fix's publication to the alarm it caused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+
+from ingest.transport import connect, make_client, parse_broker_url
+from proximity.cases import parse_case_file
+from proximity.errors import ProximityError
+from proximity.registry import Registry
+from simulator.broker import LocalBroker
+from simulator.fleet import Fleet
+from simulator.scenario import generate
+
+ENGINE_START_TIMEOUT_S = 180.0  # the first start on a machine compiles the kernels
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class DemoOptions:
+    duration_s: float = 60.0
+    pairs: int = 24
+    interval_s: float = 1.0
+    seed: int = 7
+    quiet: bool = False
+
+
+@dataclass
+class _Listener:
+    """The CIC side: collects alarms and the engine's status."""
+
+    alarms: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    online: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        arrived = time.perf_counter()
+        try:
+            body = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        with self.lock:
+            if msg.topic == "proximity/status":
+                self.status = body
+                if body.get("state") == "online":
+                    self.online.set()
+            elif msg.topic == "cic/alarms":
+                self.alarms.append((arrived, body))
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+def run_demo(opts: DemoOptions) -> int:
+    if opts.pairs < 1 or opts.duration_s <= 0 or opts.interval_s <= 0:
+        print("error: --pairs, --duration and --interval must be positive", file=sys.stderr)
+        return 2
+    say = (lambda *a: None) if opts.quiet else print
+    work = Path(tempfile.mkdtemp(prefix="proximity-demo-"))
+    engine: subprocess.Popen[bytes] | None = None
+    broker = LocalBroker(work)
+    monitor = make_client("")
+    try:
+        broker.start()
+        say(f"broker     Mosquitto at {broker.url} (private, loopback)")
+
+        scenario = generate(opts.pairs, opts.duration_s, seed=opts.seed)
+        case_path = work / "cases.json"
+        case_path.write_text(json.dumps(scenario.case_file(), indent=2))
+        db = work / "registry.sqlite"
+        with Registry(db) as registry:
+            registry.import_file(parse_case_file(scenario.case_file(), str(case_path)))
+        kinds = Counter(k.split("/")[0] for k in scenario.kinds.values())
+        say(f"registry   {len(scenario.cases)} generated cases in {db}: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+
+        listener = _Listener()
+        monitor.on_message = listener.on_message
+        connect(monitor, parse_broker_url(broker.url))
+        monitor.subscribe([("cic/alarms", 1), ("proximity/status", 1)])
+
+        engine_log = (work / "engine.log").open("wb")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "proximity", "run", "--broker", broker.url, "--db", str(db),
+             "--status-interval-s", "1"],
+            stdout=engine_log, stderr=subprocess.STDOUT, env=env,
+        )
+        engine_log.close()
+        say("engine     starting 'proximity run' (the first start compiles the kernels) ...")
+        deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
+        while not listener.online.wait(0.5):
+            if engine.poll() is not None or time.monotonic() > deadline:
+                tail = (work / "engine.log").read_text(errors="replace")[-3000:]
+                raise ProximityError(f"the engine did not come online:\n{tail}")
+        say(f"engine     online: {listener.status.get('pairs')} pairs of"
+            f" {listener.status.get('devices')} devices")
+
+        fleet = Fleet(scenario, parse_broker_url(broker.url), opts.interval_s, opts.seed)
+        say(f"devices    {len(scenario.tracks)} simulated devices, one fix every"
+            f" {opts.interval_s:g} s for {opts.duration_s:g} s\n")
+        printed = 0
+        next_progress = PROGRESS_EVERY_S
+        injected = False
+        t0 = time.perf_counter()
+
+        def on_tick(now: float) -> None:
+            nonlocal printed, next_progress, injected
+            with listener.lock:
+                new = listener.alarms[printed:]
+                printed = len(listener.alarms)
+            for arrived, a in new:
+                lat_ms = _latency_ms(fleet, arrived, a)
+                say(f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():5s} {a['case_id']}"
+                    f"  {a['offender']['device']} -> {a['victim']['device']}"
+                    f"  {a['distance_m']:6.0f} m (order {a['order_distance_m']:.0f} m)"
+                    f"  latency {lat_ms:.1f} ms")
+            if not injected and now > opts.duration_s / 3:
+                injected = True
+                # Bad input must be rejected with a reason and never stop the engine.
+                fleet.publish_raw("devices/tag-001/fix", b"{not json")
+                fleet.publish_raw("devices/tag-001/fix", b'{"ts": 1, "lat": 95.0, "lon": 4.3}')
+                fleet.publish_raw("devices/unknown-99/fix",
+                                  orjson.dumps({"ts": time.time(), "lat": 50.8, "lon": 4.3, "acc": 5}))
+                say(f"  {now:6.1f}s  (published 3 malformed messages: the engine must reject them)")
+            if now >= next_progress:
+                next_progress += PROGRESS_EVERY_S
+                say(f"  {now:6.1f}s  ... {fleet.published} fixes published,"
+                    f" {len(listener.alarms)} alarm messages so far")
+
+        stop = threading.Event()
+        fleet.run(stop, on_tick)
+        # Let the last alarms and a fresh status message arrive.
+        end = time.time()
+        settle = time.monotonic() + 5.0
+        while time.monotonic() < settle:
+            with listener.lock:
+                st = listener.status
+            if st.get("fixes_received", 0) >= fleet.published + 3 and _status_time(st) > end:
+                break
+            time.sleep(0.1)
+        on_tick(opts.duration_s)
+        _summary(opts, scenario, fleet, listener)
+        return 0
+    finally:
+        monitor.disconnect()
+        monitor.loop_stop()
+        if engine is not None and engine.poll() is None:
+            os.kill(engine.pid, signal.SIGTERM)
+            try:
+                engine.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(engine.pid, signal.SIGKILL)
+                engine.wait(5)
+        broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _status_time(st: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(st["time"]).timestamp()
+    except (KeyError, ValueError):
+        return 0.0
+
+
+def _latency_ms(fleet: Fleet, arrived: float, alarm: dict[str, Any]) -> float:
+    trig = alarm.get("trigger") or {}
+    sent = fleet.sent.get((trig.get("device"), trig.get("seq")))
+    return (arrived - sent) * 1000.0 if sent is not None else float("nan")
+
+
+def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener) -> None:
+    with listener.lock:
+        alarms = list(listener.alarms)
+        st = dict(listener.status)
+    states = Counter(a["state"] for _, a in alarms)
+    lat = [x for x in (_latency_ms(fleet, t, a) for t, a in alarms) if x == x]
+    truth = scenario.truth()
+    breached = {p.case_id for p in truth if p.breached}
+    alarmed = {a["case_id"] for _, a in alarms if a["state"] == "open"}
+    rejected = st.get("rejected", {})
+    print("\nSummary")
+    print(f"  simulated      {len(scenario.cases)} cases, {len(scenario.tracks)} devices,"
+          f" {opts.duration_s:g} s, one fix every {opts.interval_s:g} s per device")
+    print(f"  fixes          {fleet.published} published, {st.get('fixes_processed', '?')} processed"
+          f" by the engine in {st.get('batches', '?')} batches (largest {st.get('max_batch', '?')})")
+    print(f"  rejected       {st.get('rejected_total', 0)}"
+          + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) + ")" if rejected else ""))
+    print(f"  alarms         {states.get('open', 0)} opened, {states.get('ended', 0)} ended"
+          f" ({len(alarms)} messages on cic/alarms)")
+    print(f"  ground truth   {len(breached)} pairs came within their order distance;"
+          f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
+          f" {len(alarmed - breached)}")
+    if lat:
+        print(f"  latency        fix published -> alarm received: p50 {_pct(lat, 50):.1f} ms,"
+              f" p95 {_pct(lat, 95):.1f} ms, max {max(lat):.1f} ms (n={len(lat)})")
+    else:
+        print("  latency        no alarms, nothing to measure")

@@ -1,0 +1,78 @@
+"""The JSON edge of the engine: alarm events become CIC alarm messages (DESIGN.md contract).
+
+Every message is a JSON object with the contract's core fields; ``category`` marks it as a
+stalking alarm (the panic button's alarms share the topic), and ``trigger`` names the fix that
+led to the decision (device and sequence number) for latency accounting.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from proximity.cases import Case
+from proximity.events import AlarmEvent, Position, wire_name
+
+CATEGORY = "stalking"
+SOURCE = "proximity-engine"
+
+
+def iso_utc(t: float) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds and ``Z``; NaN -> None.
+
+    >>> iso_utc(1795428000.25)
+    '2026-11-23T10:00:00.250Z'
+    """
+    if not math.isfinite(t):
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _num(x: float, ndigits: int) -> float | None:
+    return round(x, ndigits) if math.isfinite(x) else None
+
+
+def _position(p: Position, decided: float) -> dict[str, Any]:
+    return {
+        "device": p.device,
+        "lat": _num(p.lat, 7),
+        "lon": _num(p.lon, 7),
+        "acc_m": _num(p.acc_m, 1),
+        "fix_time": iso_utc(p.t_fix),
+        "age_s": _num(decided - p.t_fix, 3),
+    }
+
+
+def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
+    """The CIC alarm message for one alarm state change. ``times.published`` is filled in by
+    the channel at the moment of publication."""
+    trigger = event.trigger
+    return {
+        "alarm_id": event.alarm_id,
+        "category": CATEGORY,
+        "source": SOURCE,
+        "type": wire_name(event.type),
+        "level": wire_name(event.level),
+        "state": wire_name(event.state),
+        "case_id": event.case_id,
+        "summary": dict(case.summary),
+        "offender": _position(event.offender, event.t_decided),
+        "victim": _position(event.victim, event.t_decided),
+        "distance_m": _num(event.distance_m, 1),
+        "order_distance_m": event.order_distance_m,
+        "warning_distance_m": case.warning_distance_m,
+        "margin_m": event.margin_m,
+        # The uncertainty model (fix accuracy and age) that yields a probability is not part
+        # of this version; null says "not computed", never "certain".
+        "probability": None,
+        "zone": None,
+        "reason": event.reason,
+        "trigger": {"device": trigger.device, "seq": trigger.seq if trigger.seq >= 0 else None},
+        "times": {
+            "fix": iso_utc(trigger.t_fix),
+            "received": iso_utc(trigger.t_recv),
+            "decided": iso_utc(event.t_decided),
+            "published": None,
+        },
+    }

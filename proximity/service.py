@@ -1,0 +1,152 @@
+"""The running engine: ingest -> engine -> CIC channel, wired on real MQTT connections.
+
+One thread runs the loop: take everything the subscriber queued (natural batching), build
+arrays, evaluate, publish the alarms, report rejections, and publish a retained status with
+counters every ``status_interval_s`` (and ``offline`` through the MQTT will if the process
+dies).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ingest.batch import build_batch
+from ingest.model import Fix, IngestError, Rejection
+from ingest.rejections import RejectionReporter
+from ingest.subscriber import FixSubscriber
+from ingest.transport import connect, make_client, parse_broker_url
+from proximity.channel import MqttAlarmChannel
+from proximity.engine import Engine
+from proximity.errors import ProximityError
+from proximity.events import AlarmState, wire_name
+from proximity.messages import alarm_message
+from proximity.registry import Registry
+from proximity.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATUS_QOS = 1
+CONNECT_WAIT_S = 15.0
+
+
+class EngineService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        try:
+            self.broker = parse_broker_url(settings.broker)
+        except IngestError as exc:
+            raise ProximityError(str(exc)) from exc
+        with Registry(settings.db) as registry:
+            self.cases = registry.cases()
+        self.engine = Engine(
+            self.cases,
+            margin_fraction=settings.margin_fraction,
+            margin_min_m=settings.margin_min_m,
+        )
+        self.started = time.time()
+        self.fixes_received = 0
+
+    def _status(self, state: str) -> bytes:
+        st = self.engine.stats
+        payload: dict[str, Any] = {
+            "state": state,
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "started": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
+            "cases": len(self.cases),
+            "devices": len(self.engine.devices.ids),
+            "pairs": len(self.engine.pairs),
+        }
+        if state != "offline":
+            payload |= {
+                "fixes_received": self.fixes_received,
+                "fixes_processed": st.fixes_applied,
+                "fixes_late": st.fixes_late,
+                "batches": st.batches,
+                "max_batch": st.max_batch,
+                "pairs_evaluated": st.pairs_evaluated,
+                "rejected": dict(self.reporter.counts),
+                "rejected_total": self.reporter.total,
+                "alarms_published": self.channel.published,
+                "alarms_unacknowledged": self.channel.unacknowledged,
+                "open_alarms": self.engine.open_alarms,
+                "queue_blocked": self.subscriber.blocked_puts,
+            }
+        return orjson.dumps(payload)
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        log.info(
+            "engine: %d case(s), %d device(s), %d pair(s) from %s",
+            len(self.cases), len(self.engine.devices.ids), len(self.engine.pairs), s.db,
+        )
+        if not self.cases:
+            log.warning("the registry %s has no cases: import some with 'proximity cases import'", s.db)
+        log.info("kernels ready in %.2f s", self.engine.warm_up())
+
+        out = make_client(f"{s.client_id}-out")
+        out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
+        self.channel = MqttAlarmChannel(out, s.alarm_topic)
+        self.reporter = RejectionReporter(
+            lambda r: out.publish(s.rejected_topic, orjson.dumps(r.to_dict()), qos=0)
+        )
+        self.subscriber = FixSubscriber(
+            self.broker, s.client_id, session_expiry_s=s.session_expiry_s
+        )
+        try:
+            connect(out, self.broker)
+            self.subscriber.start()
+        except IngestError as exc:
+            raise ProximityError(str(exc)) from exc
+        try:
+            if not self.subscriber.connected.wait(CONNECT_WAIT_S):
+                raise ProximityError(
+                    f"the broker at {self.broker} did not accept the subscription within"
+                    f" {CONNECT_WAIT_S:.0f} s"
+                )
+            out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
+            log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
+            self._loop(stop, out)
+        finally:
+            out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
+            self.channel.close()
+            self.subscriber.stop()
+            out.disconnect()
+            out.loop_stop()
+            log.info("stopped")
+
+    def _offline(self) -> bytes:
+        return orjson.dumps({"state": "offline"})
+
+    def _loop(self, stop: threading.Event, out: Any) -> None:
+        s = self.settings
+        next_status = time.monotonic() + s.status_interval_s
+        while not stop.is_set():
+            wait = max(0.0, min(0.5, next_status - time.monotonic()))
+            items = self.subscriber.drain(timeout=wait)
+            if items:
+                self._handle(items)
+            if time.monotonic() >= next_status:
+                out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
+                next_status = time.monotonic() + s.status_interval_s
+
+    def _handle(self, items: list[Fix | Rejection]) -> None:
+        fixes = [i for i in items if isinstance(i, Fix)]
+        rejected = [i for i in items if isinstance(i, Rejection)]
+        self.fixes_received += len(items)
+        batch, unknown = build_batch(fixes, self.engine.slot_of)
+        if rejected or unknown:
+            self.reporter.report(rejected + unknown)
+        for event in self.engine.process(batch):
+            message = alarm_message(event, self.engine.cases[event.case_id])
+            self.channel.send(message)
+            log.log(
+                logging.WARNING if event.state == AlarmState.OPEN else logging.INFO,
+                "alarm %s %s case %s: %s",
+                event.alarm_id[:8], wire_name(event.state), event.case_id, event.reason,
+            )

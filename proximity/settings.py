@@ -1,0 +1,106 @@
+"""Settings shared by the CLI and the service: flags > environment (PROXIMITY_*) > config file
+(TOML, ``--config FILE`` or ``PROXIMITY_CONFIG``) > defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from proximity.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Every setting of the engine. Environment variables are ``PROXIMITY_`` + the upper-case
+    name (``PROXIMITY_BROKER``, ``PROXIMITY_DB``, ...); a TOML config file uses the names."""
+
+    model_config = SettingsConfigDict(env_prefix="PROXIMITY_", extra="forbid")
+
+    broker: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker URL, mqtt://HOST:PORT")
+    db: Path = Field(Path("proximity.sqlite"), description="SQLite registry file")
+    client_id: str = Field(
+        "proximity-engine",
+        description="MQTT client id of the fix subscription (a persistent session is kept"
+        " under this id, so fixes queue at the broker while the engine restarts)",
+    )
+    session_expiry_s: int = Field(
+        3600, ge=0, description="how long the broker keeps the session while the engine is away"
+    )
+    alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
+    rejected_topic: str = Field("proximity/rejected", description="topic of rejected input")
+    status_topic: str = Field(
+        "proximity/status", description="retained engine status and counters"
+    )
+    status_interval_s: float = Field(5.0, gt=0, description="seconds between status messages")
+    margin_fraction: float = Field(
+        0.1, ge=0, le=1, description="hysteresis margin as a fraction of the order distance"
+    )
+    margin_min_m: float = Field(25.0, ge=0, description="smallest hysteresis margin, metres")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    # Either top-level keys or a [proximity] table.
+    table = data.get("proximity", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [proximity] must be a table")
+    return table
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings`; ``overrides`` (command-line flags) that are None are ignored."""
+    if config is None and os.environ.get("PROXIMITY_CONFIG"):
+        config = Path(os.environ["PROXIMITY_CONFIG"])
+    file_values = _read_toml(config) if config is not None else {}
+    flags = {k: v for k, v in overrides.items() if v is not None}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
+
+    try:
+        loaded = _Loaded(**flags)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        where = f" (config file {config})" if config else ""
+        raise ConfigError(f"invalid settings{where}: {problems}") from exc
+    return Settings.model_validate(loaded.model_dump())
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """Values of a config file, below flags and environment variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = values
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._values)

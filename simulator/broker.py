@@ -1,0 +1,108 @@
+"""A private Mosquitto on a free loopback port, started as a subprocess and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+from types import TracebackType
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+
+
+class BrokerError(RuntimeError):
+    """Mosquitto is missing or would not start."""
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto executable (Debian installs it in /usr/sbin, often off PATH)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise BrokerError(
+            "mosquitto is not installed: run scripts/bootstrap, or 'apt-get install mosquitto'"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBroker:
+    """Mosquitto on 127.0.0.1 and a free port, with the project's configuration.
+
+    >>> with LocalBroker() as broker:  # doctest: +SKIP
+    ...     print(broker.url)
+    mqtt://127.0.0.1:38811
+    """
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self._own_dir = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="proximity-broker-")) if workdir is None else workdir
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def start(self) -> LocalBroker:
+        exe = find_mosquitto()
+        template = files("simulator").joinpath("mosquitto.conf").read_text()
+        last_error = ""
+        for _attempt in range(3):  # the free port can be taken between probe and bind
+            self.port = free_port()
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(template.replace("{port}", str(self.port)))
+            log = self.log_path.open("ab")
+            self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
+            log.close()
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    time.sleep(0.05)
+            last_error = self.log_path.read_text(errors="replace")[-2000:]
+            self.stop()
+        raise BrokerError(f"mosquitto did not start on a free port: {last_error}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(STOP_TIMEOUT_S)
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
