@@ -14,11 +14,15 @@ from numba import njit
 #: fastmath flags that are safe for GPS data. ``nnan`` and ``ninf`` are left out on purpose:
 #: a missing fix is NaN, and those flags would let LLVM delete the NaN checks that keep a pair
 #: without a position from ever raising an alarm. ``afn`` (approximate trigonometry) is left out
-#: because the geodesic kernel must stay within a millimetre of GeographicLib.
-FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
+#: because the geodesic kernel must stay within a millimetre of GeographicLib, and ``reassoc``
+#: because it rewrites ``(lon2 - lon1) + 180`` as ``lon2 + (180 - lon1)``, so two identical
+#: positions no longer give an exact zero distance.
+FASTMATH = frozenset({"nsz", "arcp", "contract"})
 
 #: Compiled kernels are cached on disk next to the module (numba's ``cache=True``) unless
 #: ``PROXIMITY_NUMBA_CACHE=0``; a cold start then costs seconds only once per installation.
+#: numba invalidates a cached kernel when the kernel's own source file changes, not when the
+#: options above do: after editing FASTMATH, delete ``__pycache__/*.nbi`` and ``*.nbc``.
 CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 
 kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH))

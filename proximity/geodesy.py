@@ -45,6 +45,8 @@ def _vincenty_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: flo
     f = WGS84_F
     # Longitude difference wrapped into [-180, 180) so the antimeridian is not a seam.
     d_lon = (lon2_deg - lon1_deg + 180.0) % 360.0 - 180.0
+    if d_lon == 0.0 and lat1_deg == lat2_deg:
+        return 0.0  # same point: exact, whatever rounding the iteration would leave
     L = math.radians(d_lon)
     u1 = math.atan((1.0 - f) * math.tan(math.radians(lat1_deg)))
     u2 = math.atan((1.0 - f) * math.tan(math.radians(lat2_deg)))

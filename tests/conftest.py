@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+
+from ingest.transport import connect, make_client, parse_broker_url
+from simulator.broker import BrokerError, LocalBroker, find_mosquitto
+
+WAIT_S = 20.0
+ENGINE_START_S = 180.0  # a first start compiles the kernels (cached afterwards)
+
+
+def _have_mosquitto() -> bool:
+    try:
+        find_mosquitto()
+    except BrokerError:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _have_mosquitto():
+        return
+    skip = pytest.mark.skip(reason="mosquitto is not installed (scripts/test installs it)")
+    for item in items:
+        if "broker" in item.keywords:
+            item.add_marker(skip)
+
+
+class Listener:
+    """A CIC-side MQTT client that records every message on the topics it subscribes to."""
+
+    def __init__(self, url: str, topics: list[str]) -> None:
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = make_client("")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._ready.set()
+        connect(self.client, parse_broker_url(url))
+        self.client.subscribe([(t, 1) for t in topics])
+        assert self._ready.wait(WAIT_S), "subscription not acknowledged"
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, orjson.loads(msg.payload)))
+
+    def on(self, topic: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [m for t, m in self.messages if t == topic]
+
+    def wait_for(
+        self, topic: str, pred: Callable[[dict[str, Any]], bool], timeout: float = WAIT_S
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in self.on(topic):
+                if pred(m):
+                    return m
+            time.sleep(0.02)
+        raise AssertionError(f"no message on {topic} matched within {timeout} s: {self.on(topic)}")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    def __init__(self, url: str) -> None:
+        self.client = make_client("")
+        connect(self.client, parse_broker_url(url))
+
+    def raw(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
+
+    def fix(self, device: str, lat: float, lon: float, acc: float = 5.0, **extra: Any) -> None:
+        body = {"ts": extra.pop("ts", time.time()), "lat": lat, "lon": lon, "acc": acc, **extra}
+        self.raw(f"devices/{device}/fix", orjson.dumps(body))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proximity", *args],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+
+
+class EngineProcess:
+    """``proximity run`` started through its CLI, stopped by pid."""
+
+    def __init__(self, broker_url: str, db: Path, log: Path, *extra: str) -> None:
+        self.log = log
+        status = Listener(broker_url, ["proximity/status"])
+        fh = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proximity", "run", "--broker", broker_url, "--db", str(db),
+             "--status-interval-s", "0.5", *extra],
+            stdout=fh, stderr=subprocess.STDOUT,
+        )
+        fh.close()
+        try:
+            deadline = time.monotonic() + ENGINE_START_S
+            while not any(m.get("state") == "online" for m in status.on("proximity/status")):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"engine did not come online:\n{log.read_text()}")
+                time.sleep(0.05)
+        finally:
+            status.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def write_cases(path: Path, cases: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps({"cases": cases}))
+    return path

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proximity.cases import parse_case_file
+from proximity.errors import CaseFileError
+from proximity.registry import Registry
+from proximity.settings import load_settings
+from tests.conftest import run_cli
+
+GOOD: dict[str, Any] = {
+    "cases": [
+        {"id": "BE-2026-0001", "offenders": ["tag-17"], "protected": ["phone-42"],
+         "order": {"distance_m": 500, "warning_distance_m": 1000},
+         "summary": {"offender_name": "Jan", "victim_phone": "+32 470 00 00 00"},
+         "zones": {"type": "FeatureCollection", "features": [
+             {"type": "Feature", "properties": {"kind": "exclusion", "label": "victim's home"},
+              "geometry": {"type": "Point", "coordinates": [4.35, 50.85]}}]}},
+        # the same offender in a second case, and a second offender for the same victim
+        {"id": "BE-2026-0002", "offenders": ["tag-17", "tag-18"], "protected": ["phone-43"],
+         "order": {"distance_m": 200}},
+        {"id": "BE-2026-0003", "offenders": ["tag-19"], "protected": ["phone-42"],
+         "order": {"distance_m": 300}},
+    ],
+    "devices": [{"id": "phone-42", "owntracks": {"user": "jane", "device": "nokia"},
+                 "reporting_interval_s": 30}],
+}
+
+
+def test_parse_valid_file_with_defaults() -> None:
+    cf = parse_case_file(GOOD)
+    assert [c.id for c in cf.cases] == ["BE-2026-0001", "BE-2026-0002", "BE-2026-0003"]
+    assert cf.cases[1].warning_distance_m == 400.0  # default: twice the order distance
+    assert cf.devices[0].info["owntracks"] == {"user": "jane", "device": "nokia"}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("cases", 0, "order", "distance_m"), -5, "cases[0] (BE-2026-0001): 'order.distance_m'"),
+        (("cases", 0, "order", "warning_distance_m"), 100, "'order.warning_distance_m' must be"),
+        (("cases", 1, "offenders"), [], "cases[1] (BE-2026-0002): 'offenders' must be a non-empty"),
+        (("cases", 1, "protected"), ["phone-43", "tag-18"], "'tag-18' is both an offender and"),
+        (("cases", 0, "protected"), ["devices/x"], "'protected[0]'"),
+        (("cases", 0, "summary"), {"victim_phone": 32470000000}, "'summary.victim_phone' must be text"),
+        (("cases", 2, "id"), "BE-2026-0001", "cases[2] (BE-2026-0001): the id appears more than once"),
+        (("cases", 0, "zones", "features", 0, "properties", "kind"), "forbidden",
+         "'properties.kind' must be 'exclusion' or 'inclusion'"),
+    ],
+)
+def test_errors_name_the_case_and_the_field(path: tuple[Any, ...], value: Any, message: str) -> None:
+    doc = copy.deepcopy(GOOD)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(CaseFileError) as info:
+        parse_case_file(doc, "cases.json")
+    assert any(message in p for p in info.value.problems), info.value.problems
+    assert "nothing was imported" in str(info.value)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["cases"][0]["order"]["distance_m"] = "far"
+    doc["cases"][2]["offenders"] = "tag-19"
+    with pytest.raises(CaseFileError) as info:
+        parse_case_file(doc)
+    assert len(info.value.problems) == 2
+
+
+def test_registry_round_trip_and_replace(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    with Registry(db) as reg:
+        report = reg.import_file(parse_case_file(GOOD))
+        assert report.created == ("BE-2026-0001", "BE-2026-0002", "BE-2026-0003")
+        changed = copy.deepcopy(GOOD)
+        changed["cases"] = [dict(changed["cases"][1], offenders=["tag-20"])]
+        report = reg.import_file(parse_case_file(changed))
+        assert report.updated == ("BE-2026-0002",)
+    with Registry(db) as reg:  # reopened from the file
+        cases = {c.id: c for c in reg.cases()}
+    assert cases["BE-2026-0002"].offenders == ("tag-20",)
+    assert cases["BE-2026-0001"].summary["offender_name"] == "Jan"
+    assert cases["BE-2026-0001"].zones["features"][0]["properties"]["label"] == "victim's home"
+    assert cases["BE-2026-0003"].protected == ("phone-42",)
+
+
+def test_registry_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from proximity.errors import RegistryError
+
+    with pytest.raises(RegistryError, match="does not exist"):
+        Registry(tmp_path / "nope" / "r.sqlite")
+
+
+def test_cli_import_and_list(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps(GOOD))
+    result = run_cli("cases", "import", str(f), "--db", str(db))
+    assert result.returncode == 0, result.stderr
+    assert "3 new" in result.stdout
+    listed = run_cli("cases", "list", "--db", str(db))
+    assert listed.returncode == 0
+    assert "BE-2026-0002  tag-17,tag-18" in listed.stdout
+    assert "3 case(s)" in listed.stdout
+    as_json = json.loads(run_cli("cases", "list", "--db", str(db), "--json").stdout)
+    assert as_json[0]["order"] == {"distance_m": 500.0, "warning_distance_m": 1000.0}
+
+
+def test_cli_bad_file_imports_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    doc = copy.deepcopy(GOOD)
+    doc["cases"][2]["order"] = {"distance_m": 0}  # the last case is bad: the first two must not land
+    f = tmp_path / "cases.json"
+    f.write_text(json.dumps(doc))
+    result = run_cli("cases", "import", str(f), "--db", str(db))
+    assert result.returncode == 2
+    assert "cases[2] (BE-2026-0003): 'order.distance_m'" in result.stderr
+    if db.exists():
+        assert sqlite3.connect(db).execute("SELECT count(*) FROM cases").fetchone()[0] == 0
+
+    f.write_text("{not json")
+    result = run_cli("cases", "import", str(f), "--db", str(db))
+    assert result.returncode == 2 and "not valid JSON" in result.stderr
+
+
+def test_settings_precedence_flag_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('broker = "mqtt://file:1"\ndb = "file.sqlite"\nmargin_min_m = 30\n')
+    monkeypatch.setenv("PROXIMITY_DB", "env.sqlite")
+    s = load_settings(conf)
+    assert (s.broker, str(s.db), s.margin_min_m) == ("mqtt://file:1", "env.sqlite", 30.0)
+    s = load_settings(conf, db=Path("flag.sqlite"), broker=None)
+    assert (s.broker, str(s.db)) == ("mqtt://file:1", "flag.sqlite")
+    conf.write_text("margin_fraction = 7\n")
+    from proximity.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="margin_fraction"):
+        load_settings(conf)
+
+
+def test_help_explains_every_command() -> None:
+    for args in (["--help"], ["run", "--help"], ["cases", "import", "--help"], ["demo", "--help"]):
+        result = run_cli(*args)
+        assert result.returncode == 0
+    assert "PROXIMITY_BROKER" in run_cli("run", "--help").stdout
