@@ -30,7 +30,7 @@ FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
 
 
-class _Invalid(Exception):
+class _InvalidError(Exception):
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -57,16 +57,18 @@ def _number(obj: dict[str, Any], key: str, lo: float, hi: float, required: bool)
     value = obj.get(key)
     if value is None:
         if required:
-            raise _Invalid(RejectReason.MISSING_FIELD, f"field '{key}' is required")
+            raise _InvalidError(RejectReason.MISSING_FIELD, f"field '{key}' is required")
         return math.nan
     # bool is an int in Python; true/false is never a coordinate.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(
+        raise _InvalidError(
             RejectReason.BAD_TYPE, f"field '{key}' must be a number, got {type(value).__name__}"
         )
     x = float(value)
     if not (lo <= x <= hi):  # also rejects NaN and infinities
-        raise _Invalid(RejectReason.OUT_OF_RANGE, f"field '{key}' = {value!r} is outside [{lo}, {hi}]")
+        raise _InvalidError(
+            RejectReason.OUT_OF_RANGE, f"field '{key}' = {value!r} is outside [{lo}, {hi}]"
+        )
     return x
 
 
@@ -79,40 +81,44 @@ def parse_timestamp(value: object) -> float:
     1795428000.0
     """
     if isinstance(value, bool):
-        raise _Invalid(RejectReason.BAD_TIMESTAMP, "field 'ts' must be ISO 8601 or epoch seconds")
+        raise _InvalidError(
+            RejectReason.BAD_TIMESTAMP, "field 'ts' must be ISO 8601 or epoch seconds"
+        )
     if isinstance(value, int | float):
         t = float(value)
     elif isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise _Invalid(
+            raise _InvalidError(
                 RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not ISO 8601"
             ) from exc
         if dt.tzinfo is None:
-            raise _Invalid(
+            raise _InvalidError(
                 RejectReason.BAD_TIMESTAMP,
                 f"field 'ts' = {value!r} has no UTC offset; send e.g. '2026-11-23T10:00:00Z'",
             )
         t = dt.timestamp()
     else:
-        raise _Invalid(
+        raise _InvalidError(
             RejectReason.BAD_TIMESTAMP,
             f"field 'ts' must be ISO 8601 or epoch seconds, got {type(value).__name__}",
         )
     if not (MIN_EPOCH_S <= t < 1e11):
-        raise _Invalid(RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not a plausible time")
+        raise _InvalidError(
+            RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not a plausible time"
+        )
     return t
 
 
-def decode_fix(topic: str, payload: bytes, t_recv: float) -> Fix | Rejection:
+def decode_fix(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | Rejection:
     """Decode one native fix message; never raises.
 
     Parameters
     ----------
     topic : str
         The MQTT topic, ``devices/{device_id}/fix``.
-    payload : bytes
+    payload : bytes or bytearray
         The message body (UTF-8 JSON).
     t_recv : float
         Arrival time, UTC epoch seconds.
@@ -124,25 +130,26 @@ def decode_fix(topic: str, payload: bytes, t_recv: float) -> Fix | Rejection:
         )
     try:
         if len(payload) > MAX_PAYLOAD_BYTES:
-            raise _Invalid(
-                RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+            raise _InvalidError(
+                RejectReason.TOO_LARGE,
+                f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
             )
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
-            raise _Invalid(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+            raise _InvalidError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
         if not isinstance(obj, dict):
-            raise _Invalid(
+            raise _InvalidError(
                 RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
             )
         if "ts" not in obj:
-            raise _Invalid(RejectReason.MISSING_FIELD, "field 'ts' is required")
+            raise _InvalidError(RejectReason.MISSING_FIELD, "field 'ts' is required")
         t_fix = parse_timestamp(obj["ts"])
         if t_fix > t_recv + MAX_FUTURE_S:
-            raise _Invalid(
+            raise _InvalidError(
                 RejectReason.FUTURE_TIMESTAMP,
-                f"fix time is {t_fix - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s):"
-                " check the device clock",
+                f"fix time is {t_fix - t_recv:.0f} s after arrival"
+                f" (tolerance {MAX_FUTURE_S:.0f} s): check the device clock",
             )
         lat = _number(obj, "lat", -90.0, 90.0, required=True)
         lon = _number(obj, "lon", -180.0, 180.0, required=True)
@@ -153,7 +160,9 @@ def decode_fix(topic: str, payload: bytes, t_recv: float) -> Fix | Rejection:
         elif isinstance(seq_raw, int) and not isinstance(seq_raw, bool) and 0 <= seq_raw < 2**63:
             seq = seq_raw
         else:
-            raise _Invalid(RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0")
+            raise _InvalidError(
+                RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0"
+            )
         return Fix(
             device=device,
             t_fix=t_fix,
@@ -168,5 +177,5 @@ def decode_fix(topic: str, payload: bytes, t_recv: float) -> Fix | Rejection:
             battery_pct=_number(obj, "battery", 0.0, 100.0, required=False),
             seq=seq,
         )
-    except _Invalid as bad:
+    except _InvalidError as bad:
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)

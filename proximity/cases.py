@@ -114,17 +114,22 @@ def _check_zones(where: str, value: object, problems: list[str]) -> dict[str, An
             continue
         if props.get("kind") not in ZONE_KINDS:
             problems.append(
-                f"{fw}: 'properties.kind' must be 'exclusion' or 'inclusion', got {props.get('kind')!r}"
+                f"{fw}: 'properties.kind' must be 'exclusion' or 'inclusion',"
+                f" got {props.get('kind')!r}"
             )
         label = props.get("label")
         if not isinstance(label, str) or not label.strip():
-            problems.append(f"{fw}: 'properties.label' must be a non-empty string (shown to the operator)")
+            problems.append(
+                f"{fw}: 'properties.label' must be a non-empty string (shown to the operator)"
+            )
         if not isinstance(feat.get("geometry"), dict):
             problems.append(f"{fw}: 'geometry' must be a GeoJSON geometry object")
     return value
 
 
-def _parse_case(where: str, raw: dict[str, Any], problems: list[str], warnings: list[str]) -> Case | None:
+def _parse_case(
+    where: str, raw: dict[str, Any], problems: list[str], warnings: list[str]
+) -> Case | None:
     before = len(problems)
     unknown = sorted(set(raw) - CASE_KEYS)
     if unknown:
@@ -143,7 +148,8 @@ def _parse_case(where: str, raw: dict[str, Any], problems: list[str], warnings: 
         d = _positive(order.get("distance_m"))
         if d is None or d > MAX_ORDER_DISTANCE_M:
             problems.append(
-                f"{where}: 'order.distance_m' must be a number of metres in (0, {MAX_ORDER_DISTANCE_M:.0f}],"
+                f"{where}: 'order.distance_m' must be a number of metres in"
+                f" (0, {MAX_ORDER_DISTANCE_M:.0f}],"
                 f" got {order.get('distance_m')!r}"
             )
         else:

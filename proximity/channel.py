@@ -44,7 +44,9 @@ class MqttAlarmChannel:
         info = self._client.publish(self.topic, orjson.dumps(message), qos=ALARM_QOS)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # paho keeps QoS 1 messages queued while disconnected and sends them on reconnect.
-            log.warning("alarm %s queued while the broker is away (%s)", message["alarm_id"], info.rc)
+            log.warning(
+                "alarm %s queued while the broker is away (%s)", message["alarm_id"], info.rc
+            )
         self.published += 1
         self._pending = [i for i in self._pending if not i.is_published()]
         self._pending.append(info)

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--alarm-topic", metavar="TOPIC", help=_help("alarm_topic"))
     run.add_argument("--rejected-topic", metavar="TOPIC", help=_help("rejected_topic"))
     run.add_argument("--status-topic", metavar="TOPIC", help=_help("status_topic"))
-    run.add_argument("--status-interval-s", type=float, metavar="S", help=_help("status_interval_s"))
+    run.add_argument(
+        "--status-interval-s", type=float, metavar="S", help=_help("status_interval_s")
+    )
     run.add_argument("--margin-fraction", type=float, metavar="F", help=_help("margin_fraction"))
     run.add_argument("--margin-min-m", type=float, metavar="M", help=_help("margin_min_m"))
     run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
@@ -114,12 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
         " alarms, detection against ground truth, and latency from fix publication to alarm"
         " reception.",
     )
-    demo.add_argument("--duration", type=float, default=60.0, metavar="S",
-                      help="seconds of simulated movement (default: 60)")
-    demo.add_argument("--pairs", type=int, default=24, metavar="N",
-                      help="number of cases (offender/victim pairs) to simulate (default: 24)")
-    demo.add_argument("--interval", type=float, default=1.0, metavar="S",
-                      help="seconds between fixes of each device (default: 1)")
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds of simulated movement (default: 60)",
+    )
+    demo.add_argument(
+        "--pairs",
+        type=int,
+        default=24,
+        metavar="N",
+        help="number of cases (offender/victim pairs) to simulate (default: 24)",
+    )
+    demo.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between fixes of each device (default: 1)",
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
     return parser
@@ -185,27 +202,50 @@ def _cmd_cases_import(args: argparse.Namespace) -> int:
 def _cmd_cases_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.db.exists():
-        print(f"error: registry {settings.db} does not exist; import a case file first",
-              file=sys.stderr)
+        print(
+            f"error: registry {settings.db} does not exist; import a case file first",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     with Registry(settings.db) as registry:
         cases = registry.cases()
     if args.json:
-        print(json.dumps([
-            {"id": c.id, "offenders": list(c.offenders), "protected": list(c.protected),
-             "order": {"distance_m": c.order_distance_m, "warning_distance_m": c.warning_distance_m},
-             "summary": dict(c.summary), "zones": c.zones}
-            for c in cases
-        ], indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": c.id,
+                        "offenders": list(c.offenders),
+                        "protected": list(c.protected),
+                        "order": {
+                            "distance_m": c.order_distance_m,
+                            "warning_distance_m": c.warning_distance_m,
+                        },
+                        "summary": dict(c.summary),
+                        "zones": c.zones,
+                    }
+                    for c in cases
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return EXIT_OK
     if not cases:
         print(f"no cases in {settings.db}")
         return EXIT_OK
     rows = [("CASE", "OFFENDERS", "PROTECTED", "ORDER_M", "WARNING_M", "ZONES")]
     for c in cases:
-        rows.append((c.id, ",".join(c.offenders), ",".join(c.protected),
-                     f"{c.order_distance_m:g}", f"{c.warning_distance_m:g}",
-                     str(len(c.zones.get("features", [])))))
+        rows.append(
+            (
+                c.id,
+                ",".join(c.offenders),
+                ",".join(c.protected),
+                f"{c.order_distance_m:g}",
+                f"{c.warning_distance_m:g}",
+                str(len(c.zones.get("features", []))),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
@@ -216,8 +256,15 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from proximity.demo import DemoOptions, run_demo
 
-    return run_demo(DemoOptions(duration_s=args.duration, pairs=args.pairs,
-                                interval_s=args.interval, seed=args.seed, quiet=args.quiet))
+    return run_demo(
+        DemoOptions(
+            duration_s=args.duration,
+            pairs=args.pairs,
+            interval_s=args.interval,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -95,8 +95,10 @@ def run_demo(opts: DemoOptions) -> int:
         with Registry(db) as registry:
             registry.import_file(parse_case_file(scenario.case_file(), str(case_path)))
         kinds = Counter(k.split("/")[0] for k in scenario.kinds.values())
-        say(f"registry   {len(scenario.cases)} generated cases in {db}: "
-            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+        say(
+            f"registry   {len(scenario.cases)} generated cases in {db}: "
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+        )
 
         listener = _Listener()
         monitor.on_message = listener.on_message
@@ -106,9 +108,21 @@ def run_demo(opts: DemoOptions) -> int:
         engine_log = (work / "engine.log").open("wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         engine = subprocess.Popen(
-            [sys.executable, "-m", "proximity", "run", "--broker", broker.url, "--db", str(db),
-             "--status-interval-s", "1"],
-            stdout=engine_log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "proximity",
+                "run",
+                "--broker",
+                broker.url,
+                "--db",
+                str(db),
+                "--status-interval-s",
+                "1",
+            ],
+            stdout=engine_log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         engine_log.close()
         say("engine     starting 'proximity run' (the first start compiles the kernels) ...")
@@ -117,12 +131,16 @@ def run_demo(opts: DemoOptions) -> int:
             if engine.poll() is not None or time.monotonic() > deadline:
                 tail = (work / "engine.log").read_text(errors="replace")[-3000:]
                 raise ProximityError(f"the engine did not come online:\n{tail}")
-        say(f"engine     online: {listener.status.get('pairs')} pairs of"
-            f" {listener.status.get('devices')} devices")
+        say(
+            f"engine     online: {listener.status.get('pairs')} pairs of"
+            f" {listener.status.get('devices')} devices"
+        )
 
         fleet = Fleet(scenario, parse_broker_url(broker.url), opts.interval_s, opts.seed)
-        say(f"devices    {len(scenario.tracks)} simulated devices, one fix every"
-            f" {opts.interval_s:g} s for {opts.duration_s:g} s\n")
+        say(
+            f"devices    {len(scenario.tracks)} simulated devices, one fix every"
+            f" {opts.interval_s:g} s for {opts.duration_s:g} s\n"
+        )
         printed = 0
         next_progress = PROGRESS_EVERY_S
         injected = False
@@ -135,22 +153,28 @@ def run_demo(opts: DemoOptions) -> int:
                 printed = len(listener.alarms)
             for arrived, a in new:
                 lat_ms = _latency_ms(fleet, arrived, a)
-                say(f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():5s} {a['case_id']}"
+                say(
+                    f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():5s} {a['case_id']}"
                     f"  {a['offender']['device']} -> {a['victim']['device']}"
                     f"  {a['distance_m']:6.0f} m (order {a['order_distance_m']:.0f} m)"
-                    f"  latency {lat_ms:.1f} ms")
+                    f"  latency {lat_ms:.1f} ms"
+                )
             if not injected and now > opts.duration_s / 3:
                 injected = True
                 # Bad input must be rejected with a reason and never stop the engine.
                 fleet.publish_raw("devices/tag-001/fix", b"{not json")
                 fleet.publish_raw("devices/tag-001/fix", b'{"ts": 1, "lat": 95.0, "lon": 4.3}')
-                fleet.publish_raw("devices/unknown-99/fix",
-                                  orjson.dumps({"ts": time.time(), "lat": 50.8, "lon": 4.3, "acc": 5}))
+                fleet.publish_raw(
+                    "devices/unknown-99/fix",
+                    orjson.dumps({"ts": time.time(), "lat": 50.8, "lon": 4.3, "acc": 5}),
+                )
                 say(f"  {now:6.1f}s  (published 3 malformed messages: the engine must reject them)")
             if now >= next_progress:
                 next_progress += PROGRESS_EVERY_S
-                say(f"  {now:6.1f}s  ... {fleet.published} fixes published,"
-                    f" {len(listener.alarms)} alarm messages so far")
+                say(
+                    f"  {now:6.1f}s  ... {fleet.published} fixes published,"
+                    f" {len(listener.alarms)} alarm messages so far"
+                )
 
         stop = threading.Event()
         fleet.run(stop, on_tick)
@@ -191,7 +215,10 @@ def _status_time(st: dict[str, Any]) -> float:
 
 def _latency_ms(fleet: Fleet, arrived: float, alarm: dict[str, Any]) -> float:
     trig = alarm.get("trigger") or {}
-    sent = fleet.sent.get((trig.get("device"), trig.get("seq")))
+    device, seq = trig.get("device"), trig.get("seq")
+    if not isinstance(device, str) or not isinstance(seq, int):
+        return float("nan")
+    sent = fleet.sent.get((device, seq))
     return (arrived - sent) * 1000.0 if sent is not None else float("nan")
 
 
@@ -206,19 +233,35 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
     alarmed = {a["case_id"] for _, a in alarms if a["state"] == "open"}
     rejected = st.get("rejected", {})
     print("\nSummary")
-    print(f"  simulated      {len(scenario.cases)} cases, {len(scenario.tracks)} devices,"
-          f" {opts.duration_s:g} s, one fix every {opts.interval_s:g} s per device")
-    print(f"  fixes          {fleet.published} published, {st.get('fixes_processed', '?')} processed"
-          f" by the engine in {st.get('batches', '?')} batches (largest {st.get('max_batch', '?')})")
-    print(f"  rejected       {st.get('rejected_total', 0)}"
-          + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) + ")" if rejected else ""))
-    print(f"  alarms         {states.get('open', 0)} opened, {states.get('ended', 0)} ended"
-          f" ({len(alarms)} messages on cic/alarms)")
-    print(f"  ground truth   {len(breached)} pairs came within their order distance;"
-          f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
-          f" {len(alarmed - breached)}")
+    print(
+        f"  simulated      {len(scenario.cases)} cases, {len(scenario.tracks)} devices,"
+        f" {opts.duration_s:g} s, one fix every {opts.interval_s:g} s per device"
+    )
+    print(
+        f"  fixes          {fleet.published} published, {st.get('fixes_processed', '?')} processed"
+        f" by the engine in {st.get('batches', '?')} batches (largest {st.get('max_batch', '?')})"
+    )
+    print(
+        f"  rejected       {st.get('rejected_total', 0)}"
+        + (
+            " (" + ", ".join(f"{k} {v}" for k, v in sorted(rejected.items())) + ")"
+            if rejected
+            else ""
+        )
+    )
+    print(
+        f"  alarms         {states.get('open', 0)} opened, {states.get('ended', 0)} ended"
+        f" ({len(alarms)} messages on cic/alarms)"
+    )
+    print(
+        f"  ground truth   {len(breached)} pairs came within their order distance;"
+        f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
+        f" {len(alarmed - breached)}"
+    )
     if lat:
-        print(f"  latency        fix published -> alarm received: p50 {_pct(lat, 50):.1f} ms,"
-              f" p95 {_pct(lat, 95):.1f} ms, max {max(lat):.1f} ms (n={len(lat)})")
+        print(
+            f"  latency        fix published -> alarm received: p50 {_pct(lat, 50):.1f} ms,"
+            f" p95 {_pct(lat, 95):.1f} ms, max {max(lat):.1f} ms (n={len(lat)})"
+        )
     else:
         print("  latency        no alarms, nothing to measure")

@@ -14,9 +14,7 @@ class CaseFileError(ProximityError):
         self.source = source
         self.problems = problems
         listed = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(
-            f"{source}: {len(problems)} problem(s), nothing was imported:\n{listed}"
-        )
+        super().__init__(f"{source}: {len(problems)} problem(s), nothing was imported:\n{listed}")
 
 
 class RegistryError(ProximityError):

@@ -35,12 +35,7 @@ FloatArray = npt.NDArray[np.float64]
 @inline
 def _vincenty_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
     """Vincenty's inverse; returns -1.0 when the iteration does not converge (near-antipodal)."""
-    if (
-        math.isnan(lat1_deg)
-        or math.isnan(lon1_deg)
-        or math.isnan(lat2_deg)
-        or math.isnan(lon2_deg)
-    ):
+    if math.isnan(lat1_deg) or math.isnan(lon1_deg) or math.isnan(lat2_deg) or math.isnan(lon2_deg):
         return math.nan
     f = WGS84_F
     # Longitude difference wrapped into [-180, 180) so the antimeridian is not a seam.
@@ -109,8 +104,19 @@ def _vincenty_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: flo
 
 
 @inline
-def _via_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float,
-           ux: float, uy: float, uz: float, vx: float, vy: float, vz: float, theta: float) -> float:
+def _via_m(
+    lat1_deg: float,
+    lon1_deg: float,
+    lat2_deg: float,
+    lon2_deg: float,
+    ux: float,
+    uy: float,
+    uz: float,
+    vx: float,
+    vy: float,
+    vz: float,
+    theta: float,
+) -> float:
     """Length of the path P1 -> M(theta) -> P2, M on the great circle spanned by u and v."""
     c = math.cos(theta)
     s = math.sin(theta)

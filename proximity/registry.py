@@ -102,7 +102,8 @@ class Registry:
                     " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
                     " order_distance_m=excluded.order_distance_m,"
                     " warning_distance_m=excluded.warning_distance_m,"
-                    " summary=excluded.summary, zones=excluded.zones, updated_at=excluded.updated_at",
+                    " summary=excluded.summary, zones=excluded.zones,"
+                    " updated_at=excluded.updated_at",
                     (
                         case.id,
                         case.order_distance_m,
@@ -130,7 +131,9 @@ class Registry:
         except BaseException as exc:
             db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.DatabaseError):
-                raise RegistryError(f"import into {self.path} failed, nothing written: {exc}") from exc
+                raise RegistryError(
+                    f"import into {self.path} failed, nothing written: {exc}"
+                ) from exc
             raise
         return ImportReport(tuple(created), tuple(updated), len(case_file.devices))
 

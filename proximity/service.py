@@ -83,18 +83,25 @@ class EngineService:
         s = self.settings
         log.info(
             "engine: %d case(s), %d device(s), %d pair(s) from %s",
-            len(self.cases), len(self.engine.devices.ids), len(self.engine.pairs), s.db,
+            len(self.cases),
+            len(self.engine.devices.ids),
+            len(self.engine.pairs),
+            s.db,
         )
         if not self.cases:
-            log.warning("the registry %s has no cases: import some with 'proximity cases import'", s.db)
+            log.warning(
+                "the registry %s has no cases: import some with 'proximity cases import'", s.db
+            )
         log.info("kernels ready in %.2f s", self.engine.warm_up())
 
         out = make_client(f"{s.client_id}-out")
         out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
         self.channel = MqttAlarmChannel(out, s.alarm_topic)
-        self.reporter = RejectionReporter(
-            lambda r: out.publish(s.rejected_topic, orjson.dumps(r.to_dict()), qos=0)
-        )
+
+        def publish_rejection(r: Rejection) -> None:
+            out.publish(s.rejected_topic, orjson.dumps(r.to_dict()), qos=0)
+
+        self.reporter = RejectionReporter(publish_rejection)
         self.subscriber = FixSubscriber(
             self.broker, s.client_id, session_expiry_s=s.session_expiry_s
         )
@@ -148,5 +155,8 @@ class EngineService:
             log.log(
                 logging.WARNING if event.state == AlarmState.OPEN else logging.INFO,
                 "alarm %s %s case %s: %s",
-                event.alarm_id[:8], wire_name(event.state), event.case_id, event.reason,
+                event.alarm_id[:8],
+                wire_name(event.state),
+                event.case_id,
+                event.reason,
             )

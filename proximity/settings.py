@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     )
     alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
     rejected_topic: str = Field("proximity/rejected", description="topic of rejected input")
-    status_topic: str = Field(
-        "proximity/status", description="retained engine status and counters"
-    )
+    status_topic: str = Field("proximity/status", description="retained engine status and counters")
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status messages")
     margin_fraction: float = Field(
         0.1, ge=0, le=1, description="hysteresis margin as a fraction of the order distance"

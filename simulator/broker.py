@@ -47,7 +47,9 @@ class LocalBroker:
 
     def __init__(self, workdir: Path | None = None) -> None:
         self._own_dir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="proximity-broker-")) if workdir is None else workdir
+        self.workdir = (
+            Path(tempfile.mkdtemp(prefix="proximity-broker-")) if workdir is None else workdir
+        )
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 

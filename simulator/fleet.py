@@ -21,8 +21,9 @@ class Fleet:
     duration, in real time. ``sent[(device, seq)]`` is the ``time.perf_counter()`` of each
     publication, for latency accounting against alarm arrival in the same process."""
 
-    def __init__(self, scenario: Scenario, broker: BrokerAddress, interval_s: float = 1.0,
-                 seed: int = 7) -> None:
+    def __init__(
+        self, scenario: Scenario, broker: BrokerAddress, interval_s: float = 1.0, seed: int = 7
+    ) -> None:
         self.scenario = scenario
         self.interval_s = interval_s
         self.sent: dict[tuple[str, int], float] = {}
@@ -59,9 +60,18 @@ class Fleet:
                 if next_due[dev] <= now:
                     track = self.scenario.tracks[dev]
                     lat, lon = noisy_fix(track, now, self._rng)
-                    ts = datetime.fromtimestamp(start_wall + now, UTC).isoformat(timespec="milliseconds")
-                    payload = orjson.dumps({"ts": ts.replace("+00:00", "Z"), "lat": lat, "lon": lon,
-                                            "acc": round(track.acc_m, 1), "seq": seq[dev]})
+                    ts = datetime.fromtimestamp(start_wall + now, UTC).isoformat(
+                        timespec="milliseconds"
+                    )
+                    payload = orjson.dumps(
+                        {
+                            "ts": ts.replace("+00:00", "Z"),
+                            "lat": lat,
+                            "lon": lon,
+                            "acc": round(track.acc_m, 1),
+                            "seq": seq[dev],
+                        }
+                    )
                     self.sent[(dev, seq[dev])] = time.perf_counter()
                     self._client.publish(f"devices/{dev}/fix", payload, qos=FIX_QOS)
                     self.published += 1

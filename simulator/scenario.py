@@ -53,19 +53,13 @@ class Track:
         return to_latlon(self.origin, e, n)
 
 
-def to_latlon(origin: tuple[float, float], east_m: FloatArray, north_m: FloatArray) -> tuple[FloatArray, FloatArray]:
+def to_latlon(
+    origin: tuple[float, float], east_m: FloatArray, north_m: FloatArray
+) -> tuple[FloatArray, FloatArray]:
     m, n = _radii(origin[0])
     lat = origin[0] + np.degrees(north_m / m)
     lon = origin[1] + np.degrees(east_m / (n * math.cos(math.radians(origin[0]))))
     return lat, lon
-
-
-def _straight(t0: float, t1: float, start: tuple[float, float], end: tuple[float, float]) -> tuple[FloatArray, FloatArray, FloatArray]:
-    return (
-        np.array([t0, t1]),
-        np.array([start[0], end[0]]),
-        np.array([start[1], end[1]]),
-    )
 
 
 @dataclass(frozen=True)
@@ -102,19 +96,45 @@ class Scenario:
                     lat2, lon2 = self.tracks[v].position(t)
                     d = geodesic_distance_m(lat1, lon1, lat2, lon2)
                     order = float(case["order"]["distance_m"])
-                    out.append(PairTruth(case["id"], o, v, self.kinds[case["id"]], order,
-                                         float(d.min()), bool((d <= order).any())))
+                    out.append(
+                        PairTruth(
+                            case["id"],
+                            o,
+                            v,
+                            self.kinds[case["id"]],
+                            order,
+                            float(d.min()),
+                            bool((d <= order).any()),
+                        )
+                    )
         return out
 
 
-_NAMES = ["A. Peeters", "J. Janssens", "M. Maes", "L. Jacobs", "K. Mertens", "S. Willems",
-          "T. Claes", "N. Goossens", "E. Wouters", "R. De Smet", "P. Dubois", "F. Lambert"]
+_NAMES = [
+    "A. Peeters",
+    "J. Janssens",
+    "M. Maes",
+    "L. Jacobs",
+    "K. Mertens",
+    "S. Willems",
+    "T. Claes",
+    "N. Goossens",
+    "E. Wouters",
+    "R. De Smet",
+    "P. Dubois",
+    "F. Lambert",
+]
 
 KINDS = ("drive-by", "walk-in", "near-miss", "far", "shared-victim")
 
 
-def generate(pairs: int, duration_s: float, seed: int = 7, centre: tuple[float, float] = BRUSSELS,
-             order_m: float = 500.0) -> Scenario:
+def generate(
+    pairs: int,
+    duration_s: float,
+    seed: int = 7,
+    centre: tuple[float, float] = BRUSSELS,
+    order_m: float = 500.0,
+) -> Scenario:
     """A mix of scenario kinds, cycling through :data:`KINDS`:
 
     - ``drive-by``: the offender drives past the victim's home, closest approach 60-350 m,
@@ -138,15 +158,27 @@ def generate(pairs: int, duration_s: float, seed: int = 7, centre: tuple[float, 
         victim = f"phone-{case_no + 1:03d}"
         # Victims stay at home (indoor-ish accuracy) or stroll slowly nearby.
         if rng.random() < 0.7:
-            sc.tracks[victim] = Track(victim, centre, np.array([0.0, d]), np.array([home_e, home_e]),
-                                      np.array([home_n, home_n]), float(rng.uniform(8, 15)), "home")
+            sc.tracks[victim] = Track(
+                victim,
+                centre,
+                np.array([0.0, d]),
+                np.array([home_e, home_e]),
+                np.array([home_n, home_n]),
+                float(rng.uniform(8, 15)),
+                "home",
+            )
         else:
             heading = rng.uniform(0, 2 * math.pi)
             walk = 0.8 * d
-            sc.tracks[victim] = Track(victim, centre, np.array([0.0, d]),
-                                      np.array([home_e, home_e + walk * math.cos(heading)]),
-                                      np.array([home_n, home_n + walk * math.sin(heading)]),
-                                      float(rng.uniform(5, 10)), "walking")
+            sc.tracks[victim] = Track(
+                victim,
+                centre,
+                np.array([0.0, d]),
+                np.array([home_e, home_e + walk * math.cos(heading)]),
+                np.array([home_n, home_n + walk * math.sin(heading)]),
+                float(rng.uniform(5, 10)),
+                "walking",
+            )
         offenders: list[tuple[str, str]] = []  # (device, kind of its own movement)
         if kind == "shared-victim":
             offenders = [(f"tag-{case_no + 1:03d}", "walk-in"), (f"tag-{case_no + 2:03d}", "far")]
@@ -164,42 +196,57 @@ def generate(pairs: int, duration_s: float, seed: int = 7, centre: tuple[float, 
                 r_out = math.sqrt(max((order_m * 1.1 + 25) ** 2 - b**2, 0.0))
                 speed = float(np.clip((r_in + r_out + 150) / (0.8 * d), 10.0, 30.0))
                 x0 = -(r_in + speed * rng.uniform(0.05, 0.15) * d)
-                t, along_e, along_n = _straight(0.0, d, (x0, 0.0), (x0 + speed * d, 0.0))
-                east = home_e + along_e * ux + b * vx
-                north = home_n + along_e * uy + b * vy
-                sc.tracks[off] = Track(off, centre, t, east, north, float(rng.uniform(4, 10)), "driving")
+                t = np.array([0.0, d])
+                along = np.array([x0, x0 + speed * d])  # metres along the road
+                east = home_e + along * ux + b * vx
+                north = home_n + along * uy + b * vy
+                sc.tracks[off] = Track(
+                    off, centre, t, east, north, float(rng.uniform(4, 10)), "driving"
+                )
             elif move == "walk-in":
                 speed = 1.5
                 start = order_m + speed * rng.uniform(0.1, 0.5) * d
                 stop = float(rng.uniform(100, 300))
                 t_stop = (start - stop) / speed
-                sc.tracks[off] = Track(off, centre, np.array([0.0, t_stop, max(d, t_stop + 1)]),
-                                       home_e + ux * np.array([start, stop, stop]),
-                                       home_n + uy * np.array([start, stop, stop]),
-                                       float(rng.uniform(5, 12)), "walking")
+                sc.tracks[off] = Track(
+                    off,
+                    centre,
+                    np.array([0.0, t_stop, max(d, t_stop + 1)]),
+                    home_e + ux * np.array([start, stop, stop]),
+                    home_n + uy * np.array([start, stop, stop]),
+                    float(rng.uniform(5, 12)),
+                    "walking",
+                )
             else:  # far
                 r = rng.uniform(3000, 8000)
                 walk = 1.4 * d
-                sc.tracks[off] = Track(off, centre, np.array([0.0, d]),
-                                       home_e + ux * np.array([r, r + walk]),
-                                       home_n + uy * np.array([r, r]),
-                                       float(rng.uniform(5, 12)), "walking")
+                sc.tracks[off] = Track(
+                    off,
+                    centre,
+                    np.array([0.0, d]),
+                    home_e + ux * np.array([r, r + walk]),
+                    home_n + uy * np.array([r, r]),
+                    float(rng.uniform(5, 12)),
+                    "walking",
+                )
             case_id = f"BE-DEMO-{case_no + 1:04d}"
             sc.kinds[case_id] = kind if kind != "shared-victim" else f"shared-victim/{move}"
-            sc.cases.append({
-                "id": case_id,
-                "offenders": [off],
-                "protected": [victim],
-                "order": {"distance_m": order_m, "warning_distance_m": 2 * order_m},
-                "summary": {
-                    "offender_name": _NAMES[int(rng.integers(len(_NAMES)))],
-                    "offender_description": "simulated offender, " + sc.tracks[off].mode,
-                    "victim_name": _NAMES[int(rng.integers(len(_NAMES)))],
-                    "victim_phone": f"+32 4{int(rng.integers(70, 99))} {int(rng.integers(10, 99))}"
-                                    f" {int(rng.integers(10, 99))} {int(rng.integers(10, 99))}",
-                    "risk_notes": f"demo scenario: {sc.kinds[case_id]}",
-                },
-            })
+            sc.cases.append(
+                {
+                    "id": case_id,
+                    "offenders": [off],
+                    "protected": [victim],
+                    "order": {"distance_m": order_m, "warning_distance_m": 2 * order_m},
+                    "summary": {
+                        "offender_name": _NAMES[int(rng.integers(len(_NAMES)))],
+                        "offender_description": "simulated offender, " + sc.tracks[off].mode,
+                        "victim_name": _NAMES[int(rng.integers(len(_NAMES)))],
+                        "victim_phone": "+32 4"
+                        + " ".join(str(int(x)) for x in rng.integers(10, 99, 4)),
+                        "risk_notes": f"demo scenario: {sc.kinds[case_id]}",
+                    },
+                }
+            )
             case_no += 1
     return sc
 
@@ -211,5 +258,7 @@ def noisy_fix(track: Track, t: float, rng: np.random.Generator) -> tuple[float, 
     lat, lon = track.position(t)
     m, n = _radii(float(lat[0]))
     de, dn = rng.normal(0.0, sigma, 2)
-    return (float(lat[0] + math.degrees(dn / m)),
-            float(lon[0] + math.degrees(de / (n * math.cos(math.radians(float(lat[0])))))))
+    return (
+        float(lat[0] + math.degrees(dn / m)),
+        float(lon[0] + math.degrees(de / (n * math.cos(math.radians(float(lat[0])))))),
+    )

@@ -103,7 +103,10 @@ def broker() -> Iterator[LocalBroker]:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "proximity", *args],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
 
 
@@ -115,9 +118,21 @@ class EngineProcess:
         status = Listener(broker_url, ["proximity/status"])
         fh = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proximity", "run", "--broker", broker_url, "--db", str(db),
-             "--status-interval-s", "0.5", *extra],
-            stdout=fh, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "proximity",
+                "run",
+                "--broker",
+                broker_url,
+                "--db",
+                str(db),
+                "--status-interval-s",
+                "0.5",
+                *extra,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
         fh.close()
         try:

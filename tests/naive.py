@@ -23,4 +23,6 @@ def offset(lat: float, lon: float, azimuth_deg: float, distance_m: float) -> tup
 def pairs_of_slots(slots, offender, victim):  # type: ignore[no-untyped-def]
     """Every pair with an end in ``slots``, by a plain loop."""
     wanted = set(int(s) for s in slots)
-    return sorted(p for p in range(len(offender)) if int(offender[p]) in wanted or int(victim[p]) in wanted)
+    return sorted(
+        p for p in range(len(offender)) if int(offender[p]) in wanted or int(victim[p]) in wanted
+    )

@@ -16,20 +16,44 @@ from tests.conftest import run_cli
 
 GOOD: dict[str, Any] = {
     "cases": [
-        {"id": "BE-2026-0001", "offenders": ["tag-17"], "protected": ["phone-42"],
-         "order": {"distance_m": 500, "warning_distance_m": 1000},
-         "summary": {"offender_name": "Jan", "victim_phone": "+32 470 00 00 00"},
-         "zones": {"type": "FeatureCollection", "features": [
-             {"type": "Feature", "properties": {"kind": "exclusion", "label": "victim's home"},
-              "geometry": {"type": "Point", "coordinates": [4.35, 50.85]}}]}},
+        {
+            "id": "BE-2026-0001",
+            "offenders": ["tag-17"],
+            "protected": ["phone-42"],
+            "order": {"distance_m": 500, "warning_distance_m": 1000},
+            "summary": {"offender_name": "Jan", "victim_phone": "+32 470 00 00 00"},
+            "zones": {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {"kind": "exclusion", "label": "victim's home"},
+                        "geometry": {"type": "Point", "coordinates": [4.35, 50.85]},
+                    }
+                ],
+            },
+        },
         # the same offender in a second case, and a second offender for the same victim
-        {"id": "BE-2026-0002", "offenders": ["tag-17", "tag-18"], "protected": ["phone-43"],
-         "order": {"distance_m": 200}},
-        {"id": "BE-2026-0003", "offenders": ["tag-19"], "protected": ["phone-42"],
-         "order": {"distance_m": 300}},
+        {
+            "id": "BE-2026-0002",
+            "offenders": ["tag-17", "tag-18"],
+            "protected": ["phone-43"],
+            "order": {"distance_m": 200},
+        },
+        {
+            "id": "BE-2026-0003",
+            "offenders": ["tag-19"],
+            "protected": ["phone-42"],
+            "order": {"distance_m": 300},
+        },
     ],
-    "devices": [{"id": "phone-42", "owntracks": {"user": "jane", "device": "nokia"},
-                 "reporting_interval_s": 30}],
+    "devices": [
+        {
+            "id": "phone-42",
+            "owntracks": {"user": "jane", "device": "nokia"},
+            "reporting_interval_s": 30,
+        }
+    ],
 }
 
 
@@ -48,13 +72,26 @@ def test_parse_valid_file_with_defaults() -> None:
         (("cases", 1, "offenders"), [], "cases[1] (BE-2026-0002): 'offenders' must be a non-empty"),
         (("cases", 1, "protected"), ["phone-43", "tag-18"], "'tag-18' is both an offender and"),
         (("cases", 0, "protected"), ["devices/x"], "'protected[0]'"),
-        (("cases", 0, "summary"), {"victim_phone": 32470000000}, "'summary.victim_phone' must be text"),
-        (("cases", 2, "id"), "BE-2026-0001", "cases[2] (BE-2026-0001): the id appears more than once"),
-        (("cases", 0, "zones", "features", 0, "properties", "kind"), "forbidden",
-         "'properties.kind' must be 'exclusion' or 'inclusion'"),
+        (
+            ("cases", 0, "summary"),
+            {"victim_phone": 32470000000},
+            "'summary.victim_phone' must be text",
+        ),
+        (
+            ("cases", 2, "id"),
+            "BE-2026-0001",
+            "cases[2] (BE-2026-0001): the id appears more than once",
+        ),
+        (
+            ("cases", 0, "zones", "features", 0, "properties", "kind"),
+            "forbidden",
+            "'properties.kind' must be 'exclusion' or 'inclusion'",
+        ),
     ],
 )
-def test_errors_name_the_case_and_the_field(path: tuple[Any, ...], value: Any, message: str) -> None:
+def test_errors_name_the_case_and_the_field(
+    path: tuple[Any, ...], value: Any, message: str
+) -> None:
     doc = copy.deepcopy(GOOD)
     target = doc
     for key in path[:-1]:
@@ -117,7 +154,9 @@ def test_cli_import_and_list(tmp_path: Path) -> None:
 def test_cli_bad_file_imports_nothing(tmp_path: Path) -> None:
     db = tmp_path / "r.sqlite"
     doc = copy.deepcopy(GOOD)
-    doc["cases"][2]["order"] = {"distance_m": 0}  # the last case is bad: the first two must not land
+    doc["cases"][2]["order"] = {
+        "distance_m": 0
+    }  # the last case is bad: the first two must not land
     f = tmp_path / "cases.json"
     f.write_text(json.dumps(doc))
     result = run_cli("cases", "import", str(f), "--db", str(db))

@@ -21,8 +21,19 @@ def decode(payload: object, topic: str = TOPIC) -> Fix | Rejection:
 
 
 def test_full_fix_with_iso_time() -> None:
-    fix = decode({"ts": "2026-11-23T09:59:58.5Z", "lat": 50.85, "lon": 4.35, "acc": 8, "alt": 60,
-                  "speed": 1.4, "heading": 90, "battery": 80, "seq": 17})
+    fix = decode(
+        {
+            "ts": "2026-11-23T09:59:58.5Z",
+            "lat": 50.85,
+            "lon": 4.35,
+            "acc": 8,
+            "alt": 60,
+            "speed": 1.4,
+            "heading": 90,
+            "battery": 80,
+            "seq": 17,
+        }
+    )
     assert fix == Fix("tag-17", NOW - 1.5, NOW, 50.85, 4.35, 8.0, 60.0, 1.4, 90.0, 80.0, 17)
 
 
@@ -57,14 +68,20 @@ def test_zero_or_missing_accuracy_means_unknown(acc: object) -> None:
         ({"ts": NOW, "lat": 50, "lon": 4, "acc": -1}, RejectReason.OUT_OF_RANGE, "'acc'"),
         ({"ts": NOW, "lat": 50, "lon": 4, "battery": 101}, RejectReason.OUT_OF_RANGE, "'battery'"),
         ({"ts": NOW, "lat": 50, "lon": 4, "seq": -2}, RejectReason.BAD_TYPE, "'seq'"),
-        ({"ts": "2026-11-23T10:00:00", "lat": 50, "lon": 4}, RejectReason.BAD_TIMESTAMP, "UTC offset"),
+        (
+            {"ts": "2026-11-23T10:00:00", "lat": 50, "lon": 4},
+            RejectReason.BAD_TIMESTAMP,
+            "UTC offset",
+        ),
         ({"ts": "yesterday", "lat": 50, "lon": 4}, RejectReason.BAD_TIMESTAMP, "ISO 8601"),
         ({"ts": 12, "lat": 50, "lon": 4}, RejectReason.BAD_TIMESTAMP, "plausible"),
         ({"ts": NOW + 3600, "lat": 50, "lon": 4}, RejectReason.FUTURE_TIMESTAMP, "clock"),
         (b"{" + b" " * 70000 + b"}", RejectReason.TOO_LARGE, "bytes"),
     ],
 )
-def test_rejections_name_the_reason_and_the_field(payload: object, reason: RejectReason, words: str) -> None:
+def test_rejections_name_the_reason_and_the_field(
+    payload: object, reason: RejectReason, words: str
+) -> None:
     r = decode(payload)
     assert isinstance(r, Rejection)
     assert r.reason == reason
@@ -73,7 +90,9 @@ def test_rejections_name_the_reason_and_the_field(payload: object, reason: Rejec
     assert r.to_dict()["reason"] == reason.value
 
 
-@pytest.mark.parametrize("topic", ["devices//fix", "devices/a/b/fix", "owntracks/x/y", "devices/a/event"])
+@pytest.mark.parametrize(
+    "topic", ["devices//fix", "devices/a/b/fix", "owntracks/x/y", "devices/a/event"]
+)
 def test_bad_topics_are_rejected(topic: str) -> None:
     r = decode({"ts": NOW, "lat": 0, "lon": 0}, topic)
     assert isinstance(r, Rejection) and r.reason == RejectReason.BAD_TOPIC
@@ -86,15 +105,31 @@ def test_never_raises_on_arbitrary_bytes(payload: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.fixed_dictionaries({}, optional={"ts": json_values, "lat": json_values, "lon": json_values,
-                                           "acc": json_values, "seq": json_values}))
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "ts": json_values,
+            "lat": json_values,
+            "lon": json_values,
+            "acc": json_values,
+            "seq": json_values,
+        },
+    )
+)
 def test_never_raises_on_arbitrary_json_objects(body: dict[str, object]) -> None:
     out = decode_fix(TOPIC, orjson.dumps(body), NOW)
     if isinstance(out, Fix):
@@ -102,7 +137,11 @@ def test_never_raises_on_arbitrary_json_objects(body: dict[str, object]) -> None
 
 
 def test_batch_keeps_known_devices_and_rejects_unknown_ones() -> None:
-    fixes = [Fix("a", NOW, NOW, 1.0, 2.0, 5.0), Fix("x", NOW, NOW, 0, 0), Fix("b", NOW, NOW, 3.0, 4.0)]
+    fixes = [
+        Fix("a", NOW, NOW, 1.0, 2.0, 5.0),
+        Fix("x", NOW, NOW, 0, 0),
+        Fix("b", NOW, NOW, 3.0, 4.0),
+    ]
     batch, rejected = build_batch(fixes, {"a": 0, "b": 1})
     assert batch.slot.tolist() == [0, 1]
     assert batch.lat.tolist() == [1.0, 3.0]

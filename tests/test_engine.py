@@ -17,7 +17,9 @@ HOME = (50.85, 4.35)
 T0 = 1795428000.0
 
 
-def case(cid: str, offenders: tuple[str, ...], protected: tuple[str, ...], order: float = 500.0) -> Case:
+def case(
+    cid: str, offenders: tuple[str, ...], protected: tuple[str, ...], order: float = 500.0
+) -> Case:
     return Case(cid, offenders, protected, order, 2 * order)
 
 
@@ -63,16 +65,30 @@ def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
     # Three fixes of one offender in one batch, out of order: in, out, in. Each counts.
     eng = Engine([case("C", ("o",), ("v",))])
     run(eng, fix("v", HOME, 0))
-    events = run(eng, fix("o", offset(*HOME, 0, 100), 3), fix("o", offset(*HOME, 0, 100), 1),
-                 fix("o", offset(*HOME, 0, 900), 2))
+    events = run(
+        eng,
+        fix("o", offset(*HOME, 0, 100), 3),
+        fix("o", offset(*HOME, 0, 100), 1),
+        fix("o", offset(*HOME, 0, 900), 2),
+    )
     assert [s for _, s, _ in events] == [AlarmState.OPEN, AlarmState.ENDED, AlarmState.OPEN]
 
 
 def test_many_to_many_pairs_are_independent() -> None:
-    eng = Engine([case("A", ("o1",), ("v",)), case("B", ("o2",), ("v",)),
-                  case("C", ("o1",), ("w",), order=200.0)])
-    events = run(eng, fix("v", HOME, 0), fix("w", offset(*HOME, 90, 1000), 0),
-                 fix("o1", offset(*HOME, 90, 300), 1), fix("o2", offset(*HOME, 270, 300), 1))
+    eng = Engine(
+        [
+            case("A", ("o1",), ("v",)),
+            case("B", ("o2",), ("v",)),
+            case("C", ("o1",), ("w",), order=200.0),
+        ]
+    )
+    events = run(
+        eng,
+        fix("v", HOME, 0),
+        fix("w", offset(*HOME, 90, 1000), 0),
+        fix("o1", offset(*HOME, 90, 300), 1),
+        fix("o2", offset(*HOME, 270, 300), 1),
+    )
     # o1 is 300 m from v (order 500: alarm) and 700 m from w (order 200: none).
     assert sorted((c, s) for c, s, _ in events) == [("A", AlarmState.OPEN), ("B", AlarmState.OPEN)]
     assert len(set(eng.alarm_ids.values())) == 2
@@ -93,13 +109,20 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
     rng = np.random.default_rng(seed)
     offs = [f"o{i}" for i in range(n_off)]
     vics = [f"v{i}" for i in range(n_vic)]
-    cases = [case(f"C{k}", tuple(rng.choice(offs, rng.integers(1, min(3, n_off) + 1), replace=False)),
-                  tuple(rng.choice(vics, rng.integers(1, min(3, n_vic) + 1), replace=False)),
-                  float(rng.uniform(100, 3000)))
-             for k in range(int(rng.integers(1, 30)))]
+    cases = [
+        case(
+            f"C{k}",
+            tuple(rng.choice(offs, rng.integers(1, min(3, n_off) + 1), replace=False)),
+            tuple(rng.choice(vics, rng.integers(1, min(3, n_vic) + 1), replace=False)),
+            float(rng.uniform(100, 3000)),
+        )
+        for k in range(int(rng.integers(1, 30)))
+    ]
     eng = Engine(cases)
     p = eng.pairs
-    slots = rng.choice(len(eng.devices.ids), int(rng.integers(1, len(eng.devices.ids) + 1)), replace=False)
+    slots = rng.choice(
+        len(eng.devices.ids), int(rng.integers(1, len(eng.devices.ids) + 1)), replace=False
+    )
     out = np.empty(len(p), dtype=np.int64)
     mark = np.zeros(len(p), dtype=np.bool_)
     n = gather_pairs(slots.astype(np.int64), p.dev_ptr, p.dev_pairs, mark, out)
@@ -113,10 +136,17 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
     fixes = [Fix(d, T0, T0, float(lat[i]), float(lon[i]), 5.0) for i, d in enumerate(devs)]
     batch, _ = build_batch(fixes, eng.slot_of)
     events = eng.process(batch)
-    dist = geod_distance_m(eng.devices.lat[p.offender], eng.devices.lon[p.offender],
-                           eng.devices.lat[p.victim], eng.devices.lon[p.victim])
-    expected = {(p.case_ids[p.case[k]], eng.devices.ids[p.offender[k]], eng.devices.ids[p.victim[k]])
-                for k in range(len(p)) if dist[k] <= p.order_m[k]}
+    dist = geod_distance_m(
+        eng.devices.lat[p.offender],
+        eng.devices.lon[p.offender],
+        eng.devices.lat[p.victim],
+        eng.devices.lon[p.victim],
+    )
+    expected = {
+        (p.case_ids[p.case[k]], eng.devices.ids[p.offender[k]], eng.devices.ids[p.victim[k]])
+        for k in range(len(p))
+        if dist[k] <= p.order_m[k]
+    }
     got = {(e.case_id, e.offender.device, e.victim.device) for e in events}
     assert got == expected
     for e in events:

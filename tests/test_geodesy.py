@@ -13,7 +13,9 @@ lons = st.floats(-180.0, 180.0, allow_nan=False)
 
 
 @pytest.mark.parametrize("lat_band", [(-90, -60), (-60, -20), (-20, 20), (20, 60), (60, 90)])
-def test_short_diagonal_offsets_match_geographiclib_within_a_millimetre(lat_band: tuple[int, int]) -> None:
+def test_short_diagonal_offsets_match_geographiclib_within_a_millimetre(
+    lat_band: tuple[int, int],
+) -> None:
     rng = np.random.default_rng(abs(lat_band[0]))
     n = 20_000
     lat1 = rng.uniform(*lat_band, n)
@@ -42,12 +44,20 @@ def test_long_and_near_antipodal_distances_within_0_01_percent() -> None:
 
 def test_edge_cases() -> None:
     # Antimeridian, poles, coincident points, exactly antipodal, NaN.
-    cases = [(0.0, 179.9, 0.0, -179.9), (89.999, 0.0, 89.999, 180.0), (-90.0, 0.0, -89.99, 77.0),
-             (50.0, 4.0, 50.0, 4.0), (0.0, 0.0, 0.0, 180.0), (30.0, 10.0, -30.0, -170.0)]
+    cases = [
+        (0.0, 179.9, 0.0, -179.9),
+        (89.999, 0.0, 89.999, 180.0),
+        (-90.0, 0.0, -89.99, 77.0),
+        (50.0, 4.0, 50.0, 4.0),
+        (0.0, 0.0, 0.0, 180.0),
+        (30.0, 10.0, -30.0, -170.0),
+    ]
     lat1, lon1, lat2, lon2 = (np.array(c) for c in zip(*cases, strict=True))
     np.testing.assert_allclose(
-        geodesic_distance_m(lat1, lon1, lat2, lon2), geod_distance_m(lat1, lon1, lat2, lon2),
-        rtol=1e-9, atol=1e-3,
+        geodesic_distance_m(lat1, lon1, lat2, lon2),
+        geod_distance_m(lat1, lon1, lat2, lon2),
+        rtol=1e-9,
+        atol=1e-3,
     )
     assert np.isnan(geodesic_distance_m([np.nan], [4.0], [50.0], [4.0])[0])
     assert geodesic_distance_m([], [], [], []).shape == (0,)

@@ -32,9 +32,13 @@ SUMMARY = {
 
 
 def _case(case_id: str, offenders: list[str], protected: list[str]) -> dict[str, Any]:
-    return {"id": case_id, "offenders": offenders, "protected": protected,
-            "order": {"distance_m": ORDER_M, "warning_distance_m": 2 * ORDER_M},
-            "summary": SUMMARY}
+    return {
+        "id": case_id,
+        "offenders": offenders,
+        "protected": protected,
+        "order": {"distance_m": ORDER_M, "warning_distance_m": 2 * ORDER_M},
+        "summary": SUMMARY,
+    }
 
 
 CASES = [
@@ -48,10 +52,14 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def engine(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+def engine(
+    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("engine")
     db = tmp / "registry.sqlite"
-    result = run_cli("cases", "import", str(write_cases(tmp / "cases.json", CASES)), "--db", str(db))
+    result = run_cli(
+        "cases", "import", str(write_cases(tmp / "cases.json", CASES)), "--db", str(db)
+    )
     assert result.returncode == 0, result.stderr
     proc = EngineProcess(broker.url, db, tmp / "engine.log")
     yield proc
@@ -82,11 +90,19 @@ def barrier(pub: Publisher, cic: Listener) -> None:
     lat, lon = HOME[0] + 0.5, HOME[1] + 0.5 + 0.01 * _barriers
     pub.fix("phone-s", lat, lon)
     pub.fix("tag-s", *offset(lat, lon, 30.0, 100.0))
-    opened = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-SENT" and m["state"] == "open"
-                          and m["alarm_id"] not in _seen_sentinels)
+    opened = cic.wait_for(
+        "cic/alarms",
+        lambda m: (
+            m["case_id"] == "BE-2026-SENT"
+            and m["state"] == "open"
+            and m["alarm_id"] not in _seen_sentinels
+        ),
+    )
     _seen_sentinels.add(opened["alarm_id"])
     pub.fix("tag-s", *offset(lat, lon, 30.0, 5000.0))
-    cic.wait_for("cic/alarms", lambda m: m["alarm_id"] == opened["alarm_id"] and m["state"] == "ended")
+    cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == opened["alarm_id"] and m["state"] == "ended"
+    )
 
 
 _seen_sentinels: set[str] = set()
@@ -141,7 +157,9 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     assert len(alarms_of(cic, "BE-2026-0001")) == 1
 
     pub.fix("tag-1", *offset(*victim, 225.0, 600.0))
-    ended = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0001" and m["state"] == "ended")
+    ended = cic.wait_for(
+        "cic/alarms", lambda m: m["case_id"] == "BE-2026-0001" and m["state"] == "ended"
+    )
     assert ended["alarm_id"] == alarm["alarm_id"]
     assert ended["distance_m"] == pytest.approx(600.0, abs=1.0)
     assert len(alarms_of(cic, "BE-2026-0001")) == 2
@@ -177,7 +195,9 @@ def test_victim_protected_from_two_offenders_gets_two_independent_alarms(
     assert [m["state"] for m in alarms_of(cic, "BE-2026-0004")] == ["open"]
 
 
-def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(pub: Publisher, cic: Listener) -> None:
+def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(
+    pub: Publisher, cic: Listener
+) -> None:
     victim = (HOME[0] + 0.3, HOME[1])
     pub.fix("phone-5", *victim)
     pub.raw("devices/tag-5/fix", b"\x00\xff not json")
@@ -190,7 +210,13 @@ def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(pub: Publisher,
     assert alarm["distance_m"] == pytest.approx(250.0, abs=1.0)
 
     reasons = [r["reason"] for r in cic.on("proximity/rejected")]
-    for reason in ("malformed_json", "not_an_object", "out_of_range", "missing_field", "unknown_device"):
+    for reason in (
+        "malformed_json",
+        "not_an_object",
+        "out_of_range",
+        "missing_field",
+        "unknown_device",
+    ):
         assert reason in reasons
     rejected = {r["reason"]: r for r in cic.on("proximity/rejected")}
     assert rejected["out_of_range"]["device"] == "tag-5"
