@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ Precedence: command-line flag > environment variable > config file > default.
 """
 
 
+def _para(text: str) -> str:
+    """Wrap a description paragraph (the raw formatter keeps epilog examples as written)."""
+    return textwrap.fill(text, 79)
+
+
 def _help(name: str) -> str:
     field = Settings.model_fields[name]
     return f"{field.description} (default: {field.default})"
@@ -50,9 +56,11 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="proximity",
-        description="Electronic tracking and geofence proximity engine for stalking and"
-        " restraining-order cases: GPS fixes in over MQTT, stalking alarms out to the"
-        " police emergency centre (CIC).",
+        description=_para(
+            "Electronic tracking and geofence proximity engine for stalking and"
+            " restraining-order cases: GPS fixes in over MQTT, stalking alarms out to the"
+            " police emergency centre (CIC)."
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'proximity COMMAND --help' for each command's options.",
     )
@@ -61,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run the engine against an MQTT broker",
-        description="Subscribe to devices/+/fix, keep the last fix of every device, evaluate"
-        " the offender/protected-person pairs of the registered cases, and publish an alarm"
-        " on the alarm topic (QoS 1) whenever a pair enters or leaves breach of its order."
-        " Stops cleanly on Ctrl-C or SIGTERM.",
+        description=_para(
+            "Subscribe to devices/+/fix, keep the last fix of every device, evaluate"
+            " the offender/protected-person pairs of the registered cases, and publish an alarm"
+            " on the alarm topic (QoS 1) whenever a pair enters or leaves breach of its order."
+            " Stops cleanly on Ctrl-C or SIGTERM."
+        ),
         epilog=_ENV_HELP
         + "\nExample:\n  proximity run --broker mqtt://127.0.0.1:1883 --db cases.sqlite\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -88,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp = cases_sub.add_parser(
         "import",
         help="import a case file (JSON) into the registry",
-        description="Validate a case file and write all its cases in one transaction: if any"
-        " case has a problem, every problem is listed and nothing is imported. A case whose"
-        " id is already registered is replaced. The file format is in the README.",
+        description=_para(
+            "Validate a case file and write all its cases in one transaction: if any"
+            " case has a problem, every problem is listed and nothing is imported. A case whose"
+            " id is already registered is replaced. The file format is in the README."
+        ),
         epilog="Example:\n  proximity cases import cases.json --db cases.sqlite\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
