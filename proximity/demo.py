@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,7 @@ def run_demo(opts: DemoOptions) -> int:
         while time.monotonic() < settle:
             with listener.lock:
                 st = listener.status
-            if st.get("fixes_received", 0) >= fleet.published + 3 and _status_time(st) > end:
+            if st.get("messages_received", 0) >= fleet.published + 3 and _status_time(st) > end:
                 break
             time.sleep(0.1)
         on_tick(opts.duration_s)
@@ -205,8 +206,6 @@ def run_demo(opts: DemoOptions) -> int:
 
 
 def _status_time(st: dict[str, Any]) -> float:
-    from datetime import datetime
-
     try:
         return datetime.fromisoformat(st["time"]).timestamp()
     except (KeyError, ValueError):

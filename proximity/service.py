@@ -50,7 +50,7 @@ class EngineService:
             margin_min_m=settings.margin_min_m,
         )
         self.started = time.time()
-        self.fixes_received = 0
+        self.messages_received = 0
 
     def _status(self, state: str) -> bytes:
         st = self.engine.stats
@@ -64,7 +64,7 @@ class EngineService:
         }
         if state != "offline":
             payload |= {
-                "fixes_received": self.fixes_received,
+                "messages_received": self.messages_received,
                 "fixes_processed": st.fixes_applied,
                 "fixes_late": st.fixes_late,
                 "batches": st.batches,
@@ -145,7 +145,7 @@ class EngineService:
     def _handle(self, items: list[Fix | Rejection]) -> None:
         fixes = [i for i in items if isinstance(i, Fix)]
         rejected = [i for i in items if isinstance(i, Rejection)]
-        self.fixes_received += len(items)
+        self.messages_received += len(items)
         batch, unknown = build_batch(fixes, self.engine.slot_of)
         if rejected or unknown:
             self.reporter.report(rejected + unknown)
