@@ -9,10 +9,7 @@ latency from a fix's publication to the alarm it caused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,9 +30,9 @@ from proximity.errors import ProximityError
 from proximity.registry import Registry
 from simulator.broker import LocalBroker
 from simulator.fleet import Fleet
+from simulator.process import EngineProcess
 from simulator.scenario import generate
 
-ENGINE_START_TIMEOUT_S = 180.0  # the first start on a machine compiles the kernels
 PROGRESS_EVERY_S = 10.0
 
 
@@ -54,7 +51,6 @@ class _Listener:
 
     alarms: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
-    online: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -66,8 +62,6 @@ class _Listener:
         with self.lock:
             if msg.topic == "proximity/status":
                 self.status = body
-                if body.get("state") == "online":
-                    self.online.set()
             elif msg.topic == "cic/alarms":
                 self.alarms.append((arrived, body))
 
@@ -82,7 +76,7 @@ def run_demo(opts: DemoOptions) -> int:
         return 2
     say = (lambda *a: None) if opts.quiet else print
     work = Path(tempfile.mkdtemp(prefix="proximity-demo-"))
-    engine: subprocess.Popen[bytes] | None = None
+    engine: EngineProcess | None = None
     broker = LocalBroker(work)
     monitor = make_client("")
     try:
@@ -106,35 +100,15 @@ def run_demo(opts: DemoOptions) -> int:
         connect(monitor, parse_broker_url(broker.url))
         monitor.subscribe([("cic/alarms", 1), ("proximity/status", 1)])
 
-        engine_log = (work / "engine.log").open("wb")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        engine = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proximity",
-                "run",
-                "--broker",
-                broker.url,
-                "--db",
-                str(db),
-                "--status-interval-s",
-                "1",
-            ],
-            stdout=engine_log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        engine_log.close()
         say("engine     starting 'proximity run' (the first start compiles the kernels) ...")
-        deadline = time.monotonic() + ENGINE_START_TIMEOUT_S
-        while not listener.online.wait(0.5):
-            if engine.poll() is not None or time.monotonic() > deadline:
-                tail = (work / "engine.log").read_text(errors="replace")[-3000:]
-                raise ProximityError(f"the engine did not come online:\n{tail}")
+        engine = EngineProcess(broker.url, db, work / "engine.log", "--status-interval-s", "1")
+        try:
+            engine.start()
+        except RuntimeError as exc:
+            raise ProximityError(str(exc)) from exc
         say(
-            f"engine     online: {listener.status.get('pairs')} pairs of"
-            f" {listener.status.get('devices')} devices"
+            f"engine     online: {engine.status.get('pairs')} pairs of"
+            f" {engine.status.get('devices')} devices"
         )
 
         fleet = Fleet(scenario, parse_broker_url(broker.url), opts.interval_s, opts.seed)
@@ -194,13 +168,8 @@ def run_demo(opts: DemoOptions) -> int:
     finally:
         monitor.disconnect()
         monitor.loop_stop()
-        if engine is not None and engine.poll() is None:
-            os.kill(engine.pid, signal.SIGTERM)
-            try:
-                engine.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(engine.pid, signal.SIGKILL)
-                engine.wait(5)
+        if engine is not None:
+            engine.stop()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
 

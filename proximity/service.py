@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -25,7 +24,7 @@ from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmState, wire_name
-from proximity.messages import alarm_message
+from proximity.messages import alarm_message, iso_utc
 from proximity.registry import Registry
 from proximity.settings import Settings
 
@@ -56,8 +55,8 @@ class EngineService:
         st = self.engine.stats
         payload: dict[str, Any] = {
             "state": state,
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "started": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="seconds"),
+            "time": iso_utc(time.time()),
+            "started": iso_utc(self.started),
             "cases": len(self.cases),
             "devices": len(self.engine.devices.ids),
             "pairs": len(self.engine.pairs),

@@ -80,14 +80,13 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
             return (init_settings, env_settings, _DictSource(settings_cls, file_values))
 
     try:
-        loaded = _Loaded(**flags)
+        return _Loaded(**flags)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         where = f" (config file {config})" if config else ""
         raise ConfigError(f"invalid settings{where}: {problems}") from exc
-    return Settings.model_validate(loaded.model_dump())
 
 
 class _DictSource(PydanticBaseSettingsSource):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import numpy as np
 import orjson
 
 from ingest.transport import BrokerAddress, connect, make_client
+from proximity.messages import iso_utc
 from simulator.scenario import Scenario, noisy_fix
 
 FIX_QOS = 1
@@ -60,12 +60,9 @@ class Fleet:
                 if next_due[dev] <= now:
                     track = self.scenario.tracks[dev]
                     lat, lon = noisy_fix(track, now, self._rng)
-                    ts = datetime.fromtimestamp(start_wall + now, UTC).isoformat(
-                        timespec="milliseconds"
-                    )
                     payload = orjson.dumps(
                         {
-                            "ts": ts.replace("+00:00", "Z"),
+                            "ts": iso_utc(start_wall + now),
                             "lat": lat,
                             "lon": lon,
                             "acc": round(track.acc_m, 1),

@@ -256,9 +256,6 @@ def noisy_fix(track: Track, t: float, rng: np.random.Generator) -> tuple[float, 
     is the track's accuracy."""
     sigma = track.acc_m / R68_PER_SIGMA
     lat, lon = track.position(t)
-    m, n = _radii(float(lat[0]))
     de, dn = rng.normal(0.0, sigma, 2)
-    return (
-        float(lat[0] + math.degrees(dn / m)),
-        float(lon[0] + math.degrees(de / (n * math.cos(math.radians(float(lat[0])))))),
-    )
+    nlat, nlon = to_latlon((float(lat[0]), float(lon[0])), np.array([de]), np.array([dn]))
+    return float(nlat[0]), float(nlon[0])

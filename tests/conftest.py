@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +17,6 @@ from ingest.transport import connect, make_client, parse_broker_url
 from simulator.broker import BrokerError, LocalBroker, find_mosquitto
 
 WAIT_S = 20.0
-ENGINE_START_S = 180.0  # a first start compiles the kernels (cached afterwards)
 
 
 def _have_mosquitto() -> bool:
@@ -108,51 +105,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=120,
         env=env,
     )
-
-
-class EngineProcess:
-    """``proximity run`` started through its CLI, stopped by pid."""
-
-    def __init__(self, broker_url: str, db: Path, log: Path, *extra: str) -> None:
-        self.log = log
-        status = Listener(broker_url, ["proximity/status"])
-        fh = log.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proximity",
-                "run",
-                "--broker",
-                broker_url,
-                "--db",
-                str(db),
-                "--status-interval-s",
-                "0.5",
-                *extra,
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-        fh.close()
-        try:
-            deadline = time.monotonic() + ENGINE_START_S
-            while not any(m.get("state") == "online" for m in status.on("proximity/status")):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"engine did not come online:\n{log.read_text()}")
-                time.sleep(0.05)
-        finally:
-            status.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        return int(self.proc.returncode)
 
 
 def write_cases(path: Path, cases: list[dict[str, Any]]) -> Path:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from simulator.broker import LocalBroker
-from tests.conftest import EngineProcess, Listener, Publisher, run_cli, write_cases
+from simulator.process import EngineProcess
+from tests.conftest import Listener, Publisher, run_cli, write_cases
 from tests.naive import geod_distance_m, offset
 
 pytestmark = pytest.mark.broker
@@ -61,7 +62,7 @@ def engine(
         "cases", "import", str(write_cases(tmp / "cases.json", CASES)), "--db", str(db)
     )
     assert result.returncode == 0, result.stderr
-    proc = EngineProcess(broker.url, db, tmp / "engine.log")
+    proc = EngineProcess(broker.url, db, tmp / "engine.log", "--status-interval-s", "0.5").start()
     yield proc
     assert proc.stop() == 0, proc.log.read_text()
 
