@@ -15,17 +15,20 @@ of each, so a file can be corrected in one pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from proximity.errors import CaseFileError
+from proximity.uncertainty import MOBILITY_MPS
 
 MAX_ORDER_DISTANCE_M = 100_000.0
 #: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.
 FORBIDDEN_ID_CHARS = frozenset("/+#")
 ZONE_KINDS = frozenset({"exclusion", "inclusion"})
-CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones"})
+CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones", "mobility"})
+#: Highest top speed a case file may state, m/s (1080 km/h: beyond any ground vehicle).
+MAX_TOP_SPEED_MPS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,10 @@ class Case:
     zones: Mapping[str, Any] = field(
         default_factory=lambda: {"type": "FeatureCollection", "features": []}
     )
+    #: Plausible top speeds (m/s) of the case's offenders and protected persons; None: the
+    #: device's own setting or the engine default decides (see :func:`top_speeds`).
+    offender_top_speed_mps: float | None = None
+    protected_top_speed_mps: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,75 @@ def _positive(value: object) -> float | None:
         return None
     x = float(value)
     return x if math.isfinite(x) and x > 0 else None
+
+
+def parse_mobility(value: object) -> float | str:
+    """A mobility value (profile name or m/s) -> top speed in m/s, or a problem description."""
+    if isinstance(value, str):
+        if value in MOBILITY_MPS:
+            return MOBILITY_MPS[value]
+        return f"must be one of {', '.join(map(repr, MOBILITY_MPS))} or a speed in m/s"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a profile name ({', '.join(MOBILITY_MPS)}) or a speed in m/s"
+    x = float(value)
+    if not (math.isfinite(x) and 0 < x <= MAX_TOP_SPEED_MPS):
+        return f"must be a speed in (0, {MAX_TOP_SPEED_MPS:g}] m/s, got {value!r}"
+    return x
+
+
+def _check_mobility(
+    where: str, value: object, problems: list[str]
+) -> tuple[float | None, float | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"offenders", "protected"})
+        if unknown:
+            problems.append(
+                f"{where}: 'mobility' takes 'offenders' and 'protected', not {unknown!r}"
+            )
+        speeds: list[float | None] = []
+        for role in ("offenders", "protected"):
+            if role not in value:
+                speeds.append(None)
+                continue
+            got = parse_mobility(value[role])
+            if isinstance(got, str):
+                problems.append(f"{where}: 'mobility.{role}' {got}, got {value[role]!r}")
+                speeds.append(None)
+            else:
+                speeds.append(got)
+        return speeds[0], speeds[1]
+    got = parse_mobility(value)
+    if isinstance(got, str):
+        problems.append(f"{where}: 'mobility' {got}, got {value!r}")
+        return None, None
+    return got, got
+
+
+def top_speeds(
+    cases: Sequence[Case], devices: Sequence[Device], default_mps: float
+) -> dict[str, float]:
+    """Each device's top speed (m/s): its own ``mobility`` in the devices list, else the
+    highest its cases give its role, else ``default_mps``. The highest wins because a lower
+    one would make an old fix look more certain than it is."""
+    out: dict[str, float] = {}
+    for case in cases:
+        for devs, speed in (
+            (case.offenders, case.offender_top_speed_mps),
+            (case.protected, case.protected_top_speed_mps),
+        ):
+            if speed is not None:
+                for d in devs:
+                    out[d] = max(out.get(d, 0.0), speed)
+    for dev in devices:
+        got = parse_mobility(dev.info["mobility"]) if "mobility" in dev.info else None
+        if isinstance(got, float):
+            out[dev.id] = got
+    for case in cases:
+        for d in (*case.offenders, *case.protected):
+            out.setdefault(d, default_mps)
+    return out
 
 
 def _check_devices(where: str, key: str, value: object, problems: list[str]) -> tuple[str, ...]:
@@ -181,9 +257,20 @@ def _parse_case(
             else:
                 summary[key] = val
     zones = _check_zones(where, raw.get("zones"), problems)
+    off_speed, prot_speed = _check_mobility(where, raw.get("mobility"), problems)
     if len(problems) > before:
         return None
-    return Case(str(case_id), offenders, protected, distance, warning, summary, zones)
+    return Case(
+        str(case_id),
+        offenders,
+        protected,
+        distance,
+        warning,
+        summary,
+        zones,
+        off_speed,
+        prot_speed,
+    )
 
 
 def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
@@ -231,6 +318,12 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         else:
             assert isinstance(raw, dict) and isinstance(dev_id, str)
             seen_dev.add(dev_id)
+            if "mobility" in raw:
+                got = parse_mobility(raw["mobility"])
+                if isinstance(got, str):
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): 'mobility' {got}, got {raw['mobility']!r}"
+                    )
             devices.append(Device(dev_id, {k: v for k, v in raw.items() if k != "id"}))
 
     if problems:

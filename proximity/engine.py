@@ -3,12 +3,17 @@
 A batch of fixes is applied in rounds: round k holds the k-th fix (in fix-time order) of
 every device in the batch, so a device that sent three fixes while the engine was busy is
 still evaluated three times, in order, and a brief breach between two fixes is not lost to
-batching. Within a round, only the pairs of the devices that moved are evaluated.
+batching. Within a round, only the pairs of the devices that moved are evaluated by the core
+(:mod:`proximity.core`); :meth:`Engine.sweep` re-evaluates every pair for what time alone
+changes (an old fix's growing uncertainty).
 
-The proximity rule is a two-state machine per pair with hysteresis: a pair enters ``alarm``
-when its distance is at most the order distance, and leaves it only beyond the order distance
-plus the pair's margin (``max(margin_fraction * order, margin_min_m)``), so GPS jitter around
-the boundary does not produce an alarm storm. Transitions are array logic; Python work is
+The proximity rule is a state machine per pair with hysteresis, on the core's classification:
+a pair enters ``alarm`` when a breach is certain or possible (distance minus the combined
+uncertainty radius at most the order distance), is upgraded once when a possible breach
+becomes certain, and leaves only when even the pessimistic distance is beyond the order
+distance plus the pair's margin (``max(margin_fraction * order, margin_min_m)``), so GPS
+jitter around the boundary does not produce an alarm storm and an alarm never ends on a fix
+too uncertain to show that the danger is over. Transitions are array logic; Python work is
 done only for the rare pairs that change state.
 """
 
@@ -23,16 +28,29 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.batch import FixBatch
-from proximity.cases import Case
+from proximity.cases import Case, Device, top_speeds
+from proximity.core import ACC, PairEvaluation, ProximityCore
+from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
-from proximity.pairs import PairTable, gather_pairs, pair_distances
+from proximity.pairs import PairTable
+from proximity.uncertainty import (
+    DEFAULT_MOBILITY,
+    MOBILITY_MPS,
+    UNKNOWN_ACCURACY_M,
+    Classification,
+)
 
 #: Namespace of alarm ids: uuid5(namespace, "case/offender/victim/opening fix time") gives the
 #: same id when the same history is replayed, which makes re-published duplicates harmless.
 ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 
 CLEAR = np.int8(0)
-IN_ALARM = np.int8(1)
+OPEN_POSSIBLE = np.int8(1)
+OPEN_CERTAIN = np.int8(2)
+
+#: A fix is called old in an alarm's reason when it is at least this old and its age, times
+#: the device's top speed, outweighs its own accuracy.
+OLD_FIX_S = 5.0
 
 
 @dataclass
@@ -42,6 +60,7 @@ class EngineStats:
     fixes_applied: int = 0
     fixes_late: int = 0
     pairs_evaluated: int = 0
+    sweeps: int = 0
     max_batch: int = 0
     events: int = 0
 
@@ -60,7 +79,7 @@ class DeviceTable:
         self.t_recv = np.full(n, np.nan)
         self.seq = np.full(n, -1, dtype=np.int64)
 
-    def position(self, slot: int) -> Position:
+    def position(self, slot: int, radius_m: float = float("nan"), old: bool = False) -> Position:
         return Position(
             device=self.ids[slot],
             lat=float(self.lat[slot]),
@@ -69,6 +88,8 @@ class DeviceTable:
             t_fix=float(self.t_fix[slot]),
             t_recv=float(self.t_recv[slot]),
             seq=int(self.seq[slot]),
+            radius_m=radius_m,
+            old=old,
         )
 
 
@@ -89,26 +110,47 @@ def _rounds(batch: FixBatch) -> list[npt.NDArray[np.int64]]:
 
 
 class Engine:
-    """Applies fix batches and returns the alarm events they cause."""
+    """Applies fix batches and returns the alarm events they cause.
+
+    Parameters
+    ----------
+    cases : sequence of Case
+        The orders to watch.
+    devices : sequence of Device
+        The case file's device descriptions (``mobility`` sets a device's top speed).
+    margin_fraction, margin_min_m : float
+        Hysteresis: an alarm ends only beyond ``order + max(margin_fraction * order,
+        margin_min_m)``.
+    default_top_speed_mps : float
+        Top speed of a device that neither its own entry nor its case describes.
+    unknown_accuracy_m : float
+        68 % radius assumed for a fix without a usable accuracy.
+    clock : callable
+        UTC epoch seconds now; ages of fixes are measured against it.
+    """
 
     def __init__(
         self,
         cases: Sequence[Case],
+        devices: Sequence[Device] = (),
         *,
         margin_fraction: float = 0.1,
         margin_min_m: float = 25.0,
+        default_top_speed_mps: float = MOBILITY_MPS[DEFAULT_MOBILITY],
+        unknown_accuracy_m: float = UNKNOWN_ACCURACY_M,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cases = {c.id: c for c in cases}
-        devices = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
-        self.devices = DeviceTable(devices)
+        ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
+        self.devices = DeviceTable(ids)
         self.pairs = PairTable.build(cases, self.devices.slot_of, margin_fraction, margin_min_m)
+        speeds = top_speeds(cases, devices, default_top_speed_mps)
+        self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
+        self.core = ProximityCore(len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m)
         self.state = np.zeros(len(self.pairs), dtype=np.int8)
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
-        self._mark = np.zeros(len(self.pairs), dtype=np.bool_)
-        self._scratch = np.empty(len(self.pairs), dtype=np.int64)
 
     @property
     def slot_of(self) -> dict[str, int]:
@@ -120,21 +162,7 @@ class Engine:
 
     def warm_up(self) -> float:
         """Compile (or load from cache) every kernel; return the seconds it took."""
-        t0 = time.perf_counter()
-        lat = np.array([50.0, 50.001])
-        lon = np.array([4.0, 4.001])
-        a = np.array([0], dtype=np.int64)
-        b = np.array([1], dtype=np.int64)
-        out = np.empty(1)
-        pair_distances(lat, lon, a, b, np.array([0], dtype=np.int64), out)
-        gather_pairs(
-            np.array([0], dtype=np.int64),
-            np.array([0, 1, 1], dtype=np.int64),
-            np.array([0], dtype=np.int64),
-            np.zeros(1, dtype=np.bool_),
-            np.empty(1, dtype=np.int64),
-        )
-        return time.perf_counter() - t0
+        return warm_up_core()
 
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
         """Apply a batch of fixes; return the alarm state changes, in decision order."""
@@ -143,12 +171,28 @@ class Engine:
         st.fixes_in += len(batch)
         st.max_batch = max(st.max_batch, len(batch))
         events: list[AlarmEvent] = []
+        now = self._clock()
         for rows in _rounds(batch):
             touched = self._apply(batch, rows)
             if touched.size:
-                events.extend(self._evaluate(touched))
+                idx = self.core.pairs_of(touched)
+                if idx.size:
+                    events.extend(self._decide(self.core.evaluate(idx, now), now, "fix"))
         st.events += len(events)
         return events
+
+    def sweep(self) -> list[AlarmEvent]:
+        """Re-evaluate every pair at the current time (fix ages grow without new fixes)."""
+        now = self._clock()
+        self.stats.sweeps += 1
+        events = self._decide(self.core.evaluate_all(now), now, "time") if len(self.pairs) else []
+        self.stats.events += len(events)
+        return events
+
+    def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
+        """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""
+        now = self._clock()
+        return self.core.evaluate_all(now) if idx is None else self.core.evaluate(idx, now)
 
     def _apply(self, batch: FixBatch, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Write one round's fixes into the device table; late fixes never move state back."""
@@ -164,65 +208,96 @@ class Engine:
         dev.t_fix[slots] = batch.t_fix[rows]
         dev.t_recv[slots] = batch.t_recv[rows]
         dev.seq[slots] = batch.seq[rows]
+        self.core.apply(
+            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows]
+        )
         self.stats.fixes_applied += int(slots.size)
         return slots
 
-    def _evaluate(self, slots: npt.NDArray[np.int64]) -> list[AlarmEvent]:
+    def _decide(self, ev: PairEvaluation, now: float, cause: str) -> list[AlarmEvent]:
+        self.stats.pairs_evaluated += len(ev)
+        idx = ev.idx
         pairs = self.pairs
-        n = gather_pairs(slots, pairs.dev_ptr, pairs.dev_pairs, self._mark, self._scratch)
-        if n == 0:
-            return []
-        idx = self._scratch[:n].copy()
-        dist = np.empty(n, dtype=np.float64)
-        pair_distances(self.devices.lat, self.devices.lon, pairs.offender, pairs.victim, idx, dist)
-        self.stats.pairs_evaluated += n
-
         state = self.state[idx]
-        order = pairs.order_m[idx]
-        enter = (state == CLEAR) & (dist <= order)
-        leave = (state == IN_ALARM) & (dist > order + pairs.margin_m[idx])
-        changed = np.flatnonzero(enter | leave)
+        cls = ev.classification
+        breach = cls >= Classification.POSSIBLE_BREACH
+        certain = cls == Classification.CERTAIN_BREACH
+        # NaN distances (a device without a fix) compare False: such a pair never changes.
+        beyond = ev.distance_m - ev.uncertainty_m > pairs.order_m[idx] + pairs.margin_m[idx]
+        enter = (state == CLEAR) & breach
+        upgrade = (state == OPEN_POSSIBLE) & certain
+        leave = (state != CLEAR) & beyond
+        changed = np.flatnonzero(enter | upgrade | leave)
         if changed.size == 0:
             return []
-        self.state[idx[enter]] = IN_ALARM
+        self.state[idx[enter]] = np.where(certain[enter], OPEN_CERTAIN, OPEN_POSSIBLE)
+        self.state[idx[upgrade]] = OPEN_CERTAIN
         self.state[idx[leave]] = CLEAR
 
         decided = self._clock()
         events = []
         for k in changed:
-            events.append(self._event(int(idx[k]), float(dist[k]), bool(enter[k]), decided))
+            kind = (
+                AlarmState.OPEN
+                if enter[k]
+                else AlarmState.UPDATE
+                if upgrade[k]
+                else AlarmState.ENDED
+            )
+            events.append(self._event(ev, int(k), kind, now, decided, cause))
         return events
 
-    def _event(self, p: int, distance: float, opened: bool, decided: float) -> AlarmEvent:
+    def _position(self, slot: int, now: float) -> Position:
+        dev = self.devices
+        acc = float(self.core.rows[slot, ACC])
+        radius = self.core.radius_m(slot, now)
+        age = now - float(dev.t_fix[slot])
+        return dev.position(slot, radius, old=age >= OLD_FIX_S and radius - acc > acc)
+
+    def _event(
+        self, ev: PairEvaluation, k: int, kind: AlarmState, now: float, decided: float, cause: str
+    ) -> AlarmEvent:
         pairs = self.pairs
-        off = self.devices.position(int(pairs.offender[p]))
-        vic = self.devices.position(int(pairs.victim[p]))
+        p = int(ev.idx[k])
+        off = self._position(int(pairs.offender[p]), now)
+        vic = self._position(int(pairs.victim[p]), now)
         case_id = pairs.case_ids[int(pairs.case[p])]
         order = float(pairs.order_m[p])
         margin = float(pairs.margin_m[p])
-        if opened:
+        distance = float(ev.distance_m[k])
+        unc = float(ev.uncertainty_m[k])
+        cls = Classification(int(ev.classification[k]))
+        where = (
+            f"offender {off.device} is {distance:.0f} m (+-{unc:.0f} m) from protected person"
+            f" {vic.device}"
+        )
+        old = [
+            f"the {role} fix is {now - p_.t_fix:.0f} s old (+-{p_.radius_m:.0f} m)"
+            for role, p_ in (("offender's", off), ("protected person's", vic))
+            if p_.old
+        ]
+        why_uncertain = f"; {' and '.join(old)}" if old else ""
+        if kind == AlarmState.OPEN:
             t_open = max(off.t_fix, vic.t_fix)
             alarm_id = str(
                 uuid.uuid5(ALARM_ID_NAMESPACE, f"{case_id}/{off.device}/{vic.device}/{t_open!r}")
             )
             self.alarm_ids[p] = alarm_id
-            reason = (
-                f"offender {off.device} is {distance:.0f} m from protected person {vic.device},"
-                f" within the order distance of {order:.0f} m"
-            )
-            state = AlarmState.OPEN
+            what = "certain" if cls == Classification.CERTAIN_BREACH else "possible"
+            reason = f"{what} breach: {where}, order distance {order:.0f} m{why_uncertain}"
+        elif kind == AlarmState.UPDATE:
+            alarm_id = self.alarm_ids[p]
+            reason = f"breach now certain: {where}, order distance {order:.0f} m"
         else:
             alarm_id = self.alarm_ids.pop(p)
             reason = (
-                f"offender {off.device} is {distance:.0f} m from protected person {vic.device},"
-                f" beyond the order distance plus margin ({order:.0f} + {margin:.0f} m)"
+                f"{where}, beyond the order distance plus margin ({order:.0f} + {margin:.0f} m)"
             )
-            state = AlarmState.ENDED
         return AlarmEvent(
             alarm_id=alarm_id,
             type=AlarmType.PROXIMITY,
             level=AlarmLevel.ALARM,
-            state=state,
+            state=kind,
             case_id=case_id,
             offender=off,
             victim=vic,
@@ -231,4 +306,10 @@ class Engine:
             margin_m=margin,
             reason=reason,
             t_decided=decided,
+            classification=cls,
+            probability=float(ev.probability[k]),
+            uncertainty_m=unc,
+            closing_speed_mps=float(ev.closing_mps[k]),
+            time_to_breach_s=float(ev.time_to_breach_s[k]),
+            cause=cause,
         )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from proximity.uncertainty import Classification
+
 
 class AlarmType(IntEnum):
     PROXIMITY = 1
@@ -35,7 +37,11 @@ def wire_name(code: IntEnum) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """A device's last fix as the engine used it. Times are UTC epoch seconds."""
+    """A device's last fix as the engine used it. Times are UTC epoch seconds.
+
+    ``radius_m`` is the fix's 68 % radius at decision time (accuracy widened by age times the
+    device's top speed); ``old`` says the age, not the accuracy, dominates it.
+    """
 
     device: str
     lat: float
@@ -44,6 +50,8 @@ class Position:
     t_fix: float
     t_recv: float
     seq: int
+    radius_m: float = float("nan")
+    old: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,11 @@ class AlarmEvent:
 
     ``trigger`` is the fix whose arrival led to the decision (the later-received of the two
     positions), so its ``t_fix`` and ``t_recv`` are the alarm's fix and receipt times.
+    ``cause`` is ``"fix"`` when a new fix led to the decision and ``"time"`` when the periodic
+    sweep did (an old fix's uncertainty grew). ``uncertainty_m`` is the 99 % radius of the
+    separation; ``probability`` that the true separation is within the order distance;
+    ``closing_speed_mps`` positive when approaching (NaN: unknown); ``time_to_breach_s`` at
+    that speed (0 inside, inf when not approaching, NaN unknown).
     """
 
     alarm_id: str
@@ -66,6 +79,12 @@ class AlarmEvent:
     margin_m: float
     reason: str
     t_decided: float
+    classification: Classification = Classification.UNKNOWN
+    probability: float = float("nan")
+    uncertainty_m: float = float("nan")
+    closing_speed_mps: float = float("nan")
+    time_to_breach_s: float = float("nan")
+    cause: str = "fix"
 
     @property
     def trigger(self) -> Position:

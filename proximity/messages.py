@@ -2,7 +2,12 @@
 
 Every message is a JSON object with the contract's core fields; ``category`` marks it as a
 stalking alarm (the panic button's alarms share the topic), and ``trigger`` names the fix that
-led to the decision (device and sequence number) for latency accounting.
+led to the decision (device and sequence number) for latency accounting, and its ``cause``
+(``fix``, or ``time`` when the periodic sweep found that an old fix's uncertainty now admits
+a breach). ``classification`` is ``certain_breach`` or ``possible_breach`` (or ``warning`` and
+``clear`` on an alarm's end); ``uncertainty_m`` the 99 % radius of the separation; each
+party's ``radius_m`` is its fix's 68 % radius at decision time and ``old_fix`` says its age
+dominates it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def _position(p: Position, decided: float) -> dict[str, Any]:
         "acc_m": _num(p.acc_m, 1),
         "fix_time": iso_utc(p.t_fix),
         "age_s": _num(decided - p.t_fix, 3),
+        "radius_m": _num(p.radius_m, 1),
+        "old_fix": p.old,
     }
 
 
@@ -63,12 +70,19 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "order_distance_m": event.order_distance_m,
         "warning_distance_m": case.warning_distance_m,
         "margin_m": event.margin_m,
-        # The uncertainty model (fix accuracy and age) that yields a probability is not part
-        # of this version; null says "not computed", never "certain".
-        "probability": None,
+        "classification": wire_name(event.classification),
+        "probability": _num(event.probability, 4),
+        "uncertainty_m": _num(event.uncertainty_m, 1),
+        "closing_speed_mps": _num(event.closing_speed_mps, 2),
+        # inf (not approaching) and NaN (unknown) both become null: no breach is predicted.
+        "time_to_breach_s": _num(event.time_to_breach_s, 1),
         "zone": None,
         "reason": event.reason,
-        "trigger": {"device": trigger.device, "seq": trigger.seq if trigger.seq >= 0 else None},
+        "trigger": {
+            "device": trigger.device,
+            "seq": trigger.seq if trigger.seq >= 0 else None,
+            "cause": event.cause,
+        },
         "times": {
             "fix": iso_utc(trigger.t_fix),
             "received": iso_utc(trigger.t_recv),

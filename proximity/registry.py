@@ -12,7 +12,7 @@ from types import TracebackType
 from proximity.cases import Case, CaseFile, Device
 from proximity.errors import RegistryError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS cases (
     warning_distance_m REAL NOT NULL CHECK (warning_distance_m >= order_distance_m),
     summary            TEXT NOT NULL,  -- JSON object of text fields
     zones              TEXT NOT NULL,  -- GeoJSON FeatureCollection
-    updated_at         TEXT NOT NULL
+    updated_at         TEXT NOT NULL,
+    mobility           TEXT NOT NULL DEFAULT '{}'  -- {"offenders": m/s, "protected": m/s}
 );
 CREATE TABLE IF NOT EXISTS case_devices (
     case_id   TEXT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
@@ -69,8 +70,19 @@ class Registry:
                 raise RegistryError(
                     f"{self.path} was written by a newer version (schema {row[0]}); upgrade"
                 )
+            elif int(row[0]) < SCHEMA_VERSION:
+                self._migrate(int(row[0]))
         except sqlite3.DatabaseError as exc:
             raise RegistryError(f"cannot use {self.path} as a registry: {exc}") from exc
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older registry file up to :data:`SCHEMA_VERSION`, in one transaction."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        if version < 2:  # schema 2: per-case mobility (top speeds of offenders and protected)
+            db.execute("ALTER TABLE cases ADD COLUMN mobility TEXT NOT NULL DEFAULT '{}'")
+        db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
+        db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -99,11 +111,12 @@ class Registry:
                 (updated if exists else created).append(case.id)
                 db.execute(
                     "INSERT INTO cases(id, order_distance_m, warning_distance_m, summary, zones,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " updated_at, mobility) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(id) DO UPDATE SET"
                     " order_distance_m=excluded.order_distance_m,"
                     " warning_distance_m=excluded.warning_distance_m,"
                     " summary=excluded.summary, zones=excluded.zones,"
-                    " updated_at=excluded.updated_at",
+                    " updated_at=excluded.updated_at, mobility=excluded.mobility",
                     (
                         case.id,
                         case.order_distance_m,
@@ -111,6 +124,12 @@ class Registry:
                         json.dumps(dict(case.summary), ensure_ascii=False),
                         json.dumps(case.zones, ensure_ascii=False),
                         now,
+                        json.dumps(
+                            {
+                                "offenders": case.offender_top_speed_mps,
+                                "protected": case.protected_top_speed_mps,
+                            }
+                        ),
                     ),
                 )
                 db.execute("DELETE FROM case_devices WHERE case_id=?", (case.id,))
@@ -145,10 +164,12 @@ class Registry:
         ):
             members.setdefault(case_id, {"offender": [], "protected": []})[role].append(device_id)
         out = []
-        for case_id, order_m, warning_m, summary, zones in self._db.execute(
-            "SELECT id, order_distance_m, warning_distance_m, summary, zones FROM cases ORDER BY id"
+        for case_id, order_m, warning_m, summary, zones, mobility in self._db.execute(
+            "SELECT id, order_distance_m, warning_distance_m, summary, zones, mobility"
+            " FROM cases ORDER BY id"
         ):
             m = members.get(case_id, {"offender": [], "protected": []})
+            speeds = json.loads(mobility)
             out.append(
                 Case(
                     id=case_id,
@@ -158,6 +179,8 @@ class Registry:
                     warning_distance_m=warning_m,
                     summary=json.loads(summary),
                     zones=json.loads(zones),
+                    offender_top_speed_mps=speeds.get("offenders"),
+                    protected_top_speed_mps=speeds.get("protected"),
                 )
             )
         return out

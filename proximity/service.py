@@ -23,10 +23,11 @@ from ingest.transport import connect, make_client, parse_broker_url
 from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
-from proximity.events import AlarmState, wire_name
+from proximity.events import AlarmEvent, AlarmState, wire_name
 from proximity.messages import alarm_message, iso_utc
 from proximity.registry import Registry
 from proximity.settings import Settings
+from proximity.uncertainty import MOBILITY_MPS
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,14 @@ class EngineService:
             raise ProximityError(str(exc)) from exc
         with Registry(settings.db) as registry:
             self.cases = registry.cases()
+            devices = registry.devices()
         self.engine = Engine(
             self.cases,
+            devices,
             margin_fraction=settings.margin_fraction,
             margin_min_m=settings.margin_min_m,
+            default_top_speed_mps=MOBILITY_MPS[settings.default_mobility],
+            unknown_accuracy_m=settings.unknown_accuracy_m,
         )
         self.started = time.time()
         self.messages_received = 0
@@ -69,6 +74,7 @@ class EngineService:
                 "batches": st.batches,
                 "max_batch": st.max_batch,
                 "pairs_evaluated": st.pairs_evaluated,
+                "sweeps": st.sweeps,
                 "rejected": dict(self.reporter.counts),
                 "rejected_total": self.reporter.total,
                 "alarms_published": self.channel.published,
@@ -132,11 +138,15 @@ class EngineService:
     def _loop(self, stop: threading.Event, out: Any) -> None:
         s = self.settings
         next_status = time.monotonic() + s.status_interval_s
+        next_sweep = time.monotonic() + s.sweep_interval_s
         while not stop.is_set():
-            wait = max(0.0, min(0.5, next_status - time.monotonic()))
+            wait = max(0.0, min(0.5, next_status - time.monotonic(), next_sweep - time.monotonic()))
             items = self.subscriber.drain(timeout=wait)
             if items:
                 self._handle(items)
+            if time.monotonic() >= next_sweep:
+                self._publish(self.engine.sweep())
+                next_sweep = time.monotonic() + s.sweep_interval_s
             if time.monotonic() >= next_status:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
@@ -148,7 +158,10 @@ class EngineService:
         batch, unknown = build_batch(fixes, self.engine.slot_of)
         if rejected or unknown:
             self.reporter.report(rejected + unknown)
-        for event in self.engine.process(batch):
+        self._publish(self.engine.process(batch))
+
+    def _publish(self, events: list[AlarmEvent]) -> None:
+        for event in events:
             message = alarm_message(event, self.engine.cases[event.case_id])
             self.channel.send(message)
             log.log(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from proximity.errors import ConfigError
+from proximity.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 
 
 class Settings(BaseSettings):
@@ -42,6 +43,22 @@ class Settings(BaseSettings):
         0.1, ge=0, le=1, description="hysteresis margin as a fraction of the order distance"
     )
     margin_min_m: float = Field(25.0, ge=0, description="smallest hysteresis margin, metres")
+    default_mobility: Literal["walking", "cycling", "driving"] = Field(
+        DEFAULT_MOBILITY,
+        description="top-speed profile of a device that neither its case nor its own entry"
+        " describes (an old fix's uncertainty grows by its age times this speed)",
+    )
+    unknown_accuracy_m: float = Field(
+        UNKNOWN_ACCURACY_M,
+        gt=0,
+        description="68 % radius assumed for a fix whose accuracy is 0 or missing, metres",
+    )
+    sweep_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="seconds between sweeps of every pair for what time alone changes"
+        " (an old fix's growing uncertainty)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
 

@@ -46,7 +46,7 @@ def test_epoch_time_and_offsets_other_than_utc() -> None:
 
 @pytest.mark.parametrize("acc", [0, None])
 def test_zero_or_missing_accuracy_means_unknown(acc: object) -> None:
-    body = {"ts": NOW, "lat": 50.0, "lon": 4.0}
+    body: dict[str, object] = {"ts": NOW, "lat": 50.0, "lon": 4.0}
     if acc is not None:
         body["acc"] = acc
     fix = decode(body)

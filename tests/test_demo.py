@@ -13,9 +13,9 @@ def test_demo_runs_to_its_summary() -> None:
     result = run_cli("demo", "--duration", "15", "--pairs", "10", "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    published, processed = map(
-        int, re.search(r"fixes\s+(\d+) published, (\d+) processed", out).groups()
-    )  # type: ignore[union-attr]
+    counts = re.search(r"fixes\s+(\d+) published, (\d+) processed", out)
+    assert counts is not None, out
+    published, processed = map(int, counts.groups())
     assert published > 100 and processed == published
     assert re.search(r"rejected\s+3 \(", out)
     opened = int(re.search(r"alarms\s+(\d+) opened", out).group(1))  # type: ignore[union-attr]

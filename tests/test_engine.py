@@ -7,14 +7,32 @@ from hypothesis import strategies as st
 
 from ingest.batch import FixBatch, build_batch
 from ingest.model import Fix
-from proximity.cases import Case
+from proximity.cases import Case, Device
 from proximity.engine import Engine
-from proximity.events import AlarmState
+from proximity.events import AlarmEvent, AlarmState
+from proximity.messages import alarm_message
 from proximity.pairs import gather_pairs
+from proximity.uncertainty import K68, K99, Classification
 from tests.naive import geod_distance_m, offset, pairs_of_slots
 
 HOME = (50.85, 4.35)
 T0 = 1795428000.0
+#: 99 % uncertainty radius of a pair of fresh fixes with 5 m accuracy each.
+U5 = K99 * np.hypot(5.0, 5.0) / K68
+
+
+class Clock:
+    """The engine's clock, set by the test (UTC epoch seconds)."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def engine(cases: list[Case], clock: Clock | None = None, **kw: object) -> Engine:
+    return Engine(cases, clock=clock or Clock(), **kw)  # type: ignore[arg-type]
 
 
 def case(
@@ -23,37 +41,59 @@ def case(
     return Case(cid, offenders, protected, order, 2 * order)
 
 
-def fix(dev: str, pos: tuple[float, float], t: float, seq: int = -1) -> Fix:
-    return Fix(dev, T0 + t, T0 + t + 0.1, pos[0], pos[1], 5.0, seq=seq)
+def fix(dev: str, pos: tuple[float, float], t: float, seq: int = -1, acc: float = 5.0) -> Fix:
+    return Fix(dev, T0 + t, T0 + t + 0.1, pos[0], pos[1], acc, seq=seq)
 
 
-def run(engine: Engine, *fixes: Fix) -> list[tuple[str, AlarmState, float]]:
-    batch, rejected = build_batch(list(fixes), engine.slot_of)
+def run(eng: Engine, *fixes: Fix) -> list[tuple[str, AlarmState, float]]:
+    """Process the fixes with the engine's clock at the newest fix time (fresh fixes)."""
+    return [(e.case_id, e.state, e.distance_m) for e in events_of(eng, *fixes)]
+
+
+def events_of(eng: Engine, *fixes: Fix, now: float | None = None) -> list[AlarmEvent]:
+    clock = eng._clock
+    assert isinstance(clock, Clock)
+    clock.t = max(f.t_fix for f in fixes) if now is None else now
+    batch, rejected = build_batch(list(fixes), eng.slot_of)
     assert rejected == []
-    return [(e.case_id, e.state, e.distance_m) for e in engine.process(batch)]
+    return eng.process(batch)
 
 
-def test_enter_at_order_distance_and_leave_only_beyond_margin() -> None:
-    eng = Engine([case("C", ("o",), ("v",))], margin_fraction=0.1, margin_min_m=25.0)
-    assert run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 501), 1)) == []
-    [(cid, state, d)] = run(eng, fix("o", offset(*HOME, 45, 499), 2))
-    assert (cid, state) == ("C", AlarmState.OPEN) and d == pytest.approx(499, abs=1e-3)
-    # jitter across the boundary and inside the margin (50 m): nothing
-    for k, dist in enumerate([505, 495, 530, 549]):
-        assert run(eng, fix("o", offset(*HOME, 135, dist), 3 + k)) == []
-    [(_, state, d)] = run(eng, fix("o", offset(*HOME, 135, 551), 10))
-    assert state == AlarmState.ENDED and d == pytest.approx(551, abs=1e-3)
+def test_enter_when_a_breach_is_possible_and_leave_only_beyond_margin() -> None:
+    # Top speed 0: fix ages add nothing, so the thresholds are exactly order +- U5.
+    eng = engine(
+        [case("C", ("o",), ("v",))],
+        margin_fraction=0.1,
+        margin_min_m=25.0,
+        default_top_speed_mps=0.0,
+    )
+    assert pytest.approx(14.22, abs=0.01) == U5
+    assert run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 500 + U5 + 1), 1)) == []
+    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 + U5 - 1), 2))
+    assert (ev.case_id, ev.state) == ("C", AlarmState.OPEN)
+    assert ev.classification == Classification.POSSIBLE_BREACH
+    assert ev.distance_m == pytest.approx(500 + U5 - 1, abs=1e-3)
+    assert 0.0 < ev.probability < 0.5 and ev.reason.startswith("possible breach")
+    # Certain once even the optimistic distance is inside: one update, then no repeats.
+    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 - U5 - 1), 3))
+    assert ev.state == AlarmState.UPDATE and ev.classification == Classification.CERTAIN_BREACH
+    assert ev.probability > 0.99
+    # Jitter across the boundary and up to the margin (50 m) plus uncertainty: nothing.
+    for k, dist in enumerate([505, 495, 530, 549, 550 + U5 - 1, 470]):
+        assert run(eng, fix("o", offset(*HOME, 135, dist), 4 + k)) == []
+    [(_, state, d)] = run(eng, fix("o", offset(*HOME, 135, 550 + U5 + 1), 20))
+    assert state == AlarmState.ENDED and d == pytest.approx(550 + U5 + 1, abs=1e-3)
     assert eng.open_alarms == 0
 
 
 def test_pair_without_both_positions_is_never_alarmed() -> None:
-    eng = Engine([case("C", ("o",), ("v",))])
+    eng = engine([case("C", ("o",), ("v",))])
     assert run(eng, fix("o", HOME, 0)) == []  # victim unknown: NaN distance
     assert run(eng, fix("v", HOME, 1)) == [("C", AlarmState.OPEN, 0.0)]
 
 
 def test_late_fix_never_moves_state_backwards() -> None:
-    eng = Engine([case("C", ("o",), ("v",))])
+    eng = engine([case("C", ("o",), ("v",))])
     run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 0, 2000), 10))
     # An older fix arriving late says he was close; the newer one says he is far away.
     assert run(eng, fix("o", offset(*HOME, 0, 100), 5)) == []
@@ -63,7 +103,7 @@ def test_late_fix_never_moves_state_backwards() -> None:
 
 def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
     # Three fixes of one offender in one batch, out of order: in, out, in. Each counts.
-    eng = Engine([case("C", ("o",), ("v",))])
+    eng = engine([case("C", ("o",), ("v",))])
     run(eng, fix("v", HOME, 0))
     events = run(
         eng,
@@ -75,7 +115,7 @@ def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
 
 
 def test_many_to_many_pairs_are_independent() -> None:
-    eng = Engine(
+    eng = engine(
         [
             case("A", ("o1",), ("v",)),
             case("B", ("o2",), ("v",)),
@@ -95,7 +135,7 @@ def test_many_to_many_pairs_are_independent() -> None:
 
 
 def test_alarm_ids_are_stable_for_the_same_history() -> None:
-    a, b = (Engine([case("C", ("o",), ("v",))]) for _ in range(2))
+    a, b = (engine([case("C", ("o",), ("v",))]) for _ in range(2))
     for eng in (a, b):
         run(eng, fix("v", HOME, 0), fix("o", HOME, 1))
     assert a.alarm_ids == b.alarm_ids
@@ -118,7 +158,7 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
         )
         for k in range(int(rng.integers(1, 30)))
     ]
-    eng = Engine(cases)
+    eng = engine(cases, Clock(T0))
     p = eng.pairs
     slots = rng.choice(
         len(eng.devices.ids), int(rng.integers(1, len(eng.devices.ids) + 1)), replace=False
@@ -145,15 +185,86 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
     expected = {
         (p.case_ids[p.case[k]], eng.devices.ids[p.offender[k]], eng.devices.ids[p.victim[k]])
         for k in range(len(p))
-        if dist[k] <= p.order_m[k]
+        if dist[k] - U5 <= p.order_m[k]
     }
     got = {(e.case_id, e.offender.device, e.victim.device) for e in events}
     assert got == expected
     for e in events:
-        assert e.distance_m <= e.order_distance_m
+        assert e.distance_m - e.uncertainty_m <= e.order_distance_m
+        assert e.uncertainty_m == pytest.approx(U5)
 
 
 def test_empty_batch_and_no_cases() -> None:
-    eng = Engine([])
+    eng = engine([])
     assert eng.process(FixBatch.empty()) == []
     eng.warm_up()
+
+
+def test_old_victim_fix_makes_an_approach_a_possible_breach_and_the_alarm_says_so() -> None:
+    walking = [Device("v", {"mobility": "walking"}), Device("o", {"mobility": "walking"})]
+    order = case("C", ("o",), ("v",), order=200.0)
+    approach = [fix("o", offset(*HOME, 30, 1500 - 50 * k), 540 + 10 * k) for k in range(7)]
+
+    # He walks in at 5 m/s from 1500 m to 1200 m (t = 540 ... 600 s). Then the victim's
+    # position arrives: taken at t = 600 (fresh) or buffered by her phone since t = 0 (stale).
+    # Fresh: 1200 m apart is clear (beyond even the warning band of 400 m).
+    fresh = engine([order], devices=walking)
+    assert events_of(fresh, *approach) == []
+    assert events_of(fresh, fix("v", HOME, 600), now=T0 + 600) == []
+    [verdict] = [fresh.evaluate()]
+    assert Classification(int(verdict.classification[0])) == Classification.CLEAR
+
+    # Stale: the same fixes, with her last fix 10 minutes old: she may have walked 1.8 km.
+    stale = engine([order], devices=walking)
+    assert events_of(stale, *approach) == []
+    [ev] = events_of(stale, fix("v", HOME, 0), now=T0 + 600)
+    assert ev.state == AlarmState.OPEN
+    assert ev.classification == Classification.POSSIBLE_BREACH
+    assert ev.distance_m == pytest.approx(1200, abs=1e-3)
+    assert ev.victim.old and not ev.offender.old
+    assert ev.victim.radius_m == pytest.approx(5 + 600 * 3.0)
+    assert "protected person's fix is 600 s old" in ev.reason
+    # He walks in at 5 m/s; the core says so.
+    assert ev.closing_speed_mps == pytest.approx(5.0, rel=1e-3)
+    assert ev.time_to_breach_s == pytest.approx((1200 - 200) / 5.0, rel=1e-3)
+    message = alarm_message(ev, order)
+    assert message["victim"]["old_fix"] is True and message["offender"]["old_fix"] is False
+    assert message["classification"] == "possible_breach"
+    assert 0.0 < message["probability"] < 0.1
+
+
+def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it() -> None:
+    clock = Clock()
+    devices = [Device("o", {"mobility": "driving"}), Device("v", {"mobility": "walking"})]
+    eng = engine([case("C", ("o",), ("v",), order=500.0)], clock, devices=devices)
+    assert events_of(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 200, 800), 0)) == []
+    clock.t = T0 + 2.0  # +80 m for the offender: still clear
+    assert eng.sweep() == []
+    clock.t = T0 + 30.0  # he may have driven 1200 m: possible
+    [ev] = eng.sweep()
+    assert (ev.state, ev.cause) == (AlarmState.OPEN, "time")
+    assert ev.classification == Classification.POSSIBLE_BREACH and ev.offender.old
+    assert alarm_message(ev, eng.cases["C"])["trigger"]["cause"] == "time"
+    assert eng.sweep() == []  # no repeats while it stays open
+    [ev] = events_of(eng, fix("o", offset(*HOME, 200, 900), 30.0), fix("v", HOME, 30.0))
+    assert (ev.state, ev.cause) == (AlarmState.ENDED, "fix")
+    assert eng.stats.sweeps == 3
+
+
+def test_unknown_accuracy_is_not_perfect() -> None:
+    eng = engine([case("C", ("o",), ("v",), order=500.0)], unknown_accuracy_m=50.0)
+    events = events_of(eng, fix("v", HOME, 0, acc=float("nan")), fix("o", offset(*HOME, 0, 560), 0))
+    # 560 m with 5 m fixes would be clear; an unknown accuracy counts as 50 m.
+    [ev] = events
+    assert ev.classification == Classification.POSSIBLE_BREACH
+    assert ev.uncertainty_m == pytest.approx(K99 * np.hypot(50.0, 5.0) / K68)
+
+
+def test_mobility_comes_from_device_then_case_then_default() -> None:
+    cases = [
+        Case("A", ("o",), ("v",), 500.0, 1000.0, offender_top_speed_mps=12.0),
+        Case("B", ("o",), ("w",), 500.0, 1000.0, protected_top_speed_mps=3.0),
+    ]
+    eng = engine(cases, devices=[Device("w", {"mobility": 7.5})], default_top_speed_mps=40.0)
+    speeds = dict(zip(eng.devices.ids, eng.top_speed_mps.tolist(), strict=True))
+    assert speeds == {"o": 12.0, "v": 40.0, "w": 7.5}
