@@ -85,3 +85,26 @@ def test_triangle_inequality(a: float, b: float, c: float, d: float, e: float, f
     bc = geodesic_distance_m(c, d, e, f)[0]
     ac = geodesic_distance_m(a, b, e, f)[0]
     assert ac <= ab + bc + 1e-3
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.floats(49.4, 51.6),
+    st.floats(2.5, 6.5),
+    st.floats(0.0, 360.0),
+    st.floats(0.0, 20_000.0),
+)
+def test_dense_around_belgium_within_a_centimetre(
+    lat: float, lon: float, azimuth: float, dist: float
+) -> None:
+    lon2, lat2, _ = GEOD.fwd(lon, lat, azimuth, dist)
+    got = geodesic_distance_m(lat, lon, lat2, lon2)[0]
+    assert abs(got - geod_distance_m(lat, lon, lat2, lon2)) <= 0.01
+
+
+@settings(max_examples=400, deadline=None)
+@given(lats, lons, lats, lons)
+def test_anywhere_within_0_01_percent(lat1: float, lon1: float, lat2: float, lon2: float) -> None:
+    ref = float(geod_distance_m(lat1, lon1, lat2, lon2))
+    got = float(geodesic_distance_m(lat1, lon1, lat2, lon2)[0])
+    assert abs(got - ref) <= 1e-4 * ref + 0.01

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proximity.cases import Case
+from proximity.core import ProximityCore
+from proximity.pairs import PairTable
+from proximity.uncertainty import K68, K99, Classification
+from tests.naive import geod_distance_m, offset
+
+T0 = 1795428000.0
+HOME = (50.85, 4.35)
+
+
+def random_core(
+    rng: np.random.Generator, n_dev: int, n_pairs: int, speed: float = 3.0
+) -> ProximityCore:
+    """A core over random many-to-many pairs (an offender may face several victims)."""
+    ids = [f"d{i}" for i in range(n_dev)]
+    slot_of = {d: i for i, d in enumerate(ids)}
+    cases = []
+    for k in range(n_pairs):
+        o, v = rng.choice(n_dev, 2, replace=False)
+        order = float(rng.uniform(50, 3000))
+        cases.append(Case(f"C{k}", (ids[o],), (ids[v],), order, order * rng.uniform(1, 3)))
+    table = PairTable.build(cases, slot_of, 0.1, 25.0)
+    return ProximityCore(n_dev, table, np.full(n_dev, speed))
+
+
+def place(core: ProximityCore, rng: np.random.Generator, slots: np.ndarray, t: float) -> None:
+    n = slots.size
+    lat = 50.5 + rng.uniform(-0.8, 0.8, n)  # Belgium, give or take
+    lon = 4.5 + rng.uniform(-1.8, 1.8, n)
+    acc = rng.choice([np.nan, 0.0, 3.0, 15.0, 80.0], n)
+    core.apply(slots, lat, lon, np.full(n, t), acc)
+
+
+def test_distance_matches_geographiclib_near_and_far() -> None:
+    rng = np.random.default_rng(5)
+    core = random_core(rng, 400, 2000)
+    place(core, rng, np.arange(400), T0)
+    # A few devices far away (other continents), to exercise the long-distance branch.
+    far = np.arange(0, 400, 37)
+    core.apply(
+        far,
+        rng.uniform(-80, 80, far.size),
+        rng.uniform(-180, 180, far.size),
+        np.full(far.size, T0),
+        np.full(far.size, 5.0),
+    )
+    ev = core.evaluate_all(T0)
+    p = core.pairs
+    ref = geod_distance_m(
+        core.lat[p.offender], core.lon[p.offender], core.lat[p.victim], core.lon[p.victim]
+    )
+    assert (ref > 1e6).sum() > 50
+    np.testing.assert_allclose(ev.distance_m, ref, rtol=1e-9, atol=1e-3)
+
+
+def test_incremental_evaluation_equals_the_full_sweep_on_touched_pairs() -> None:
+    rng = np.random.default_rng(11)
+    core = random_core(rng, 300, 1500)
+    place(core, rng, np.arange(300), T0)
+    moved = rng.choice(300, 40, replace=False).astype(np.int64)
+    place(core, rng, moved, T0 + 5)
+    idx = core.pairs_of(moved)
+    p = core.pairs
+    expected = np.flatnonzero(np.isin(p.offender, moved) | np.isin(p.victim, moved))
+    assert sorted(idx.tolist()) == expected.tolist()
+    part = core.evaluate(idx, T0 + 7)
+    full = core.evaluate_all(T0 + 7)
+    for name in ("distance_m", "uncertainty_m", "probability", "classification"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[idx])
+
+
+def test_uncertainty_grows_with_age_and_unknown_accuracy_uses_the_default() -> None:
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+    core = ProximityCore(2, table, [40.0, 3.0], unknown_accuracy_m=50.0)
+    o = offset(*HOME, 60, 1000)
+    core.apply(
+        np.array([0, 1]),
+        np.array([o[0], HOME[0]]),
+        np.array([o[1], HOME[1]]),
+        np.array([T0, T0 - 10]),
+        np.array([8.0, np.nan]),
+    )
+    ev = core.evaluate(np.array([0]), T0 + 2)
+    r_off = 8.0 + 2 * 40.0
+    r_vic = 50.0 + 12 * 3.0
+    assert ev.sigma_m[0] == pytest.approx(np.hypot(r_off, r_vic) / K68)
+    assert ev.uncertainty_m[0] == pytest.approx(K99 * ev.sigma_m[0])
+    # A fix stamped in the future (clock skew) is not younger than new.
+    assert core.evaluate(np.array([0]), T0 - 100).uncertainty_m[0] == pytest.approx(
+        K99 * np.hypot(8.0, 50.0) / K68
+    )
+
+
+def test_approach_parallel_travel_and_retreat() -> None:
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+
+    def run(off_start: float, off_az: float, vic_az: float, speed: float) -> tuple[float, float]:
+        core = ProximityCore(2, table, [40.0, 40.0])
+        for k in range(6):  # 1 Hz, both moving; the victim walks/drives along vic_az
+            t = T0 + k
+            v = offset(*HOME, vic_az, 10.0 * k)
+            o = offset(*offset(*HOME, 225, off_start), off_az, speed * k)
+            core.apply(
+                np.array([0, 1]),
+                np.array([o[0], v[0]]),
+                np.array([o[1], v[1]]),
+                np.array([t, t]),
+                np.array([5.0, 5.0]),
+            )
+        ev = core.evaluate(np.array([0]), T0 + 5)
+        return float(ev.closing_mps[0]), float(ev.time_to_breach_s[0])
+
+    # He drives at 25 m/s straight at where she is heading (diagonal courses): closing.
+    closing, ttb = run(2000.0, 45.0, 45.0, 25.0)
+    assert closing == pytest.approx(15.0, abs=0.05)  # 25 towards her, she moves away at 10
+    d = 2000.0 - 15.0 * 5
+    assert ttb == pytest.approx((d - 200.0) / 15.0, rel=1e-2)
+    # Both at 10 m/s on parallel courses: no approach, no predicted breach.
+    closing, ttb = run(2000.0, 45.0 + 90, 45.0 + 90, 10.0)
+    assert closing == pytest.approx(0.0, abs=0.05) and ttb == np.inf
+    # He drives away.
+    closing, ttb = run(2000.0, 225.0, 45.0, 25.0)
+    assert closing == pytest.approx(-35.0, abs=0.05) and ttb == np.inf
+
+
+def test_no_velocity_and_no_fix() -> None:
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+    core = ProximityCore(2, table, [3.0, 3.0])
+    ev = core.evaluate_all(T0)
+    assert ev.classification[0] == Classification.UNKNOWN and np.isnan(ev.distance_m[0])
+    core.apply(
+        np.array([0, 1]),
+        np.array([50.0, 50.01]),
+        np.array([4.0, 4.0]),
+        np.array([T0, T0]),
+        np.array([5.0, 5.0]),
+    )
+    ev = core.evaluate_all(T0)
+    assert np.isnan(ev.closing_mps[0]) and np.isnan(ev.time_to_breach_s[0])
+    assert ev.classification[0] == Classification.CLEAR
+
+
+def test_rejects_inconsistent_setup() -> None:
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+    with pytest.raises(ValueError, match="one finite speed"):
+        ProximityCore(2, table, [3.0])
+    with pytest.raises(ValueError, match="unknown_accuracy_m"):
+        ProximityCore(2, table, [3.0, 3.0], unknown_accuracy_m=0.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 3600.0))
+def test_classification_invariants(seed: int, age_s: float) -> None:
+    rng = np.random.default_rng(seed)
+    core = random_core(rng, 30, 60, speed=float(rng.uniform(0, 40)))
+    place(core, rng, np.arange(30), T0)
+    # Pull some offenders close to their victims so that every class occurs.
+    p = core.pairs
+    for k in range(0, len(p), 3):
+        o, v = int(p.offender[k]), int(p.victim[k])
+        lat, lon = offset(
+            core.lat[v], core.lon[v], rng.uniform(0, 360), p.order_m[k] * rng.uniform(0.0, 2.0)
+        )
+        core.apply(
+            np.array([o]), np.array([lat]), np.array([lon]), np.array([T0]), np.array([10.0])
+        )
+    ev = core.evaluate_all(T0 + age_s)
+    d, u, order, warn = ev.distance_m, ev.uncertainty_m, p.order_m, p.warning_m
+    cls = ev.classification
+    breach = cls >= Classification.POSSIBLE_BREACH
+    assert np.all(d[breach] - u[breach] <= order[breach])  # within distance plus uncertainty
+    certain = cls == Classification.CERTAIN_BREACH
+    assert np.all(d[certain] + u[certain] <= order[certain])
+    assert np.all((d[~breach] - u[~breach]) > order[~breach])
+    warning = cls == Classification.WARNING
+    assert np.all(d[warning] - u[warning] <= warn[warning])
+    clear = cls == Classification.CLEAR
+    assert np.all(d[clear] - u[clear] > warn[clear])
+    # The probability agrees with the classification's direction.
+    assert np.all(ev.probability[certain] >= 0.99)
+    assert np.all(ev.probability[clear] <= 0.01)
