@@ -128,11 +128,19 @@ def run_demo(opts: DemoOptions) -> int:
                 printed = len(listener.alarms)
             for arrived, a in new:
                 lat_ms = _latency_ms(fleet, arrived, a)
+                verdict = str(a.get("classification") or "").replace("_breach", "")
+                cause = (
+                    f"latency {lat_ms:.1f} ms"
+                    if a["trigger"].get("cause") == "fix"
+                    else "(sweep: fix age)"
+                )
                 say(
-                    f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():5s} {a['case_id']}"
+                    f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():6s} {a['case_id']}"
                     f"  {a['offender']['device']} -> {a['victim']['device']}"
-                    f"  {a['distance_m']:6.0f} m (order {a['order_distance_m']:.0f} m)"
-                    f"  latency {lat_ms:.1f} ms"
+                    f"  {a['distance_m']:6.0f} m +-{a['uncertainty_m'] or 0:.0f}"
+                    f" (order {a['order_distance_m']:.0f} m) {verdict:8s}"
+                    f" p={a['probability'] if a['probability'] is not None else float('nan'):.2f}"
+                    f"  {cause}"
                 )
             if not injected and now > opts.duration_s / 3:
                 injected = True
@@ -183,6 +191,8 @@ def _status_time(st: dict[str, Any]) -> float:
 
 def _latency_ms(fleet: Fleet, arrived: float, alarm: dict[str, Any]) -> float:
     trig = alarm.get("trigger") or {}
+    if trig.get("cause", "fix") != "fix":
+        return float("nan")  # decided by the sweep, not by a fix: no fix-to-alarm latency
     device, seq = trig.get("device"), trig.get("seq")
     if not isinstance(device, str) or not isinstance(seq, int):
         return float("nan")
@@ -199,6 +209,11 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
     truth = scenario.truth()
     breached = {p.case_id for p in truth if p.breached}
     alarmed = {a["case_id"] for _, a in alarms if a["state"] == "open"}
+    certain = {
+        a["case_id"]
+        for _, a in alarms
+        if a["state"] in ("open", "update") and a.get("classification") == "certain_breach"
+    }
     rejected = st.get("rejected", {})
     print("\nSummary")
     print(
@@ -218,13 +233,13 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
         )
     )
     print(
-        f"  alarms         {states.get('open', 0)} opened, {states.get('ended', 0)} ended"
-        f" ({len(alarms)} messages on cic/alarms)"
+        f"  alarms         {states.get('open', 0)} opened, {states.get('update', 0)} upgraded"
+        f" to certain, {states.get('ended', 0)} ended ({len(alarms)} messages on cic/alarms)"
     )
     print(
         f"  ground truth   {len(breached)} pairs came within their order distance;"
         f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
-        f" {len(alarmed - breached)}"
+        f" {len(alarmed - breached)} ({len((alarmed - breached) & certain)} of them certain)"
     )
     if lat:
         print(

@@ -17,7 +17,6 @@ import numpy.typing as npt
 
 from proximity._jit import kernel
 from proximity.cases import Case
-from proximity.geodesy import geodesic_m
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -43,23 +42,6 @@ def gather_pairs(
     for k in range(n):
         mark[out[k]] = False
     return n
-
-
-@kernel
-def pair_distances(
-    lat: FloatArray,
-    lon: FloatArray,
-    a_slot: IntArray,
-    b_slot: IntArray,
-    pair_idx: IntArray,
-    out: FloatArray,
-) -> None:
-    """Geodesic metres between the two devices of each pair in ``pair_idx`` (NaN: no fix)."""
-    for k in range(pair_idx.size):
-        p = pair_idx[k]
-        i = a_slot[p]
-        j = b_slot[p]
-        out[k] = geodesic_m(lat[i], lon[i], lat[j], lon[j])
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +87,32 @@ class PairTable:
                     case_idx.append(ci)
                     order.append(case.order_distance_m)
                     warning.append(case.warning_distance_m)
-        offender = np.array(off, dtype=np.int64)
-        victim = np.array(vic, dtype=np.int64)
         order_m = np.array(order, dtype=np.float64)
-        margin_m = np.maximum(margin_fraction * order_m, margin_min_m)
+        return cls.from_arrays(
+            offender=np.array(off, dtype=np.int64),
+            victim=np.array(vic, dtype=np.int64),
+            case=np.array(case_idx, dtype=np.int64),
+            order_m=order_m,
+            warning_m=np.array(warning, dtype=np.float64),
+            margin_m=np.maximum(margin_fraction * order_m, margin_min_m),
+            n_slots=len(slot_of),
+            case_ids=tuple(c.id for c in cases),
+        )
 
-        # CSR index: for each slot, the pairs in which it is offender or victim.
-        n_slots = len(slot_of)
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        offender: IntArray,
+        victim: IntArray,
+        case: IntArray,
+        order_m: FloatArray,
+        warning_m: FloatArray,
+        margin_m: FloatArray,
+        n_slots: int,
+        case_ids: tuple[str, ...],
+    ) -> PairTable:
+        """A table from parallel pair arrays; builds the device -> pairs (CSR) index."""
         ends = np.concatenate([offender, victim])
         pair_of_end = np.concatenate([np.arange(offender.size), np.arange(victim.size)])
         order_by_slot = np.argsort(ends, kind="stable")
@@ -122,11 +123,11 @@ class PairTable:
         return cls(
             offender=offender,
             victim=victim,
-            case=np.array(case_idx, dtype=np.int64),
+            case=case,
             order_m=order_m,
-            warning_m=np.array(warning, dtype=np.float64),
+            warning_m=warning_m,
             margin_m=margin_m,
             dev_ptr=dev_ptr,
             dev_pairs=dev_pairs,
-            case_ids=tuple(c.id for c in cases),
+            case_ids=case_ids,
         )

@@ -237,6 +237,12 @@ def generate(
                     "offenders": [off],
                     "protected": [victim],
                     "order": {"distance_m": order_m, "warning_distance_m": 2 * order_m},
+                    # Top speeds that match how each party moves (an old fix's uncertainty
+                    # grows by its age times this speed).
+                    "mobility": {
+                        "offenders": "driving" if sc.tracks[off].mode == "driving" else "walking",
+                        "protected": "walking",
+                    },
                     "summary": {
                         "offender_name": _NAMES[int(rng.integers(len(_NAMES)))],
                         "offender_description": "simulated offender, " + sc.tracks[off].mode,

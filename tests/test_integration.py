@@ -32,13 +32,18 @@ SUMMARY = {
 }
 
 
-def _case(case_id: str, offenders: list[str], protected: list[str]) -> dict[str, Any]:
+def _case(
+    case_id: str, offenders: list[str], protected: list[str], mobility: object = "walking"
+) -> dict[str, Any]:
+    # Walking (3 m/s): fix ages widen the uncertainty slowly, so pairs that the tests leave
+    # behind do not turn into possible breaches while the module runs (a minute or less).
     return {
         "id": case_id,
         "offenders": offenders,
         "protected": protected,
         "order": {"distance_m": ORDER_M, "warning_distance_m": 2 * ORDER_M},
         "summary": SUMMARY,
+        "mobility": mobility,
     }
 
 
@@ -49,6 +54,8 @@ CASES = [
     _case("BE-2026-0004", ["tag-4"], ["phone-3"]),  # tag-3 and tag-4
     _case("BE-2026-0005", ["tag-5"], ["phone-5"]),
     _case("BE-2026-SENT", ["tag-s"], ["phone-s"]),  # sentinel pair for barriers
+    # A fast offender (100 m/s): his fix's uncertainty grows 100 m per second of silence.
+    _case("BE-2026-0006", ["tag-6"], ["phone-6"], {"offenders": 100.0, "protected": "walking"}),
 ]
 
 
@@ -143,7 +150,11 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     assert alarm["offender"]["acc_m"] == 6.0
     assert alarm["victim"]["acc_m"] == 8.0
     assert alarm["offender"]["age_s"] >= 0.0
-    assert alarm["trigger"] == {"device": "tag-1", "seq": 7}
+    assert alarm["trigger"] == {"device": "tag-1", "seq": 7, "cause": "fix"}
+    assert alarm["classification"] == "certain_breach"
+    assert alarm["probability"] == 1.0
+    assert 0 < alarm["uncertainty_m"] < 50
+    assert alarm["offender"]["old_fix"] is False and alarm["offender"]["radius_m"] >= 6.0
     assert alarm["alarm_id"] and alarm["reason"]
     times = {k: _iso(alarm["times"][k]) for k in ("fix", "received", "decided", "published")}
     _iso(alarm["offender"]["fix_time"])
@@ -223,6 +234,30 @@ def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(
     assert rejected["out_of_range"]["device"] == "tag-5"
     assert "lat" in rejected["out_of_range"]["detail"]
     assert rejected["unknown_device"]["device"] == "nobody"
+
+
+def test_sweep_raises_a_possible_breach_when_a_silent_offender_could_have_arrived(
+    pub: Publisher, cic: Listener
+) -> None:
+    victim = (HOME[0] + 0.4, HOME[1])
+    pub.fix("phone-6", *victim)
+    pub.fix("tag-6", *offset(*victim, 300.0, 2000.0))
+    # No further fix: after about 7 s he could be inside 500 m, and the periodic
+    # sweep (every second) says so without waiting for a fix.
+    alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0006", timeout=30.0)
+    assert alarm["state"] == "open" and alarm["classification"] == "possible_breach"
+    assert alarm["trigger"]["cause"] == "time"
+    assert alarm["offender"]["old_fix"] is True
+    assert alarm["offender"]["radius_m"] > 10 * alarm["victim"]["radius_m"]
+    assert alarm["distance_m"] == pytest.approx(2000.0, abs=1.0)
+    assert "offender's fix is" in alarm["reason"]
+    # A fresh fix far away ends it.
+    pub.fix("tag-6", *offset(*victim, 300.0, 3000.0))
+    pub.fix("phone-6", *victim)
+    ended = cic.wait_for(
+        "cic/alarms", lambda m: m["case_id"] == "BE-2026-0006" and m["state"] == "ended"
+    )
+    assert ended["alarm_id"] == alarm["alarm_id"]
 
 
 def test_cli_run_rejects_a_bad_broker_url(tmp_path: Path) -> None:
