@@ -5,10 +5,12 @@ Run from the repository root::
     scripts/bench pairs                      # 1k, 10k, 100k and 1M pairs
     scripts/bench pairs --sizes 1000 100000 --repeat 9
 
-For each size, random offender/victim pairs over random devices (many-to-many, so reads are
-scattered as in a real pair table) placed across Belgium (``--area belgium``) or one city
-(``--area city``, more pairs near their order distance), with accuracies of 3-50 m or unknown,
-fix ages of 0-60 s and walking/driving top speeds. Every implementation measures the same
+For each size, offender/victim pairs shared as in a registry (``--layout cases``: 10 % of
+cases reuse a victim, 10 % an offender) or at random (``--layout random``, the worst case for
+memory access), placed across Belgium (``--area belgium``) or one city (``--area city``, more
+pairs near their order distance), with accuracies of 3-50 m or unknown, fix ages of 0-30 s
+(``--max-age``) plus 2 % of devices silent for up to 10 minutes, and walking/driving top
+speeds. Every implementation measures the same
 pairs; one batch = all pairs once. Printed: median milliseconds per batch, pairs per second,
 and the ratio against ``pyproj.Geod.inv`` and the numpy haversine measured in the same run.
 
@@ -69,16 +71,48 @@ class Data:
     now: float
 
 
-def make_data(n_pairs: int, area: str, seed: int) -> Data:
+def make_data(n_pairs: int, area: str, layout: str, max_age_s: float, seed: int) -> Data:
+    """``n_pairs`` pairs with many-to-many sharing, devices numbered as the engine numbers them.
+
+    ``layout="cases"``: like a real registry, most cases pair a new offender with a new
+    victim; 10 % reuse a victim of an earlier case (one victim, several offenders) and 10 % an
+    earlier offender (one offender, several victims). Devices are numbered in order of first
+    appearance, so most pairs read neighbouring rows. ``layout="random"``: both ends of every
+    pair drawn at random among 1.2 n devices, the worst case for memory access.
+    """
     rng = np.random.default_rng(seed)
-    n_dev = max(2, int(1.2 * n_pairs))
+    if layout == "random":
+        n_dev = max(2, int(1.2 * n_pairs))
+        offender = rng.integers(0, n_dev, n_pairs)
+        victim = (offender + rng.integers(1, n_dev, n_pairs)) % n_dev  # never the same device
+    else:
+        offender = np.empty(n_pairs, dtype=np.int64)
+        victim = np.empty(n_pairs, dtype=np.int64)
+        kind = rng.random(n_pairs)
+        n_dev = 0
+        for k in range(n_pairs):  # data preparation only, not timed
+            reuse_victim = kind[k] < 0.1 and k > 0
+            reuse_offender = 0.1 <= kind[k] < 0.2 and k > 0
+            if reuse_offender:
+                offender[k] = offender[rng.integers(0, k)]
+            else:
+                offender[k] = n_dev
+                n_dev += 1
+            if reuse_victim:
+                victim[k] = victim[rng.integers(0, k)]
+            else:
+                victim[k] = n_dev
+                n_dev += 1
     lat0, lat1, lon0, lon1 = BELGIUM if area == "belgium" else BRUSSELS
-    offender = rng.integers(0, n_dev, n_pairs)
-    victim = (offender + rng.integers(1, n_dev, n_pairs)) % n_dev  # never the same device
     order = rng.uniform(100.0, 2000.0, n_pairs)
     now = 1_795_428_000.0
     acc = rng.uniform(3.0, 50.0, n_dev)
     acc[rng.random(n_dev) < 0.05] = np.nan  # unknown accuracy
+    # Fix ages as a sweep sees them: up to one reporting interval, and 2 % of devices silent
+    # for up to 10 minutes (their uncertainty then spans kilometres).
+    age = rng.uniform(0.0, max_age_s, n_dev)
+    silent = rng.random(n_dev) < 0.02
+    age[silent] = rng.uniform(0.0, 600.0, int(silent.sum()))
     return Data(
         n_dev=n_dev,
         offender=offender.astype(np.int64),
@@ -88,7 +122,7 @@ def make_data(n_pairs: int, area: str, seed: int) -> Data:
         lat=rng.uniform(lat0, lat1, n_dev),
         lon=rng.uniform(lon0, lon1, n_dev),
         acc=acc,
-        t_fix=now - rng.uniform(0.0, 60.0, n_dev),
+        t_fix=now - age,
         speed=np.where(rng.random(n_dev) < 0.5, 3.0, 40.0),
         now=now,
     )
@@ -178,6 +212,19 @@ def main(argv: list[str] | None = None) -> int:
         default=10_000,
         help="largest size for the plain Python loop (default: 10000)",
     )
+    ap.add_argument(
+        "--layout",
+        choices=["cases", "random"],
+        default="cases",
+        help="how pairs share devices: as cases do (default) or at random (worst case)",
+    )
+    ap.add_argument(
+        "--max-age",
+        type=float,
+        default=30.0,
+        help="fix ages are uniform in [0, MAX_AGE] s (one reporting interval), plus 2 %% of"
+        " devices silent for up to 600 s (default: 30)",
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
         "--use-cache",
@@ -226,7 +273,7 @@ def run_size(n: int, args: Any) -> list[str]:
     import shapely
     from pyproj import Geod, Transformer
 
-    from proximity.core import ProximityCore
+    from proximity.core import PairEvaluation, ProximityCore
     from proximity.geodesy import geodesic_distance_m
     from proximity.pairs import PairTable
 
@@ -234,7 +281,7 @@ def run_size(n: int, args: Any) -> list[str]:
     to_lambert = Transformer.from_crs("EPSG:4326", "EPSG:31370", always_xy=True)
     failures: list[str] = []
 
-    data = make_data(n, args.area, args.seed + n)
+    data = make_data(n, args.area, args.layout, args.max_age, args.seed + n)
     repeat = args.repeat if n < 1_000_000 else max(3, args.repeat // 2)
     table = PairTable.from_arrays(
         offender=data.offender,
@@ -248,9 +295,12 @@ def run_size(n: int, args: Any) -> list[str]:
     )
     core = ProximityCore(data.n_dev, table, data.speed)
     slots = np.arange(data.n_dev, dtype=np.int64)
-    t_apply, _ = timed(lambda: core.apply(slots, data.lat, data.lon, data.t_fix, data.acc), 1)
+    t_apply, _ = timed(
+        lambda: core.apply(slots, data.lat, data.lon, data.t_fix, data.acc, data.now), 1
+    )
     idx = np.arange(n, dtype=np.int64)
-    t_core, ev = timed(lambda: core.evaluate(idx, data.now), repeat)
+    out = PairEvaluation.allocate(n)  # the engine keeps one such buffer
+    t_core, ev = timed(lambda: core.evaluate(idx, data.now, out), repeat)
     lat1 = data.lat[data.offender]
     lon1 = data.lon[data.offender]
     lat2 = data.lat[data.victim]
@@ -354,13 +404,14 @@ def run_size(n: int, args: Any) -> list[str]:
         mlon = data.lon[moved] + rng.normal(0, 1e-4, moved.size)
         step = [0.0]
 
+        macc = data.acc[moved]
+
         def incremental() -> int:
             step[0] += 1.0
-            core.apply(
-                moved, mlat, mlon, data.now + step[0] + np.zeros(moved.size), data.acc[moved]
-            )
+            t = data.now + step[0]
+            core.apply(moved, mlat, mlon, np.full(moved.size, t), macc, t)
             touched = core.pairs_of(moved)
-            core.evaluate(touched, data.now + step[0])
+            core.evaluate(touched, t, out)
             return int(touched.size)
 
         t_inc, touched = timed(incremental, repeat)

@@ -1,7 +1,8 @@
 """The one place where numba options are chosen.
 
 Every kernel in the project is decorated with :data:`kernel` (array kernels) or
-:data:`inline` (scalar helpers called from kernels), so the fastmath and cache policies are
+:data:`inline` (small scalar helpers called from kernels) or :data:`scalar` (large, rarely
+used helpers), so the fastmath and cache policies are
 decided here once.
 """
 
@@ -25,5 +26,14 @@ FASTMATH = frozenset({"nsz", "arcp", "contract"})
 #: options above do: after editing FASTMATH, delete ``__pycache__/*.nbi`` and ``*.nbc``.
 CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 
-kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH))
-inline = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), inline="always")
+#: Division follows IEEE 754 (x / 0 is inf or NaN) instead of raising ZeroDivisionError: no
+#: check and branch per division in the hot loops, and NaN stays the "no value" marker.
+ERROR_MODEL = "numpy"
+
+kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
+inline = njit(
+    cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL, inline="always"
+)
+#: Scalar helpers that are large and rarely taken stay separate functions (a call), so they
+#: do not bloat the hot loops that use them.
+scalar = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)

@@ -7,9 +7,13 @@ no trigonometry: distance (:func:`proximity.geodesy.chord_arc_m`), combined unce
 classification and probability (:mod:`proximity.uncertainty`), closing speed and time to
 breach.
 
-Device geometry is one row of :data:`ROW` float64 per device (two cache lines), not one array
-per quantity: a pair reads two random devices, and one row keeps each read to two cache lines
-instead of twelve. Column indices are the constants below.
+Device geometry is one row of :data:`ROW` float64 per device, 64-byte aligned (one cache line),
+not one array per quantity: a pair reads two devices anywhere in memory, and one row keeps
+each read to one cache line instead of eight. Column indices are the constants below. To fit,
+the row stores ``R0 = acc - t_eff * top_speed`` instead of the accuracy and the fix time, so
+the 68 % radius at ``now`` is ``R0 + now * top_speed`` (one multiply-add; with epoch seconds
+near 1.8e9 and 40 m/s the rounding is 1e-5 m). ``t_eff`` is the fix time, or the time it was
+applied if the device's clock is ahead (a fix is never younger than new).
 
 Velocity is the least-squares slope of the device's last :data:`HISTORY` positions within
 :data:`VELOCITY_WINDOW_S` of its newest fix (at least two fixes spanning
@@ -29,7 +33,7 @@ import numpy.typing as npt
 
 from proximity._jit import kernel
 from proximity.cases import Case
-from proximity.geodesy import CHORD_MAX_M, chord_arc_m, geodesic_m, surface_point
+from proximity.geodesy import CHORD_MAX_M, chord_arc_m, long_geodesic_m, surface_xyz
 from proximity.pairs import PairTable, gather_pairs
 from proximity.uncertainty import (
     K68,
@@ -38,15 +42,16 @@ from proximity.uncertainty import (
     Classification,
     quadrature_nodes,
     rice_cdf,
+    rice_tail,
 )
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 Int8Array = npt.NDArray[np.int8]
 
-# Columns of a device row.
-X, Y, Z, NX, NY, NZ, T_FIX, ACC, VMAX, VX, VY, VZ = range(12)
-ROW = 16
+# Columns of a device row. R0: see the module docstring; NaN until the device's first fix.
+X, Y, Z, R0, VMAX, VX, VY, VZ = range(8)
+ROW = 8
 
 HISTORY = 8
 VELOCITY_WINDOW_S = 60.0
@@ -66,6 +71,7 @@ def apply_fixes(
     lon: FloatArray,
     t_fix: FloatArray,
     acc_m: FloatArray,
+    now: float,
     unknown_acc_m: float,
     rows: FloatArray,
     hist: FloatArray,
@@ -76,26 +82,21 @@ def apply_fixes(
     n_hist = hist.shape[1]
     for k in range(slots.size):
         i = slots[k]
-        x, y, z, nx, ny, nz = surface_point(lat[k], lon[k])
+        x, y, z = surface_xyz(lat[k], lon[k])
         t = t_fix[k]
-        r = rows[i]
-        r[X] = x
-        r[Y] = y
-        r[Z] = z
-        r[NX] = nx
-        r[NY] = ny
-        r[NZ] = nz
-        r[T_FIX] = t
+        rows[i, X] = x
+        rows[i, Y] = y
+        rows[i, Z] = z
         a = acc_m[k]
-        r[ACC] = a if a > 0.0 else unknown_acc_m  # NaN and 0 are "unknown", never "perfect"
+        a = a if a > 0.0 else unknown_acc_m  # NaN and 0 are "unknown", never "perfect"
+        rows[i, R0] = a - min(t, now) * rows[i, VMAX]
 
-        # History: a ring of the newest positions, newest at index hist_n % n_hist - 1.
-        h = hist[i]
+        # History: a ring of the newest positions.
         pos = hist_n[i] % n_hist
-        h[pos, 0] = x
-        h[pos, 1] = y
-        h[pos, 2] = z
-        h[pos, 3] = t
+        hist[i, pos, 0] = x
+        hist[i, pos, 1] = y
+        hist[i, pos, 2] = z
+        hist[i, pos, 3] = t
         hist_n[i] += 1
 
         # Least-squares velocity over the recent window.
@@ -107,18 +108,18 @@ def apply_fixes(
         sz = 0.0
         t_min = t
         for q in range(m):
-            tq = h[q, 3]
+            tq = hist[i, q, 3]
             if t - tq <= VELOCITY_WINDOW_S:
                 cnt += 1
                 st += tq - t  # relative times keep the sums well conditioned
-                sx += h[q, 0] - x
-                sy += h[q, 1] - y
-                sz += h[q, 2] - z
+                sx += hist[i, q, 0] - x
+                sy += hist[i, q, 1] - y
+                sz += hist[i, q, 2] - z
                 t_min = min(t_min, tq)
         if cnt < 2 or t - t_min < VELOCITY_MIN_SPAN_S:
-            r[VX] = math.nan
-            r[VY] = math.nan
-            r[VZ] = math.nan
+            rows[i, VX] = math.nan
+            rows[i, VY] = math.nan
+            rows[i, VZ] = math.nan
             continue
         mt = st / cnt
         mx = sx / cnt
@@ -129,16 +130,16 @@ def apply_fixes(
         sty = 0.0
         stz = 0.0
         for q in range(m):
-            tq = h[q, 3]
+            tq = hist[i, q, 3]
             if t - tq <= VELOCITY_WINDOW_S:
                 dt = tq - t - mt
                 stt += dt * dt
-                stx += dt * (h[q, 0] - x - mx)
-                sty += dt * (h[q, 1] - y - my)
-                stz += dt * (h[q, 2] - z - mz)
-        r[VX] = stx / stt
-        r[VY] = sty / stt
-        r[VZ] = stz / stt
+                stx += dt * (hist[i, q, 0] - x - mx)
+                sty += dt * (hist[i, q, 1] - y - my)
+                stz += dt * (hist[i, q, 2] - z - mz)
+        rows[i, VX] = stx / stt
+        rows[i, VY] = sty / stt
+        rows[i, VZ] = stz / stt
 
 
 @kernel
@@ -154,10 +155,10 @@ def evaluate_pairs(
     now: float,
     gh_y: FloatArray,
     gh_w: FloatArray,
-    gl_t: FloatArray,
+    gl_sin: FloatArray,
+    gl_cos: FloatArray,
     gl_w: FloatArray,
     dist: FloatArray,
-    sigma: FloatArray,
     unc: FloatArray,
     prob: FloatArray,
     cls: Int8Array,
@@ -166,46 +167,42 @@ def evaluate_pairs(
 ) -> None:
     """Evaluate the pairs ``idx`` at time ``now`` (epoch s); output ``k`` is pair ``idx[k]``.
 
-    ``dist``: geodesic metres; ``sigma``: per-axis sigma of the separation (m), from the
-    accuracies widened by age times top speed; ``unc``: its 99 % radius; ``prob``: P(true
-    separation <= order); ``cls``: a :class:`Classification` code; ``closing``: closing speed
-    (m/s, positive when approaching; a device without a velocity estimate yet counts as
-    standing still, and with neither known it is NaN); ``ttb``: seconds until the
-    order distance at that speed (0 inside it, inf when not approaching, NaN unknown).
+    ``dist``: geodesic metres; ``unc``: the 99 % radius of the separation's uncertainty (from
+    the accuracies widened by age times top speed); ``prob``: P(true separation <= order);
+    ``cls``: a :class:`Classification` code; ``closing``: closing speed (m/s, positive when
+    approaching; a device without a velocity estimate yet counts as standing still, and with
+    neither known it is NaN); ``ttb``: seconds until the order distance at that speed (0
+    inside it, inf when not approaching, NaN unknown).
     """
     chord_max2 = CHORD_MAX_M * CHORD_MAX_M
+    inv_k68 = 1.0 / K68
     for k in range(idx.size):
         p = idx[k]
         i = offender[p]
         j = victim[p]
-        ri = rows[i]
-        rj = rows[j]
-        if math.isnan(ri[T_FIX]) or math.isnan(rj[T_FIX]):
+        # rows[i, c], not a row view: a view costs two atomic reference-count updates.
+        rad_i = rows[i, R0] + now * rows[i, VMAX]  # 68 % radii at now: accuracy widened by age
+        rad_j = rows[j, R0] + now * rows[j, VMAX]
+        if math.isnan(rad_i) or math.isnan(rad_j):  # a device without a fix yet
             dist[k] = math.nan
-            sigma[k] = math.nan
             unc[k] = math.nan
             prob[k] = math.nan
             cls[k] = _UNKNOWN
             closing[k] = math.nan
             ttb[k] = math.nan
             continue
-        dx = rj[X] - ri[X]
-        dy = rj[Y] - ri[Y]
-        dz = rj[Z] - ri[Z]
+        dx = rows[j, X] - rows[i, X]
+        dy = rows[j, Y] - rows[i, Y]
+        dz = rows[j, Z] - rows[i, Z]
         c2 = dx * dx + dy * dy + dz * dz
         if c2 <= chord_max2:
-            d = chord_arc_m(dx, dy, dz, ri[NX], ri[NY], ri[NZ], rj[NX], rj[NY], rj[NZ])
+            d = chord_arc_m(rows[i, X], rows[i, Y], rows[i, Z], rows[j, X], rows[j, Y], rows[j, Z])
         else:
-            d = geodesic_m(lat[i], lon[i], lat[j], lon[j])
-
-        # 68 % radii widened by age; a fix "from the future" (clock skew) is not younger than 0.
-        rad_i = ri[ACC] + max(now - ri[T_FIX], 0.0) * ri[VMAX]
-        rad_j = rj[ACC] + max(now - rj[T_FIX], 0.0) * rj[VMAX]
-        s = math.sqrt(rad_i * rad_i + rad_j * rad_j) / K68
+            d = long_geodesic_m(lat[i], lon[i], lat[j], lon[j])
+        s = math.sqrt(rad_i * rad_i + rad_j * rad_j) * inv_k68
         u = K99 * s
         order = order_m[p]
         dist[k] = d
-        sigma[k] = s
         unc[k] = u
         if d + u <= order:
             cls[k] = _CERTAIN
@@ -215,16 +212,19 @@ def evaluate_pairs(
             cls[k] = _WARNING
         else:
             cls[k] = _CLEAR
-        prob[k] = rice_cdf(d, s, order, gh_y, gh_w, gl_t, gl_w)
+        pr = rice_tail(d, s, order)
+        if pr < 0.0:  # near the boundary: the quadrature (a call, rarely taken)
+            pr = rice_cdf(d, s, order, gh_y, gh_w, gl_sin, gl_cos, gl_w)
+        prob[k] = pr
 
         # A device whose velocity is not known yet (one fix) counts as standing still, as
         # long as the other's is known: "he approaches at 5 m/s" is what the operator needs.
-        vi_known = not math.isnan(ri[VX])
-        vj_known = not math.isnan(rj[VX])
-        wx = (rj[VX] if vj_known else 0.0) - (ri[VX] if vi_known else 0.0)
-        wy = (rj[VY] if vj_known else 0.0) - (ri[VY] if vi_known else 0.0)
-        wz = (rj[VZ] if vj_known else 0.0) - (ri[VZ] if vi_known else 0.0)
+        vi_known = not math.isnan(rows[i, VX])
+        vj_known = not math.isnan(rows[j, VX])
         if c2 > 0.0 and (vi_known or vj_known):
+            wx = (rows[j, VX] if vj_known else 0.0) - (rows[i, VX] if vi_known else 0.0)
+            wy = (rows[j, VY] if vj_known else 0.0) - (rows[i, VY] if vi_known else 0.0)
+            wz = (rows[j, VZ] if vj_known else 0.0) - (rows[i, VZ] if vi_known else 0.0)
             v = -(dx * wx + dy * wy + dz * wz) / math.sqrt(c2)
             closing[k] = v
             if d <= order:
@@ -244,7 +244,6 @@ class PairEvaluation:
 
     idx: IntArray
     distance_m: FloatArray
-    sigma_m: FloatArray
     uncertainty_m: FloatArray
     probability: FloatArray
     classification: Int8Array
@@ -253,6 +252,37 @@ class PairEvaluation:
 
     def __len__(self) -> int:
         return int(self.idx.size)
+
+    @property
+    def sigma_m(self) -> FloatArray:
+        """Per-axis standard deviation of the separation's noise (m)."""
+        return self.uncertainty_m / K99
+
+    @classmethod
+    def allocate(cls, n: int) -> PairEvaluation:
+        """Output buffers for up to ``n`` pairs (see :meth:`ProximityCore.evaluate`)."""
+        return cls(
+            idx=np.empty(n, dtype=np.int64),
+            distance_m=np.empty(n),
+            uncertainty_m=np.empty(n),
+            probability=np.empty(n),
+            classification=np.empty(n, dtype=np.int8),
+            closing_mps=np.empty(n),
+            time_to_breach_s=np.empty(n),
+        )
+
+    def head(self, idx: IntArray) -> PairEvaluation:
+        """Views of the first ``idx.size`` entries, labelled with ``idx``."""
+        n = idx.size
+        return PairEvaluation(
+            idx=idx,
+            distance_m=self.distance_m[:n],
+            uncertainty_m=self.uncertainty_m[:n],
+            probability=self.probability[:n],
+            classification=self.classification[:n],
+            closing_mps=self.closing_mps[:n],
+            time_to_breach_s=self.time_to_breach_s[:n],
+        )
 
 
 class ProximityCore:
@@ -287,10 +317,13 @@ class ProximityCore:
             raise ValueError(f"unknown_accuracy_m must be > 0 m, got {unknown_accuracy_m!r}")
         self.pairs = pairs
         self.unknown_accuracy_m = float(unknown_accuracy_m)
-        self.rows = np.full((n_devices, ROW), np.nan)
+        self.top_speed_mps = speeds
+        self.rows = _aligned_rows(n_devices)
         self.rows[:, VMAX] = speeds
         self.lat = np.full(n_devices, np.nan)
         self.lon = np.full(n_devices, np.nan)
+        self.t_eff = np.full(n_devices, np.nan)  # fix time, or apply time if that is earlier
+        self.acc_m = np.full(n_devices, np.nan)  # accuracy used (unknown -> default)
         self.hist = np.full((n_devices, HISTORY, 4), np.nan)
         self.hist_n = np.zeros(n_devices, dtype=np.int64)
         self._nodes = quadrature_nodes()
@@ -305,16 +338,25 @@ class ProximityCore:
         lon: FloatArray,
         t_fix: FloatArray,
         acc_m: FloatArray,
+        now: float,
     ) -> None:
-        """Take one new fix per slot (slots distinct; the caller drops late fixes)."""
+        """Take one new fix per slot at time ``now`` (slots distinct; the caller drops late
+        fixes). A fix stamped after ``now`` (device clock ahead) counts as taken at ``now``."""
+        lat = np.ascontiguousarray(lat, dtype=np.float64)
+        lon = np.ascontiguousarray(lon, dtype=np.float64)
+        t_fix = np.ascontiguousarray(t_fix, dtype=np.float64)
+        acc_m = np.ascontiguousarray(acc_m, dtype=np.float64)
         self.lat[slots] = lat
         self.lon[slots] = lon
+        self.t_eff[slots] = np.minimum(t_fix, now)
+        self.acc_m[slots] = np.where(acc_m > 0, acc_m, self.unknown_accuracy_m)
         apply_fixes(
             slots,
-            np.ascontiguousarray(lat, dtype=np.float64),
-            np.ascontiguousarray(lon, dtype=np.float64),
-            np.ascontiguousarray(t_fix, dtype=np.float64),
-            np.ascontiguousarray(acc_m, dtype=np.float64),
+            lat,
+            lon,
+            t_fix,
+            acc_m,
+            now,
             self.unknown_accuracy_m,
             self.rows,
             self.hist,
@@ -327,19 +369,20 @@ class ProximityCore:
         n = gather_pairs(slots, p.dev_ptr, p.dev_pairs, self._mark, self._scratch)
         return self._scratch[:n].copy()
 
-    def evaluate(self, idx: IntArray, now: float) -> PairEvaluation:
-        """Evaluate pairs ``idx`` at time ``now`` (UTC epoch seconds)."""
-        n = idx.size
-        out = PairEvaluation(
-            idx=idx,
-            distance_m=np.empty(n),
-            sigma_m=np.empty(n),
-            uncertainty_m=np.empty(n),
-            probability=np.empty(n),
-            classification=np.empty(n, dtype=np.int8),
-            closing_mps=np.empty(n),
-            time_to_breach_s=np.empty(n),
-        )
+    def evaluate(
+        self, idx: IntArray, now: float, out: PairEvaluation | None = None
+    ) -> PairEvaluation:
+        """Evaluate pairs ``idx`` at time ``now`` (UTC epoch seconds).
+
+        With ``out`` (from :meth:`PairEvaluation.allocate`, at least ``idx.size`` long) the
+        results are written into it and views of it are returned: no allocation on the hot
+        path, and the views are overwritten by the next call that uses the same ``out``.
+        """
+        if out is None:
+            out = PairEvaluation.allocate(idx.size)
+        elif len(out) < idx.size:
+            raise ValueError(f"out holds {len(out)} pairs; {idx.size} needed")
+        res = out.head(idx)
         p = self.pairs
         evaluate_pairs(
             self.rows,
@@ -352,28 +395,35 @@ class ProximityCore:
             idx,
             now,
             *self._nodes,
-            out.distance_m,
-            out.sigma_m,
-            out.uncertainty_m,
-            out.probability,
-            out.classification,
-            out.closing_mps,
-            out.time_to_breach_s,
+            res.distance_m,
+            res.uncertainty_m,
+            res.probability,
+            res.classification,
+            res.closing_mps,
+            res.time_to_breach_s,
         )
-        return out
+        return res
 
-    def evaluate_all(self, now: float) -> PairEvaluation:
+    def evaluate_all(self, now: float, out: PairEvaluation | None = None) -> PairEvaluation:
         """The periodic sweep: every pair, for what time alone changes (fix age)."""
-        return self.evaluate(self._all, now)
+        return self.evaluate(self._all, now, out)
 
     def radius_m(self, slot: int, now: float) -> float:
         """A device's 68 % radius at ``now``: accuracy widened by age times top speed."""
-        r = self.rows[slot]
-        return float(r[ACC] + max(now - r[T_FIX], 0.0) * r[VMAX])
+        age = max(now - float(self.t_eff[slot]), 0.0)
+        return float(self.acc_m[slot]) + age * float(self.top_speed_mps[slot])
 
     def velocity_mps(self, slot: int) -> tuple[float, float, float]:
+        """ECEF velocity (m/s) of a device; NaN until it has enough recent fixes."""
         r = self.rows[slot]
         return float(r[VX]), float(r[VY]), float(r[VZ])
+
+
+def _aligned_rows(n: int) -> FloatArray:
+    """An (n, ROW) float64 array of NaN whose rows start on 64-byte cache-line boundaries."""
+    raw = np.full(n * ROW + 8, np.nan)
+    skip = (-raw.ctypes.data % 64) // 8
+    return raw[skip : skip + n * ROW].reshape(n, ROW)
 
 
 def warm_up() -> float:
@@ -391,7 +441,12 @@ def warm_up() -> float:
             np.array([4.0, 4.0]),
             np.array([t, t]),
             np.array([5.0, np.nan]),
+            t,
         )
     core.evaluate(core.pairs_of(slots), 6.0)
-    core.evaluate_all(6.0)
+    core.evaluate_all(6.0, PairEvaluation.allocate(1))
+    core.apply(
+        slots[:1], np.array([-50.0]), np.array([-176.0]), np.array([7.0]), np.array([5.0]), 7.0
+    )
+    core.evaluate_all(7.0)  # a long distance: compiles the Vincenty branch too
     return time.perf_counter() - t0

@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from ingest.batch import FixBatch
 from proximity.cases import Case, Device, top_speeds
-from proximity.core import ACC, PairEvaluation, ProximityCore
+from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.pairs import PairTable
@@ -148,6 +148,7 @@ class Engine:
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
         self.core = ProximityCore(len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m)
         self.state = np.zeros(len(self.pairs), dtype=np.int8)
+        self._out = PairEvaluation.allocate(len(self.pairs))
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
@@ -173,11 +174,12 @@ class Engine:
         events: list[AlarmEvent] = []
         now = self._clock()
         for rows in _rounds(batch):
-            touched = self._apply(batch, rows)
+            touched = self._apply(batch, rows, now)
             if touched.size:
                 idx = self.core.pairs_of(touched)
                 if idx.size:
-                    events.extend(self._decide(self.core.evaluate(idx, now), now, "fix"))
+                    ev = self.core.evaluate(idx, now, self._out)
+                    events.extend(self._decide(ev, now, "fix"))
         st.events += len(events)
         return events
 
@@ -185,7 +187,9 @@ class Engine:
         """Re-evaluate every pair at the current time (fix ages grow without new fixes)."""
         now = self._clock()
         self.stats.sweeps += 1
-        events = self._decide(self.core.evaluate_all(now), now, "time") if len(self.pairs) else []
+        if not len(self.pairs):
+            return []
+        events = self._decide(self.core.evaluate_all(now, self._out), now, "time")
         self.stats.events += len(events)
         return events
 
@@ -194,7 +198,9 @@ class Engine:
         now = self._clock()
         return self.core.evaluate_all(now) if idx is None else self.core.evaluate(idx, now)
 
-    def _apply(self, batch: FixBatch, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    def _apply(
+        self, batch: FixBatch, rows: npt.NDArray[np.int64], now: float
+    ) -> npt.NDArray[np.int64]:
         """Write one round's fixes into the device table; late fixes never move state back."""
         dev = self.devices
         slots = batch.slot[rows]
@@ -209,7 +215,7 @@ class Engine:
         dev.t_recv[slots] = batch.t_recv[rows]
         dev.seq[slots] = batch.seq[rows]
         self.core.apply(
-            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows]
+            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], now
         )
         self.stats.fixes_applied += int(slots.size)
         return slots
@@ -249,7 +255,7 @@ class Engine:
 
     def _position(self, slot: int, now: float) -> Position:
         dev = self.devices
-        acc = float(self.core.rows[slot, ACC])
+        acc = float(self.core.acc_m[slot])
         radius = self.core.radius_m(slot, now)
         age = now - float(dev.t_fix[slot])
         return dev.position(slot, radius, old=age >= OLD_FIX_S and radius - acc > acc)

@@ -7,15 +7,15 @@ Method, chosen for speed where it matters (people in one city or country) and fo
 everywhere:
 
 1. Both points are placed on the ellipsoid in Earth-centred Cartesian coordinates (ECEF). The
-   engine does this once per fix, not once per pair (:func:`surface_point`).
+   engine does this once per fix, not once per pair (:func:`surface_xyz`).
 2. For chords up to :data:`CHORD_MAX_M` the geodesic length is the arc of the normal section's
    osculating circle over the chord, ``s = c (1 + x/24 + 3x^2/640 + 5x^3/7168)`` with
    ``x = (c / R)^2``, where ``R`` is Euler's radius of curvature of the normal section at the
    mid-point, in the chord's direction: ``1/R = (w / a)(1 + e'^2 h_z^2 / |h|^2)`` (``h`` the
    chord's horizontal part, ``w = sqrt(1 - e^2 sin^2 phi)``). Per pair this is a handful of
-   multiplications and three square roots, no trigonometry. Measured against GeographicLib
-   (``pyproj.Geod.inv``) on random pairs over the globe: below 1e-8 m up to 20 km, 0.03 mm at
-   300 km and under 1 mm at 500 km (``tests/test_geodesy.py``).
+   multiplications, three square roots and one division, no trigonometry. Measured against
+   GeographicLib (``pyproj.Geod.inv``) on random pairs over the globe: below 1e-8 m up to
+   20 km, 0.03 mm at 300 km and under 1 mm at 500 km (``tests/test_geodesy.py``).
 3. Beyond that, Vincenty's inverse formula (T. Vincenty, "Direct and inverse solutions of
    geodesics on the ellipsoid with application of nested equations", Survey Review 23(176),
    1975, pp. 88-93), which agrees with GeographicLib (C. F. F. Karney, "Algorithms for
@@ -32,7 +32,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import inline, kernel
+from proximity._jit import inline, kernel, scalar
 
 #: WGS84 semi-major axis (m) and flattening (NIMA TR8350.2).
 WGS84_A = 6378137.0
@@ -125,55 +125,43 @@ def _vincenty_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: flo
 
 
 @inline
-def surface_point(
-    lat_deg: float, lon_deg: float
-) -> tuple[float, float, float, float, float, float]:
-    """ECEF position (m) of a point on the ellipsoid and its unit normal, as
-    ``(x, y, z, nx, ny, nz)``; NaN in, NaN out."""
+def surface_xyz(lat_deg: float, lon_deg: float) -> tuple[float, float, float]:
+    """ECEF position (m) of a point on the ellipsoid (height 0); NaN in, NaN out."""
     p = math.radians(lat_deg)
     lam = math.radians(lon_deg)
     sp = math.sin(p)
     cp = math.cos(p)
-    sl = math.sin(lam)
-    cl = math.cos(lam)
     n = WGS84_A / math.sqrt(1.0 - WGS84_E2 * sp * sp)
-    return n * cp * cl, n * cp * sl, n * (1.0 - WGS84_E2) * sp, cp * cl, cp * sl, sp
+    return n * cp * math.cos(lam), n * cp * math.sin(lam), n * (1.0 - WGS84_E2) * sp
 
 
 @inline
-def chord_arc_m(
-    dx: float,
-    dy: float,
-    dz: float,
-    nx1: float,
-    ny1: float,
-    nz1: float,
-    nx2: float,
-    ny2: float,
-    nz2: float,
-) -> float:
-    """Geodesic length (m) for the chord ``(dx, dy, dz)`` between two surface points with unit
-    normals ``n1`` and ``n2``; valid for chords up to :data:`CHORD_MAX_M` (module docstring)."""
+def chord_arc_m(x1: float, y1: float, z1: float, x2: float, y2: float, z2: float) -> float:
+    """Geodesic length (m) between two surface points given in ECEF; valid for chords up to
+    :data:`CHORD_MAX_M` (module docstring).
+
+    The mid-point normal is the ellipsoid's gradient ``(x, y, z / (1 - e^2))`` at the chord's
+    mid-point: an error of order (c / R)^2 in its direction changes R by e^2 times that, and
+    the distance by far less than the formula's own error.
+    """
+    dx = x2 - x1
+    dy = y2 - y1
+    dz = z2 - z1
     c2 = dx * dx + dy * dy + dz * dz
     if c2 == 0.0:
         return 0.0
-    # Mid-point normal: its z component is the sine of the mid-point's geodetic latitude.
-    mx = nx1 + nx2
-    my = ny1 + ny2
-    mz = nz1 + nz2
-    mn = math.sqrt(mx * mx + my * my + mz * mz)
-    if mn == 0.0:
-        return math.nan  # exactly antipodal normals: never within CHORD_MAX_M
-    mx /= mn
-    my /= mn
-    mz /= mn
-    w = math.sqrt(1.0 - WGS84_E2 * mz * mz)
-    dn = dx * mx + dy * my + dz * mz
-    hz = dz - dn * mz
-    h2 = c2 - dn * dn
-    q = hz * hz / h2 if h2 > 0.0 else 0.0
-    inv_r = w / WGS84_A * (1.0 + WGS84_EP2 * q)
-    x = c2 * inv_r * inv_r
+    # Written with squared quantities only: two divisions and one square root per pair.
+    mx = x1 + x2
+    my = y1 + y2
+    mz = (z1 + z2) * (1.0 / (1.0 - WGS84_E2))
+    inv_m2 = 1.0 / (mx * mx + my * my + mz * mz)
+    dm = dx * mx + dy * my + dz * mz
+    sin2 = mz * mz * inv_m2  # sin^2(mid-point latitude)
+    hz = dz - dm * mz * inv_m2  # z part of the chord's horizontal component
+    h2 = c2 - dm * dm * inv_m2  # its squared length
+    q = hz * hz / h2 if h2 > 0.0 else 0.0  # cos^2(azimuth) cos^2(latitude)
+    k = 1.0 + WGS84_EP2 * q
+    x = c2 * (1.0 - WGS84_E2 * sin2) * k * k * (1.0 / (WGS84_A * WGS84_A))  # (c / R)^2
     return math.sqrt(c2) * (1.0 + x * (1.0 / 24.0 + x * (3.0 / 640.0 + x * (5.0 / 7168.0))))
 
 
@@ -208,7 +196,26 @@ def _via_m(
 def geodesic_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
     """Geodesic distance in metres between two points (lat, lon in degrees); NaN in, NaN out.
 
-    Short and medium chords use :func:`chord_arc_m`; longer ones Vincenty's iteration.
+    Chords up to :data:`CHORD_MAX_M` use :func:`chord_arc_m`; longer ones
+    :func:`long_geodesic_m` (a call, not inlined: it is large and rarely taken).
+    """
+    if lat1_deg == lat2_deg and (lon2_deg - lon1_deg) % 360.0 == 0.0:
+        return 0.0  # same point: exact, whatever rounding the chord would leave
+    x1, y1, z1 = surface_xyz(lat1_deg, lon1_deg)
+    x2, y2, z2 = surface_xyz(lat2_deg, lon2_deg)
+    dx = x2 - x1
+    dy = y2 - y1
+    dz = z2 - z1
+    if dx * dx + dy * dy + dz * dz <= CHORD_MAX_M * CHORD_MAX_M:
+        return chord_arc_m(x1, y1, z1, x2, y2, z2)
+    return long_geodesic_m(lat1_deg, lon1_deg, lat2_deg, lon2_deg)
+
+
+@scalar
+def long_geodesic_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: float) -> float:
+    """Vincenty's inverse, and for nearly antipodal points (where it does not converge) the
+    shortest path through the bisecting great circle.
+
     Where Vincenty's iteration does not converge (points within a degree or so of being
     antipodal), the geodesic is found as the shortest path through a point M of the great
     circle that bisects P1 and P2: every path from P1 to P2 crosses that circle, so the minimum
@@ -216,15 +223,6 @@ def geodesic_m(lat1_deg: float, lon1_deg: float, lat2_deg: float, lon2_deg: floa
     globe each) are far from antipodal, where the iteration converges. The minimum is found by
     a 5-degree scan followed by golden-section refinement.
     """
-    if lat1_deg == lat2_deg and (lon2_deg - lon1_deg) % 360.0 == 0.0:
-        return 0.0  # same point: exact, whatever rounding the chord would leave
-    x1, y1, z1, nx1, ny1, nz1 = surface_point(lat1_deg, lon1_deg)
-    x2, y2, z2, nx2, ny2, nz2 = surface_point(lat2_deg, lon2_deg)
-    dx = x2 - x1
-    dy = y2 - y1
-    dz = z2 - z1
-    if dx * dx + dy * dy + dz * dz <= CHORD_MAX_M * CHORD_MAX_M:
-        return chord_arc_m(dx, dy, dz, nx1, ny1, nz1, nx2, ny2, nz2)
     s = _vincenty_m(lat1_deg, lon1_deg, lat2_deg, lon2_deg)
     if s >= 0.0 or math.isnan(s):
         return s

@@ -35,7 +35,7 @@ def place(core: ProximityCore, rng: np.random.Generator, slots: np.ndarray, t: f
     lat = 50.5 + rng.uniform(-0.8, 0.8, n)  # Belgium, give or take
     lon = 4.5 + rng.uniform(-1.8, 1.8, n)
     acc = rng.choice([np.nan, 0.0, 3.0, 15.0, 80.0], n)
-    core.apply(slots, lat, lon, np.full(n, t), acc)
+    core.apply(slots, lat, lon, np.full(n, t), acc, t)
 
 
 def test_distance_matches_geographiclib_near_and_far() -> None:
@@ -50,6 +50,7 @@ def test_distance_matches_geographiclib_near_and_far() -> None:
         rng.uniform(-180, 180, far.size),
         np.full(far.size, T0),
         np.full(far.size, 5.0),
+        T0,
     )
     ev = core.evaluate_all(T0)
     p = core.pairs
@@ -87,16 +88,29 @@ def test_uncertainty_grows_with_age_and_unknown_accuracy_uses_the_default() -> N
         np.array([o[1], HOME[1]]),
         np.array([T0, T0 - 10]),
         np.array([8.0, np.nan]),
+        T0,
     )
     ev = core.evaluate(np.array([0]), T0 + 2)
     r_off = 8.0 + 2 * 40.0
     r_vic = 50.0 + 12 * 3.0
     assert ev.sigma_m[0] == pytest.approx(np.hypot(r_off, r_vic) / K68)
     assert ev.uncertainty_m[0] == pytest.approx(K99 * ev.sigma_m[0])
-    # A fix stamped in the future (clock skew) is not younger than new.
-    assert core.evaluate(np.array([0]), T0 - 100).uncertainty_m[0] == pytest.approx(
-        K99 * np.hypot(8.0, 50.0) / K68
+    assert core.radius_m(0, T0 + 2) == pytest.approx(r_off)
+    assert core.radius_m(1, T0 + 2) == pytest.approx(r_vic)
+    # A fix stamped 100 s in the future (device clock ahead) counts as taken on arrival: it is
+    # not younger than new, and its uncertainty grows from then on.
+    core.apply(
+        np.array([0]),
+        np.array([o[0]]),
+        np.array([o[1]]),
+        np.array([T0 + 110]),
+        np.array([8.0]),
+        T0 + 10,
     )
+    ev = core.evaluate(np.array([0]), T0 + 10)
+    assert ev.uncertainty_m[0] == pytest.approx(K99 * np.hypot(8.0, 50.0 + 20 * 3.0) / K68)
+    ev = core.evaluate(np.array([0]), T0 + 11)
+    assert ev.uncertainty_m[0] == pytest.approx(K99 * np.hypot(8.0 + 40, 50.0 + 21 * 3.0) / K68)
 
 
 def test_approach_parallel_travel_and_retreat() -> None:
@@ -115,6 +129,7 @@ def test_approach_parallel_travel_and_retreat() -> None:
                 np.array([o[1], v[1]]),
                 np.array([t, t]),
                 np.array([5.0, 5.0]),
+                t,
             )
         ev = core.evaluate(np.array([0]), T0 + 5)
         return float(ev.closing_mps[0]), float(ev.time_to_breach_s[0])
@@ -144,6 +159,7 @@ def test_no_velocity_and_no_fix() -> None:
         np.array([4.0, 4.0]),
         np.array([T0, T0]),
         np.array([5.0, 5.0]),
+        T0,
     )
     ev = core.evaluate_all(T0)
     assert np.isnan(ev.closing_mps[0]) and np.isnan(ev.time_to_breach_s[0])
@@ -173,7 +189,7 @@ def test_classification_invariants(seed: int, age_s: float) -> None:
             core.lat[v], core.lon[v], rng.uniform(0, 360), p.order_m[k] * rng.uniform(0.0, 2.0)
         )
         core.apply(
-            np.array([o]), np.array([lat]), np.array([lon]), np.array([T0]), np.array([10.0])
+            np.array([o]), np.array([lat]), np.array([lon]), np.array([T0]), np.array([10.0]), T0
         )
     ev = core.evaluate_all(T0 + age_s)
     d, u, order, warn = ev.distance_m, ev.uncertainty_m, p.order_m, p.warning_m
