@@ -9,6 +9,7 @@ decided here once.
 from __future__ import annotations
 
 import os
+from typing import Final
 
 from numba import njit
 
@@ -28,7 +29,7 @@ CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 
 #: Division follows IEEE 754 (x / 0 is inf or NaN) instead of raising ZeroDivisionError: no
 #: check and branch per division in the hot loops, and NaN stays the "no value" marker.
-ERROR_MODEL = "numpy"
+ERROR_MODEL: Final = "numpy"
 
 kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
 inline = njit(

@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from proximity._jit import kernel
 from proximity.cases import Case
-from proximity.geodesy import CHORD_MAX_M, chord_arc_m, long_geodesic_m, surface_xyz
+from proximity.geodesy import CHORD_MAX_M, chord_arc_inv, long_geodesic_m, surface_xyz
 from proximity.pairs import PairTable, gather_pairs
 from proximity.uncertainty import (
     K68,
@@ -164,6 +164,7 @@ def evaluate_pairs(
     cls: Int8Array,
     closing: FloatArray,
     ttb: FloatArray,
+    approach: bool,
 ) -> None:
     """Evaluate the pairs ``idx`` at time ``now`` (epoch s); output ``k`` is pair ``idx[k]``.
 
@@ -172,7 +173,9 @@ def evaluate_pairs(
     ``cls``: a :class:`Classification` code; ``closing``: closing speed (m/s, positive when
     approaching; a device without a velocity estimate yet counts as standing still, and with
     neither known it is NaN); ``ttb``: seconds until the order distance at that speed (0
-    inside it, inf when not approaching, NaN unknown).
+    inside it, inf when not approaching, NaN unknown). With ``approach`` False, closing speed
+    and time to breach are not computed (NaN): a sweep for fix age does not need them, since
+    only time has changed, and they cost as much as everything else together.
     """
     chord_max2 = CHORD_MAX_M * CHORD_MAX_M
     inv_k68 = 1.0 / K68
@@ -195,10 +198,29 @@ def evaluate_pairs(
         dy = rows[j, Y] - rows[i, Y]
         dz = rows[j, Z] - rows[i, Z]
         c2 = dx * dx + dy * dy + dz * dz
+
+        # Relative velocity. A device whose velocity is not known yet (one fix) counts as
+        # standing still, as long as the other's is known: "he approaches at 5 m/s" is what
+        # the operator needs.
+        vi_known = not math.isnan(rows[i, VX])
+        vj_known = not math.isnan(rows[j, VX])
+        wx = (rows[j, VX] if vj_known else 0.0) - (rows[i, VX] if vi_known else 0.0)
+        wy = (rows[j, VY] if vj_known else 0.0) - (rows[i, VY] if vi_known else 0.0)
+        wz = (rows[j, VZ] if vj_known else 0.0) - (rows[i, VZ] if vi_known else 0.0)
+        dot = dx * wx + dy * wy + dz * wz  # closing speed = -dot / c
+        # No direction under a millimetre.
+        known = approach and (vi_known or vj_known) and c2 >= 1e-6
+        neg_dot = -dot if dot != 0.0 else 1.0  # 1 / neg_dot comes free with the distance
+
         if c2 <= chord_max2:
-            d = chord_arc_m(rows[i, X], rows[i, Y], rows[i, Z], rows[j, X], rows[j, Y], rows[j, Z])
+            d, c, inv_c, inv_neg_dot = chord_arc_inv(
+                rows[i, X], rows[i, Y], rows[i, Z], rows[j, X], rows[j, Y], rows[j, Z], neg_dot
+            )
         else:
             d = long_geodesic_m(lat[i], lon[i], lat[j], lon[j])
+            c = math.sqrt(c2)
+            inv_c = 1.0 / c
+            inv_neg_dot = 1.0 / neg_dot
         s = math.sqrt(rad_i * rad_i + rad_j * rad_j) * inv_k68
         u = K99 * s
         order = order_m[p]
@@ -217,25 +239,16 @@ def evaluate_pairs(
             pr = rice_cdf(d, s, order, gh_y, gh_w, gl_sin, gl_cos, gl_w)
         prob[k] = pr
 
-        # A device whose velocity is not known yet (one fix) counts as standing still, as
-        # long as the other's is known: "he approaches at 5 m/s" is what the operator needs.
-        vi_known = not math.isnan(rows[i, VX])
-        vj_known = not math.isnan(rows[j, VX])
-        if c2 > 0.0 and (vi_known or vj_known):
-            wx = (rows[j, VX] if vj_known else 0.0) - (rows[i, VX] if vi_known else 0.0)
-            wy = (rows[j, VY] if vj_known else 0.0) - (rows[i, VY] if vi_known else 0.0)
-            wz = (rows[j, VZ] if vj_known else 0.0) - (rows[i, VZ] if vi_known else 0.0)
-            v = -(dx * wx + dy * wy + dz * wz) / math.sqrt(c2)
-            closing[k] = v
-            if d <= order:
-                ttb[k] = 0.0
-            elif v > 0.0:
-                ttb[k] = (d - order) / v
-            else:
-                ttb[k] = math.inf
+        v = -dot * inv_c
+        closing[k] = v if known else math.nan
+        if d <= order and approach:
+            ttb[k] = 0.0
+        elif not known:
+            ttb[k] = math.nan
+        elif v > 0.0:
+            ttb[k] = (d - order) * c * inv_neg_dot  # (d - order) / v
         else:
-            closing[k] = math.nan
-            ttb[k] = 0.0 if d <= order else math.nan
+            ttb[k] = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,9 +383,16 @@ class ProximityCore:
         return self._scratch[:n].copy()
 
     def evaluate(
-        self, idx: IntArray, now: float, out: PairEvaluation | None = None
+        self,
+        idx: IntArray,
+        now: float,
+        out: PairEvaluation | None = None,
+        *,
+        approach: bool = True,
     ) -> PairEvaluation:
         """Evaluate pairs ``idx`` at time ``now`` (UTC epoch seconds).
+
+        ``approach=False`` leaves closing speed and time to breach out (NaN), for sweeps.
 
         With ``out`` (from :meth:`PairEvaluation.allocate`, at least ``idx.size`` long) the
         results are written into it and views of it are returned: no allocation on the hot
@@ -401,12 +421,15 @@ class ProximityCore:
             res.classification,
             res.closing_mps,
             res.time_to_breach_s,
+            approach,
         )
         return res
 
-    def evaluate_all(self, now: float, out: PairEvaluation | None = None) -> PairEvaluation:
-        """The periodic sweep: every pair, for what time alone changes (fix age)."""
-        return self.evaluate(self._all, now, out)
+    def evaluate_all(
+        self, now: float, out: PairEvaluation | None = None, *, approach: bool = True
+    ) -> PairEvaluation:
+        """Every pair (the periodic sweep passes ``approach=False``)."""
+        return self.evaluate(self._all, now, out, approach=approach)
 
     def radius_m(self, slot: int, now: float) -> float:
         """A device's 68 % radius at ``now``: accuracy widened by age times top speed."""
@@ -444,7 +467,7 @@ def warm_up() -> float:
             t,
         )
     core.evaluate(core.pairs_of(slots), 6.0)
-    core.evaluate_all(6.0, PairEvaluation.allocate(1))
+    core.evaluate_all(6.0, PairEvaluation.allocate(1), approach=False)
     core.apply(
         slots[:1], np.array([-50.0]), np.array([-176.0]), np.array([7.0]), np.array([5.0]), 7.0
     )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -189,7 +189,10 @@ class Engine:
         self.stats.sweeps += 1
         if not len(self.pairs):
             return []
-        events = self._decide(self.core.evaluate_all(now, self._out), now, "time")
+        # Only fix ages changed since the last evaluation: no need for the approach figures,
+        # which _decide computes for the few pairs that change state.
+        ev = self.core.evaluate_all(now, self._out, approach=False)
+        events = self._decide(ev, now, "time")
         self.stats.events += len(events)
         return events
 
@@ -240,6 +243,13 @@ class Engine:
         self.state[idx[upgrade]] = OPEN_CERTAIN
         self.state[idx[leave]] = CLEAR
 
+        if cause == "time":  # evaluated without approach: complete the changed pairs
+            full = self.core.evaluate(idx[changed], now)
+            closing = ev.closing_mps.copy()
+            ttb = ev.time_to_breach_s.copy()
+            closing[changed] = full.closing_mps
+            ttb[changed] = full.time_to_breach_s
+            ev = replace(ev, closing_mps=closing, time_to_breach_s=ttb)
         decided = self._clock()
         events = []
         for k in changed:

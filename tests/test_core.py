@@ -75,6 +75,11 @@ def test_incremental_evaluation_equals_the_full_sweep_on_touched_pairs() -> None
     full = core.evaluate_all(T0 + 7)
     for name in ("distance_m", "uncertainty_m", "probability", "classification"):
         np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[idx])
+    # A sweep without the approach figures agrees on everything else.
+    sweep = core.evaluate_all(T0 + 7, approach=False)
+    for name in ("distance_m", "uncertainty_m", "probability", "classification"):
+        np.testing.assert_array_equal(getattr(sweep, name), getattr(full, name))
+    assert np.isnan(sweep.closing_mps).all() and np.isnan(sweep.time_to_breach_s).all()
 
 
 def test_uncertainty_grows_with_age_and_unknown_accuracy_uses_the_default() -> None:

@@ -237,6 +237,8 @@ def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it()
     clock = Clock()
     devices = [Device("o", {"mobility": "driving"}), Device("v", {"mobility": "walking"})]
     eng = engine([case("C", ("o",), ("v",), order=500.0)], clock, devices=devices)
+    # He drives in at 20 m/s, then his device falls silent.
+    assert events_of(eng, fix("o", offset(*HOME, 200, 900), -5), now=T0 - 5) == []
     assert events_of(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 200, 800), 0)) == []
     clock.t = T0 + 2.0  # +80 m for the offender: still clear
     assert eng.sweep() == []
@@ -244,6 +246,9 @@ def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it()
     [ev] = eng.sweep()
     assert (ev.state, ev.cause) == (AlarmState.OPEN, "time")
     assert ev.classification == Classification.POSSIBLE_BREACH and ev.offender.old
+    # The sweep skips the approach figures, but the alarm still carries them.
+    assert ev.closing_speed_mps == pytest.approx(20.0, rel=1e-3)
+    assert ev.time_to_breach_s == pytest.approx(300.0 / 20.0, rel=1e-3)
     assert alarm_message(ev, eng.cases["C"])["trigger"]["cause"] == "time"
     assert eng.sweep() == []  # no repeats while it stays open
     [ev] = events_of(eng, fix("o", offset(*HOME, 200, 900), 30.0), fix("v", HOME, 30.0))
