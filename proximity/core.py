@@ -210,7 +210,8 @@ def evaluate_pairs(
         dot = dx * wx + dy * wy + dz * wz  # closing speed = -dot / c
         # No direction under a millimetre.
         known = approach and (vi_known or vj_known) and c2 >= 1e-6
-        neg_dot = -dot if dot != 0.0 else 1.0  # 1 / neg_dot comes free with the distance
+        # 1 / neg_dot comes free with the distance; without approach it is not needed at all.
+        neg_dot = -dot if (approach and dot != 0.0) else 1.0
 
         if c2 <= chord_max2:
             d, c, inv_c, inv_neg_dot = chord_arc_inv(
