@@ -155,9 +155,7 @@ def evaluate_pairs(
     now: float,
     gh_y: FloatArray,
     gh_w: FloatArray,
-    gl_sin: FloatArray,
-    gl_cos: FloatArray,
-    gl_w: FloatArray,
+    inv_int: FloatArray,
     dist: FloatArray,
     unc: FloatArray,
     prob: FloatArray,
@@ -237,7 +235,7 @@ def evaluate_pairs(
             cls[k] = _CLEAR
         pr = rice_tail(d, s, order)
         if pr < 0.0:  # near the boundary: the quadrature (a call, rarely taken)
-            pr = rice_cdf(d, s, order, gh_y, gh_w, gl_sin, gl_cos, gl_w)
+            pr = rice_cdf(d, s, order, gh_y, gh_w, inv_int)
         prob[k] = pr
 
         v = -dot * inv_c
