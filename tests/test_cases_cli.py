@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proximity.cases import parse_case_file
+from proximity.cases import parse_case_file, top_speeds
 from proximity.errors import CaseFileError
 from proximity.registry import Registry
 from proximity.settings import load_settings
@@ -127,6 +127,75 @@ def test_registry_round_trip_and_replace(tmp_path: Path) -> None:
     assert cases["BE-2026-0001"].summary["offender_name"] == "Jan"
     assert cases["BE-2026-0001"].zones["features"][0]["properties"]["label"] == "victim's home"
     assert cases["BE-2026-0003"].protected == ("phone-42",)
+
+
+def test_mobility_is_parsed_validated_and_kept_by_the_registry(tmp_path: Path) -> None:
+    doc = copy.deepcopy(GOOD)
+    doc["cases"][0]["mobility"] = {"offenders": "driving", "protected": 2.0}
+    doc["cases"][1]["mobility"] = "walking"
+    doc["devices"] = [{"id": "tag-18", "mobility": "cycling"}]
+    parsed = parse_case_file(doc)
+    first, second = parsed.cases[0], parsed.cases[1]
+    assert (first.offender_top_speed_mps, first.protected_top_speed_mps) == (40.0, 2.0)
+    assert (second.offender_top_speed_mps, second.protected_top_speed_mps) == (3.0, 3.0)
+    assert top_speeds(parsed.cases, parsed.devices, 40.0) == {
+        "tag-17": 40.0,  # driving in case 1 wins over walking in case 2: the higher counts
+        "tag-18": 12.0,  # its own entry
+        "phone-42": 2.0,  # case 1 says 2 m/s; case 3 says nothing, which does not override
+        "phone-43": 3.0,
+        "tag-19": 40.0,  # no case says anything: the default
+    }
+    db = tmp_path / "r.sqlite"
+    with Registry(db) as reg:
+        reg.import_file(parsed)
+    with Registry(db) as reg:
+        cases = {c.id: c for c in reg.cases()}
+        devices = reg.devices()
+    assert cases["BE-2026-0001"].offender_top_speed_mps == 40.0
+    assert cases["BE-2026-0001"].protected_top_speed_mps == 2.0
+    assert cases["BE-2026-0003"].offender_top_speed_mps is None
+    assert devices[0].info["mobility"] == "cycling"
+
+    bad = copy.deepcopy(GOOD)
+    bad["cases"][0]["mobility"] = "teleport"
+    bad["cases"][1]["mobility"] = {"offenders": -3}
+    bad["devices"] = [{"id": "tag-18", "mobility": True}]
+    with pytest.raises(CaseFileError) as info:
+        parse_case_file(bad)
+    problems = "\n".join(info.value.problems)
+    assert "cases[0] (BE-2026-0001): 'mobility' must be one of 'walking'" in problems
+    assert "cases[1] (BE-2026-0002): 'mobility.offenders' must be a speed" in problems
+    assert "devices[0] (tag-18): 'mobility'" in problems
+
+
+def test_registry_of_schema_1_is_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE cases (id TEXT PRIMARY KEY, order_distance_m REAL NOT NULL,
+            warning_distance_m REAL NOT NULL, summary TEXT NOT NULL, zones TEXT NOT NULL,
+            updated_at TEXT NOT NULL);
+        INSERT INTO cases VALUES ('OLD-1', 500, 1000, '{}',
+            '{"type": "FeatureCollection", "features": []}', '2026-11-01');
+        CREATE TABLE case_devices (case_id TEXT NOT NULL, device_id TEXT NOT NULL,
+            role TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (case_id, device_id));
+        INSERT INTO case_devices VALUES ('OLD-1', 'tag-1', 'offender', 0);
+        INSERT INTO case_devices VALUES ('OLD-1', 'phone-1', 'protected', 0);
+        CREATE TABLE devices (id TEXT PRIMARY KEY, info TEXT NOT NULL);
+        """
+    )
+    con.commit()
+    con.close()
+    with Registry(db) as reg:
+        [old] = reg.cases()
+        assert (old.id, old.offender_top_speed_mps) == ("OLD-1", None)
+        reg.import_file(parse_case_file(GOOD))
+        assert len(reg.cases()) == 4
+    version = sqlite3.connect(db).execute("SELECT value FROM meta").fetchone()[0]
+    assert int(version) == 2
 
 
 def test_registry_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
