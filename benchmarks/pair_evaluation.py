@@ -170,6 +170,26 @@ def timed(fn: Callable[[], T], repeat: int) -> tuple[float, T]:
     return statistics.median(times), result
 
 
+def timed_rounds(
+    fns: dict[str, Callable[[], object]], repeat: int
+) -> tuple[dict[str, float], dict[str, object]]:
+    """Median seconds of each function over ``repeat`` rounds, and each function's last result.
+
+    Every round runs each function twice and times the second call: the rounds interleave
+    the implementations, so a burst of load from elsewhere on a shared machine hits all of
+    them alike instead of skewing one ratio, and the untimed call before each timed one
+    leaves that implementation's data as warm in the caches as a back-to-back loop would."""
+    results: dict[str, object] = {}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}, results
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -317,24 +337,36 @@ def run_size(n: int, args: Any) -> list[str]:
         lambda: core.apply(slots, data.lat, data.lon, data.t_fix, data.acc, data.now), 1
     )
     idx = np.arange(n, dtype=np.int64)
-    out = PairEvaluation.allocate(n)  # the engine keeps one such buffer
-    t_sweep, _ = timed(lambda: core.evaluate(idx, data.now, out, approach=False), repeat)
-    t_core, ev = timed(lambda: core.evaluate(idx, data.now, out), repeat)
+    out_sweep = PairEvaluation.allocate(n)  # the engine keeps one such buffer
+    out_full = PairEvaluation.allocate(n)
     lat1 = data.lat[data.offender]
     lon1 = data.lon[data.offender]
     lat2 = data.lat[data.victim]
     lon2 = data.lon[data.victim]
-    t_geo, d_geo = timed(lambda: geod.inv(lon1, lat1, lon2, lat2)[2], repeat)
-    ref = np.asarray(d_geo)
-    t_hav, d_hav = timed(lambda: haversine_numpy(lat1, lon1, lat2, lon2), repeat)
-    t_nb, d_nb = timed(lambda: geodesic_distance_m(lat1, lon1, lat2, lon2), repeat)
     t_proj0 = time.perf_counter()
     x1, y1 = to_lambert.transform(lon1, lat1)
     x2, y2 = to_lambert.transform(lon2, lat2)
     pa = shapely.points(x1, y1)
     pb = shapely.points(x2, y2)
     t_proj = time.perf_counter() - t_proj0
-    t_shp, d_shp = timed(lambda: shapely.distance(pa, pb), repeat)
+    times, results = timed_rounds(
+        {
+            "sweep": lambda: core.evaluate(idx, data.now, out_sweep, approach=False),
+            "core": lambda: core.evaluate(idx, data.now, out_full),
+            "geod": lambda: geod.inv(lon1, lat1, lon2, lat2)[2],
+            "hav": lambda: haversine_numpy(lat1, lon1, lat2, lon2),
+            "nb": lambda: geodesic_distance_m(lat1, lon1, lat2, lon2),
+            "shp": lambda: shapely.distance(pa, pb),
+        },
+        repeat,
+    )
+    t_sweep, t_core, t_geo, t_hav, t_nb, t_shp = (
+        times[k] for k in ("sweep", "core", "geod", "hav", "nb", "shp")
+    )
+    ev = results["core"]
+    assert isinstance(ev, PairEvaluation)
+    ref = np.asarray(results["geod"])
+    d_hav, d_nb, d_shp = results["hav"], results["nb"], results["shp"]
 
     rows: list[tuple[str, float, str]] = [
         ("core: distance, uncertainty, verdict", t_sweep, "+ probability (a sweep)"),
@@ -431,7 +463,7 @@ def run_size(n: int, args: Any) -> list[str]:
             t = data.now + step[0]
             core.apply(moved, mlat, mlon, np.full(moved.size, t), macc, t)
             touched = core.pairs_of(moved)
-            core.evaluate(touched, t, out)
+            core.evaluate(touched, t, out_full)
             return int(touched.size)
 
         t_inc, touched = timed(incremental, repeat)
