@@ -449,11 +449,6 @@ class ProximityCore:
         age = max(now - float(self.t_eff[slot]), 0.0)
         return float(self.acc_m[slot]) + age * float(self.top_speed_mps[slot])
 
-    def velocity_mps(self, slot: int) -> tuple[float, float, float]:
-        """ECEF velocity (m/s) of a device; NaN until it has enough recent fixes."""
-        r = self.rows[slot]
-        return float(r[VX]), float(r[VY]), float(r[VZ])
-
 
 def _aligned_rows(n: int) -> FloatArray:
     """An (n, ROW) float64 array of NaN whose rows start on 64-byte cache-line boundaries."""

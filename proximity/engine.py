@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -66,14 +66,18 @@ class EngineStats:
 
 
 class DeviceTable:
-    """Last accepted fix of every device, one slot per device (struct of arrays)."""
+    """Last accepted fix of every device as reported (for messages), one slot per device.
 
-    def __init__(self, device_ids: Sequence[str]) -> None:
+    ``lat`` and ``lon`` are the proximity core's own arrays, shared rather than copied.
+    """
+
+    def __init__(
+        self, device_ids: Sequence[str], lat: npt.NDArray[np.float64], lon: npt.NDArray[np.float64]
+    ) -> None:
         self.ids = tuple(device_ids)
-        self.slot_of = {d: i for i, d in enumerate(self.ids)}
         n = len(self.ids)
-        self.lat = np.full(n, np.nan)
-        self.lon = np.full(n, np.nan)
+        self.lat = lat
+        self.lon = lon
         self.acc_m = np.full(n, np.nan)
         self.t_fix = np.full(n, np.nan)
         self.t_recv = np.full(n, np.nan)
@@ -142,20 +146,17 @@ class Engine:
     ) -> None:
         self.cases = {c.id: c for c in cases}
         ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
-        self.devices = DeviceTable(ids)
-        self.pairs = PairTable.build(cases, self.devices.slot_of, margin_fraction, margin_min_m)
+        self.slot_of = {d: i for i, d in enumerate(ids)}
+        self.pairs = PairTable.build(cases, self.slot_of, margin_fraction, margin_min_m)
         speeds = top_speeds(cases, devices, default_top_speed_mps)
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
         self.core = ProximityCore(len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m)
+        self.devices = DeviceTable(ids, self.core.lat, self.core.lon)
         self.state = np.zeros(len(self.pairs), dtype=np.int8)
         self._out = PairEvaluation.allocate(len(self.pairs))
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
-
-    @property
-    def slot_of(self) -> dict[str, int]:
-        return self.devices.slot_of
 
     @property
     def open_alarms(self) -> int:
@@ -211,8 +212,6 @@ class Engine:
         self.stats.fixes_late += int(late.sum())
         rows = rows[~late]
         slots = slots[~late]
-        dev.lat[slots] = batch.lat[rows]
-        dev.lon[slots] = batch.lon[rows]
         dev.acc_m[slots] = batch.acc_m[rows]
         dev.t_fix[slots] = batch.t_fix[rows]
         dev.t_recv[slots] = batch.t_recv[rows]
@@ -243,16 +242,12 @@ class Engine:
         self.state[idx[upgrade]] = OPEN_CERTAIN
         self.state[idx[leave]] = CLEAR
 
-        if cause == "time":  # evaluated without approach: complete the changed pairs
-            full = self.core.evaluate(idx[changed], now)
-            closing = ev.closing_mps.copy()
-            ttb = ev.time_to_breach_s.copy()
-            closing[changed] = full.closing_mps
-            ttb[changed] = full.time_to_breach_s
-            ev = replace(ev, closing_mps=closing, time_to_breach_s=ttb)
+        # The events' figures: a sweep evaluated without the approach, so the few pairs that
+        # changed are evaluated again with it (same time, same fixes: same other figures).
+        detail = self.core.evaluate(idx[changed], now) if cause == "time" else None
         decided = self._clock()
         events = []
-        for k in changed:
+        for n, k in enumerate(changed):
             kind = (
                 AlarmState.OPEN
                 if enter[k]
@@ -260,7 +255,8 @@ class Engine:
                 if upgrade[k]
                 else AlarmState.ENDED
             )
-            events.append(self._event(ev, int(k), kind, now, decided, cause))
+            src, at = (ev, int(k)) if detail is None else (detail, n)
+            events.append(self._event(src, at, kind, now, decided, cause))
         return events
 
     def _position(self, slot: int, now: float) -> Position:
