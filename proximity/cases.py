@@ -19,13 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from geofence.model import parse_zones, unknown_properties
 from proximity.errors import CaseFileError
 from proximity.uncertainty import MOBILITY_MPS
 
 MAX_ORDER_DISTANCE_M = 100_000.0
 #: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.
 FORBIDDEN_ID_CHARS = frozenset("/+#")
-ZONE_KINDS = frozenset({"exclusion", "inclusion"})
 CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones", "mobility"})
 #: Highest top speed a case file may state, m/s (1080 km/h: beyond any ground vehicle).
 MAX_TOP_SPEED_MPS = 300.0
@@ -168,38 +168,19 @@ def _check_devices(where: str, key: str, value: object, problems: list[str]) -> 
     return tuple(out)
 
 
-def _check_zones(where: str, value: object, problems: list[str]) -> dict[str, Any]:
+def _check_zones(
+    where: str, value: object, problems: list[str], warnings: list[str]
+) -> dict[str, Any]:
+    """The case's zones, checked by :func:`geofence.model.parse_zones` (geometry, kind,
+    label, warning band, schedule); every problem names the zone."""
     empty: dict[str, Any] = {"type": "FeatureCollection", "features": []}
     if value is None:
         return empty
-    if not isinstance(value, dict) or value.get("type") != "FeatureCollection":
-        problems.append(f"{where}: 'zones' must be a GeoJSON FeatureCollection")
+    _, zone_problems = parse_zones(value)
+    problems.extend(f"{where}: {p}" for p in zone_problems)
+    if zone_problems or not isinstance(value, dict):
         return empty
-    features = value.get("features")
-    if not isinstance(features, list):
-        problems.append(f"{where}: 'zones.features' must be a list")
-        return empty
-    for i, feat in enumerate(features):
-        fw = f"{where}: 'zones.features[{i}]'"
-        if not isinstance(feat, dict) or feat.get("type") != "Feature":
-            problems.append(f"{fw} must be a GeoJSON Feature")
-            continue
-        props = feat.get("properties")
-        if not isinstance(props, dict):
-            problems.append(f"{fw} needs 'properties' with 'kind' and 'label'")
-            continue
-        if props.get("kind") not in ZONE_KINDS:
-            problems.append(
-                f"{fw}: 'properties.kind' must be 'exclusion' or 'inclusion',"
-                f" got {props.get('kind')!r}"
-            )
-        label = props.get("label")
-        if not isinstance(label, str) or not label.strip():
-            problems.append(
-                f"{fw}: 'properties.label' must be a non-empty string (shown to the operator)"
-            )
-        if not isinstance(feat.get("geometry"), dict):
-            problems.append(f"{fw}: 'geometry' must be a GeoJSON geometry object")
+    warnings.extend(f"{where}: {w}" for w in unknown_properties(value))
     return value
 
 
@@ -256,7 +237,7 @@ def _parse_case(
                 )
             else:
                 summary[key] = val
-    zones = _check_zones(where, raw.get("zones"), problems)
+    zones = _check_zones(where, raw.get("zones"), problems, warnings)
     off_speed, prot_speed = _check_mobility(where, raw.get("mobility"), problems)
     if len(problems) > before:
         return None

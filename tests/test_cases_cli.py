@@ -27,7 +27,11 @@ GOOD: dict[str, Any] = {
                 "features": [
                     {
                         "type": "Feature",
-                        "properties": {"kind": "exclusion", "label": "victim's home"},
+                        "properties": {
+                            "kind": "exclusion",
+                            "label": "victim's home",
+                            "radius_m": 200,
+                        },
                         "geometry": {"type": "Point", "coordinates": [4.35, 50.85]},
                     }
                 ],
