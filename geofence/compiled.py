@@ -32,6 +32,7 @@ are ``vx[ring_ptr[r] : ring_ptr[r + 1]]`` (closed: the last repeats the first).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -266,3 +267,25 @@ class ZoneEvaluation:
 
     def __len__(self) -> int:
         return int(self.signed_m.size)
+
+
+def warm_up() -> float:
+    """Compile (or load from the cache) the zone kernels; return the seconds it took."""
+    from geofence.model import Zone
+
+    t0 = time.perf_counter()
+    square = shapely.Polygon([(4.35, 50.84), (4.36, 50.84), (4.36, 50.85), (4.35, 50.84)])
+    zs = ZoneSet.compile(
+        [
+            Zone("warm-up", ZoneKind.EXCLUSION, square),
+            Zone("warm-up", ZoneKind.INCLUSION, shapely.Point(4.35, 50.84), 100.0),
+        ]
+    )
+    zs.evaluate(
+        np.array([50.845, np.nan]),
+        np.array([4.355, 4.35]),
+        np.array([5.0, 5.0]),
+        np.array([0, 1, 0]),
+        np.array([0, 1, 1]),
+    )
+    return time.perf_counter() - t0

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from geofence.compiled import warm_up as warm_up_zones
 from ingest.batch import FixBatch
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
@@ -39,6 +40,7 @@ from proximity.uncertainty import (
     UNKNOWN_ACCURACY_M,
     Classification,
 )
+from proximity.zones import ZoneWatch
 
 #: Namespace of alarm ids: uuid5(namespace, "case/offender/victim/opening fix time") gives the
 #: same id when the same history is replayed, which makes re-published duplicates harmless.
@@ -60,6 +62,7 @@ class EngineStats:
     fixes_applied: int = 0
     fixes_late: int = 0
     pairs_evaluated: int = 0
+    zones_evaluated: int = 0
     sweeps: int = 0
     max_batch: int = 0
     events: int = 0
@@ -157,14 +160,15 @@ class Engine:
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
+        self.zones = ZoneWatch(cases, self.slot_of, self.core, margin_min_m, self._position, clock)
 
     @property
     def open_alarms(self) -> int:
-        return len(self.alarm_ids)
+        return len(self.alarm_ids) + len(self.zones.alarm_ids)
 
     def warm_up(self) -> float:
         """Compile (or load from cache) every kernel; return the seconds it took."""
-        return warm_up_core()
+        return warm_up_core() + warm_up_zones()
 
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
         """Apply a batch of fixes; return the alarm state changes, in decision order."""
@@ -174,6 +178,7 @@ class Engine:
         st.max_batch = max(st.max_batch, len(batch))
         events: list[AlarmEvent] = []
         now = self._clock()
+        self.zones.update_schedules(now)
         for rows in _rounds(batch):
             touched = self._apply(batch, rows, now)
             if touched.size:
@@ -181,19 +186,29 @@ class Engine:
                 if idx.size:
                     ev = self.core.evaluate(idx, now, self._out)
                     events.extend(self._decide(ev, now, "fix"))
+                if len(self.zones):
+                    entries = self.zones.entries_of(touched)
+                    self.stats.zones_evaluated += entries.size
+                    events.extend(self.zones.decide(entries, now, "fix"))
         st.events += len(events)
         return events
 
     def sweep(self) -> list[AlarmEvent]:
-        """Re-evaluate every pair at the current time (fix ages grow without new fixes)."""
+        """Re-evaluate every pair and zone entry at the current time: fix ages grow without
+        new fixes, and zone schedules start and end."""
         now = self._clock()
         self.stats.sweeps += 1
-        if not len(self.pairs):
-            return []
-        # Only fix ages changed since the last evaluation: no need for the approach figures,
-        # which _decide computes for the few pairs that change state.
-        ev = self.core.evaluate_all(now, self._out, approach=False)
-        events = self._decide(ev, now, "time")
+        events: list[AlarmEvent] = []
+        if len(self.pairs):
+            # Only fix ages changed since the last evaluation: no need for the approach
+            # figures, which _decide computes for the few pairs that change state.
+            ev = self.core.evaluate_all(now, self._out, approach=False)
+            events.extend(self._decide(ev, now, "time"))
+        if len(self.zones):
+            self.zones.update_schedules(now)
+            entries = np.arange(len(self.zones), dtype=np.int64)
+            self.stats.zones_evaluated += entries.size
+            events.extend(self.zones.decide(entries, now, "time"))
         self.stats.events += len(events)
         return events
 

@@ -14,6 +14,8 @@ from proximity.uncertainty import Classification
 
 class AlarmType(IntEnum):
     PROXIMITY = 1
+    ZONE = 2  # an exclusion zone entered
+    CURFEW = 3  # outside an inclusion zone while it is in force
 
 
 class AlarmLevel(IntEnum):
@@ -55,6 +57,17 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class ZoneRef:
+    """The zone of a zone alarm: its label, ``exclusion`` or ``inclusion``, how far inside it
+    the offender is (m, negative outside) and whether it is in force (its schedule)."""
+
+    label: str
+    kind: str
+    inside_m: float
+    in_force: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AlarmEvent:
     """One state change of one alarm; ``alarm_id`` is stable for the life of the alarm.
 
@@ -65,6 +78,11 @@ class AlarmEvent:
     separation; ``probability`` that the true separation is within the order distance;
     ``closing_speed_mps`` positive when approaching (NaN: unknown); ``time_to_breach_s`` at
     that speed (0 inside, inf when not approaching, NaN unknown).
+
+    Zone alarms (``type`` zone or curfew) carry ``zone``; their ``distance_m`` is the distance
+    to the zone's boundary, ``uncertainty_m`` the 99 % radius of the offender's position,
+    ``probability`` that he is inside an exclusion zone or outside an inclusion zone, and
+    ``victim`` the last position of the case's first protected person.
     """
 
     alarm_id: str
@@ -85,6 +103,7 @@ class AlarmEvent:
     closing_speed_mps: float = float("nan")
     time_to_breach_s: float = float("nan")
     cause: str = "fix"
+    zone: ZoneRef | None = None
 
     @property
     def trigger(self) -> Position:

@@ -8,6 +8,11 @@ a breach). ``classification`` is ``certain_breach`` or ``possible_breach`` (or `
 ``clear`` on an alarm's end); ``uncertainty_m`` the 99 % radius of the separation; each
 party's ``radius_m`` is its fix's 68 % radius at decision time and ``old_fix`` says its age
 dominates it.
+
+Zone alarms (``type`` ``zone`` for an exclusion zone, ``curfew`` for an inclusion zone) name
+the zone by its ``zone`` label, say its ``zone_kind`` and how far inside it the offender is
+(``zone_inside_m``, negative outside); their ``distance_m`` is the distance to the zone's
+boundary and ``victim`` the last position of the case's first protected person.
 """
 
 from __future__ import annotations
@@ -76,7 +81,9 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "closing_speed_mps": _num(event.closing_speed_mps, 2),
         # inf (not approaching) and NaN (unknown) both become null: no breach is predicted.
         "time_to_breach_s": _num(event.time_to_breach_s, 1),
-        "zone": None,
+        "zone": event.zone.label if event.zone else None,
+        "zone_kind": event.zone.kind if event.zone else None,
+        "zone_inside_m": _num(event.zone.inside_m, 1) if event.zone else None,
         "reason": event.reason,
         "trigger": {
             "device": trigger.device,

@@ -1,0 +1,262 @@
+"""The zone rule: every offender against every zone of his cases, as a state machine per
+(offender, zone) entry.
+
+* Exclusion zone (the victim's home, workplace, the children's school): an alarm opens when
+  the offender is possibly inside (signed distance minus the 99 % radius U at most 0) and is
+  upgraded once when he is certainly inside (s + U <= 0). It ends when even the pessimistic
+  position is outside by the margin (s - U > margin), or when the zone goes out of force.
+* Inclusion zone (home, with a curfew schedule): a violation opens when the best estimate of
+  the offender's position is outside (s > 0): a small home zone with indoor fixes of 30 m
+  would otherwise be "possibly outside" all night. It is certain when even the optimistic
+  position is outside (s - U > 0). It ends when he is back inside by the margin (the smaller
+  of the margin and a quarter of the zone's size, so a small zone can be re-entered) or
+  certainly inside, or when the curfew ends.
+
+Schedules are followed to the second: each zone keeps whether it is in force and the instant
+of its next change (:meth:`geofence.schedule.Schedule.next_change`); the engine's periodic
+sweep flips the flag when that instant passes and re-evaluates every entry, so a curfew that
+starts while the offender is away raises an alarm without any new fix.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from geofence import kernels as gk
+from geofence.compiled import ZoneEvaluation, ZoneSet
+from geofence.model import Zone, ZoneKind, parse_zones
+from proximity.cases import Case
+from proximity.core import R0, VMAX, ProximityCore
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position, ZoneRef
+from proximity.pairs import gather_pairs
+from proximity.uncertainty import Classification
+
+IntArray = npt.NDArray[np.int64]
+
+#: alarm ids: uuid5(namespace, "case/offender/zone index/opening fix time").
+ZONE_ALARM_NAMESPACE = uuid.UUID("0b6f7a4e-3c59-4f0e-9d61-5d2b8f1c7a93")
+
+CLEAR = np.int8(0)
+OPEN_POSSIBLE = np.int8(1)
+OPEN_CERTAIN = np.int8(2)
+U_PER_R68 = gk.K99 / gk.K68  # 99 % radius per 68 % radius of a 2-D Gaussian
+
+
+def _metres(d: float) -> str:
+    return f"{d / 1000:.1f} km" if abs(d) >= 1000 else f"{d:.0f} m"
+
+
+class ZoneWatch:
+    """Zone entries of one engine: compiled zones, entry arrays, state and schedules."""
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        slot_of: dict[str, int],
+        core: ProximityCore,
+        margin_min_m: float,
+        position: Callable[[int, float], Position],
+        clock: Callable[[], float],
+    ) -> None:
+        zones: list[Zone] = []
+        owner: list[int] = []
+        entry_slot: list[int] = []
+        entry_zone: list[int] = []
+        for ci, case in enumerate(cases):
+            parsed, problems = parse_zones(case.zones)
+            if problems:  # the case file was validated on import; a stored file may be older
+                raise ValueError(f"case {case.id}: {'; '.join(problems)}")
+            for z in parsed:
+                zi = len(zones)
+                zones.append(z)
+                owner.append(ci)
+                for o in case.offenders:
+                    entry_slot.append(slot_of[o])
+                    entry_zone.append(zi)
+        self.cases = tuple(cases)
+        self.core = core
+        self.slot_of = slot_of
+        self._position = position
+        self._clock = clock
+        self.set = ZoneSet.compile(zones, owner)
+        self.slot = np.array(entry_slot, dtype=np.int64)
+        self.zone = np.array(entry_zone, dtype=np.int64)
+        n_slots = len(slot_of)
+        order = np.argsort(self.slot, kind="stable")
+        self.dev_entries = order.astype(np.int64)
+        self.dev_ptr = np.zeros(n_slots + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.slot, minlength=n_slots), out=self.dev_ptr[1:])
+        self._mark = np.zeros(len(self), dtype=np.bool_)
+        self._scratch = np.empty(len(self), dtype=np.int64)
+        self.exclusion = np.array([z.kind == ZoneKind.EXCLUSION for z in zones], dtype=bool)
+        self.margin_m = np.where(
+            self.exclusion, margin_min_m, np.minimum(margin_min_m, 0.25 * self.set.size_m)
+        )
+        self.state = np.zeros(len(self), dtype=np.int8)
+        self.alarm_ids: dict[int, str] = {}
+        self.active = np.ones(len(zones), dtype=bool)
+        self.next_change = np.array(
+            [-math.inf if z.schedule is not None else math.inf for z in zones]
+        )
+
+    def __len__(self) -> int:
+        return int(self.slot.size)
+
+    def update_schedules(self, now: float) -> int:
+        """Bring the in-force flags up to ``now``; return how many zones changed."""
+        due = np.flatnonzero(self.next_change <= now)
+        changed = 0
+        for zi in due:
+            sched = self.set.zones[zi].schedule
+            assert sched is not None
+            active = sched.active(now)
+            changed += int(active != self.active[zi])
+            self.active[zi] = active
+            self.next_change[zi] = sched.next_change(now)
+        return changed
+
+    def entries_of(self, slots: IntArray) -> IntArray:
+        n = gather_pairs(slots, self.dev_ptr, self.dev_entries, self._mark, self._scratch)
+        return self._scratch[:n].copy()
+
+    def evaluate(self, idx: IntArray, now: float) -> ZoneEvaluation:
+        rows = self.core.rows
+        r68 = rows[:, R0] + now * rows[:, VMAX]
+        return self.set.evaluate_xyz(rows, r68, self.slot[idx], self.zone[idx])
+
+    def decide(self, idx: IntArray, now: float, cause: str) -> list[AlarmEvent]:
+        """Evaluate entries ``idx`` at ``now`` and return their alarm state changes."""
+        if idx.size == 0:
+            return []
+        ev = self.evaluate(idx, now)
+        zone = self.zone[idx]
+        slots = self.slot[idx]
+        r68 = self.core.rows[slots, R0] + now * self.core.rows[slots, VMAX]
+        u = U_PER_R68 * r68
+        s = ev.signed_m
+        cls = ev.classification
+        excl = self.exclusion[zone]
+        active = self.active[zone]
+        margin = self.margin_m[zone]
+        known = cls != gk.UNKNOWN
+        breach = np.where(excl, cls >= gk.POSSIBLY_INSIDE, s > 0.0) & active & known
+        certain = np.where(excl, cls == gk.CERTAIN_INSIDE, s - u > 0.0) & breach
+        # NaN (no fix) compares False: an entry without a position never leaves by distance.
+        left = np.where(excl, s - u > margin, (s <= -margin) | (cls == gk.CERTAIN_INSIDE))
+        state = self.state[idx]
+        enter = (state == CLEAR) & breach
+        upgrade = (state == OPEN_POSSIBLE) & certain
+        leave = (state != CLEAR) & (left | ~active)
+        changed = np.flatnonzero(enter | upgrade | leave)
+        if changed.size == 0:
+            return []
+        self.state[idx[enter]] = np.where(certain[enter], OPEN_CERTAIN, OPEN_POSSIBLE)
+        self.state[idx[upgrade]] = OPEN_CERTAIN
+        self.state[idx[leave]] = CLEAR
+        verdict = np.where(
+            excl,
+            cls,
+            np.where(
+                s - u > 0.0,
+                Classification.CERTAIN_BREACH,
+                np.where(s > 0.0, Classification.POSSIBLE_BREACH, Classification.CLEAR),
+            ),
+        )
+        verdict = np.where(known, verdict, Classification.UNKNOWN)
+        p_breach = np.where(excl, ev.p_inside, 1.0 - ev.p_inside)
+        decided = self._clock()
+        events = []
+        for k in changed:
+            kind = (
+                AlarmState.OPEN
+                if enter[k]
+                else AlarmState.UPDATE
+                if upgrade[k]
+                else AlarmState.ENDED
+            )
+            events.append(
+                self._event(
+                    int(idx[k]),
+                    kind,
+                    float(s[k]),
+                    float(u[k]),
+                    Classification(int(verdict[k])),
+                    float(p_breach[k]),
+                    bool(active[k]),
+                    now,
+                    decided,
+                    cause,
+                )
+            )
+        return events
+
+    def _event(
+        self,
+        e: int,
+        kind: AlarmState,
+        s: float,
+        u: float,
+        verdict: Classification,
+        p_breach: float,
+        active: bool,
+        now: float,
+        decided: float,
+        cause: str,
+    ) -> AlarmEvent:
+        zi = int(self.zone[e])
+        zone = self.set.zones[zi]
+        case = self.cases[int(self.set.owner[zi])]
+        off = self._position(int(self.slot[e]), now)
+        # The protected person's last position tells the team whether she is there too.
+        vic = self._position(self.slot_of[case.protected[0]], now)
+        excl = zone.kind == ZoneKind.EXCLUSION
+        name = f'{"exclusion" if excl else "inclusion"} zone "{zone.label}"'
+        side = f"{_metres(-s)} inside" if s <= 0 else f"{_metres(s)} outside"
+        where = f"offender {off.device} is {side} {name} (+-{u:.0f} m)"
+        margin = float(self.margin_m[zi])
+        if kind == AlarmState.OPEN:
+            alarm_id = str(
+                uuid.uuid5(ZONE_ALARM_NAMESPACE, f"{case.id}/{off.device}/{zi}/{off.t_fix!r}")
+            )
+            self.alarm_ids[e] = alarm_id
+            what = "certain" if verdict == Classification.CERTAIN_BREACH else "possible"
+            if excl:
+                reason = f"{what} entry: {where}"
+            else:
+                started = " (the curfew began)" if cause == "time" else ""
+                reason = f"{what} curfew violation{started}: {where} while it is in force"
+        elif kind == AlarmState.UPDATE:
+            alarm_id = self.alarm_ids[e]
+            reason = f"now certain: {where}"
+        else:
+            alarm_id = self.alarm_ids.pop(e)
+            if not active:
+                reason = f"{name} is no longer in force (schedule); {where}"
+            elif excl:
+                reason = f"{where}, beyond the margin ({margin:.0f} m)"
+            else:
+                reason = f"back inside: {where}"
+        return AlarmEvent(
+            alarm_id=alarm_id,
+            type=AlarmType.ZONE if excl else AlarmType.CURFEW,
+            level=AlarmLevel.ALARM,
+            state=kind,
+            case_id=case.id,
+            offender=off,
+            victim=vic,
+            distance_m=abs(s),
+            order_distance_m=case.order_distance_m,
+            margin_m=margin,
+            reason=reason,
+            t_decided=decided,
+            classification=verdict,
+            probability=p_breach,
+            uncertainty_m=u,
+            cause=cause,
+            zone=ZoneRef(zone.label, "exclusion" if excl else "inclusion", -s, active),
+        )

@@ -1,0 +1,161 @@
+"""The zone rule in the engine: exclusion zones, curfews that start without a new fix, and
+the alarm messages that name the zone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from geofence.model import circle, feature_collection
+from ingest.model import Fix
+from proximity.cases import Case
+from proximity.events import AlarmState, AlarmType
+from proximity.messages import alarm_message
+from proximity.uncertainty import Classification
+from tests.naive import offset
+from tests.test_engine import Clock, engine, events_of, fix
+
+WORK = (50.8466, 4.3528)
+HOME = (50.80, 4.30)  # the offender's home, 6 km away
+VICTIM = (50.90, 4.45)
+CURFEW = {"weekly": [{"start": "22:00", "end": "06:00"}]}
+
+
+def square(centre: tuple[float, float], half_m: float, **props: Any) -> dict[str, Any]:
+    corners = [offset(*centre, b, half_m * 2**0.5) for b in (45, 135, 225, 315, 45)]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[lon, lat] for lat, lon in corners]]},
+        "properties": props,
+    }
+
+
+def zone_case(
+    *features: dict[str, Any], cid: str = "BE-Z", offenders: tuple[str, ...] = ("o",)
+) -> Case:
+    return Case(
+        cid,
+        offenders,
+        ("v",),
+        200.0,
+        400.0,
+        {"victim_name": "A."},
+        feature_collection(list(features)),
+    )
+
+
+def utc(s: str) -> float:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
+
+
+def at(dev: str, pos: tuple[float, float], t: float) -> Fix:
+    """A fresh 5 m fix taken at UTC epoch seconds ``t``."""
+    return Fix(dev, t, t + 0.1, pos[0], pos[1], 5.0)
+
+
+def test_offender_walking_into_the_workplace_raises_and_ends_a_zone_alarm() -> None:
+    c = zone_case(square(WORK, 150, kind="exclusion", label="victim's workplace", warning_m=100))
+    eng = engine([c], default_top_speed_mps=0.0)
+    # 400 m south of the centre: 250 m outside the square, beyond any doubt.
+    assert events_of(eng, fix("v", VICTIM, 0), fix("o", offset(*WORK, 180, 400), 1)) == []
+    # 160 m south: 10 m outside, within the 99 % radius of a 5 m fix: possible entry.
+    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 160), 2))
+    assert (ev.type, ev.state, ev.classification) == (
+        AlarmType.ZONE,
+        AlarmState.OPEN,
+        Classification.POSSIBLE_BREACH,
+    )
+    assert ev.zone is not None and ev.zone.label == "victim's workplace"
+    assert ev.zone.inside_m == pytest.approx(-10.0, abs=0.05)
+    assert ev.reason.startswith("possible entry: offender o is 10 m outside")
+    # 100 m south: 50 m inside: certain, one update.
+    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 100), 3))
+    assert (ev.state, ev.classification) == (AlarmState.UPDATE, Classification.CERTAIN_BREACH)
+    msg = alarm_message(ev, c)
+    assert (msg["type"], msg["zone"], msg["zone_kind"]) == (
+        "zone",
+        "victim's workplace",
+        "exclusion",
+    )
+    assert msg["zone_inside_m"] == pytest.approx(50.0, abs=0.1)
+    assert msg["distance_m"] == pytest.approx(50.0, abs=0.1)
+    assert msg["probability"] > 0.999 and msg["victim"]["device"] == "v"
+    assert "50 m inside" in msg["reason"] and '"victim\'s workplace"' in msg["reason"]
+    assert events_of(eng, fix("o", offset(*WORK, 180, 120), 4)) == []  # still inside
+    # Just outside: within the margin (25 m) plus the fix's uncertainty: still open.
+    assert events_of(eng, fix("o", offset(*WORK, 180, 170), 5)) == []
+    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 200), 6))
+    assert ev.state == AlarmState.ENDED and "beyond the margin" in ev.reason
+    assert eng.open_alarms == 0
+
+
+def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fix() -> None:
+    home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="offender's home", schedule=CURFEW)
+    clock = Clock(utc("2026-11-23T20:00:00"))  # 21:00 in Brussels
+    eng = engine([zone_case(home)], clock=clock, default_top_speed_mps=3.0)
+    # 2 km from home at 21:00 and at 21:59: no curfew yet.
+    assert events_of(eng, at("o", offset(*HOME, 30, 2000), clock.t)) == []
+    assert events_of(eng, at("o", offset(*HOME, 35, 2000), utc("2026-11-23T20:59:00"))) == []
+    clock.t = utc("2026-11-23T20:59:59")
+    assert eng.sweep() == []
+    clock.t = utc("2026-11-23T21:00:00")  # 22:00 in Brussels
+    [ev] = eng.sweep()
+    assert (ev.type, ev.state, ev.cause) == (AlarmType.CURFEW, AlarmState.OPEN, "time")
+    assert ev.classification == Classification.CERTAIN_BREACH
+    assert ev.reason.startswith("certain curfew violation (the curfew began): offender o is")
+    assert 'outside inclusion zone "offender\'s home"' in ev.reason
+    assert ev.zone is not None and ev.zone.inside_m < -1900
+    assert eng.sweep() == []  # no repeats
+    # He comes home: the alarm ends.
+    [ev] = events_of(eng, at("o", offset(*HOME, 30, 10), clock.t + 1800))
+    assert ev.state == AlarmState.ENDED and ev.reason.startswith("back inside")
+
+
+def test_curfew_alarm_ends_when_the_curfew_ends() -> None:
+    home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="home", schedule=CURFEW)
+    clock = Clock(utc("2026-11-24T04:00:00"))  # 05:00 in Brussels
+    eng = engine([zone_case(home)], clock=clock)
+    [ev] = events_of(eng, at("o", offset(*HOME, 0, 500), clock.t))
+    assert ev.state == AlarmState.OPEN and ev.cause == "fix"
+    clock.t = utc("2026-11-24T05:00:00")  # 06:00
+    [ev] = eng.sweep()
+    assert ev.state == AlarmState.ENDED and "no longer in force" in ev.reason
+    assert ev.zone is not None and not ev.zone.in_force
+
+
+def test_a_zone_outside_its_validity_dates_raises_nothing() -> None:
+    school = square(
+        WORK,
+        100,
+        kind="exclusion",
+        label="school",
+        schedule={"dates": [{"from": "2025-01-01", "until": "2025-12-31"}]},
+    )
+    eng = engine([zone_case(school)], clock=Clock(utc("2026-11-23T12:00")))
+    assert events_of(eng, at("o", WORK, utc("2026-11-23T12:00"))) == []
+
+
+def test_only_the_offenders_own_cases_zones_apply() -> None:
+    a = zone_case(square(WORK, 150, kind="exclusion", label="workplace A"), cid="A")
+    b = Case("B", ("o2",), ("v2",), 200.0, 400.0)
+    eng = engine([a, b])
+    assert len(eng.zones) == 1
+    assert events_of(eng, fix("o2", WORK, 0)) == []
+    [ev] = events_of(eng, fix("o", WORK, 1))
+    assert (ev.case_id, ev.offender.device) == ("A", "o")
+
+
+def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
+    c = zone_case(square(WORK, 150, kind="exclusion", label="workplace"))
+    clock = Clock(utc("2026-11-23T12:00"))
+    eng = engine([c], clock=clock, default_top_speed_mps=3.0)
+    assert events_of(eng, at("o", offset(*WORK, 90, 250), clock.t)) == []
+    clock.t += 60.0  # 100 m outside; after a minute at walking speed he may be inside
+    [ev] = eng.sweep()
+    assert (ev.state, ev.cause, ev.classification) == (
+        AlarmState.OPEN,
+        "time",
+        Classification.POSSIBLE_BREACH,
+    )
