@@ -26,7 +26,8 @@ Arrays
 in the frame, circle radius (NaN for polygons), warning band and kind (columns in
 :mod:`geofence.kernels`). ``zone_rings`` (n_zones + 1): zone z owns rings
 ``zone_rings[z] .. zone_rings[z + 1] - 1``; ``ring_ptr`` (n_rings + 1): ring r's vertices
-are ``vx[ring_ptr[r] : ring_ptr[r + 1]]`` (closed: the last repeats the first).
+are ``vx[ring_ptr[r] : ring_ptr[r + 1]]`` (closed: the last repeats the first); ``inv_len2``
+holds each edge's inverse squared length.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ class ZoneSet:
     ring_ptr: IntArray
     vx: FloatArray
     vy: FloatArray
+    #: Inverse squared length (1/m^2) of edge j -> j + 1 (0 after a ring's last vertex).
+    inv_len2: FloatArray
     #: A length scale of each zone: sqrt(area / pi) (a circle's radius), metres.
     size_m: FloatArray
 
@@ -155,7 +158,12 @@ class ZoneSet:
                 shapely.area(local_geometry_of(z, vx, vy, ring_ptr, zone_rings, i)) / math.pi
             )
         own = np.zeros(n, dtype=np.int64) if owner is None else np.asarray(owner, np.int64)
-        return cls(tuple(zones), own, frame, zone_rings, ring_ptr, vx, vy, size)
+        edge_x = np.diff(vx, append=0.0)
+        edge_y = np.diff(vy, append=0.0)
+        len2 = edge_x * edge_x + edge_y * edge_y
+        inv_len2 = np.divide(1.0, len2, out=np.zeros_like(len2), where=len2 > 0.0)
+        inv_len2[ring_ptr[1:] - 1] = 0.0  # no edge from a ring's last vertex
+        return cls(tuple(zones), own, frame, zone_rings, ring_ptr, vx, vy, inv_len2, size)
 
     def to_frame(self, zone: int, lat_deg: FloatArray, lon_deg: FloatArray) -> FloatArray:
         """(east, north) metres (n, 2) of points in zone ``zone``'s frame."""
@@ -225,6 +233,7 @@ class ZoneSet:
             self.ring_ptr,
             self.vx,
             self.vy,
+            self.inv_len2,
             out.signed_m,
             out.classification,
             out.p_inside,

@@ -16,6 +16,7 @@ from pyproj import Geod, Transformer
 
 from geofence import kernels as k
 from geofence.compiled import ZoneSet, frame_error_bound
+from geofence.index import ZoneIndex
 from geofence.model import Zone, ZoneKind, circle, feature_collection, parse_zones
 from proximity.cases import parse_case_file
 from proximity.errors import CaseFileError
@@ -301,3 +302,44 @@ def test_valid_zones_parse_with_their_properties() -> None:
     assert work.warning_m == 250 and len(work.geometry.interiors) == 1
     assert home.kind == ZoneKind.INCLUSION and home.is_circle and home.radius_m == 60
     assert home.schedule is not None and home.schedule.timezone == "Europe/Brussels"
+
+
+def test_index_finds_every_zone_containing_a_point_like_strtree() -> None:
+    rng = np.random.default_rng(5)
+    features = []
+    for i in range(300):
+        lat0 = LAT0 + rng.uniform(-0.05, 0.05)
+        lon0 = LON0 + rng.uniform(-0.08, 0.08)
+        radii = list(rng.uniform(200, 900, int(rng.integers(6, 30))))
+        if i % 5 == 0:
+            features.append(
+                circle(lon0, lat0, float(radii[0]), kind="exclusion", label=f"c{i}", warning_m=1e4)
+            )
+        else:
+            # A 10 km warning band: the brute-force evaluation below is exact everywhere.
+            features.append(
+                polygon_feature([star(lat0, lon0, radii)], label=f"p{i}", warning_m=1e4)
+            )
+    zones, problems = parse_zones(feature_collection(features))
+    assert not problems
+    zs = ZoneSet.compile(zones)
+    lat, lon = random_points(rng, 3000, LAT0, LON0, 7000)
+    pairs, signed = ZoneIndex(zs).query(lat, lon)
+    ev = zs.evaluate(
+        lat,
+        lon,
+        np.ones(lat.size),
+        np.repeat(np.arange(lat.size), len(zs)),
+        np.tile(np.arange(len(zs)), lat.size),
+    )
+    inside = ev.signed_m.reshape(lat.size, len(zs)) <= 0  # brute force, every pair exact
+    assert {(int(p), int(z)) for p, z in pairs.T} == set(zip(*np.nonzero(inside), strict=True))
+    assert np.all(signed <= 0)
+    assert len(pairs[0]) > 100, "the sample should hit many zones"
+    # With a reach, points near (not only in) a zone are found, with their distances.
+    near, d = ZoneIndex(zs, reach_m=150.0).query(lat, lon)
+    brute = ev.signed_m.reshape(lat.size, len(zs))
+    assert {(int(p), int(z)) for p, z in near.T} == set(
+        zip(*np.nonzero(brute <= 150.0), strict=True)
+    )
+    assert np.allclose(d, brute[near[0], near[1]])
