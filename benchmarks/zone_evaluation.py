@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     print(f"compile: zone kernels {warm_up():.2f} s (excluded below)\n")
     failures: list[str] = []
-    print(f"{'points':>8}  {'implementation':<52} {'ms':>9} {'points/s':>12} {'vs shapely':>11}")
+    print(f"{'points':>8}  {'implementation':<58} {'ms':>9} {'points/s':>12} {'vs shapely':>11}")
     for n in args.sizes:
         failures += per_case(n, args)
     failures += all_against_all(args.index_size, args)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _row(n: int, name: str, seconds: float, base: float) -> None:
     print(
-        f"{n:>8}  {name:<52} {seconds * 1e3:>9.2f} {n / seconds:>12,.0f} {base / seconds:>10.1f}x"
+        f"{n:>8}  {name:<58} {seconds * 1e3:>9.2f} {n / seconds:>12,.0f} {base / seconds:>10.1f}x"
     )
 
 

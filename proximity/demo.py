@@ -132,15 +132,25 @@ def run_demo(opts: DemoOptions) -> int:
                 cause = (
                     f"latency {lat_ms:.1f} ms"
                     if a["trigger"].get("cause") == "fix"
-                    else "(sweep: fix age)"
+                    else "(sweep: no new fix)"
                 )
+                p = a["probability"] if a["probability"] is not None else float("nan")
+                if a.get("zone"):
+                    inside = a["zone_inside_m"]
+                    side = f"{inside:.0f} m inside" if inside >= 0 else f"{-inside:.0f} m outside"
+                    where = (
+                        f"{a['offender']['device']} {side} {a['zone_kind']} zone"
+                        f' "{a["zone"]}" +-{a["uncertainty_m"] or 0:.0f}'
+                    )
+                else:
+                    where = (
+                        f"{a['offender']['device']} -> {a['victim']['device']}"
+                        f"  {a['distance_m']:6.0f} m +-{a['uncertainty_m'] or 0:.0f}"
+                        f" (order {a['order_distance_m']:.0f} m)"
+                    )
                 say(
                     f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():6s} {a['case_id']}"
-                    f"  {a['offender']['device']} -> {a['victim']['device']}"
-                    f"  {a['distance_m']:6.0f} m +-{a['uncertainty_m'] or 0:.0f}"
-                    f" (order {a['order_distance_m']:.0f} m) {verdict:8s}"
-                    f" p={a['probability'] if a['probability'] is not None else float('nan'):.2f}"
-                    f"  {cause}"
+                    f"  {where} {verdict:8s} p={p:.2f}  {cause}"
                 )
             if not injected and now > opts.duration_s / 3:
                 injected = True
@@ -208,11 +218,17 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
     lat = [x for x in (_latency_ms(fleet, t, a) for t, a in alarms) if x == x]
     truth = scenario.truth()
     breached = {p.case_id for p in truth if p.breached}
-    alarmed = {a["case_id"] for _, a in alarms if a["state"] == "open"}
+    pair_alarms = [a for _, a in alarms if a["type"] == "proximity"]
+    alarmed = {a["case_id"] for a in pair_alarms if a["state"] == "open"}
     certain = {
         a["case_id"]
-        for _, a in alarms
+        for a in pair_alarms
         if a["state"] in ("open", "update") and a.get("classification") == "certain_breach"
+    }
+    zone_truth = scenario.zone_truth()
+    entered = {(z.case_id, z.label) for z in zone_truth if z.entered}
+    zone_alarmed = {
+        (a["case_id"], a["zone"]) for _, a in alarms if a.get("zone") and a["state"] == "open"
     }
     rejected = st.get("rejected", {})
     print("\nSummary")
@@ -241,6 +257,12 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
         f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
         f" {len(alarmed - breached)} ({len((alarmed - breached) & certain)} of them certain)"
     )
+    if zone_truth:
+        print(
+            f"  zones          {len(entered)} of {len(zone_truth)} zones were entered;"
+            f" alarmed {len(entered & zone_alarmed)} of them; zone alarms on zones never"
+            f" entered: {len(zone_alarmed - entered)}"
+        )
     if lat:
         print(
             f"  latency        fix published -> alarm received: p50 {_pct(lat, 50):.1f} ms,"

@@ -109,6 +109,37 @@ class Scenario:
                     )
         return out
 
+    def zone_truth(self, step_s: float = 0.25) -> list[ZoneTruth]:
+        """For each offender and zone of his case: whether he was ever inside it."""
+        from geofence.compiled import ZoneSet
+        from geofence.model import parse_zones
+
+        t = np.arange(0.0, self.duration_s + step_s, step_s)
+        out = []
+        for case in self.cases:
+            zones, _ = parse_zones(case.get("zones"))
+            if not zones:
+                continue
+            zs = ZoneSet.compile(zones)
+            for o in case["offenders"]:
+                lat, lon = self.tracks[o].position(t)
+                for z in range(len(zs)):
+                    ev = zs.evaluate(
+                        lat, lon, np.zeros(t.size), np.arange(t.size), np.full(t.size, z)
+                    )
+                    out.append(
+                        ZoneTruth(case["id"], o, zones[z].label, bool((ev.signed_m <= 0).any()))
+                    )
+        return out
+
+
+@dataclass(frozen=True)
+class ZoneTruth:
+    case_id: str
+    offender: str
+    label: str
+    entered: bool
+
 
 _NAMES = [
     "A. Peeters",
@@ -125,7 +156,9 @@ _NAMES = [
     "F. Lambert",
 ]
 
-KINDS = ("drive-by", "walk-in", "near-miss", "far", "shared-victim")
+KINDS = ("drive-by", "walk-in", "near-miss", "far", "shared-victim", "zone-entry")
+#: The victim's workplace in ``zone-entry`` scenarios: an octagonal block of this radius (m).
+WORKPLACE_RADIUS_M = 150.0
 
 
 def generate(
@@ -144,7 +177,9 @@ def generate(
     - ``near-miss``: the offender passes at 650-900 m (no alarm is right);
     - ``far``: the offender walks kilometres away (no alarm);
     - ``shared-victim``: a victim protected from two offenders in two cases, one of whom walks
-      in while the other stays far (exactly one alarm, on the right case).
+      in while the other stays far (exactly one alarm, on the right case);
+    - ``zone-entry``: the victim is at home; her workplace, 2-4 km away, is an exclusion zone
+      of the case, and the offender walks into it (a zone alarm, and no proximity alarm).
     """
     rng = np.random.default_rng(seed)
     sc = Scenario(duration_s=duration_s)
@@ -187,6 +222,7 @@ def generate(
         for off, move in offenders:
             if case_no >= pairs:
                 break
+            zones: list[dict[str, Any]] = []
             heading = rng.uniform(0, 2 * math.pi)
             ux, uy = math.cos(heading), math.sin(heading)
             vx, vy = -uy, ux  # perpendicular: the road's offset from the home
@@ -202,6 +238,43 @@ def generate(
                 north = home_n + along * uy + b * vy
                 sc.tracks[off] = Track(
                     off, centre, t, east, north, float(rng.uniform(4, 10)), "driving"
+                )
+            elif move == "zone-entry":
+                speed = 1.5
+                a = rng.uniform(0, 2 * math.pi)
+                r_work = rng.uniform(2000, 4000)
+                work_e, work_n = home_e + r_work * math.cos(a), home_n + r_work * math.sin(a)
+                start = WORKPLACE_RADIUS_M + speed * rng.uniform(0.1, 0.5) * d
+                stop = WORKPLACE_RADIUS_M * 0.4
+                t_stop = (start - stop) / speed
+                sc.tracks[off] = Track(
+                    off,
+                    centre,
+                    np.array([0.0, t_stop, max(d, t_stop + 1)]),
+                    work_e + ux * np.array([start, stop, stop]),
+                    work_n + uy * np.array([start, stop, stop]),
+                    float(rng.uniform(5, 10)),
+                    "walking",
+                )
+                spin = rng.uniform(0, 2 * math.pi)
+                ang = spin + np.arange(9) * (2 * math.pi / 8)
+                lat, lon = to_latlon(
+                    centre,
+                    work_e + WORKPLACE_RADIUS_M * np.cos(ang),
+                    work_n + WORKPLACE_RADIUS_M * np.sin(ang),
+                )
+                ring = [[float(x), float(y)] for x, y in zip(lon, lat, strict=True)]
+                ring[-1] = ring[0]
+                zones.append(
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [ring]},
+                        "properties": {
+                            "kind": "exclusion",
+                            "label": "victim's workplace",
+                            "warning_m": 100,
+                        },
+                    }
                 )
             elif move == "walk-in":
                 speed = 1.5
@@ -251,6 +324,7 @@ def generate(
                         + " ".join(str(int(x)) for x in rng.integers(10, 99, 4)),
                         "risk_notes": f"demo scenario: {sc.kinds[case_id]}",
                     },
+                    "zones": {"type": "FeatureCollection", "features": zones},
                 }
             )
             case_no += 1

@@ -21,4 +21,11 @@ def test_demo_runs_to_its_summary() -> None:
     opened = int(re.search(r"alarms\s+(\d+) opened", out).group(1))  # type: ignore[union-attr]
     assert opened >= 1
     assert "alarms on pairs that never did: 0" in out
+    zones = re.search(
+        r"zones\s+(\d+) of \d+ zones were entered; alarmed (\d+) of them;"
+        r" zone alarms on zones never entered: 0",
+        out,
+    )
+    assert zones is not None, out
+    assert int(zones.group(1)) >= 1 and zones.group(1) == zones.group(2)
     assert re.search(r"latency\s+fix published -> alarm received: p50 [\d.]+ ms", out)
