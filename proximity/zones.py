@@ -32,6 +32,7 @@ from geofence.compiled import ZoneEvaluation, ZoneSet
 from geofence.model import Zone, ZoneKind, parse_zones
 from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
+from proximity.errors import RegistryError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position, ZoneRef
 from proximity.pairs import gather_pairs
 from proximity.uncertainty import Classification
@@ -69,8 +70,11 @@ class ZoneWatch:
         entry_zone: list[int] = []
         for ci, case in enumerate(cases):
             parsed, problems = parse_zones(case.zones)
-            if problems:  # the case file was validated on import; a stored file may be older
-                raise ValueError(f"case {case.id}: {'; '.join(problems)}")
+            if problems:  # validated on import, but a registry may predate a rule
+                raise RegistryError(
+                    f"case {case.id} in the registry has zones this version rejects:"
+                    f" {'; '.join(problems)}. Correct the case file and import it again."
+                )
             for z in parsed:
                 zi = len(zones)
                 zones.append(z)

@@ -11,6 +11,7 @@ import pytest
 from geofence.model import circle, feature_collection
 from ingest.model import Fix
 from proximity.cases import Case
+from proximity.errors import RegistryError
 from proximity.events import AlarmState, AlarmType
 from proximity.messages import alarm_message
 from proximity.uncertainty import Classification
@@ -159,3 +160,10 @@ def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
         "time",
         Classification.POSSIBLE_BREACH,
     )
+
+
+def test_a_stored_zone_that_this_version_rejects_stops_the_engine_with_a_remedy() -> None:
+    old = circle(HOME[1], HOME[0], 80, kind="exclusion", label="home")
+    del old["properties"]["radius_m"]  # stored by a version that did not check circles
+    with pytest.raises(RegistryError, match=r"case BE-Z .* zone 'home' .* import it again"):
+        engine([zone_case(old)])
