@@ -34,6 +34,7 @@ from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.pairs import PairTable
+from proximity.states import advance
 from proximity.uncertainty import (
     DEFAULT_MOBILITY,
     MOBILITY_MPS,
@@ -45,10 +46,6 @@ from proximity.zones import ZoneWatch
 #: Namespace of alarm ids: uuid5(namespace, "case/offender/victim/opening fix time") gives the
 #: same id when the same history is replayed, which makes re-published duplicates harmless.
 ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
-
-CLEAR = np.int8(0)
-OPEN_POSSIBLE = np.int8(1)
-OPEN_CERTAIN = np.int8(2)
 
 #: A fix is called old in an alarm's reason when it is at least this old and its age, times
 #: the device's top speed, outweighs its own accuracy.
@@ -241,35 +238,21 @@ class Engine:
         self.stats.pairs_evaluated += len(ev)
         idx = ev.idx
         pairs = self.pairs
-        state = self.state[idx]
         cls = ev.classification
         breach = cls >= Classification.POSSIBLE_BREACH
         certain = cls == Classification.CERTAIN_BREACH
         # NaN distances (a device without a fix) compare False: such a pair never changes.
         beyond = ev.distance_m - ev.uncertainty_m > pairs.order_m[idx] + pairs.margin_m[idx]
-        enter = (state == CLEAR) & breach
-        upgrade = (state == OPEN_POSSIBLE) & certain
-        leave = (state != CLEAR) & beyond
-        changed = np.flatnonzero(enter | upgrade | leave)
+        changed, kinds = advance(self.state, idx, breach, certain, beyond)
         if changed.size == 0:
             return []
-        self.state[idx[enter]] = np.where(certain[enter], OPEN_CERTAIN, OPEN_POSSIBLE)
-        self.state[idx[upgrade]] = OPEN_CERTAIN
-        self.state[idx[leave]] = CLEAR
 
         # The events' figures: a sweep evaluated without the approach, so the few pairs that
         # changed are evaluated again with it (same time, same fixes: same other figures).
         detail = self.core.evaluate(idx[changed], now) if cause == "time" else None
         decided = self._clock()
         events = []
-        for n, k in enumerate(changed):
-            kind = (
-                AlarmState.OPEN
-                if enter[k]
-                else AlarmState.UPDATE
-                if upgrade[k]
-                else AlarmState.ENDED
-            )
+        for n, (k, kind) in enumerate(zip(changed, kinds, strict=True)):
             src, at = (ev, int(k)) if detail is None else (detail, n)
             events.append(self._event(src, at, kind, now, decided, cause))
         return events

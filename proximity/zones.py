@@ -35,6 +35,7 @@ from proximity.core import R0, VMAX, ProximityCore
 from proximity.errors import RegistryError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position, ZoneRef
 from proximity.pairs import gather_pairs
+from proximity.states import advance
 from proximity.uncertainty import Classification
 
 IntArray = npt.NDArray[np.int64]
@@ -42,9 +43,6 @@ IntArray = npt.NDArray[np.int64]
 #: alarm ids: uuid5(namespace, "case/offender/zone index/opening fix time").
 ZONE_ALARM_NAMESPACE = uuid.UUID("0b6f7a4e-3c59-4f0e-9d61-5d2b8f1c7a93")
 
-CLEAR = np.int8(0)
-OPEN_POSSIBLE = np.int8(1)
-OPEN_CERTAIN = np.int8(2)
 U_PER_R68 = gk.K99 / gk.K68  # 99 % radius per 68 % radius of a 2-D Gaussian
 
 
@@ -152,16 +150,9 @@ class ZoneWatch:
         certain = np.where(excl, cls == gk.CERTAIN_INSIDE, s - u > 0.0) & breach
         # NaN (no fix) compares False: an entry without a position never leaves by distance.
         left = np.where(excl, s - u > margin, (s <= -margin) | (cls == gk.CERTAIN_INSIDE))
-        state = self.state[idx]
-        enter = (state == CLEAR) & breach
-        upgrade = (state == OPEN_POSSIBLE) & certain
-        leave = (state != CLEAR) & (left | ~active)
-        changed = np.flatnonzero(enter | upgrade | leave)
+        changed, kinds = advance(self.state, idx, breach, certain, left | ~active)
         if changed.size == 0:
             return []
-        self.state[idx[enter]] = np.where(certain[enter], OPEN_CERTAIN, OPEN_POSSIBLE)
-        self.state[idx[upgrade]] = OPEN_CERTAIN
-        self.state[idx[leave]] = CLEAR
         verdict = np.where(
             excl,
             cls,
@@ -175,14 +166,7 @@ class ZoneWatch:
         p_breach = np.where(excl, ev.p_inside, 1.0 - ev.p_inside)
         decided = self._clock()
         events = []
-        for k in changed:
-            kind = (
-                AlarmState.OPEN
-                if enter[k]
-                else AlarmState.UPDATE
-                if upgrade[k]
-                else AlarmState.ENDED
-            )
+        for k, kind in zip(changed, kinds, strict=True):
             events.append(
                 self._event(
                     int(idx[k]),

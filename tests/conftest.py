@@ -97,6 +97,14 @@ def broker() -> Iterator[LocalBroker]:
         yield b
 
 
+@pytest.fixture
+def pub(broker: LocalBroker) -> Iterator[Publisher]:
+    """A device-side MQTT client that publishes fixes to the module's broker."""
+    p = Publisher(broker.url)
+    yield p
+    p.close()
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "proximity", *args],

@@ -81,13 +81,6 @@ def cic(broker: LocalBroker, engine: EngineProcess) -> Iterator[Listener]:
     listener.close()
 
 
-@pytest.fixture
-def pub(broker: LocalBroker) -> Iterator[Publisher]:
-    p = Publisher(broker.url)
-    yield p
-    p.close()
-
-
 _barriers = 0
 
 

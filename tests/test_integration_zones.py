@@ -93,13 +93,6 @@ def cic(broker: LocalBroker, setup: Any) -> Iterator[Listener]:
     listener.close()
 
 
-@pytest.fixture
-def pub(broker: LocalBroker) -> Iterator[Publisher]:
-    p = Publisher(broker.url)
-    yield p
-    p.close()
-
-
 def test_walking_into_the_workplace_raises_a_zone_alarm_and_leaving_ends_it(
     pub: Publisher, cic: Listener
 ) -> None:
