@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from geofence import kernels as gk
-from geofence.compiled import ZoneEvaluation, ZoneSet
+from geofence.compiled import ZoneSet
 from geofence.model import Zone, ZoneKind, parse_zones
 from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
@@ -126,20 +126,16 @@ class ZoneWatch:
         n = gather_pairs(slots, self.dev_ptr, self.dev_entries, self._mark, self._scratch)
         return self._scratch[:n].copy()
 
-    def evaluate(self, idx: IntArray, now: float) -> ZoneEvaluation:
-        rows = self.core.rows
-        r68 = rows[:, R0] + now * rows[:, VMAX]
-        return self.set.evaluate_xyz(rows, r68, self.slot[idx], self.zone[idx])
-
     def decide(self, idx: IntArray, now: float, cause: str) -> list[AlarmEvent]:
         """Evaluate entries ``idx`` at ``now`` and return their alarm state changes."""
         if idx.size == 0:
             return []
-        ev = self.evaluate(idx, now)
-        zone = self.zone[idx]
+        rows = self.core.rows
+        r68 = rows[:, R0] + now * rows[:, VMAX]  # every device's 68 % radius at now
         slots = self.slot[idx]
-        r68 = self.core.rows[slots, R0] + now * self.core.rows[slots, VMAX]
-        u = U_PER_R68 * r68
+        zone = self.zone[idx]
+        ev = self.set.evaluate_xyz(rows, r68, slots, zone)
+        u = U_PER_R68 * r68[slots]
         s = ev.signed_m
         cls = ev.classification
         excl = self.exclusion[zone]
