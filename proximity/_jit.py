@@ -8,9 +8,12 @@ decided here once.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from typing import Final
 
+import numba
 from numba import njit
 
 #: fastmath flags that are safe for GPS data. ``nnan`` and ``ninf`` are left out on purpose:
@@ -21,15 +24,39 @@ from numba import njit
 #: positions no longer give an exact zero distance.
 FASTMATH = frozenset({"nsz", "arcp", "contract"})
 
-#: Compiled kernels are cached on disk next to the module (numba's ``cache=True``) unless
+#: Compiled kernels are cached on disk (numba's ``cache=True``) unless
 #: ``PROXIMITY_NUMBA_CACHE=0``; a cold start then costs seconds only once per installation.
-#: numba invalidates a cached kernel when the kernel's own source file changes, not when the
-#: options above do: after editing FASTMATH, delete ``__pycache__/*.nbi`` and ``*.nbc``.
 CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 
 #: Division follows IEEE 754 (x / 0 is inf or NaN) instead of raising ZeroDivisionError: no
 #: check and branch per division in the hot loops, and NaN stays the "no value" marker.
 ERROR_MODEL: Final = "numpy"
+
+
+def _fingerprint() -> str:
+    """A hash of every kernel module's source and of the options above.
+
+    numba invalidates a cached kernel when the kernel's own file changes, not when a helper
+    it inlined from another file (geodesy into the core, the polygon loop into the zone
+    index) or the options here do; a stale kernel would then run old code. Keying the cache
+    directory on all of them makes any such change a fresh compile instead.
+    """
+    h = hashlib.sha256(repr((sorted(FASTMATH), ERROR_MODEL, numba.__version__)).encode())
+    root = Path(__file__).resolve().parent.parent
+    for package in ("proximity", "geofence"):
+        for path in sorted((root / package).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+if CACHE:
+    # Under NUMBA_CACHE_DIR when set, else the user's cache directory. A directory that
+    # cannot be written makes numba fall back to __pycache__ beside the module.
+    _base = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "proximity-numba"
+    )
+    numba.config.CACHE_DIR = os.path.join(_base, _fingerprint())
 
 kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
 inline = njit(
