@@ -15,6 +15,7 @@ from typing import Final
 
 import numba
 from numba import njit
+from numba.core import config as numba_config
 
 #: fastmath flags that are safe for GPS data. ``nnan`` and ``ninf`` are left out on purpose:
 #: a missing fix is NaN, and those flags would let LLVM delete the NaN checks that keep a pair
@@ -56,7 +57,8 @@ if CACHE:
     _base = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "proximity-numba"
     )
-    numba.config.CACHE_DIR = os.path.join(_base, _fingerprint())
+    # numba.core.config defines its settings at run time, invisible to type checkers.
+    setattr(numba_config, "CACHE_DIR", os.path.join(_base, _fingerprint()))  # noqa: B010
 
 kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
 inline = njit(
