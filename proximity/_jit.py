@@ -34,7 +34,11 @@ CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 ERROR_MODEL: Final = "numpy"
 
 
-def _fingerprint() -> str:
+#: The folder holding the ``proximity`` and ``geofence`` packages.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fingerprint(root: Path = SOURCE_ROOT) -> str:
     """A hash of every kernel module's source and of the options above.
 
     numba invalidates a cached kernel when the kernel's own file changes, not when a helper
@@ -43,7 +47,6 @@ def _fingerprint() -> str:
     directory on all of them makes any such change a fresh compile instead.
     """
     h = hashlib.sha256(repr((sorted(FASTMATH), ERROR_MODEL, numba.__version__)).encode())
-    root = Path(__file__).resolve().parent.parent
     for package in ("proximity", "geofence"):
         for path in sorted((root / package).glob("*.py")):
             h.update(path.name.encode())
@@ -58,7 +61,7 @@ if CACHE:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "proximity-numba"
     )
     # numba.core.config defines its settings at run time, invisible to type checkers.
-    setattr(numba_config, "CACHE_DIR", os.path.join(_base, _fingerprint()))  # noqa: B010
+    setattr(numba_config, "CACHE_DIR", os.path.join(_base, fingerprint()))  # noqa: B010
 
 kernel = njit(cache=CACHE, nogil=True, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
 inline = njit(
