@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--margin-fraction", type=float, metavar="F", help=_help("margin_fraction"))
     run.add_argument("--margin-min-m", type=float, metavar="M", help=_help("margin_min_m"))
+    run.add_argument(
+        "--implausible-speed-mps", type=float, metavar="V", help=_help("implausible_speed_mps")
+    )
     run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
 
     cases = sub.add_parser("cases", help="import and list cases in the registry")
@@ -171,6 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         status_interval_s=args.status_interval_s,
         margin_fraction=args.margin_fraction,
         margin_min_m=args.margin_min_m,
+        implausible_speed_mps=args.implausible_speed_mps,
         log_level=args.log_level,
     )
     logging.basicConfig(

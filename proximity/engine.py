@@ -34,6 +34,8 @@ from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.pairs import PairTable
+from proximity.quality import FixFilter
+from proximity.rules import RuleConfig
 from proximity.states import advance
 from proximity.uncertainty import (
     DEFAULT_MOBILITY,
@@ -47,6 +49,8 @@ from proximity.zones import ZoneWatch
 #: same id when the same history is replayed, which makes re-published duplicates harmless.
 ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 
+DEFAULT_RULES = RuleConfig()
+
 #: A fix is called old in an alarm's reason when it is at least this old and its age, times
 #: the device's top speed, outweighs its own accuracy.
 OLD_FIX_S = 5.0
@@ -58,6 +62,8 @@ class EngineStats:
     fixes_in: int = 0
     fixes_applied: int = 0
     fixes_late: int = 0
+    fixes_duplicate: int = 0
+    fixes_implausible: int = 0
     pairs_evaluated: int = 0
     zones_evaluated: int = 0
     sweeps: int = 0
@@ -122,9 +128,8 @@ class Engine:
         The orders to watch.
     devices : sequence of Device
         The case file's device descriptions (``mobility`` sets a device's top speed).
-    margin_fraction, margin_min_m : float
-        Hysteresis: an alarm ends only beyond ``order + max(margin_fraction * order,
-        margin_min_m)``.
+    rules : RuleConfig
+        Thresholds and timings of the rules (hysteresis margins, fix quality, ...).
     default_top_speed_mps : float
         Top speed of a device that neither its own entry nor its case describes.
     unknown_accuracy_m : float
@@ -138,8 +143,7 @@ class Engine:
         cases: Sequence[Case],
         devices: Sequence[Device] = (),
         *,
-        margin_fraction: float = 0.1,
-        margin_min_m: float = 25.0,
+        rules: RuleConfig = DEFAULT_RULES,
         default_top_speed_mps: float = MOBILITY_MPS[DEFAULT_MOBILITY],
         unknown_accuracy_m: float = UNKNOWN_ACCURACY_M,
         clock: Callable[[], float] = time.time,
@@ -147,7 +151,8 @@ class Engine:
         self.cases = {c.id: c for c in cases}
         ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
         self.slot_of = {d: i for i, d in enumerate(ids)}
-        self.pairs = PairTable.build(cases, self.slot_of, margin_fraction, margin_min_m)
+        self.rules = rules
+        self.pairs = PairTable.build(cases, self.slot_of, rules.margin_fraction, rules.margin_min_m)
         speeds = top_speeds(cases, devices, default_top_speed_mps)
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
         self.core = ProximityCore(len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m)
@@ -157,7 +162,10 @@ class Engine:
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
-        self.zones = ZoneWatch(cases, self.slot_of, self.core, margin_min_m, self._position, clock)
+        self.zones = ZoneWatch(
+            cases, self.slot_of, self.core, rules.margin_min_m, self._position, clock
+        )
+        self.quality = FixFilter(len(ids), rules, unknown_accuracy_m)
 
     @property
     def open_alarms(self) -> int:
@@ -217,13 +225,37 @@ class Engine:
     def _apply(
         self, batch: FixBatch, rows: npt.NDArray[np.int64], now: float
     ) -> npt.NDArray[np.int64]:
-        """Write one round's fixes into the device table; late fixes never move state back."""
+        """Write one round's fixes into the device table. Late and duplicate fixes (not newer
+        than the device's last one) never move state back; implausible jumps are set aside
+        (:mod:`proximity.quality`)."""
         dev = self.devices
+        st = self.stats
         slots = batch.slot[rows]
-        late = batch.t_fix[rows] < dev.t_fix[slots]  # NaN (no fix yet) compares False
-        self.stats.fixes_late += int(late.sum())
-        rows = rows[~late]
-        slots = slots[~late]
+        t_fix = batch.t_fix[rows]
+        # NaN (no fix yet) compares False: a device's first fix is always new.
+        duplicate = t_fix == dev.t_fix[slots]
+        late = t_fix < dev.t_fix[slots]
+        st.fixes_late += int(late.sum())
+        st.fixes_duplicate += int(duplicate.sum())
+        keep = ~(late | duplicate)
+        rows = rows[keep]
+        slots = slots[keep]
+        if slots.size == 0:
+            return slots
+        use = self.quality.screen(
+            slots,
+            batch.lat[rows],
+            batch.lon[rows],
+            batch.t_fix[rows],
+            batch.acc_m[rows],
+            dev.lat[slots],
+            dev.lon[slots],
+            dev.t_fix[slots],
+            dev.acc_m[slots],
+        )
+        st.fixes_implausible += int(slots.size - use.sum())
+        rows = rows[use]
+        slots = slots[use]
         dev.acc_m[slots] = batch.acc_m[rows]
         dev.t_fix[slots] = batch.t_fix[rows]
         dev.t_recv[slots] = batch.t_recv[rows]
@@ -231,7 +263,7 @@ class Engine:
         self.core.apply(
             slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], now
         )
-        self.stats.fixes_applied += int(slots.size)
+        st.fixes_applied += int(slots.size)
         return slots
 
     def _decide(self, ev: PairEvaluation, now: float, cause: str) -> list[AlarmEvent]:

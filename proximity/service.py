@@ -26,7 +26,7 @@ from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmState, wire_name
 from proximity.messages import alarm_message, iso_utc
 from proximity.registry import Registry
-from proximity.settings import Settings
+from proximity.settings import Settings, rule_config
 from proximity.uncertainty import MOBILITY_MPS
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,7 @@ class EngineService:
         self.engine = Engine(
             self.cases,
             devices,
-            margin_fraction=settings.margin_fraction,
-            margin_min_m=settings.margin_min_m,
+            rules=rule_config(settings),
             default_top_speed_mps=MOBILITY_MPS[settings.default_mobility],
             unknown_accuracy_m=settings.unknown_accuracy_m,
         )
@@ -71,6 +70,8 @@ class EngineService:
                 "messages_received": self.messages_received,
                 "fixes_processed": st.fixes_applied,
                 "fixes_late": st.fixes_late,
+                "fixes_duplicate": st.fixes_duplicate,
+                "fixes_implausible": st.fixes_implausible,
                 "batches": st.batches,
                 "max_batch": st.max_batch,
                 "pairs_evaluated": st.pairs_evaluated,

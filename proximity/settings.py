@@ -16,7 +16,11 @@ from pydantic_settings import (
 )
 
 from proximity.errors import ConfigError
+from proximity.rules import RuleConfig
 from proximity.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
+
+#: Defaults of the rule settings live in RuleConfig alone.
+RULES = RuleConfig()
 
 
 class Settings(BaseSettings):
@@ -40,9 +44,29 @@ class Settings(BaseSettings):
     status_topic: str = Field("proximity/status", description="retained engine status and counters")
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status messages")
     margin_fraction: float = Field(
-        0.1, ge=0, le=1, description="hysteresis margin as a fraction of the order distance"
+        RULES.margin_fraction,
+        ge=0,
+        le=1,
+        description="hysteresis margin as a fraction of the order distance",
     )
-    margin_min_m: float = Field(25.0, ge=0, description="smallest hysteresis margin, metres")
+    margin_min_m: float = Field(
+        RULES.margin_min_m, ge=0, description="smallest hysteresis margin, metres"
+    )
+    implausible_speed_mps: float = Field(
+        RULES.implausible_speed_mps,
+        gt=0,
+        description="a fix implying a faster move from the last accepted one (plus both"
+        " accuracies and jump_slack_m) is set aside as a multipath jump",
+    )
+    jump_slack_m: float = Field(
+        RULES.jump_slack_m, ge=0, description="metres added to the implausible-jump allowance"
+    )
+    max_rejected: int = Field(
+        RULES.max_rejected,
+        ge=0,
+        description="after this many fixes set aside in a row, the next fix is used whatever"
+        " it says (a device is never frozen at an old position)",
+    )
     default_mobility: Literal["walking", "cycling", "driving"] = Field(
         DEFAULT_MOBILITY,
         description="top-speed profile of a device that neither its case nor its own entry"
@@ -118,3 +142,8 @@ class _DictSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return dict(self._values)
+
+
+def rule_config(settings: Settings) -> RuleConfig:
+    """The rule thresholds of ``settings`` (every RuleConfig field is a setting of that name)."""
+    return RuleConfig(**{f: getattr(settings, f) for f in RuleConfig.__dataclass_fields__})

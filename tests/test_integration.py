@@ -21,6 +21,10 @@ from tests.naive import geod_distance_m, offset
 
 pytestmark = pytest.mark.broker
 
+#: These tests place a device anywhere at once to set up each situation, which the
+#: implausible-jump filter would set aside; the filter has its own tests.
+TELEPORT = ("--implausible-speed-mps", "1e9")
+
 HOME = (50.8503, 4.3517)  # Brussels
 ORDER_M = 500.0
 SUMMARY = {
@@ -69,7 +73,9 @@ def engine(
         "cases", "import", str(write_cases(tmp / "cases.json", CASES)), "--db", str(db)
     )
     assert result.returncode == 0, result.stderr
-    proc = EngineProcess(broker.url, db, tmp / "engine.log", "--status-interval-s", "0.5").start()
+    proc = EngineProcess(
+        broker.url, db, tmp / "engine.log", *TELEPORT, "--status-interval-s", "0.5"
+    ).start()
     yield proc
     assert proc.stop() == 0, proc.log.read_text()
 

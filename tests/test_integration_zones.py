@@ -12,12 +12,17 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from geofence.model import circle, feature_collection
+from proximity.engine import Engine
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
 from tests.conftest import Listener, Publisher, run_cli, write_cases
 from tests.naive import offset
 
 pytestmark = pytest.mark.broker
+
+#: These tests place a device anywhere at once to set up each situation, which the
+#: implausible-jump filter would set aside; the filter has its own tests.
+TELEPORT = ("--implausible-speed-mps", "1e9")
 
 WORK = (50.8466, 4.3528)  # the victim's workplace, Brussels
 HOME = (50.8800, 4.4200)  # the offender's home
@@ -64,6 +69,9 @@ def setup(
 ) -> Iterator[tuple[EngineProcess, float]]:
     tmp = tmp_path_factory.mktemp("zones")
     db = tmp / "registry.sqlite"
+    # Compile (or load) the kernels here, so the engine's start below is a cache load and
+    # the curfew's start can be close.
+    Engine([]).warm_up()
     curfew_start = float(int(time.time() + CURFEW_LEAD_S))
     home = circle(
         HOME[1],
@@ -81,7 +89,12 @@ def setup(
         "cases", "import", str(write_cases(tmp / "cases.json", cases)), "--db", str(db)
     )
     assert result.returncode == 0, result.stderr
-    proc = EngineProcess(broker.url, db, tmp / "engine.log").start()
+    proc = EngineProcess(
+        broker.url,
+        db,
+        tmp / "engine.log",
+        *TELEPORT,
+    ).start()
     yield proc, curfew_start
     assert proc.stop() == 0, proc.log.read_text()
 

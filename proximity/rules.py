@@ -1,0 +1,32 @@
+"""Every threshold and timing of the alarm rules, in one documented place.
+
+The engine takes a :class:`RuleConfig`; the service builds it from the settings (TOML,
+``PROXIMITY_*`` environment variables), so a pilot can change any of them without code.
+Defaults and the reasons for them are in the field comments and the README's rule table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class RuleConfig:
+    """Thresholds and timings of the alarm rules (metres, seconds, metres per second)."""
+
+    #: Hysteresis: an alarm ends only beyond ``order + max(margin_fraction * order,
+    #: margin_min_m)`` (10 % and 25 m: about two GPS accuracy radii of a phone in the open).
+    margin_fraction: float = 0.1
+    margin_min_m: float = 25.0
+
+    #: Fix quality. A fix is implausible when it lies farther from the device's last accepted
+    #: fix than ``implausible_speed_mps`` times the time between them, plus both fixes' 99 %
+    #: radii and ``jump_slack_m``: 70 m/s (250 km/h) is beyond any road vehicle, so only
+    #: multipath jumps and broken fixes exceed it. Such a fix is set aside, not used; a
+    #: second fix that agrees with it (by the same rule) confirms the move and is used, and
+    #: after ``max_rejected`` set-aside fixes in a row the next fix is used whatever it says,
+    #: so a device is never frozen at an old position (a long gap also widens the rule by
+    #: the speed times the gap).
+    implausible_speed_mps: float = 70.0
+    jump_slack_m: float = 50.0
+    max_rejected: int = 3
