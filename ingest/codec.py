@@ -1,4 +1,4 @@
-"""Pure decoders: ``bytes -> Fix | Rejection``. They never raise on any input.
+"""Pure decoders: ``bytes -> Fix | DeviceEvent | Rejection``. They never raise on any input.
 
 The native fix format (DESIGN.md) on ``devices/{device_id}/fix`` is a JSON object::
 
@@ -7,6 +7,12 @@ The native fix format (DESIGN.md) on ``devices/{device_id}/fix`` is a JSON objec
 
 ``ts``, ``lat`` and ``lon`` are required; ``acc`` is strongly expected (without it the fix's
 accuracy is unknown); the rest is optional.
+
+A device event on ``devices/{device_id}/event`` is a JSON object with ``ts`` and ``type``
+(:data:`ingest.model.EVENT_TYPES`), and optionally the position (``lat``, ``lon``, ``acc``)
+and ``seq``::
+
+    {"ts": 1795428000.0, "type": "panic", "lat": 50.85, "lon": 4.35, "acc": 12}
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ingest.model import Fix, Rejection, RejectReason
+from ingest.model import EVENT_TYPES, DeviceEvent, Fix, Rejection, RejectReason
 
 #: Payloads larger than this are not parsed (a fix is about 150 bytes).
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -28,6 +34,7 @@ MIN_EPOCH_S = 946684800.0
 
 FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
+EVENT_TOPIC_SUFFIX = "/event"
 
 
 class _InvalidError(Exception):
@@ -37,17 +44,20 @@ class _InvalidError(Exception):
         self.detail = detail
 
 
-def device_from_fix_topic(topic: str) -> str | None:
-    """``devices/{device_id}/fix`` -> ``device_id``; None for any other topic.
+def device_from_fix_topic(topic: str, suffix: str = FIX_TOPIC_SUFFIX) -> str | None:
+    """``devices/{device_id}/fix`` (or another ``suffix``) -> ``device_id``; None for any
+    other topic.
 
     >>> device_from_fix_topic("devices/tag-17/fix")
     'tag-17'
     >>> device_from_fix_topic("devices//fix") is None
     True
+    >>> device_from_fix_topic("devices/phone-4/event", EVENT_TOPIC_SUFFIX)
+    'phone-4'
     """
-    if not (topic.startswith(FIX_TOPIC_PREFIX) and topic.endswith(FIX_TOPIC_SUFFIX)):
+    if not (topic.startswith(FIX_TOPIC_PREFIX) and topic.endswith(suffix)):
         return None
-    device = topic[len(FIX_TOPIC_PREFIX) : -len(FIX_TOPIC_SUFFIX)]
+    device = topic[len(FIX_TOPIC_PREFIX) : -len(suffix)]
     if not device or "/" in device:
         return None
     return device
@@ -129,40 +139,11 @@ def decode_fix(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | R
             topic, None, RejectReason.BAD_TOPIC, "expected devices/{device_id}/fix", t_recv
         )
     try:
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise _InvalidError(
-                RejectReason.TOO_LARGE,
-                f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
-            )
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise _InvalidError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise _InvalidError(
-                RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
-            )
-        if "ts" not in obj:
-            raise _InvalidError(RejectReason.MISSING_FIELD, "field 'ts' is required")
-        t_fix = parse_timestamp(obj["ts"])
-        if t_fix > t_recv + MAX_FUTURE_S:
-            raise _InvalidError(
-                RejectReason.FUTURE_TIMESTAMP,
-                f"fix time is {t_fix - t_recv:.0f} s after arrival"
-                f" (tolerance {MAX_FUTURE_S:.0f} s): check the device clock",
-            )
+        obj, t_fix = _object_and_time(payload, t_recv)
         lat = _number(obj, "lat", -90.0, 90.0, required=True)
         lon = _number(obj, "lon", -180.0, 180.0, required=True)
         acc = _number(obj, "acc", 0.0, 1e6, required=False)
-        seq_raw = obj.get("seq")
-        if seq_raw is None:
-            seq = -1
-        elif isinstance(seq_raw, int) and not isinstance(seq_raw, bool) and 0 <= seq_raw < 2**63:
-            seq = seq_raw
-        else:
-            raise _InvalidError(
-                RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0"
-            )
+        seq = _seq(obj)
         return Fix(
             device=device,
             t_fix=t_fix,
@@ -179,3 +160,81 @@ def decode_fix(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | R
         )
     except _InvalidError as bad:
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)
+
+
+def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[str, Any], float]:
+    """The message's JSON object and its ``ts``, checked against the arrival time."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise _InvalidError(
+            RejectReason.TOO_LARGE,
+            f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+        )
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise _InvalidError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise _InvalidError(
+            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
+    if "ts" not in obj:
+        raise _InvalidError(RejectReason.MISSING_FIELD, "field 'ts' is required")
+    t = parse_timestamp(obj["ts"])
+    if t > t_recv + MAX_FUTURE_S:
+        raise _InvalidError(
+            RejectReason.FUTURE_TIMESTAMP,
+            f"time is {t - t_recv:.0f} s after arrival"
+            f" (tolerance {MAX_FUTURE_S:.0f} s): check the device clock",
+        )
+    return obj, t
+
+
+def _seq(obj: dict[str, Any]) -> int:
+    seq_raw = obj.get("seq")
+    if seq_raw is None:
+        return -1
+    if isinstance(seq_raw, int) and not isinstance(seq_raw, bool) and 0 <= seq_raw < 2**63:
+        return seq_raw
+    raise _InvalidError(RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0")
+
+
+def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> DeviceEvent | Rejection:
+    """Decode one device event message (``devices/{device_id}/event``); never raises."""
+    device = device_from_fix_topic(topic, EVENT_TOPIC_SUFFIX)
+    if device is None:
+        return Rejection(
+            topic, None, RejectReason.BAD_TOPIC, "expected devices/{device_id}/event", t_recv
+        )
+    try:
+        obj, t_event = _object_and_time(payload, t_recv)
+        kind = obj.get("type")
+        if kind is None:
+            raise _InvalidError(RejectReason.MISSING_FIELD, "field 'type' is required")
+        if kind not in EVENT_TYPES:
+            raise _InvalidError(
+                RejectReason.UNKNOWN_EVENT,
+                f"event type {kind!r} is not one of {', '.join(sorted(EVENT_TYPES))}",
+            )
+        has_position = obj.get("lat") is not None or obj.get("lon") is not None
+        lat = _number(obj, "lat", -90.0, 90.0, required=has_position)
+        lon = _number(obj, "lon", -180.0, 180.0, required=has_position)
+        acc = _number(obj, "acc", 0.0, 1e6, required=False)
+        return DeviceEvent(
+            device=device,
+            kind=str(kind),
+            t_event=t_event,
+            t_recv=t_recv,
+            lat=lat,
+            lon=lon,
+            acc_m=acc if acc > 0.0 else math.nan,
+            seq=_seq(obj),
+        )
+    except _InvalidError as bad:
+        return Rejection(topic, device, bad.reason, bad.detail, t_recv)
+
+
+def decode(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | DeviceEvent | Rejection:
+    """Dispatch on the topic: fixes and device events; never raises."""
+    if topic.endswith(EVENT_TOPIC_SUFFIX):
+        return decode_event(topic, payload, t_recv)
+    return decode_fix(topic, payload, t_recv)

@@ -24,6 +24,15 @@ class RejectReason(StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_DEVICE = "unknown_device"
+    UNKNOWN_EVENT = "unknown_event"
+
+
+#: Device event types (DESIGN.md ``devices/{id}/event``): a victim's panic button, a tag's
+#: tamper or strap sensor, battery and power reports, and the device separated from its
+#: wearer (a phone left behind, a tag out of range of its companion unit).
+EVENT_TYPES = frozenset(
+    {"panic", "tamper", "strap_removed", "battery_low", "power_off", "separated"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +55,21 @@ class Fix:
     speed_mps: float = math.nan
     heading_deg: float = math.nan
     battery_pct: float = math.nan
+    seq: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """One validated device event: ``kind`` is one of :data:`EVENT_TYPES`; the position, if
+    the device sent one, is NaN otherwise. Times are UTC epoch seconds."""
+
+    device: str
+    kind: str
+    t_event: float
+    t_recv: float
+    lat: float = math.nan
+    lon: float = math.nan
+    acc_m: float = math.nan
     seq: int = -1
 
 

@@ -18,21 +18,23 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.codec import decode_fix
-from ingest.model import Fix, Rejection
+from ingest.codec import decode
+from ingest.model import DeviceEvent, Fix, Rejection
 from ingest.transport import BrokerAddress, connect, make_client
 
 log = logging.getLogger(__name__)
 
 FIX_SUBSCRIPTION = "devices/+/fix"
+EVENT_SUBSCRIPTION = "devices/+/event"
 SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
 
-Item = Fix | Rejection
+Item = Fix | DeviceEvent | Rejection
 
 
 class FixSubscriber:
-    """Subscribes to device fixes and queues decoded :class:`Fix` or :class:`Rejection` items."""
+    """Subscribes to device fixes and events and queues the decoded items (:class:`Fix`,
+    :class:`DeviceEvent` or :class:`Rejection`)."""
 
     def __init__(
         self,
@@ -72,9 +74,9 @@ class FixSubscriber:
         if rc.is_failure:
             log.error("broker %s refused the fix subscription: %s", self.broker, rc)
             return
-        client.subscribe(FIX_SUBSCRIPTION, qos=SUBSCRIBE_QOS)
+        client.subscribe([(FIX_SUBSCRIPTION, SUBSCRIBE_QOS), (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS)])
         self.connected.set()
-        log.info("subscribed to %s on %s", FIX_SUBSCRIPTION, self.broker)
+        log.info("subscribed to %s and %s on %s", FIX_SUBSCRIPTION, EVENT_SUBSCRIPTION, self.broker)
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -84,7 +86,7 @@ class FixSubscriber:
             log.warning("lost the broker %s (%s); reconnecting", self.broker, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = decode_fix(msg.topic, msg.payload, self._clock())
+        item = decode(msg.topic, msg.payload, self._clock())
         try:
             self.items.put_nowait(item)
         except queue.Full:

@@ -299,6 +299,12 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         else:
             assert isinstance(raw, dict) and isinstance(dev_id, str)
             seen_dev.add(dev_id)
+            for key in ("reporting_interval_s", "signal_grace_s"):
+                if key in raw and _positive(raw[key]) is None:
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): '{key}' must be a number of seconds > 0,"
+                        f" got {raw[key]!r}"
+                    )
             if "mobility" in raw:
                 got = parse_mobility(raw["mobility"])
                 if isinstance(got, str):

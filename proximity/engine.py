@@ -29,10 +29,12 @@ import numpy.typing as npt
 
 from geofence.compiled import warm_up as warm_up_zones
 from ingest.batch import FixBatch
+from ingest.model import DeviceEvent
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
+from proximity.health import DeviceWatch
 from proximity.pairs import PairTable
 from proximity.quality import FixFilter
 from proximity.rules import RuleConfig
@@ -166,10 +168,11 @@ class Engine:
             cases, self.slot_of, self.core, rules.margin_min_m, self._position, clock
         )
         self.quality = FixFilter(len(ids), rules, unknown_accuracy_m)
+        self.health = DeviceWatch(cases, self.slot_of, devices, rules, self._position, clock)
 
     @property
     def open_alarms(self) -> int:
-        return len(self.alarm_ids) + len(self.zones.alarm_ids)
+        return len(self.alarm_ids) + len(self.zones.alarm_ids) + len(self.health.alarm_ids)
 
     def warm_up(self) -> float:
         """Compile (or load from cache) every kernel; return the seconds it took."""
@@ -195,7 +198,21 @@ class Engine:
                     entries = self.zones.entries_of(touched)
                     self.stats.zones_evaluated += entries.size
                     events.extend(self.zones.decide(entries, now, "fix"))
+        if len(batch):
+            # Any message, even a late or implausible fix, shows the device is alive.
+            events.extend(self.health.seen(batch.slot, batch.t_recv))
         st.events += len(events)
+        return events
+
+    def handle_events(self, device_events: Sequence[DeviceEvent]) -> list[AlarmEvent]:
+        """Alarms for device events (panic, tamper, ...) of devices in the cases."""
+        known = [e for e in device_events if e.device in self.slot_of]
+        if not known:
+            return []
+        slots = np.array([self.slot_of[e.device] for e in known], dtype=np.int64)
+        events = self.health.seen(slots, np.array([e.t_recv for e in known]))
+        events.extend(self.health.device_events(known))
+        self.stats.events += len(events)
         return events
 
     def sweep(self) -> list[AlarmEvent]:
@@ -214,6 +231,7 @@ class Engine:
             entries = np.arange(len(self.zones), dtype=np.int64)
             self.stats.zones_evaluated += entries.size
             events.extend(self.zones.decide(entries, now, "time"))
+        events.extend(self.health.sweep(now))
         self.stats.events += len(events)
         return events
 

@@ -16,6 +16,13 @@ class AlarmType(IntEnum):
     PROXIMITY = 1
     ZONE = 2  # an exclusion zone entered
     CURFEW = 3  # outside an inclusion zone while it is in force
+    SIGNAL_LOST = 4  # an offender's device is silent
+    VICTIM_SILENT = 5  # a protected person's device is silent
+    PANIC = 6  # the panic button (device event)
+    TAMPER = 7  # tamper or strap removed (device event)
+    BATTERY_LOW = 8
+    POWER_OFF = 9
+    SEPARATED = 10  # the device is no longer with its wearer
 
 
 class AlarmLevel(IntEnum):
@@ -74,7 +81,8 @@ class AlarmEvent:
     ``trigger`` is the fix whose arrival led to the decision (the later-received of the two
     positions), so its ``t_fix`` and ``t_recv`` are the alarm's fix and receipt times.
     ``cause`` is ``"fix"`` when a new fix led to the decision and ``"time"`` when the periodic
-    sweep did (an old fix's uncertainty grew). ``uncertainty_m`` is the 99 % radius of the
+    sweep did (an old fix's uncertainty grew, a schedule changed, a device went silent), and
+    ``"event"`` for a device event (panic, tamper, ...). ``uncertainty_m`` is the 99 % radius of the
     separation; ``probability`` that the true separation is within the order distance;
     ``closing_speed_mps`` positive when approaching (NaN: unknown); ``time_to_breach_s`` at
     that speed (0 inside, inf when not approaching, NaN unknown).
@@ -104,7 +112,11 @@ class AlarmEvent:
     time_to_breach_s: float = float("nan")
     cause: str = "fix"
     zone: ZoneRef | None = None
+    #: The device a device alarm (silence, device event) is about; None for pair and zones.
+    device: str | None = None
 
     @property
     def trigger(self) -> Position:
+        if self.device is not None:
+            return self.victim if self.device == self.victim.device else self.offender
         return self.offender if self.offender.t_recv >= self.victim.t_recv else self.victim

@@ -30,3 +30,12 @@ class RuleConfig:
     implausible_speed_mps: float = 70.0
     jump_slack_m: float = 50.0
     max_rejected: int = 3
+
+    #: Device health. A device from which nothing has arrived for longer than its expected
+    #: reporting interval plus the grace is silent: "signal lost" for an offender (an alarm:
+    #: the pairs and zones cannot be assessed), "victim device silent" for a protected person
+    #: (a pre-alert). The devices list of the case file may set ``reporting_interval_s`` and
+    #: ``signal_grace_s`` per device; these are the defaults (a tag reporting every minute,
+    #: as GPS tags commonly do when the wearer moves, and one more minute of grace).
+    reporting_interval_s: float = 60.0
+    signal_grace_s: float = 60.0

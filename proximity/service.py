@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from ingest.batch import build_batch
-from ingest.model import Fix, IngestError, Rejection
+from ingest.model import DeviceEvent, Fix, IngestError, Rejection, RejectReason
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, make_client, parse_broker_url
@@ -152,14 +152,29 @@ class EngineService:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
 
-    def _handle(self, items: list[Fix | Rejection]) -> None:
+    def _handle(self, items: list[Fix | DeviceEvent | Rejection]) -> None:
         fixes = [i for i in items if isinstance(i, Fix)]
+        device_events = [i for i in items if isinstance(i, DeviceEvent)]
         rejected = [i for i in items if isinstance(i, Rejection)]
         self.messages_received += len(items)
         batch, unknown = build_batch(fixes, self.engine.slot_of)
+        for e in device_events:
+            if e.device not in self.engine.slot_of:
+                unknown.append(
+                    Rejection(
+                        f"devices/{e.device}/event",
+                        e.device,
+                        RejectReason.UNKNOWN_DEVICE,
+                        f"device '{e.device}' is in no case: import a case file that lists it",
+                        e.t_recv,
+                    )
+                )
         if rejected or unknown:
             self.reporter.report(rejected + unknown)
+        # Fixes first (a millisecond or so), so that an event's alarm carries the newest
+        # positions of everyone in the case: the team needs where the offender is now.
         self._publish(self.engine.process(batch))
+        self._publish(self.engine.handle_events(device_events))
 
     def _publish(self, events: list[AlarmEvent]) -> None:
         for event in events:

@@ -61,6 +61,17 @@ class Settings(BaseSettings):
     jump_slack_m: float = Field(
         RULES.jump_slack_m, ge=0, description="metres added to the implausible-jump allowance"
     )
+    reporting_interval_s: float = Field(
+        RULES.reporting_interval_s,
+        gt=0,
+        description="expected seconds between fixes of a device that the case file's devices"
+        " list does not describe (silence beyond it plus the grace is signal lost)",
+    )
+    signal_grace_s: float = Field(
+        RULES.signal_grace_s,
+        ge=0,
+        description="seconds of grace after a missed report before a device counts as silent",
+    )
     max_rejected: int = Field(
         RULES.max_rejected,
         ge=0,

@@ -11,9 +11,11 @@ import pytest
 from geofence.model import circle, feature_collection
 from ingest.model import Fix
 from proximity.cases import Case
+from proximity.engine import Engine
 from proximity.errors import RegistryError
 from proximity.events import AlarmState, AlarmType
 from proximity.messages import alarm_message
+from proximity.rules import RuleConfig
 from proximity.uncertainty import Classification
 from tests.naive import offset
 from tests.test_engine import Clock, engine, events_of, fix
@@ -47,6 +49,13 @@ def zone_case(
     )
 
 
+def zengine(cases: list[Case], **kw: Any) -> Engine:
+    """An engine whose device-silence rule stays out of the way: these tests leave devices
+    silent for an hour on purpose (silence has its own tests)."""
+    kw.setdefault("rules", RuleConfig(reporting_interval_s=86_400.0))
+    return engine(cases, **kw)
+
+
 def utc(s: str) -> float:
     return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
 
@@ -58,7 +67,7 @@ def at(dev: str, pos: tuple[float, float], t: float) -> Fix:
 
 def test_offender_walking_into_the_workplace_raises_and_ends_a_zone_alarm() -> None:
     c = zone_case(square(WORK, 150, kind="exclusion", label="victim's workplace", warning_m=100))
-    eng = engine([c], default_top_speed_mps=0.0)
+    eng = zengine([c], default_top_speed_mps=0.0)
     # 400 m south of the centre: 250 m outside the square, beyond any doubt.
     assert events_of(eng, fix("v", VICTIM, 0), fix("o", offset(*WORK, 180, 400), 10)) == []
     # 160 m south: 10 m outside, within the 99 % radius of a 5 m fix: possible entry.
@@ -95,7 +104,7 @@ def test_offender_walking_into_the_workplace_raises_and_ends_a_zone_alarm() -> N
 def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fix() -> None:
     home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="offender's home", schedule=CURFEW)
     clock = Clock(utc("2026-11-23T20:00:00"))  # 21:00 in Brussels
-    eng = engine([zone_case(home)], clock=clock, default_top_speed_mps=3.0)
+    eng = zengine([zone_case(home)], clock=clock, default_top_speed_mps=3.0)
     # 2 km from home at 21:00 and at 21:59: no curfew yet.
     assert events_of(eng, at("o", offset(*HOME, 30, 2000), clock.t)) == []
     assert events_of(eng, at("o", offset(*HOME, 35, 2000), utc("2026-11-23T20:59:00"))) == []
@@ -117,7 +126,7 @@ def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fi
 def test_curfew_alarm_ends_when_the_curfew_ends() -> None:
     home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="home", schedule=CURFEW)
     clock = Clock(utc("2026-11-24T04:00:00"))  # 05:00 in Brussels
-    eng = engine([zone_case(home)], clock=clock)
+    eng = zengine([zone_case(home)], clock=clock)
     [ev] = events_of(eng, at("o", offset(*HOME, 0, 500), clock.t))
     assert ev.state == AlarmState.OPEN and ev.cause == "fix"
     clock.t = utc("2026-11-24T05:00:00")  # 06:00
@@ -134,14 +143,14 @@ def test_a_zone_outside_its_validity_dates_raises_nothing() -> None:
         label="school",
         schedule={"dates": [{"from": "2025-01-01", "until": "2025-12-31"}]},
     )
-    eng = engine([zone_case(school)], clock=Clock(utc("2026-11-23T12:00")))
+    eng = zengine([zone_case(school)], clock=Clock(utc("2026-11-23T12:00")))
     assert events_of(eng, at("o", WORK, utc("2026-11-23T12:00"))) == []
 
 
 def test_only_the_offenders_own_cases_zones_apply() -> None:
     a = zone_case(square(WORK, 150, kind="exclusion", label="workplace A"), cid="A")
     b = Case("B", ("o2",), ("v2",), 200.0, 400.0)
-    eng = engine([a, b])
+    eng = zengine([a, b])
     assert len(eng.zones) == 1
     assert events_of(eng, fix("o2", WORK, 0)) == []
     [ev] = events_of(eng, fix("o", WORK, 1))
@@ -151,7 +160,7 @@ def test_only_the_offenders_own_cases_zones_apply() -> None:
 def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
     c = zone_case(square(WORK, 150, kind="exclusion", label="workplace"))
     clock = Clock(utc("2026-11-23T12:00"))
-    eng = engine([c], clock=clock, default_top_speed_mps=3.0)
+    eng = zengine([c], clock=clock, default_top_speed_mps=3.0)
     assert events_of(eng, at("o", offset(*WORK, 90, 250), clock.t)) == []
     clock.t += 60.0  # 100 m outside; after a minute at walking speed he may be inside
     [ev] = eng.sweep()
@@ -166,4 +175,4 @@ def test_a_stored_zone_that_this_version_rejects_stops_the_engine_with_a_remedy(
     old = circle(HOME[1], HOME[0], 80, kind="exclusion", label="home")
     del old["properties"]["radius_m"]  # stored by a version that did not check circles
     with pytest.raises(RegistryError, match=r"case BE-Z .* zone 'home' .* import it again"):
-        engine([zone_case(old)])
+        zengine([zone_case(old)])

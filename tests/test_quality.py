@@ -89,3 +89,13 @@ def test_unknown_accuracy_is_not_perfect_for_the_jump_rule() -> None:
     # 1.5 km in 1 s: beyond 70 m/s, but within the two fixes' 99 % radii of 400 m each.
     run(eng, fix("o", offset(*HOME, 0, 3500), 1, acc=float("nan")))
     assert eng.stats.fixes_implausible == 0
+
+
+def test_every_rule_threshold_is_a_setting_with_the_same_default() -> None:
+    from proximity.settings import Settings, rule_config
+
+    assert rule_config(Settings.model_validate({})) == RuleConfig()
+    changed = rule_config(
+        Settings.model_validate({"signal_grace_s": 5, "implausible_speed_mps": 90})
+    )
+    assert (changed.signal_grace_s, changed.implausible_speed_mps) == (5, 90)

@@ -1,0 +1,242 @@
+"""Device health and device events: the rules that watch devices rather than distances.
+
+* Silence: nothing (fix or event) from a device for longer than its expected reporting
+  interval plus a grace (:class:`~proximity.rules.RuleConfig`, or the case file's devices
+  list per device) opens a "signal lost" alarm for an offender's device and a "victim device
+  silent" pre-alert for a protected person's, in every case of the device: the pairs cannot
+  be assessed, and the operator must know. The next message from the device ends it. A
+  device that has never reported counts as silent from the engine's start.
+* Device events (``devices/{id}/event``): panic, tamper or strap removed, battery low, power
+  off and separated from the wearer each become their own alarm type and level, in every case
+  of the device. A panic is the highest level (escalation), forwarded at once.
+
+Per device the state is arrays (last message time, silent or not); Python work happens only
+for the devices whose state changes.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ingest.model import DeviceEvent
+from proximity.cases import Case, Device
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
+from proximity.messages import iso_utc
+from proximity.rules import RuleConfig
+
+HEALTH_ALARM_NAMESPACE = uuid.UUID("3a9d2c71-0f4e-4b8a-a6d5-7e1c9b2f4d60")
+
+#: Device event type -> (alarm type, level).
+EVENT_ALARMS: dict[str, tuple[AlarmType, AlarmLevel]] = {
+    "panic": (AlarmType.PANIC, AlarmLevel.ESCALATION),
+    "tamper": (AlarmType.TAMPER, AlarmLevel.ALARM),
+    "strap_removed": (AlarmType.TAMPER, AlarmLevel.ALARM),
+    "power_off": (AlarmType.POWER_OFF, AlarmLevel.ALARM),
+    "separated": (AlarmType.SEPARATED, AlarmLevel.ALARM),
+    "battery_low": (AlarmType.BATTERY_LOW, AlarmLevel.PRE_ALERT),
+}
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _seconds(info: object, key: str, default: float) -> float:
+    value = info.get(key) if isinstance(info, dict) else None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else default  # type: ignore[arg-type]
+
+
+class DeviceWatch:
+    """Silence and device events of every device of the engine (one slot per device)."""
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        slot_of: dict[str, int],
+        devices: Sequence[Device],
+        rules: RuleConfig,
+        position: Callable[[int, float], Position],
+        clock: Callable[[], float],
+    ) -> None:
+        self.slot_of = slot_of
+        self.ids = sorted(slot_of, key=slot_of.__getitem__)
+        n = len(slot_of)
+        info = {d.id: d.info for d in devices}
+        self.interval_s = np.array(
+            [
+                _seconds(info.get(d), "reporting_interval_s", rules.reporting_interval_s)
+                for d in self.ids
+            ]
+        )
+        self.grace_s = np.array(
+            [_seconds(info.get(d), "signal_grace_s", rules.signal_grace_s) for d in self.ids]
+        )
+        #: (case, role) of each slot: role True for an offender.
+        self.cases_of: list[list[tuple[Case, bool]]] = [[] for _ in range(n)]
+        for case in cases:
+            for d in case.offenders:
+                self.cases_of[slot_of[d]].append((case, True))
+            for d in case.protected:
+                self.cases_of[slot_of[d]].append((case, False))
+        self._position = position
+        self._clock = clock
+        self.last_seen = np.full(n, clock())  # never heard: silent from the start
+        self.silent = np.zeros(n, dtype=bool)
+        self.alarm_ids: dict[tuple[str, int], str] = {}
+
+    def seen(self, slots: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
+        """Messages arrived from ``slots`` (at ``t_recv``); end the silence of those devices."""
+        np.maximum.at(self.last_seen, slots, t_recv)
+        back = np.unique(slots[self.silent[slots]])
+        if back.size == 0:
+            return []
+        now = self._clock()
+        events = []
+        for s in back:
+            self.silent[s] = False
+            events.extend(self._silence_events(int(s), AlarmState.ENDED, now))
+        return events
+
+    def sweep(self, now: float) -> list[AlarmEvent]:
+        """Open silence alarms for the devices that have just gone quiet."""
+        quiet = ~self.silent & (now - self.last_seen > self.interval_s + self.grace_s)
+        events = []
+        for s in np.flatnonzero(quiet):
+            self.silent[s] = True
+            events.extend(self._silence_events(int(s), AlarmState.OPEN, now))
+        return events
+
+    def _silence_events(self, slot: int, state: AlarmState, now: float) -> list[AlarmEvent]:
+        dev = self.ids[slot]
+        quiet_s = now - float(self.last_seen[slot])
+        limit = f"expected every {self.interval_s[slot]:.0f} s + {self.grace_s[slot]:.0f} s grace"
+        out = []
+        for case, is_offender in self.cases_of[slot]:
+            kind = AlarmType.SIGNAL_LOST if is_offender else AlarmType.VICTIM_SILENT
+            key = (case.id, slot)
+            if state == AlarmState.OPEN:
+                alarm_id = str(
+                    uuid.uuid5(HEALTH_ALARM_NAMESPACE, f"{case.id}/{dev}/{kind.name}/{now!r}")
+                )
+                self.alarm_ids[key] = alarm_id
+                who = "offender" if is_offender else "protected person"
+                consequence = (
+                    "his distance to the protected person and his zones cannot be assessed"
+                    if is_offender
+                    else "her distance to the offender cannot be assessed"
+                )
+                reason = (
+                    f"no message from {who} device {dev} for {quiet_s:.0f} s ({limit});"
+                    f" {consequence}"
+                )
+            else:
+                alarm_id = self.alarm_ids.pop(key)
+                reason = f"device {dev} reports again"
+            out.append(
+                self._event(
+                    alarm_id, kind, _level(kind), state, case, slot, is_offender, reason, now
+                )
+            )
+        return out
+
+    def device_events(self, events: Sequence[DeviceEvent]) -> list[AlarmEvent]:
+        """Alarms for device events of known devices, in arrival order."""
+        now = self._clock()
+        out: list[AlarmEvent] = []
+        for ev in events:
+            slot = self.slot_of[ev.device]
+            kind, level = EVENT_ALARMS[ev.kind]
+            for case, is_offender in self.cases_of[slot]:
+                alarm_id = str(
+                    uuid.uuid5(
+                        HEALTH_ALARM_NAMESPACE, f"{case.id}/{ev.device}/{ev.kind}/{ev.t_event!r}"
+                    )
+                )
+                who = "offender" if is_offender else "protected person"
+                reason = (
+                    f"{ev.kind.replace('_', ' ')} reported by {who} device {ev.device}"
+                    f" at {iso_utc(ev.t_event)}"
+                )
+                if ev.kind == "panic" and not is_offender:
+                    reason = f"PANIC button pressed by the protected person ({ev.device})"
+                out.append(
+                    self._event(
+                        alarm_id,
+                        kind,
+                        level,
+                        AlarmState.OPEN,
+                        case,
+                        slot,
+                        is_offender,
+                        reason,
+                        now,
+                        ev,
+                    )
+                )
+        return out
+
+    def _event(
+        self,
+        alarm_id: str,
+        kind: AlarmType,
+        level: AlarmLevel,
+        state: AlarmState,
+        case: Case,
+        slot: int,
+        is_offender: bool,
+        reason: str,
+        now: float,
+        source: DeviceEvent | None = None,
+    ) -> AlarmEvent:
+        own = self._position(slot, now)
+        if source is not None and not math.isnan(source.lat) and not source.t_event < own.t_fix:
+            # The event's own position is the newest the engine knows of this device.
+            own = Position(
+                source.device,
+                source.lat,
+                source.lon,
+                source.acc_m,
+                source.t_event,
+                source.t_recv,
+                source.seq,
+            )
+        elif source is not None:
+            own = Position(
+                own.device,
+                own.lat,
+                own.lon,
+                own.acc_m,
+                own.t_fix,
+                source.t_recv,
+                source.seq,
+                own.radius_m,
+                own.old,
+            )
+        other_dev = case.protected[0] if is_offender else case.offenders[0]
+        other = self._position(self.slot_of[other_dev], now)
+        off, vic = (own, other) if is_offender else (other, own)
+        return AlarmEvent(
+            alarm_id=alarm_id,
+            type=kind,
+            level=level,
+            state=state,
+            case_id=case.id,
+            offender=off,
+            victim=vic,
+            distance_m=math.nan,
+            order_distance_m=case.order_distance_m,
+            margin_m=math.nan,
+            reason=reason,
+            t_decided=self._clock(),
+            cause="event" if source is not None else "fix" if state == AlarmState.ENDED else "time",
+            device=own.device,
+        )
+
+
+def _level(kind: AlarmType) -> AlarmLevel:
+    return AlarmLevel.ALARM if kind == AlarmType.SIGNAL_LOST else AlarmLevel.PRE_ALERT
