@@ -127,3 +127,19 @@ def test_event_codec() -> None:
         assert isinstance(r, Rejection) and r.reason == reason, payload
     r = decode_event("devices/a/b/event", b"{}", T0)
     assert isinstance(r, Rejection) and r.reason == RejectReason.BAD_TOPIC
+
+
+def test_case_file_rejects_a_bad_reporting_interval() -> None:
+    from proximity.cases import parse_case_file
+    from proximity.errors import CaseFileError
+
+    doc = {
+        "cases": [{"id": "C", "offenders": ["o"], "protected": ["v"], "order": {"distance_m": 1}}],
+        "devices": [{"id": "o", "reporting_interval_s": 0}, {"id": "v", "signal_grace_s": "1m"}],
+    }
+    with pytest.raises(CaseFileError) as info:
+        parse_case_file(doc)
+    assert info.value.problems == [
+        "devices[0] (o): 'reporting_interval_s' must be a number of seconds > 0, got 0",
+        "devices[1] (v): 'signal_grace_s' must be a number of seconds > 0, got '1m'",
+    ]
