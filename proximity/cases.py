@@ -299,11 +299,13 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         else:
             assert isinstance(raw, dict) and isinstance(dev_id, str)
             seen_dev.add(dev_id)
-            for key in ("reporting_interval_s", "signal_grace_s"):
-                if key in raw and _positive(raw[key]) is None:
+            for key, least in (("reporting_interval_s", "> 0"), ("signal_grace_s", ">= 0")):
+                value = raw.get(key)
+                ok = _positive(value) is not None or (least == ">= 0" and value == 0)
+                if key in raw and (not ok or isinstance(value, bool)):
                     problems.append(
-                        f"devices[{i}] ({dev_id}): '{key}' must be a number of seconds > 0,"
-                        f" got {raw[key]!r}"
+                        f"devices[{i}] ({dev_id}): '{key}' must be a number of seconds"
+                        f" {least}, got {value!r}"
                     )
             if "mobility" in raw:
                 got = parse_mobility(raw["mobility"])

@@ -46,9 +46,11 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def _seconds(info: object, key: str, default: float) -> float:
+    """A device's own timing from the case file (validated on import), else the default."""
     value = info.get(key) if isinstance(info, dict) else None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    return float(value) if ok else default  # type: ignore[arg-type]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return default
+    return float(value)
 
 
 class DeviceWatch:

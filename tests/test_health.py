@@ -135,11 +135,14 @@ def test_case_file_rejects_a_bad_reporting_interval() -> None:
 
     doc = {
         "cases": [{"id": "C", "offenders": ["o"], "protected": ["v"], "order": {"distance_m": 1}}],
-        "devices": [{"id": "o", "reporting_interval_s": 0}, {"id": "v", "signal_grace_s": "1m"}],
+        "devices": [
+            {"id": "o", "reporting_interval_s": 0, "signal_grace_s": 0},
+            {"id": "v", "signal_grace_s": "1m"},
+        ],
     }
     with pytest.raises(CaseFileError) as info:
         parse_case_file(doc)
     assert info.value.problems == [
         "devices[0] (o): 'reporting_interval_s' must be a number of seconds > 0, got 0",
-        "devices[1] (v): 'signal_grace_s' must be a number of seconds > 0, got '1m'",
+        "devices[1] (v): 'signal_grace_s' must be a number of seconds >= 0, got '1m'",
     ]
