@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -196,29 +197,20 @@ class DeviceWatch:
         source: DeviceEvent | None = None,
     ) -> AlarmEvent:
         own = self._position(slot, now)
-        if source is not None and not math.isnan(source.lat) and not source.t_event < own.t_fix:
-            # The event's own position is the newest the engine knows of this device.
-            own = Position(
-                source.device,
-                source.lat,
-                source.lon,
-                source.acc_m,
-                source.t_event,
-                source.t_recv,
-                source.seq,
-            )
-        elif source is not None:
-            own = Position(
-                own.device,
-                own.lat,
-                own.lon,
-                own.acc_m,
-                own.t_fix,
-                source.t_recv,
-                source.seq,
-                own.radius_m,
-                own.old,
-            )
+        if source is not None:
+            # The event is the newest message of this device; its own position, when it has
+            # one at least as new as the last fix, is the newest position too.
+            own = replace(own, t_recv=source.t_recv, seq=source.seq)
+            if not math.isnan(source.lat) and not source.t_event < own.t_fix:  # NaN: no fix
+                own = replace(
+                    own,
+                    lat=source.lat,
+                    lon=source.lon,
+                    acc_m=source.acc_m,
+                    t_fix=source.t_event,
+                    radius_m=source.acc_m,
+                    old=False,
+                )
         other_dev = case.protected[0] if is_offender else case.offenders[0]
         other = self._position(self.slot_of[other_dev], now)
         off, vic = (own, other) if is_offender else (other, own)
