@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from ingest.transport import connect, make_client, parse_broker_url
 from simulator.broker import BrokerError, LocalBroker, find_mosquitto
+from simulator.process import EngineProcess
 
 WAIT_S = 20.0
 
@@ -115,6 +117,31 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-def write_cases(path: Path, cases: list[dict[str, Any]]) -> Path:
-    path.write_text(json.dumps({"cases": cases}))
+def write_cases(
+    path: Path, cases: list[dict[str, Any]], devices: list[dict[str, Any]] | None = None
+) -> Path:
+    doc: dict[str, Any] = {"cases": cases}
+    if devices:
+        doc["devices"] = devices
+    path.write_text(json.dumps(doc))
     return path
+
+
+@contextmanager
+def running_engine(
+    broker: LocalBroker,
+    tmp: Path,
+    cases: list[dict[str, Any]],
+    *args: str,
+    devices: list[dict[str, Any]] | None = None,
+) -> Iterator[EngineProcess]:
+    """Import the cases (and devices) into a fresh registry through the CLI and run
+    ``proximity run ARGS`` against ``broker`` for the block; it must then stop cleanly."""
+    db = tmp / "registry.sqlite"
+    result = run_cli(
+        "cases", "import", str(write_cases(tmp / "cases.json", cases, devices)), "--db", str(db)
+    )
+    assert result.returncode == 0, result.stderr
+    proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()
+    yield proc
+    assert proc.stop() == 0, proc.log.read_text()

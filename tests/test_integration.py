@@ -16,7 +16,7 @@ import pytest
 
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, write_cases
+from tests.conftest import Listener, Publisher, run_cli, running_engine
 from tests.naive import geod_distance_m, offset
 
 pytestmark = pytest.mark.broker
@@ -68,16 +68,8 @@ def engine(
     broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("engine")
-    db = tmp / "registry.sqlite"
-    result = run_cli(
-        "cases", "import", str(write_cases(tmp / "cases.json", CASES)), "--db", str(db)
-    )
-    assert result.returncode == 0, result.stderr
-    proc = EngineProcess(
-        broker.url, db, tmp / "engine.log", *TELEPORT, "--status-interval-s", "0.5"
-    ).start()
-    yield proc
-    assert proc.stop() == 0, proc.log.read_text()
+    with running_engine(broker, tmp, CASES, *TELEPORT, "--status-interval-s", "0.5") as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, write_cases
+from tests.conftest import Listener, Publisher, running_engine
 from tests.naive import offset
 
 pytestmark = pytest.mark.broker
@@ -35,7 +35,7 @@ CASES = [
     _case("BE-D-SILENT", "tag-q", "phone-q"),
     _case("BE-D-PANIC", "tag-p", "phone-p"),
 ]
-DEVICES = [
+DEVICES: list[dict[str, Any]] = [
     # A tag expected every second, with one second of grace: silent after 2 s.
     {"id": "tag-q", "reporting_interval_s": 1, "signal_grace_s": 1},
     # Everyone else is expected rarely, so that only tag-q can go silent here.
@@ -46,16 +46,8 @@ DEVICES = [
 @pytest.fixture(scope="module")
 def setup(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("devices")
-    db = tmp / "registry.sqlite"
-    path = write_cases(tmp / "cases.json", CASES)
-    doc = orjson.loads(path.read_bytes())
-    doc["devices"] = DEVICES
-    path.write_bytes(orjson.dumps(doc))
-    result = run_cli("cases", "import", str(path), "--db", str(db))
-    assert result.returncode == 0, result.stderr
-    proc = EngineProcess(broker.url, db, tmp / "engine.log").start()
-    yield proc
-    assert proc.stop() == 0, proc.log.read_text()
+    with running_engine(broker, tmp, CASES, devices=DEVICES) as proc:
+        yield proc
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from geofence.model import circle, feature_collection
 from proximity.engine import Engine
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, write_cases
+from tests.conftest import Listener, Publisher, running_engine
 from tests.naive import offset
 
 pytestmark = pytest.mark.broker
@@ -68,7 +68,6 @@ def setup(
     broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[EngineProcess, float]]:
     tmp = tmp_path_factory.mktemp("zones")
-    db = tmp / "registry.sqlite"
     # Compile (or load) the kernels here, so the engine's start below is a cache load and
     # the curfew's start can be close.
     Engine([]).warm_up()
@@ -85,18 +84,8 @@ def setup(
         _case("BE-Z-WORK", "tag-w", "phone-w", [workplace()]),
         _case("BE-Z-CURFEW", "tag-c", "phone-c", [home]),
     ]
-    result = run_cli(
-        "cases", "import", str(write_cases(tmp / "cases.json", cases)), "--db", str(db)
-    )
-    assert result.returncode == 0, result.stderr
-    proc = EngineProcess(
-        broker.url,
-        db,
-        tmp / "engine.log",
-        *TELEPORT,
-    ).start()
-    yield proc, curfew_start
-    assert proc.stop() == 0, proc.log.read_text()
+    with running_engine(broker, tmp, cases, *TELEPORT) as proc:
+        yield proc, curfew_start
 
 
 @pytest.fixture
