@@ -157,7 +157,9 @@ class Engine:
         self.pairs = PairTable.build(cases, self.slot_of, rules.margin_fraction, rules.margin_min_m)
         speeds = top_speeds(cases, devices, default_top_speed_mps)
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
-        self.core = ProximityCore(len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m)
+        self.core = ProximityCore(
+            len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m, rules.motion_accel_psd
+        )
         self.devices = DeviceTable(ids, self.core.lat, self.core.lon)
         self.state = np.zeros(len(self.pairs), dtype=np.int8)
         self._out = PairEvaluation.allocate(len(self.pairs))

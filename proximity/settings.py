@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         description="a fix implying a faster move from the last accepted one (plus both"
         " accuracies and jump_slack_m) is set aside as a multipath jump",
     )
+    motion_accel_psd: float = Field(
+        RULES.motion_accel_psd,
+        gt=0,
+        description="white-acceleration spectral density (m^2/s^3) of the per-device motion"
+        " filter: larger follows manoeuvres faster, smaller averages more GPS jitter",
+    )
     jump_slack_m: float = Field(
         RULES.jump_slack_m, ge=0, description="metres added to the implausible-jump allowance"
     )

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proximity.cases import Case
-from proximity.core import ProximityCore
+from proximity.core import MAX_GAP_S, ProximityCore
+from proximity.geodesy import surface_xyz
 from proximity.pairs import PairTable
 from proximity.uncertainty import K68, K99, Classification
 from tests.naive import geod_distance_m, offset
@@ -211,3 +212,76 @@ def test_classification_invariants(seed: int, age_s: float) -> None:
     # The probability agrees with the classification's direction.
     assert np.all(ev.probability[certain] >= 0.99)
     assert np.all(ev.probability[clear] <= 0.01)
+
+
+# The motion filter (constant-velocity Kalman per device).
+
+
+def _track(
+    rng: np.random.Generator, truth: list[tuple[float, float]], acc: float, t0: float = T0
+) -> tuple[ProximityCore, np.ndarray, np.ndarray]:
+    """Feed 1-Hz fixes around ``truth`` (noise consistent with a 68 % radius ``acc``) to a
+    one-device core; return it with the estimate's error (m) and 68 % radius after each fix."""
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    core = ProximityCore(2, PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0), [40.0, 40.0])
+    sigma = acc / K68  # per axis
+    errors, radii = [], []
+    for k, (lat, lon) in enumerate(truth):
+        dn, de = rng.normal(0.0, sigma, 2)
+        noisy = offset(*offset(lat, lon, 0.0, dn), 90.0, de)
+        t = t0 + k
+        core.apply(
+            np.array([0]), np.array([noisy[0]]), np.array([noisy[1]]), np.array([t]),
+            np.array([acc]), t,
+        )  # fmt: skip
+        est = core.rows[0, :3]
+        errors.append(float(np.linalg.norm(est - np.array(surface_xyz(lat, lon)))))
+        radii.append(core.radius_m(0, t))
+    return core, np.array(errors), np.array(radii)
+
+
+def test_filter_averages_the_jitter_of_a_standing_device_and_knows_its_radius() -> None:
+    core, err, rad = _track(np.random.default_rng(1), [HOME] * 900, acc=15.0)
+    raw_rms = 15.0 / K68 * np.sqrt(2)
+    settled = slice(60, None)
+    rms = float(np.sqrt(np.mean(err[settled] ** 2)))
+    assert rms < raw_rms / 2  # about 6 m instead of 14
+    # The radius is the estimate's 68 % radius: it covers about 68 % of the errors.
+    inside = float(np.mean(err[settled] <= rad[settled]))
+    assert 0.55 < inside < 0.85, inside
+    assert float(rad[-1]) < 15.0 / 2
+    speed = float(np.linalg.norm(core.rows[0, 5:8]))
+    assert speed < 1.0  # known, and small
+
+
+def test_filter_follows_a_walk_without_lag_and_a_turn_within_a_few_fixes() -> None:
+    # 1.4 m/s due north for 5 min, then due east: the estimate has no along-track lag.
+    north = [offset(*HOME, 0.0, 1.4 * k) for k in range(300)]
+    east = [offset(*north[-1], 90.0, 1.4 * k) for k in range(1, 120)]
+    core, err, _ = _track(np.random.default_rng(2), north + east, acc=10.0)
+    assert float(np.sqrt(np.mean(err[60:300] ** 2))) < 10.0 / K68  # better than one fix
+    assert float(np.abs(np.linalg.norm(core.rows[0, 5:8]) - 1.4)) < 0.5
+    assert float(np.max(err[310:])) < 15.0  # the turn costs at most a few metres
+
+
+def test_filter_follows_a_real_jump_and_starts_afresh_after_a_long_gap() -> None:
+    case = Case("C", ("o",), ("v",), 200.0, 400.0)
+    core = ProximityCore(2, PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0), [40.0, 40.0])
+
+    def at(pos: tuple[float, float], t: float) -> np.ndarray:
+        core.apply(
+            np.array([0]), np.array([pos[0]]), np.array([pos[1]]), np.array([t]),
+            np.array([5.0]), t,
+        )  # fmt: skip
+        return core.rows[0, :3] - np.array(surface_xyz(*pos))
+
+    for k in range(30):
+        at(HOME, T0 + k)
+    # 400 m in 2 s (he got into a car the fix filter would accept): followed at once.
+    far = offset(*HOME, 90.0, 400.0)
+    assert float(np.linalg.norm(at(far, T0 + 32))) < 1.0
+    # After a gap beyond MAX_GAP_S the fix is taken as it is, velocity unknown again.
+    gone = offset(*HOME, 180.0, 3000.0)
+    assert float(np.linalg.norm(at(gone, T0 + 32 + MAX_GAP_S + 1))) < 1e-6
+    assert np.isnan(core.rows[0, 5:8]).all()
+    assert core.radius_m(0, T0 + 32 + MAX_GAP_S + 1) == pytest.approx(5.0)

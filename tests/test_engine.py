@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from ingest.batch import FixBatch, build_batch
 from ingest.model import Fix
 from proximity.cases import Case, Device
+from proximity.core import MAX_GAP_S
 from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmState
 from proximity.messages import alarm_message
@@ -20,6 +21,8 @@ HOME = (50.85, 4.35)
 T0 = 1795428000.0
 #: 99 % uncertainty radius of a pair of fresh fixes with 5 m accuracy each.
 U5 = K99 * np.hypot(5.0, 5.0) / K68
+#: Fixes of one device this far apart are taken as they are (the motion filter starts afresh).
+GAP = MAX_GAP_S + 1
 
 
 class Clock:
@@ -61,27 +64,28 @@ def events_of(eng: Engine, *fixes: Fix, now: float | None = None) -> list[AlarmE
 
 
 def test_enter_when_a_breach_is_possible_and_leave_only_beyond_margin() -> None:
-    # Top speed 0: fix ages add nothing, so the thresholds are exactly order +- U5.
+    # Top speed 0: fix ages add nothing; fixes GAP apart are each taken as they are (the
+    # motion filter starts afresh), so the thresholds are exactly order +- U5.
     eng = engine(
         [case("C", ("o",), ("v",))],
         rules=RuleConfig(margin_fraction=0.1, margin_min_m=25.0),
         default_top_speed_mps=0.0,
     )
     assert pytest.approx(14.22, abs=0.01) == U5
-    assert run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 500 + U5 + 1), 1)) == []
-    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 + U5 - 1), 2))
+    assert run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 500 + U5 + 1), GAP)) == []
+    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 + U5 - 1), 2 * GAP))
     assert (ev.case_id, ev.state) == ("C", AlarmState.OPEN)
     assert ev.classification == Classification.POSSIBLE_BREACH
     assert ev.distance_m == pytest.approx(500 + U5 - 1, abs=1e-3)
     assert 0.0 < ev.probability < 0.5 and ev.reason.startswith("possible breach")
     # Certain once even the optimistic distance is inside: one update, then no repeats.
-    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 - U5 - 1), 3))
+    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 - U5 - 1), 3 * GAP))
     assert ev.state == AlarmState.UPDATE and ev.classification == Classification.CERTAIN_BREACH
     assert ev.probability > 0.99
     # Jitter across the boundary and up to the margin (50 m) plus uncertainty: nothing.
     for k, dist in enumerate([505, 495, 530, 549, 550 + U5 - 1, 470]):
-        assert run(eng, fix("o", offset(*HOME, 135, dist), 4 + k)) == []
-    [(_, state, d)] = run(eng, fix("o", offset(*HOME, 135, 550 + U5 + 1), 20))
+        assert run(eng, fix("o", offset(*HOME, 135, dist), (4 + k) * GAP)) == []
+    [(_, state, d)] = run(eng, fix("o", offset(*HOME, 135, 550 + U5 + 1), 20 * GAP))
     assert state == AlarmState.ENDED and d == pytest.approx(550 + U5 + 1, abs=1e-3)
     assert eng.open_alarms == 0
 
