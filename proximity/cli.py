@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--implausible-speed-mps", type=float, metavar="V", help=_help("implausible_speed_mps")
     )
+    run.add_argument("--confirm-s", type=float, metavar="S", help=_help("confirm_s"))
+    run.add_argument("--dwell-s", type=float, metavar="S", help=_help("dwell_s"))
+    run.add_argument("--renotify-s", type=float, metavar="S", help=_help("renotify_s"))
     run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
 
     cases = sub.add_parser("cases", help="import and list cases in the registry")
@@ -175,6 +178,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         margin_fraction=args.margin_fraction,
         margin_min_m=args.margin_min_m,
         implausible_speed_mps=args.implausible_speed_mps,
+        confirm_s=args.confirm_s,
+        dwell_s=args.dwell_s,
+        renotify_s=args.renotify_s,
         log_level=args.log_level,
     )
     logging.basicConfig(

@@ -149,8 +149,8 @@ def run_demo(opts: DemoOptions) -> int:
                         f" (order {a['order_distance_m']:.0f} m)"
                     )
                 say(
-                    f"  {arrived - t0:6.1f}s  ALARM {a['state'].upper():6s} {a['case_id']}"
-                    f"  {where} {verdict:8s} p={p:.2f}  {cause}"
+                    f"  {arrived - t0:6.1f}s  {a['type'].upper():9s} {a['state'].upper():6s}"
+                    f" {a['level']:10s} {a['case_id']}  {where} {verdict:8s} p={p:.2f}  {cause}"
                 )
             if not injected and now > opts.duration_s / 3:
                 injected = True
@@ -210,6 +210,10 @@ def _latency_ms(fleet: Fleet, arrived: float, alarm: dict[str, Any]) -> float:
     return (arrived - sent) * 1000.0 if sent is not None else float("nan")
 
 
+def _high(alarm: dict[str, Any]) -> bool:
+    return alarm.get("level") in ("alarm", "escalation")
+
+
 def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener) -> None:
     with listener.lock:
         alarms = list(listener.alarms)
@@ -219,16 +223,18 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
     truth = scenario.truth()
     breached = {p.case_id for p in truth if p.breached}
     pair_alarms = [a for _, a in alarms if a["type"] == "proximity"]
-    alarmed = {a["case_id"] for a in pair_alarms if a["state"] == "open"}
-    certain = {
-        a["case_id"]
-        for a in pair_alarms
-        if a["state"] in ("open", "update") and a.get("classification") == "certain_breach"
-    }
+    # An alarm proper: a message at level alarm or escalation (a pre-alert is not one).
+    raised = [a for a in pair_alarms if a["state"] in ("open", "update") and _high(a)]
+    alarmed = {a["case_id"] for a in raised}
+    pre_alerted = {a["case_id"] for a in pair_alarms if a["state"] == "open"}
+    certain = {a["case_id"] for a in raised if a.get("classification") == "certain_breach"}
+    types = Counter(a["type"] for _, a in alarms if a["state"] == "open")
     zone_truth = scenario.zone_truth()
     entered = {(z.case_id, z.label) for z in zone_truth if z.entered}
     zone_alarmed = {
-        (a["case_id"], a["zone"]) for _, a in alarms if a.get("zone") and a["state"] == "open"
+        (a["case_id"], a["zone"])
+        for _, a in alarms
+        if a.get("zone") and a["state"] in ("open", "update") and _high(a)
     }
     rejected = st.get("rejected", {})
     print("\nSummary")
@@ -249,13 +255,16 @@ def _summary(opts: DemoOptions, scenario: Any, fleet: Fleet, listener: _Listener
         )
     )
     print(
-        f"  alarms         {states.get('open', 0)} opened, {states.get('update', 0)} upgraded"
-        f" to certain, {states.get('ended', 0)} ended ({len(alarms)} messages on cic/alarms)"
+        f"  alarms         {states.get('open', 0)} opened ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(types.items()))
+        + f"), {states.get('update', 0)} updates, {states.get('ended', 0)} ended"
+        f" ({len(alarms)} messages on cic/alarms)"
     )
     print(
         f"  ground truth   {len(breached)} pairs came within their order distance;"
         f" alarmed {len(breached & alarmed)} of them; alarms on pairs that never did:"
-        f" {len(alarmed - breached)} ({len((alarmed - breached) & certain)} of them certain)"
+        f" {len(alarmed - breached)} ({len((alarmed - breached) & certain)} of them certain);"
+        f" pre-alerts on those: {len(pre_alerted - breached)}"
     )
     if zone_truth:
         print(

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -34,11 +35,13 @@ from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
+from proximity.geodesy import geodesic_distance_m
 from proximity.health import DeviceWatch
+from proximity.messages import iso_utc
 from proximity.pairs import PairTable
 from proximity.quality import FixFilter
 from proximity.rules import RuleConfig
-from proximity.states import advance
+from proximity.states import ALARM, ESCALATION, Conditions, LevelMachine, Step, Timing, Transition
 from proximity.uncertainty import (
     DEFAULT_MOBILITY,
     MOBILITY_MPS,
@@ -50,6 +53,11 @@ from proximity.zones import ZoneWatch
 #: Namespace of alarm ids: uuid5(namespace, "case/offender/victim/opening fix time") gives the
 #: same id when the same history is replayed, which makes re-published duplicates harmless.
 ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
+APPROACH_NAMESPACE = uuid.UUID("2b8e4f61-7d0c-4a35-b1e9-8c3f5a6d2e47")
+PROBING_NAMESPACE = uuid.UUID("9d4a1c7e-3f28-4b6d-a05e-71c2e8f94b13")
+
+#: How many alarms (open or ended) are remembered for operator acknowledgement and closing.
+REMEMBERED_ALARMS = 10_000
 
 DEFAULT_RULES = RuleConfig()
 
@@ -161,24 +169,43 @@ class Engine:
             len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m, rules.motion_accel_psd
         )
         self.devices = DeviceTable(ids, self.core.lat, self.core.lon)
-        self.state = np.zeros(len(self.pairs), dtype=np.int8)
+        timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
+        self.levels = LevelMachine(len(self.pairs), timing)
+        # An approach ends only after a whole horizon without a sustained approach: the
+        # velocity estimate of a walker swings, and one approach is one alarm.
+        self.approach = LevelMachine(
+            len(self.pairs), replace(timing, dwell_s=rules.approach_horizon_s)
+        )
+        self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
+        self._anchor_t = np.full(len(self.pairs), np.nan)
+        self.approach_ids: dict[int, str] = {}
+        self.probe_ids: dict[int, str] = {}
+        self._entries: dict[int, list[float]] = {}  # recent episode starts per pair
+        self._opened: dict[int, float] = {}
+        self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
         self._out = PairEvaluation.allocate(len(self.pairs))
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
-        self.zones = ZoneWatch(
-            cases, self.slot_of, self.core, rules.margin_min_m, self._position, clock
-        )
+        self.zones = ZoneWatch(cases, self.slot_of, self.core, rules, self._position, clock)
         self.quality = FixFilter(len(ids), rules, unknown_accuracy_m)
         self.health = DeviceWatch(cases, self.slot_of, devices, rules, self._position, clock)
 
     @property
     def open_alarms(self) -> int:
-        return len(self.alarm_ids) + len(self.zones.alarm_ids) + len(self.health.alarm_ids)
+        return (
+            len(self.alarm_ids)
+            + len(self.approach_ids)
+            + len(self.probe_ids)
+            + len(self.zones.alarm_ids)
+            + len(self.health.alarm_ids)
+        )
 
     def warm_up(self) -> float:
         """Compile (or load from cache) every kernel; return the seconds it took."""
-        return warm_up_core() + warm_up_zones()
+        t0 = time.perf_counter()
+        geodesic_distance_m([50.0], [4.0], [50.1], [4.1])  # the fix filter's jump rule
+        return time.perf_counter() - t0 + warm_up_core() + warm_up_zones()
 
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
         """Apply a batch of fixes; return the alarm state changes, in decision order."""
@@ -204,6 +231,7 @@ class Engine:
             # Any message, even a late or implausible fix, shows the device is alive.
             events.extend(self.health.seen(batch.slot, batch.t_recv))
         st.events += len(events)
+        self._remember(events)
         return events
 
     def handle_events(self, device_events: Sequence[DeviceEvent]) -> list[AlarmEvent]:
@@ -215,6 +243,7 @@ class Engine:
         events = self.health.seen(slots, np.array([e.t_recv for e in known]))
         events.extend(self.health.device_events(known))
         self.stats.events += len(events)
+        self._remember(events)
         return events
 
     def sweep(self) -> list[AlarmEvent]:
@@ -235,7 +264,59 @@ class Engine:
             events.extend(self.zones.decide(entries, now, "time"))
         events.extend(self.health.sweep(now))
         self.stats.events += len(events)
+        self._remember(events)
         return events
+
+    def acknowledge(self, alarm_id: str, operator: str, note: str = "") -> list[AlarmEvent]:
+        """An operator acknowledges alarm ``alarm_id``: recorded as an ``acknowledged`` event,
+        and the alarm is no longer re-notified (until its level rises). Unknown ids: []."""
+        return self._operator(alarm_id, operator, note, AlarmState.ACKNOWLEDGED)
+
+    def close(self, alarm_id: str, operator: str, reason: str) -> list[AlarmEvent]:
+        """An operator closes alarm ``alarm_id`` (with why): a ``closed`` event; the alarm
+        stays silent until its episode ends, and a rise in level opens a new alarm."""
+        return self._operator(alarm_id, operator, reason, AlarmState.CLOSED)
+
+    def _operator(
+        self, alarm_id: str, operator: str, note: str, state: AlarmState
+    ) -> list[AlarmEvent]:
+        last = self.alarms.get(alarm_id)
+        if last is None or last.state == AlarmState.CLOSED:
+            return []
+        machine = {AlarmType.PROXIMITY: self.levels, AlarmType.APPROACH: self.approach}.get(
+            last.type
+        )
+        ids = {AlarmType.PROXIMITY: self.alarm_ids, AlarmType.APPROACH: self.approach_ids}
+        live = [p for p, a in ids.get(last.type, {}).items() if a == alarm_id]
+        if machine is not None and live:
+            if state == AlarmState.CLOSED:
+                machine.close(live[0])
+            else:
+                machine.acknowledge(live[0])
+        elif state == AlarmState.CLOSED:  # alarms the engine never ends: closing ends them
+            for ids_ in (self.probe_ids, self.zones.alarm_ids, self.health.alarm_ids):
+                for key in [k for k, a in ids_.items() if a == alarm_id]:
+                    del ids_[key]  # type: ignore[arg-type]
+        what = "acknowledged" if state == AlarmState.ACKNOWLEDGED else "closed"
+        event = replace(
+            last,
+            state=state,
+            t_decided=self._clock(),
+            reason=f"{what} by {operator}" + (f": {note}" if note else ""),
+            operator=operator,
+            cause="operator",
+            previous_level=None,
+        )
+        self._remember([event])
+        return [event]
+
+    def _remember(self, events: Sequence[AlarmEvent]) -> None:
+        """Keep the last event of each alarm, for acknowledgement and closing."""
+        for e in events:
+            self.alarms[e.alarm_id] = e
+            self.alarms.move_to_end(e.alarm_id)
+        while len(self.alarms) > REMEMBERED_ALARMS:
+            self.alarms.popitem(last=False)
 
     def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
         """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""
@@ -291,23 +372,114 @@ class Engine:
         idx = ev.idx
         pairs = self.pairs
         cls = ev.classification
-        breach = cls >= Classification.POSSIBLE_BREACH
-        certain = cls == Classification.CERTAIN_BREACH
+        d = ev.distance_m
+        u = ev.uncertainty_m
+        order = pairs.order_m[idx]
+        margin = pairs.margin_m[idx]
+        warning = pairs.warning_m[idx]
         # NaN distances (a device without a fix) compare False: such a pair never changes.
-        beyond = ev.distance_m - ev.uncertainty_m > pairs.order_m[idx] + pairs.margin_m[idx]
-        changed, kinds = advance(self.state, idx, breach, certain, beyond)
-        if changed.size == 0:
-            return []
-
-        # The events' figures: a sweep evaluated without the approach, so the few pairs that
-        # changed are evaluated again with it (same time, same fixes: same other figures).
-        detail = self.core.evaluate(idx[changed], now) if cause == "time" else None
-        decided = self._clock()
-        events = []
-        for n, (k, kind) in enumerate(zip(changed, kinds, strict=True)):
-            src, at = (ev, int(k)) if detail is None else (detail, n)
-            events.append(self._event(src, at, kind, now, decided, cause))
+        cond = Conditions(
+            pre=d - u <= warning,
+            likely=d <= order,
+            certain=cls == Classification.CERTAIN_BREACH,
+            escalate=d + u <= pairs.escalation_m[idx],
+            leave_alarm=d - u > order + margin,
+            leave_pre=d - u > warning + margin,
+            force_end=np.zeros(idx.size, dtype=bool),
+        )
+        moves = self.levels.step(idx, cond, now)
+        events: list[AlarmEvent] = []
+        if moves:
+            # The events' figures: a sweep evaluated without the approach, so the few pairs
+            # that changed are evaluated again with it (same time, same fixes).
+            detail = self.core.evaluate(idx[[m.k for m in moves]], now) if cause == "time" else None
+            decided = self._clock()
+            for n, m in enumerate(moves):
+                src, at = (ev, m.k) if detail is None else (detail, n)
+                events.append(self._event(src, at, m, now, decided, cause))
+                if m.step == Step.OPEN:
+                    events.extend(self._probe(int(idx[m.k]), src, at, now, decided, cause))
+        if cause == "fix":
+            events.extend(self._approach(ev, now))
+        else:
+            events.extend(self._approach_superseded(now))
+            events.extend(self._probe_expiry(now))
         return events
+
+    def _approach(self, ev: PairEvaluation, now: float) -> list[AlarmEvent]:
+        """The approach rule on a fix evaluation (which has the closing speed)."""
+        r = self.rules
+        idx = ev.idx
+        d = ev.distance_m
+        # How far he has come: the anchor is the distance's running maximum, decaying at half
+        # the smallest approach speed, so jitter of the estimate never adds up to
+        # approach_min_m while a walk does within a minute or so.
+        decay = 0.5 * r.approach_min_speed_mps * (now - self._anchor_t[idx])
+        anchor = np.fmax(d, self._anchor[idx] - decay)
+        self._anchor[idx] = anchor
+        self._anchor_t[idx] = now
+        sustained = (
+            (anchor - d >= r.approach_min_m)
+            & (ev.closing_mps >= r.approach_min_speed_mps)
+            & (ev.time_to_breach_s <= r.approach_horizon_s)
+            & (d > self.pairs.order_m[idx])
+        )
+        stop = ~sustained
+        cond = Conditions(
+            pre=np.zeros(idx.size, dtype=bool),
+            likely=sustained,
+            certain=sustained,
+            escalate=np.zeros(idx.size, dtype=bool),
+            leave_alarm=stop,
+            leave_pre=stop,
+            force_end=self.levels.level[idx] >= ALARM,
+        )
+        moves = self.approach.step(idx, cond, now)
+        if not moves:
+            return []
+        decided = self._clock()
+        return [self._approach_event(ev, m, now, decided, "fix") for m in moves]
+
+    def _approach_superseded(self, now: float) -> list[AlarmEvent]:
+        """On a sweep: approach alarms whose pair has since reached the alarm level end."""
+        idx = np.flatnonzero((self.approach.level > 0) & (self.levels.level >= ALARM))
+        if idx.size == 0:
+            return []
+        ev = self.core.evaluate(idx, now)
+        no = np.zeros(idx.size, dtype=bool)
+        cond = Conditions(no, no, no, no, no, no, np.ones(idx.size, dtype=bool))
+        decided = self._clock()
+        return [
+            self._approach_event(ev, m, now, decided, "time")
+            for m in self.approach.step(idx, cond, now)
+        ]
+
+    def _probe(
+        self, p: int, ev: PairEvaluation, k: int, now: float, decided: float, cause: str
+    ) -> list[AlarmEvent]:
+        """A new episode of pair ``p`` (an entry into the warning band or closer): count it,
+        and open a probing alarm at ``probe_entries`` entries within ``probe_window_s``."""
+        r = self.rules
+        entries = [t for t in self._entries.get(p, []) if now - t <= r.probe_window_s]
+        entries.append(now)
+        self._entries[p] = entries[-r.probe_entries :]
+        if len(entries) < r.probe_entries or p in self.probe_ids:
+            return []
+        return [self._probe_event(ev, k, AlarmState.OPEN, now, decided, cause, len(entries))]
+
+    def _probe_expiry(self, now: float) -> list[AlarmEvent]:
+        """On a sweep: a probing alarm ends when a whole window passed without an entry."""
+        window = self.rules.probe_window_s
+        done = [p for p in self.probe_ids if now - self._entries[p][-1] > window]
+        if not done:
+            return []
+        idx = np.array(done, dtype=np.int64)
+        ev = self.core.evaluate(idx, now)
+        decided = self._clock()
+        return [
+            self._probe_event(ev, n, AlarmState.ENDED, now, decided, "time", 0)
+            for n in range(idx.size)
+        ]
 
     def _position(self, slot: int, now: float) -> Position:
         dev = self.devices
@@ -316,62 +488,213 @@ class Engine:
         age = now - float(dev.t_fix[slot])
         return dev.position(slot, radius, old=age >= OLD_FIX_S and radius - acc > acc)
 
-    def _event(
-        self, ev: PairEvaluation, k: int, kind: AlarmState, now: float, decided: float, cause: str
+    def _pair_event(
+        self,
+        ev: PairEvaluation,
+        k: int,
+        type_: AlarmType,
+        m: Transition,
+        state: AlarmState,
+        alarm_id: str,
+        reason: str,
+        now: float,
+        decided: float,
+        cause: str,
     ) -> AlarmEvent:
+        """An event about pair ``ev.idx[k]``; its level is the transition's (the level it
+        ended from, for an end), ``previous_level`` set when the level changed."""
+        pairs = self.pairs
+        p = int(ev.idx[k])
+        return AlarmEvent(
+            alarm_id=alarm_id,
+            type=type_,
+            level=AlarmLevel(m.level or m.before),
+            state=state,
+            case_id=pairs.case_ids[int(pairs.case[p])],
+            offender=self._position(int(pairs.offender[p]), now),
+            victim=self._position(int(pairs.victim[p]), now),
+            distance_m=float(ev.distance_m[k]),
+            order_distance_m=float(pairs.order_m[p]),
+            margin_m=float(pairs.margin_m[p]),
+            reason=reason,
+            t_decided=decided,
+            classification=Classification(int(ev.classification[k])),
+            probability=float(ev.probability[k]),
+            uncertainty_m=float(ev.uncertainty_m[k]),
+            closing_speed_mps=float(ev.closing_mps[k]),
+            time_to_breach_s=float(ev.time_to_breach_s[k]),
+            cause=cause,
+            previous_level=(
+                AlarmLevel(m.before) if m.level and m.before and m.before != m.level else None
+            ),
+        )
+
+    def _pair_name(self, p: int) -> str:
+        """ "case/offender/victim" of pair ``p``: stable names for alarm ids."""
+        pairs = self.pairs
+        off = self.devices.ids[int(pairs.offender[p])]
+        vic = self.devices.ids[int(pairs.victim[p])]
+        return f"{pairs.case_ids[int(pairs.case[p])]}/{off}/{vic}"
+
+    def _where(self, ev: PairEvaluation, k: int, now: float) -> str:
+        """ "offender o is 480 m (+-14 m) from protected person v", with any old fix named."""
         pairs = self.pairs
         p = int(ev.idx[k])
         off = self._position(int(pairs.offender[p]), now)
         vic = self._position(int(pairs.victim[p]), now)
-        case_id = pairs.case_ids[int(pairs.case[p])]
-        order = float(pairs.order_m[p])
-        margin = float(pairs.margin_m[p])
-        distance = float(ev.distance_m[k])
-        unc = float(ev.uncertainty_m[k])
-        cls = Classification(int(ev.classification[k]))
         where = (
-            f"offender {off.device} is {distance:.0f} m (+-{unc:.0f} m) from protected person"
-            f" {vic.device}"
+            f"offender {off.device} is {float(ev.distance_m[k]):.0f} m"
+            f" (+-{float(ev.uncertainty_m[k]):.0f} m) from protected person {vic.device}"
         )
         old = [
             f"the {role} fix is {now - p_.t_fix:.0f} s old (+-{p_.radius_m:.0f} m)"
             for role, p_ in (("offender's", off), ("protected person's", vic))
             if p_.old
         ]
-        why_uncertain = f"; {' and '.join(old)}" if old else ""
-        if kind == AlarmState.OPEN:
-            t_open = max(off.t_fix, vic.t_fix)
-            alarm_id = str(
-                uuid.uuid5(ALARM_ID_NAMESPACE, f"{case_id}/{off.device}/{vic.device}/{t_open!r}")
-            )
-            self.alarm_ids[p] = alarm_id
-            what = "certain" if cls == Classification.CERTAIN_BREACH else "possible"
-            reason = f"{what} breach: {where}, order distance {order:.0f} m{why_uncertain}"
-        elif kind == AlarmState.UPDATE:
-            alarm_id = self.alarm_ids[p]
-            reason = f"breach now certain: {where}, order distance {order:.0f} m"
-        else:
-            alarm_id = self.alarm_ids.pop(p)
+        return f"{where}; {' and '.join(old)}" if old else where
+
+    def _event(
+        self, ev: PairEvaluation, k: int, m: Transition, now: float, decided: float, cause: str
+    ) -> AlarmEvent:
+        pairs = self.pairs
+        p = int(ev.idx[k])
+        r = self.rules
+        order = float(pairs.order_m[p])
+        warning = float(pairs.warning_m[p])
+        margin = float(pairs.margin_m[p])
+        where = self._where(ev, k, now)
+        certain = int(ev.classification[k]) == Classification.CERTAIN_BREACH
+        if m.new_alarm:
+            t_fix = self.devices.t_fix
+            t_open = max(float(t_fix[pairs.offender[p]]), float(t_fix[pairs.victim[p]]))
+            again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
+            name = f"{self._pair_name(p)}/{t_open!r}{again}"
+            self.alarm_ids[p] = str(uuid.uuid5(ALARM_ID_NAMESPACE, name))
+            self._opened[p] = now
+        alarm_id = self.alarm_ids[p]
+        if m.step == Step.END:
+            del self.alarm_ids[p]
             reason = (
-                f"{where}, beyond the order distance plus margin ({order:.0f} + {margin:.0f} m)"
+                f"{where}: beyond the warning distance plus margin ({warning:.0f} + {margin:.0f} m)"
+                f" for {r.dwell_s:.0f} s"
             )
-        return AlarmEvent(
-            alarm_id=alarm_id,
-            type=AlarmType.PROXIMITY,
-            level=AlarmLevel.ALARM,
-            state=kind,
-            case_id=case_id,
-            offender=off,
-            victim=vic,
-            distance_m=distance,
-            order_distance_m=order,
-            margin_m=margin,
-            reason=reason,
-            t_decided=decided,
-            classification=cls,
-            probability=float(ev.probability[k]),
-            uncertainty_m=unc,
-            closing_speed_mps=float(ev.closing_mps[k]),
-            time_to_breach_s=float(ev.time_to_breach_s[k]),
-            cause=cause,
+        elif m.step == Step.REMIND:
+            since = iso_utc(self._opened.get(p, now))
+            reason = f"reminder: open since {since}, not acknowledged; {where}"
+        elif m.step == Step.LOWER:
+            reason = (
+                f"{where}: beyond the order distance plus margin ({order:.0f} + {margin:.0f} m)"
+                f" for {r.dwell_s:.0f} s; pre-alert"
+            )
+        elif m.step == Step.CERTAIN:
+            reason = f"breach now certain: {where}, order distance {order:.0f} m"
+        elif m.level == ESCALATION:
+            esc = float(pairs.escalation_m[p])
+            if float(ev.distance_m[k]) + float(ev.uncertainty_m[k]) <= esc:
+                reason = f"escalation: {where}, certainly within {esc:.0f} m"
+            else:
+                reason = f"escalation: the breach has lasted {r.escalate_after_s:.0f} s; {where}"
+        elif m.level == ALARM:
+            if certain:
+                reason = f"certain breach: {where}, order distance {order:.0f} m"
+            else:
+                reason = (
+                    f"breach confirmed (inside the order distance {order:.0f} m on the best"
+                    f" estimate for {r.confirm_s:.0f} s): {where}"
+                )
+        else:
+            reason = (
+                f"pre-alert: {where}, within the warning distance {warning:.0f} m"
+                f" (order distance {order:.0f} m)"
+            )
+        state = {
+            Step.OPEN: AlarmState.OPEN,
+            Step.END: AlarmState.ENDED,
+        }.get(m.step, AlarmState.UPDATE)
+        if m.new_alarm:
+            state = AlarmState.OPEN
+        return self._pair_event(
+            ev,
+            k,
+            AlarmType.PROXIMITY,
+            m,
+            state,
+            alarm_id,
+            reason,
+            now,
+            decided,
+            cause,
+        )
+
+    def _approach_event(
+        self, ev: PairEvaluation, m: Transition, now: float, decided: float, cause: str
+    ) -> AlarmEvent:
+        k = m.k
+        p = int(ev.idx[k])
+        where = self._where(ev, k, now)
+        if m.new_alarm:
+            name = f"{self._pair_name(p)}/{self.devices.t_fix[self.pairs.offender[p]]!r}"
+            self.approach_ids[p] = str(uuid.uuid5(APPROACH_NAMESPACE, name))
+        alarm_id = self.approach_ids[p]
+        order = float(self.pairs.order_m[p])
+        if m.step == Step.END:
+            del self.approach_ids[p]
+            if self.levels.level[p] >= ALARM:
+                reason = f"superseded by the breach alarm: {where}"
+            else:
+                quiet = self.rules.approach_horizon_s
+                reason = f"no sustained approach for {quiet:.0f} s: {where}"
+            state = AlarmState.ENDED
+        elif m.step == Step.REMIND:
+            reason = f"reminder: still approaching, not acknowledged; {where}"
+            state = AlarmState.UPDATE
+        else:
+            closing = float(ev.closing_mps[k])
+            ttb = float(ev.time_to_breach_s[k])
+            closed = float(self._anchor[p]) - float(ev.distance_m[k])
+            reason = (
+                f"approach: {where}, closing at {closing:.1f} m/s ({closed:.0f} m closer than"
+                f" lately); the order distance ({order:.0f} m) in about {ttb:.0f} s at this speed"
+            )
+            state = AlarmState.OPEN if m.new_alarm else AlarmState.UPDATE
+        return self._pair_event(
+            ev,
+            k,
+            AlarmType.APPROACH,
+            m,
+            state,
+            alarm_id,
+            reason,
+            now,
+            decided,
+            cause,
+        )
+
+    def _probe_event(
+        self,
+        ev: PairEvaluation,
+        k: int,
+        state: AlarmState,
+        now: float,
+        decided: float,
+        cause: str,
+        count: int,
+    ) -> AlarmEvent:
+        p = int(ev.idx[k])
+        r = self.rules
+        where = self._where(ev, k, now)
+        warning = float(self.pairs.warning_m[p])
+        if state == AlarmState.OPEN:
+            name = f"{self._pair_name(p)}/{self._entries[p][0]!r}"
+            self.probe_ids[p] = alarm_id = str(uuid.uuid5(PROBING_NAMESPACE, name))
+            reason = (
+                f"boundary probing: {count} entries within the warning distance"
+                f" ({warning:.0f} m) in {r.probe_window_s / 60:.0f} min; now {where}"
+            )
+        else:
+            alarm_id = self.probe_ids.pop(p)
+            reason = f"no entry within the warning distance for {r.probe_window_s / 60:.0f} min"
+        m = Transition(k, Step.OPEN, ALARM, ALARM, False)
+        return self._pair_event(
+            ev, k, AlarmType.PROBING, m, state, alarm_id, reason, now, decided, cause
         )

@@ -23,6 +23,8 @@ class AlarmType(IntEnum):
     BATTERY_LOW = 8
     POWER_OFF = 9
     SEPARATED = 10  # the device is no longer with its wearer
+    APPROACH = 11  # a sustained approach, predicted to breach soon
+    PROBING = 12  # repeated entries into the warning band
 
 
 class AlarmLevel(IntEnum):
@@ -114,6 +116,10 @@ class AlarmEvent:
     zone: ZoneRef | None = None
     #: The device a device alarm (silence, device event) is about; None for pair and zones.
     device: str | None = None
+    #: The level before a level change (None when the alarm opens or nothing rose or fell).
+    previous_level: AlarmLevel | None = None
+    #: Who acknowledged or closed the alarm (those states only).
+    operator: str | None = None
 
     @property
     def trigger(self) -> Position:

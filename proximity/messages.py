@@ -66,6 +66,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "source": SOURCE,
         "type": wire_name(event.type),
         "level": wire_name(event.level),
+        "previous_level": wire_name(event.previous_level) if event.previous_level else None,
         "state": wire_name(event.state),
         "case_id": event.case_id,
         "summary": dict(case.summary),
@@ -85,6 +86,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "zone_kind": event.zone.kind if event.zone else None,
         "zone_inside_m": _num(event.zone.inside_m, 1) if event.zone else None,
         "reason": event.reason,
+        "operator": event.operator,
         "trigger": {
             "device": trigger.device,
             "seq": trigger.seq if trigger.seq >= 0 else None,

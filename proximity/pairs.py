@@ -50,7 +50,7 @@ class PairTable:
 
     ``offender``/``victim`` are device slots; ``case`` indexes ``case_ids``; distances are
     metres. ``margin_m`` is the hysteresis margin: an alarm entered at ``order_m`` ends only
-    beyond ``order_m + margin_m``.
+    beyond ``order_m + margin_m``. ``escalation_m``: certainly within it, an alarm escalates.
     """
 
     offender: IntArray
@@ -59,6 +59,7 @@ class PairTable:
     order_m: FloatArray
     warning_m: FloatArray
     margin_m: FloatArray
+    escalation_m: FloatArray
     dev_ptr: IntArray
     dev_pairs: IntArray
     case_ids: tuple[str, ...]
@@ -73,6 +74,7 @@ class PairTable:
         slot_of: dict[str, int],
         margin_fraction: float,
         margin_min_m: float,
+        escalation_fraction: float = 0.5,
     ) -> PairTable:
         off: list[int] = []
         vic: list[int] = []
@@ -95,6 +97,7 @@ class PairTable:
             order_m=order_m,
             warning_m=np.array(warning, dtype=np.float64),
             margin_m=np.maximum(margin_fraction * order_m, margin_min_m),
+            escalation_m=escalation_fraction * order_m,
             n_slots=len(slot_of),
             case_ids=tuple(c.id for c in cases),
         )
@@ -111,8 +114,10 @@ class PairTable:
         margin_m: FloatArray,
         n_slots: int,
         case_ids: tuple[str, ...],
+        escalation_m: FloatArray | None = None,
     ) -> PairTable:
-        """A table from parallel pair arrays; builds the device -> pairs (CSR) index."""
+        """A table from parallel pair arrays; builds the device -> pairs (CSR) index.
+        ``escalation_m`` defaults to half the order distance."""
         ends = np.concatenate([offender, victim])
         pair_of_end = np.concatenate([np.arange(offender.size), np.arange(victim.size)])
         order_by_slot = np.argsort(ends, kind="stable")
@@ -127,6 +132,7 @@ class PairTable:
             order_m=order_m,
             warning_m=warning_m,
             margin_m=margin_m,
+            escalation_m=0.5 * order_m if escalation_m is None else escalation_m,
             dev_ptr=dev_ptr,
             dev_pairs=dev_pairs,
             case_ids=case_ids,

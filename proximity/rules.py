@@ -44,3 +44,33 @@ class RuleConfig:
     #: as GPS tags commonly do when the wearer moves, and one more minute of grace).
     reporting_interval_s: float = 60.0
     signal_grace_s: float = 60.0
+
+    #: Levels (:mod:`proximity.states`). A certain breach raises the alarm at once; a likely
+    #: one (the best estimate is inside the order distance, but the pessimistic estimate is
+    #: not) once it has held for ``confirm_s`` on every evaluation: the bound on how late a
+    #: possible breach is raised. Each level is left only after its leave condition (beyond
+    #: its distance plus the margin) has held for ``dwell_s``. An alarm escalates when the
+    #: offender is certainly within the escalation distance (the case's, or
+    #: ``escalation_fraction`` of the order distance) or after ``escalate_after_s``.
+    confirm_s: float = 15.0
+    dwell_s: float = 30.0
+    escalation_fraction: float = 0.5
+    escalate_after_s: float = 300.0
+
+    #: Operator load: an alarm that has not changed is announced again every ``renotify_s``
+    #: until an operator acknowledges it (a rise in level is always announced).
+    renotify_s: float = 300.0
+
+    #: Approach: an ``approach`` alarm before the breach when the offender closes in at
+    #: ``approach_min_speed_mps`` or more, is predicted to reach the order distance within
+    #: ``approach_horizon_s``, and has already closed ``approach_min_m`` in this approach (a
+    #: sustained approach, not a swing of the velocity estimate).
+    approach_horizon_s: float = 120.0
+    approach_min_speed_mps: float = 0.5
+    approach_min_m: float = 50.0
+
+    #: Boundary probing: ``probe_entries`` separate entries into the warning band (or a
+    #: zone's) within ``probe_window_s`` raise a ``probing`` alarm, which ends when a whole
+    #: window passes without an entry.
+    probe_entries: int = 3
+    probe_window_s: float = 3600.0

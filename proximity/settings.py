@@ -84,6 +84,54 @@ class Settings(BaseSettings):
         description="after this many fixes set aside in a row, the next fix is used whatever"
         " it says (a device is never frozen at an old position)",
     )
+    confirm_s: float = Field(
+        RULES.confirm_s,
+        ge=0,
+        description="seconds a likely (best estimate inside, not certain) breach must hold"
+        " before it raises the alarm; a certain breach raises it at once",
+    )
+    dwell_s: float = Field(
+        RULES.dwell_s,
+        ge=0,
+        description="seconds a level's leave condition (beyond its distance plus the margin)"
+        " must hold before the level is left",
+    )
+    escalation_fraction: float = Field(
+        RULES.escalation_fraction,
+        gt=0,
+        le=1,
+        description="escalation distance as a fraction of the order distance, for cases that"
+        " do not set order.escalation_distance_m",
+    )
+    escalate_after_s: float = Field(
+        RULES.escalate_after_s, gt=0, description="an alarm lasting this long escalates"
+    )
+    renotify_s: float = Field(
+        RULES.renotify_s,
+        gt=0,
+        description="an unchanged alarm is announced again this often until acknowledged",
+    )
+    approach_horizon_s: float = Field(
+        RULES.approach_horizon_s,
+        gt=0,
+        description="approach alarm when the order distance is predicted within this time",
+    )
+    approach_min_speed_mps: float = Field(
+        RULES.approach_min_speed_mps, gt=0, description="smallest closing speed of an approach"
+    )
+    approach_min_m: float = Field(
+        RULES.approach_min_m,
+        ge=0,
+        description="metres an approach must already have closed before it alarms",
+    )
+    probe_entries: int = Field(
+        RULES.probe_entries,
+        ge=2,
+        description="entries into the warning band within probe_window_s that make a probing alarm",
+    )
+    probe_window_s: float = Field(
+        RULES.probe_window_s, gt=0, description="window of the boundary-probing count, seconds"
+    )
     default_mobility: Literal["walking", "cycling", "driving"] = Field(
         DEFAULT_MOBILITY,
         description="top-speed profile of a device that neither its case nor its own entry"

@@ -1,47 +1,212 @@
-"""The alarm state machine shared by the pair and zone rules, as array logic.
+"""The alarm state machine shared by the pair, zone and approach rules, as array logic.
 
-Each watched thing (a pair, an offender against a zone) is ``CLEAR``, ``OPEN_POSSIBLE`` or
-``OPEN_CERTAIN``. It opens on a breach (possible or certain), is upgraded once when a possible
-breach becomes certain, and leaves on its rule's own condition (beyond the order distance or
-the zone plus a margin, a schedule ending, ...): hysteresis lives in the rules' conditions.
+Each watched thing (a pair, an offender against a zone) has a level: none, ``pre_alert``,
+``alarm`` or ``escalation`` (:class:`proximity.events.AlarmLevel`). A rule turns its geometry
+into a few conditions per thing (:class:`Conditions`); :meth:`LevelMachine.step` applies them:
+
+* ``alarm`` is entered at once on a **certain** breach, and on a **likely** one (the best
+  estimate is in breach) once it has held for ``confirm_s`` on every evaluation: the bound on
+  how late a possible breach is raised, and what keeps a second of jitter from raising it.
+* ``escalation``: when the rule's escalation condition holds (the distance kept shrinking to
+  the escalation distance), or when the alarm has lasted ``escalate_after_s``.
+* ``pre_alert``: entered when the rule's pre-alert condition holds (the warning band).
+* A level is left only when its leave condition (beyond its distance plus the margin, which
+  is the hysteresis) has held for ``dwell_s`` on every evaluation; ``force_end`` (a zone out of
+  force, an approach superseded by the breach alarm) ends at once.
+* Re-notification: an alarm that has not changed is announced again (``remind``) every
+  ``renotify_s`` until an operator acknowledges it; a rise in level is always announced and
+  clears the acknowledgement. A closed alarm stays silent until its episode ends, unless its
+  level rises, which then opens a new alarm.
+
+Every transition comes back as a :class:`Transition` so the rule can say why it happened.
+Conditions are evaluated per position of ``idx``; the Python work is per transition.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+
 import numpy as np
 import numpy.typing as npt
 
-from proximity.events import AlarmState
-
-CLEAR = np.int8(0)
-OPEN_POSSIBLE = np.int8(1)
-OPEN_CERTAIN = np.int8(2)
+from proximity.events import AlarmLevel
 
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
+Float = npt.NDArray[np.float64]
+
+NONE = 0
+PRE = int(AlarmLevel.PRE_ALERT)
+ALARM = int(AlarmLevel.ALARM)
+ESCALATION = int(AlarmLevel.ESCALATION)
 
 
-def advance(
-    state: npt.NDArray[np.int8],
-    idx: IntArray,
-    breach: BoolArray,
-    certain: BoolArray,
-    leave_if: BoolArray,
-) -> tuple[IntArray, list[AlarmState]]:
-    """Move the machines ``state[idx]`` one step (conditions are per position in ``idx``);
-    return the positions that changed and, for each, its event (open, update or ended)."""
-    before = state[idx]
-    enter = (before == CLEAR) & breach
-    upgrade = (before == OPEN_POSSIBLE) & certain
-    leave = (before != CLEAR) & leave_if
-    changed = np.flatnonzero(enter | upgrade | leave)
-    if changed.size == 0:
-        return changed, []
-    state[idx[enter]] = np.where(certain[enter], OPEN_CERTAIN, OPEN_POSSIBLE)
-    state[idx[upgrade]] = OPEN_CERTAIN
-    state[idx[leave]] = CLEAR
-    kinds = [
-        AlarmState.OPEN if enter[k] else AlarmState.UPDATE if upgrade[k] else AlarmState.ENDED
-        for k in changed
-    ]
-    return changed, kinds
+class Step(IntEnum):
+    """What happened to one thing's alarm."""
+
+    OPEN = 1  # a new alarm (from no level)
+    RAISE = 2  # its level rose
+    LOWER = 3  # its level fell (dwell beyond the higher level's distance)
+    CERTAIN = 4  # same level, the breach is now certain
+    REMIND = 5  # nothing changed, re-notification interval passed, not acknowledged
+    END = 6  # back to no level
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The machine's timings, seconds (see the module docstring)."""
+
+    confirm_s: float
+    dwell_s: float
+    escalate_after_s: float
+    renotify_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """One evaluation's conditions, parallel to ``idx`` (all boolean arrays).
+
+    ``pre``: inside the pre-alert band; ``likely``: the best estimate is in breach;
+    ``certain``: even the optimistic estimate is; ``escalate``: the rule's own escalation
+    condition; ``leave_alarm`` and ``leave_pre``: beyond the alarm's and the pre-alert's
+    distance plus margin (pessimistically); ``force_end``: end now, whatever the level.
+    """
+
+    pre: BoolArray
+    likely: BoolArray
+    certain: BoolArray
+    escalate: BoolArray
+    leave_alarm: BoolArray
+    leave_pre: BoolArray
+    force_end: BoolArray
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Position ``k`` of ``idx`` went from ``before`` to ``level`` by ``step``; ``new_alarm``
+    says a new alarm id is needed (an open, or a rise after the operator closed the last)."""
+
+    k: int
+    step: Step
+    before: int
+    level: int
+    new_alarm: bool
+
+
+def _held(start: npt.NDArray[np.float64], idx: IntArray, holds: BoolArray, now: float) -> Float:
+    """Seconds a condition has held on every evaluation up to ``now`` (NaN where it does not
+    hold now); ``start[idx]`` keeps when each spell began."""
+    s = start[idx]
+    s = np.where(holds, np.where(np.isnan(s), now, s), np.nan)
+    start[idx] = s
+    return now - s
+
+
+class LevelMachine:
+    """Levels, timers and notification state of ``n`` watched things."""
+
+    def __init__(self, n: int, timing: Timing) -> None:
+        self.timing = timing
+        self.level = np.zeros(n, dtype=np.int8)
+        self.certain = np.zeros(n, dtype=bool)  # announced as certain at the current level
+        self.t_likely = np.full(n, np.nan)  # since when "likely" has held
+        self.t_leave_alarm = np.full(n, np.nan)
+        self.t_leave_pre = np.full(n, np.nan)
+        self.t_alarm = np.full(n, np.nan)  # since when at alarm level or above
+        self.t_notified = np.full(n, np.nan)  # last message about the current alarm
+        self.acked = np.zeros(n, dtype=bool)
+        self.closed = np.zeros(n, dtype=bool)
+
+    def __len__(self) -> int:
+        return int(self.level.size)
+
+    def step(self, idx: IntArray, c: Conditions, now: float) -> list[Transition]:
+        """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed."""
+        tm = self.timing
+        before = self.level[idx].astype(np.int64)
+
+        likely_for = _held(self.t_likely, idx, c.likely, now)
+        off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
+        off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
+
+        # NaN compares False: a condition that does not hold never satisfies a timer.
+        confirmed = c.certain | (likely_for >= tm.confirm_s)
+        lasted = (before >= ALARM) & (now - self.t_alarm[idx] >= tm.escalate_after_s)
+        up = np.where(
+            confirmed & (c.escalate | lasted),
+            ESCALATION,
+            np.where(confirmed, ALARM, np.where(c.pre | c.likely, PRE, NONE)),
+        )
+        down = np.where(
+            off_pre >= tm.dwell_s,
+            NONE,
+            np.where((before >= ALARM) & (off_alarm >= tm.dwell_s), PRE, before),
+        )
+        after = np.where(up > before, up, np.minimum(before, down))
+        after = np.where(c.force_end, NONE, after)
+
+        newly_certain = (after >= ALARM) & (after == before) & c.certain & ~self.certain[idx]
+        t_note = self.t_notified[idx]
+        remind = (
+            (after == before)
+            & (after > NONE)
+            & ~newly_certain
+            & ~self.acked[idx]
+            & ~self.closed[idx]
+            & (now - t_note >= tm.renotify_s)
+        )
+        changed = np.flatnonzero((after != before) | newly_certain | remind)
+        if changed.size == 0:
+            return []
+
+        out: list[Transition] = []
+        for k in changed:
+            i = int(idx[k])
+            b = int(before[k])
+            a = int(after[k])
+            if a == NONE:
+                step = Step.END
+            elif b == NONE:
+                step = Step.OPEN
+            elif a > b:
+                step = Step.RAISE
+            elif a < b:
+                step = Step.LOWER
+            elif newly_certain[k]:
+                step = Step.CERTAIN
+            else:
+                step = Step.REMIND
+            new_alarm = step == Step.OPEN or (step == Step.RAISE and bool(self.closed[i]))
+            if a >= ALARM > b:
+                self.t_alarm[i] = now
+            elif a < ALARM:
+                self.t_alarm[i] = math.nan
+            if a != b:
+                self.certain[i] = bool(c.certain[k]) and a >= ALARM
+            elif newly_certain[k]:
+                self.certain[i] = True
+            silent = bool(self.closed[i]) and not new_alarm  # the operator closed it
+            if step in (Step.OPEN, Step.RAISE, Step.END):
+                self.acked[i] = False
+            if new_alarm or step == Step.END:
+                self.closed[i] = False
+            self.level[i] = a
+            if a == NONE:
+                self.t_notified[i] = math.nan
+            if silent:
+                continue
+            self.t_notified[i] = now
+            out.append(Transition(int(k), step, b, a, new_alarm))
+        return out
+
+    def acknowledge(self, i: int) -> None:
+        """The operator has the alarm of thing ``i``: no more reminders until it rises."""
+        self.acked[i] = True
+
+    def close(self, i: int) -> None:
+        """The operator closed the alarm of thing ``i``: silent until it ends, or a new alarm
+        if it rises."""
+        self.acked[i] = True
+        self.closed[i] = True

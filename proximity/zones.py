@@ -34,8 +34,10 @@ from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
 from proximity.errors import RegistryError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position, ZoneRef
+from proximity.messages import iso_utc
 from proximity.pairs import gather_pairs
-from proximity.states import advance
+from proximity.rules import RuleConfig
+from proximity.states import ALARM, ESCALATION, Conditions, LevelMachine, Step, Timing, Transition
 from proximity.uncertainty import Classification
 
 IntArray = npt.NDArray[np.int64]
@@ -58,7 +60,7 @@ class ZoneWatch:
         cases: Sequence[Case],
         slot_of: dict[str, int],
         core: ProximityCore,
-        margin_min_m: float,
+        rules: RuleConfig,
         position: Callable[[int, float], Position],
         clock: Callable[[], float],
     ) -> None:
@@ -96,11 +98,16 @@ class ZoneWatch:
         self._mark = np.zeros(len(self), dtype=np.bool_)
         self._scratch = np.empty(len(self), dtype=np.int64)
         self.exclusion = np.array([z.kind == ZoneKind.EXCLUSION for z in zones], dtype=bool)
+        margin_min_m = rules.margin_min_m
         self.margin_m = np.where(
             self.exclusion, margin_min_m, np.minimum(margin_min_m, 0.25 * self.set.size_m)
         )
-        self.state = np.zeros(len(self), dtype=np.int8)
+        self.warning_m = np.array([z.warning_m for z in zones], dtype=np.float64)
+        self.rules = rules
+        timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
+        self.levels = LevelMachine(len(self), timing)
         self.alarm_ids: dict[int, str] = {}
+        self._opened: dict[int, float] = {}
         self.active = np.ones(len(zones), dtype=bool)
         self.next_change = np.array(
             [-math.inf if z.schedule is not None else math.inf for z in zones]
@@ -141,13 +148,22 @@ class ZoneWatch:
         excl = self.exclusion[zone]
         active = self.active[zone]
         margin = self.margin_m[zone]
+        warning = self.warning_m[zone]
         known = cls != gk.UNKNOWN
-        breach = np.where(excl, cls >= gk.POSSIBLY_INSIDE, s > 0.0) & active & known
-        certain = np.where(excl, cls == gk.CERTAIN_INSIDE, s - u > 0.0) & breach
+        live = active & known
         # NaN (no fix) compares False: an entry without a position never leaves by distance.
         left = np.where(excl, s - u > margin, (s <= -margin) | (cls == gk.CERTAIN_INSIDE))
-        changed, kinds = advance(self.state, idx, breach, certain, left | ~active)
-        if changed.size == 0:
+        cond = Conditions(
+            pre=excl & live & (cls >= gk.WARNING),  # the warning band, or a possible entry
+            likely=np.where(excl, s <= 0.0, s > 0.0) & live,
+            certain=np.where(excl, cls == gk.CERTAIN_INSIDE, s - u > 0.0) & live,
+            escalate=np.zeros(idx.size, dtype=bool),
+            leave_alarm=left,
+            leave_pre=np.where(excl & (warning > 0), s - u > warning + margin, left),
+            force_end=~active,
+        )
+        moves = self.levels.step(idx, cond, now)
+        if not moves:
             return []
         verdict = np.where(
             excl,
@@ -161,28 +177,26 @@ class ZoneWatch:
         verdict = np.where(known, verdict, Classification.UNKNOWN)
         p_breach = np.where(excl, ev.p_inside, 1.0 - ev.p_inside)
         decided = self._clock()
-        events = []
-        for k, kind in zip(changed, kinds, strict=True):
-            events.append(
-                self._event(
-                    int(idx[k]),
-                    kind,
-                    float(s[k]),
-                    float(u[k]),
-                    Classification(int(verdict[k])),
-                    float(p_breach[k]),
-                    bool(active[k]),
-                    now,
-                    decided,
-                    cause,
-                )
+        return [
+            self._event(
+                int(idx[m.k]),
+                m,
+                float(s[m.k]),
+                float(u[m.k]),
+                Classification(int(verdict[m.k])),
+                float(p_breach[m.k]),
+                bool(active[m.k]),
+                now,
+                decided,
+                cause,
             )
-        return events
+            for m in moves
+        ]
 
     def _event(
         self,
         e: int,
-        kind: AlarmState,
+        m: Transition,
         s: float,
         u: float,
         verdict: Classification,
@@ -203,33 +217,58 @@ class ZoneWatch:
         side = f"{_metres(-s)} inside" if s <= 0 else f"{_metres(s)} outside"
         where = f"offender {off.device} is {side} {name} (+-{u:.0f} m)"
         margin = float(self.margin_m[zi])
-        if kind == AlarmState.OPEN:
-            alarm_id = str(
-                uuid.uuid5(ZONE_ALARM_NAMESPACE, f"{case.id}/{off.device}/{zi}/{off.t_fix!r}")
-            )
-            self.alarm_ids[e] = alarm_id
-            what = "certain" if verdict == Classification.CERTAIN_BREACH else "possible"
+        r = self.rules
+        if m.new_alarm:
+            again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
+            name = f"{case.id}/{off.device}/{zi}/{off.t_fix!r}{again}"
+            self.alarm_ids[e] = str(uuid.uuid5(ZONE_ALARM_NAMESPACE, name))
+            self._opened[e] = now
+        alarm_id = self.alarm_ids[e]
+        certain = verdict == Classification.CERTAIN_BREACH
+        if m.step == Step.END:
+            del self.alarm_ids[e]
+            if not active:
+                reason = f"{name} is no longer in force (schedule); {where}"
+            elif excl:
+                reason = f"{where}, beyond the margin ({margin:.0f} m) for {r.dwell_s:.0f} s"
+            else:
+                reason = f"back inside: {where}"
+        elif m.step == Step.REMIND:
+            since = iso_utc(self._opened.get(e, now))
+            reason = f"reminder: open since {since}, not acknowledged; {where}"
+        elif m.step == Step.LOWER:
+            reason = f"{where}, beyond the margin ({margin:.0f} m) for {r.dwell_s:.0f} s"
+        elif m.step == Step.CERTAIN:
+            reason = f"now certain: {where}"
+        elif m.level == ESCALATION:
+            reason = f"escalation: the violation has lasted {r.escalate_after_s:.0f} s; {where}"
+        elif m.level == ALARM:
+            what = "certain" if certain else f"confirmed ({r.confirm_s:.0f} s)"
             if excl:
                 reason = f"{what} entry: {where}"
             else:
                 started = " (the curfew began)" if cause == "time" else ""
                 reason = f"{what} curfew violation{started}: {where} while it is in force"
-        elif kind == AlarmState.UPDATE:
-            alarm_id = self.alarm_ids[e]
-            reason = f"now certain: {where}"
+        elif excl and s - u <= 0.0:
+            reason = f"possible entry, confirming: {where}"
+        elif excl:
+            reason = (
+                f"pre-alert: {where}, within its warning band ({float(self.warning_m[zi]):.0f} m)"
+            )
         else:
-            alarm_id = self.alarm_ids.pop(e)
-            if not active:
-                reason = f"{name} is no longer in force (schedule); {where}"
-            elif excl:
-                reason = f"{where}, beyond the margin ({margin:.0f} m)"
-            else:
-                reason = f"back inside: {where}"
+            reason = f"possible curfew violation, confirming: {where}"
+        state = (
+            AlarmState.OPEN
+            if m.new_alarm
+            else AlarmState.ENDED
+            if m.step == Step.END
+            else AlarmState.UPDATE
+        )
         return AlarmEvent(
             alarm_id=alarm_id,
             type=AlarmType.ZONE if excl else AlarmType.CURFEW,
-            level=AlarmLevel.ALARM,
-            state=kind,
+            level=AlarmLevel(m.level or m.before),
+            state=state,
             case_id=case.id,
             offender=off,
             victim=vic,
@@ -243,4 +282,7 @@ class ZoneWatch:
             uncertainty_m=u,
             cause=cause,
             zone=ZoneRef(zone.label, "exclusion" if excl else "inclusion", -s, active),
+            previous_level=(
+                AlarmLevel(m.before) if m.level and m.before and m.before != m.level else None
+            ),
         )

@@ -10,7 +10,8 @@ from tests.conftest import run_cli
 @pytest.mark.broker
 @pytest.mark.slow
 def test_demo_runs_to_its_summary() -> None:
-    result = run_cli("demo", "--duration", "15", "--pairs", "10", "--quiet")
+    # 30 s: an entry near the end must have time for its confirmation (15 s).
+    result = run_cli("demo", "--duration", "30", "--pairs", "10", "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     counts = re.search(r"fixes\s+(\d+) published, (\d+) processed", out)

@@ -10,7 +10,7 @@ from ingest.model import Fix
 from proximity.cases import Case, Device
 from proximity.core import MAX_GAP_S
 from proximity.engine import Engine
-from proximity.events import AlarmEvent, AlarmState
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState
 from proximity.messages import alarm_message
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
@@ -63,31 +63,57 @@ def events_of(eng: Engine, *fixes: Fix, now: float | None = None) -> list[AlarmE
     return eng.process(batch)
 
 
-def test_enter_when_a_breach_is_possible_and_leave_only_beyond_margin() -> None:
+def levels(events: list[AlarmEvent]) -> list[tuple[AlarmState, AlarmLevel]]:
+    return [(e.state, e.level) for e in events]
+
+
+def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_the_dwell() -> None:
     # Top speed 0: fix ages add nothing; fixes GAP apart are each taken as they are (the
-    # motion filter starts afresh), so the thresholds are exactly order +- U5.
-    eng = engine(
-        [case("C", ("o",), ("v",))],
-        rules=RuleConfig(margin_fraction=0.1, margin_min_m=25.0),
-        default_top_speed_mps=0.0,
-    )
+    # motion filter starts afresh), so the thresholds are exactly distance +- U5. Order 500 m,
+    # warning 1000 m, margin 50 m, escalation 250 m, confirmation 15 s, dwell 30 s (and no
+    # reminders: the fixes are minutes apart).
+    clock = Clock()
+    rules = RuleConfig(renotify_s=1e9, reporting_interval_s=1e9)
+    eng = engine([case("C", ("o",), ("v",))], clock, default_top_speed_mps=0.0, rules=rules)
     assert pytest.approx(14.22, abs=0.01) == U5
-    assert run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 500 + U5 + 1), GAP)) == []
-    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 + U5 - 1), 2 * GAP))
-    assert (ev.case_id, ev.state) == ("C", AlarmState.OPEN)
-    assert ev.classification == Classification.POSSIBLE_BREACH
-    assert ev.distance_m == pytest.approx(500 + U5 - 1, abs=1e-3)
-    assert 0.0 < ev.probability < 0.5 and ev.reason.startswith("possible breach")
-    # Certain once even the optimistic distance is inside: one update, then no repeats.
-    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 500 - U5 - 1), 3 * GAP))
-    assert ev.state == AlarmState.UPDATE and ev.classification == Classification.CERTAIN_BREACH
-    assert ev.probability > 0.99
-    # Jitter across the boundary and up to the margin (50 m) plus uncertainty: nothing.
-    for k, dist in enumerate([505, 495, 530, 549, 550 + U5 - 1, 470]):
-        assert run(eng, fix("o", offset(*HOME, 135, dist), (4 + k) * GAP)) == []
-    [(_, state, d)] = run(eng, fix("o", offset(*HOME, 135, 550 + U5 + 1), 20 * GAP))
-    assert state == AlarmState.ENDED and d == pytest.approx(550 + U5 + 1, abs=1e-3)
+    t = 0.0
+
+    def at(distance: float) -> list[AlarmEvent]:
+        nonlocal t
+        t += GAP
+        return events_of(eng, fix("o", offset(*HOME, 45, distance), t))
+
+    def later(s: float) -> list[AlarmEvent]:
+        clock.t = T0 + t + s
+        return eng.sweep()
+
+    assert events_of(eng, fix("v", HOME, 0)) == [] and at(1000 + U5 + 1) == []
+    [ev] = at(1000 + U5 - 1)  # possibly within the warning distance: pre-alert
+    assert levels([ev]) == [(AlarmState.OPEN, AlarmLevel.PRE_ALERT)]
+    assert ev.classification == Classification.WARNING and ev.reason.startswith("pre-alert")
+    assert at(500 + U5 - 1) == []  # a possible breach, the best estimate outside: still pre
+    assert at(499) == []  # likely (best estimate inside): confirmed after 15 s
+    assert later(14) == []
+    [ev] = later(15)
+    assert levels([ev]) == [(AlarmState.UPDATE, AlarmLevel.ALARM)]
+    assert ev.previous_level == AlarmLevel.PRE_ALERT and ev.reason.startswith("breach confirmed")
+    [ev] = at(500 - U5 - 1)  # certain: announced once
+    assert ev.reason.startswith("breach now certain") and ev.probability > 0.99
+    [ev] = at(250 - U5 - 1)  # certainly within the escalation distance
+    assert levels([ev]) == [(AlarmState.UPDATE, AlarmLevel.ESCALATION)]
+    # Back out, but within the margin (50 m) plus the uncertainty: nothing, however long.
+    assert at(550 + U5 - 1) == [] and later(120) == []
+    assert at(550 + U5 + 1) == [] and later(29) == []  # beyond: the dwell starts
+    [ev] = later(30)
+    assert levels([ev]) == [(AlarmState.UPDATE, AlarmLevel.PRE_ALERT)]
+    assert ev.previous_level == AlarmLevel.ESCALATION and ev.reason.endswith("pre-alert")
+    assert at(1050 + U5 + 1) == [] and later(29) == []
+    [ev] = later(30)
+    assert levels([ev]) == [(AlarmState.ENDED, AlarmLevel.PRE_ALERT)]
     assert eng.open_alarms == 0
+    # A certain breach from nowhere raises the alarm at once.
+    [ev] = at(100)
+    assert levels([ev]) == [(AlarmState.OPEN, AlarmLevel.ESCALATION)]
 
 
 def test_pair_without_both_positions_is_never_alarmed() -> None:
@@ -109,15 +135,22 @@ def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
     # Three fixes of one offender in one batch, out of order: in, out, in. Each counts.
     # (20 s apart: 800 m in 20 s is fast driving, not a multipath jump; top speed 0 keeps
     # the victim's older fix as certain as it was.)
-    eng = engine([case("C", ("o",), ("v",))], default_top_speed_mps=0.0)
+    # (No dwell, so that leaving the alarm level needs one fix.)
+    eng = engine(
+        [case("C", ("o",), ("v",))], default_top_speed_mps=0.0, rules=RuleConfig(dwell_s=0.0)
+    )
     run(eng, fix("v", HOME, 0))
-    events = run(
+    events = events_of(
         eng,
-        fix("o", offset(*HOME, 0, 100), 50),
-        fix("o", offset(*HOME, 0, 100), 10),
+        fix("o", offset(*HOME, 0, 400), 50),
+        fix("o", offset(*HOME, 0, 400), 10),
         fix("o", offset(*HOME, 0, 900), 30),
     )
-    assert [s for _, s, _ in events] == [AlarmState.OPEN, AlarmState.ENDED, AlarmState.OPEN]
+    assert levels(events) == [
+        (AlarmState.OPEN, AlarmLevel.ALARM),
+        (AlarmState.UPDATE, AlarmLevel.PRE_ALERT),
+        (AlarmState.UPDATE, AlarmLevel.ALARM),
+    ]
 
 
 def test_many_to_many_pairs_are_independent() -> None:
@@ -188,16 +221,26 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
         eng.devices.lat[p.victim],
         eng.devices.lon[p.victim],
     )
+    # Within the warning distance: a pre-alert, or an alarm when the breach is certain (a
+    # likely one waits for its confirmation); escalation when certainly within half.
     expected = {
-        (p.case_ids[p.case[k]], eng.devices.ids[p.offender[k]], eng.devices.ids[p.victim[k]])
+        (
+            p.case_ids[p.case[k]],
+            eng.devices.ids[p.offender[k]],
+            eng.devices.ids[p.victim[k]],
+            AlarmLevel.ESCALATION
+            if dist[k] + U5 <= p.order_m[k] / 2
+            else AlarmLevel.ALARM
+            if dist[k] + U5 <= p.order_m[k]
+            else AlarmLevel.PRE_ALERT,
+        )
         for k in range(len(p))
-        if dist[k] - U5 <= p.order_m[k]
+        if dist[k] - U5 <= p.warning_m[k]
     }
-    got = {(e.case_id, e.offender.device, e.victim.device) for e in events}
+    got = {(e.case_id, e.offender.device, e.victim.device, e.level) for e in events}
     assert got == expected
     for e in events:
-        assert e.distance_m - e.uncertainty_m <= e.order_distance_m
-        assert e.uncertainty_m == pytest.approx(U5)
+        assert e.state == AlarmState.OPEN and e.uncertainty_m == pytest.approx(U5)
 
 
 def test_empty_batch_and_no_cases() -> None:
@@ -242,7 +285,8 @@ def test_old_victim_fix_makes_an_approach_a_possible_breach_and_the_alarm_says_s
 def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it() -> None:
     clock = Clock()
     devices = [Device("o", {"mobility": "driving"}), Device("v", {"mobility": "walking"})]
-    eng = engine([case("C", ("o",), ("v",), order=500.0)], clock, devices=devices)
+    # No warning band: the pre-alert is the possible breach itself.
+    eng = engine([Case("C", ("o",), ("v",), 500.0, 500.0)], clock, devices=devices)
     # He drives in at 20 m/s, then his device falls silent.
     assert events_of(eng, fix("o", offset(*HOME, 200, 900), -5), now=T0 - 5) == []
     assert events_of(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 200, 800), 0)) == []
@@ -250,14 +294,16 @@ def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it()
     assert eng.sweep() == []
     clock.t = T0 + 30.0  # he may have driven 1200 m: possible
     [ev] = eng.sweep()
-    assert (ev.state, ev.cause) == (AlarmState.OPEN, "time")
+    assert (ev.state, ev.cause, ev.level) == (AlarmState.OPEN, "time", AlarmLevel.PRE_ALERT)
     assert ev.classification == Classification.POSSIBLE_BREACH and ev.offender.old
     # The sweep skips the approach figures, but the alarm still carries them.
     assert ev.closing_speed_mps == pytest.approx(20.0, rel=1e-3)
     assert ev.time_to_breach_s == pytest.approx(300.0 / 20.0, rel=1e-3)
     assert alarm_message(ev, eng.cases["C"])["trigger"]["cause"] == "time"
     assert eng.sweep() == []  # no repeats while it stays open
-    [ev] = events_of(eng, fix("o", offset(*HOME, 200, 900), 30.0), fix("v", HOME, 30.0))
+    # A fresh fix shows him beyond the margin: the pre-alert ends after the dwell.
+    assert events_of(eng, fix("o", offset(*HOME, 200, 900), 30.0), fix("v", HOME, 30.0)) == []
+    [ev] = events_of(eng, fix("o", offset(*HOME, 200, 900), 60.0), fix("v", HOME, 60.0))
     assert (ev.state, ev.cause) == (AlarmState.ENDED, "fix")
     assert eng.stats.sweeps == 3
 

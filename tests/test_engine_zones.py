@@ -13,7 +13,7 @@ from ingest.model import Fix
 from proximity.cases import Case
 from proximity.engine import Engine
 from proximity.errors import RegistryError
-from proximity.events import AlarmState, AlarmType
+from proximity.events import AlarmLevel, AlarmState, AlarmType
 from proximity.messages import alarm_message
 from proximity.rules import RuleConfig
 from proximity.uncertainty import Classification
@@ -50,9 +50,12 @@ def zone_case(
 
 
 def zengine(cases: list[Case], **kw: Any) -> Engine:
-    """An engine whose device-silence rule stays out of the way: these tests leave devices
-    silent for an hour on purpose (silence has its own tests)."""
-    kw.setdefault("rules", RuleConfig(reporting_interval_s=86_400.0))
+    """An engine whose device-silence rule and reminders stay out of the way: these tests
+    leave devices silent for an hour on purpose (both have their own tests)."""
+    day = 86_400.0
+    kw.setdefault(
+        "rules", RuleConfig(reporting_interval_s=day, renotify_s=day, escalate_after_s=day)
+    )
     return engine(cases, **kw)
 
 
@@ -70,33 +73,49 @@ def test_offender_walking_into_the_workplace_raises_and_ends_a_zone_alarm() -> N
     eng = zengine([c], default_top_speed_mps=0.0)  # fixes GAP apart: taken as they are
     # 400 m south of the centre: 250 m outside the square, beyond any doubt.
     assert events_of(eng, fix("v", VICTIM, 0), fix("o", offset(*WORK, 180, 400), 10 * GAP)) == []
-    # 160 m south: 10 m outside, within the 99 % radius of a 5 m fix: possible entry.
+    # 160 m south: 10 m outside, within the 99 % radius of a 5 m fix: possible entry, a
+    # pre-alert until it is confirmed.
     [ev] = events_of(eng, fix("o", offset(*WORK, 180, 160), 20 * GAP))
-    assert (ev.type, ev.state, ev.classification) == (
+    assert (ev.type, ev.state, ev.classification, ev.level) == (
         AlarmType.ZONE,
         AlarmState.OPEN,
         Classification.POSSIBLE_BREACH,
+        AlarmLevel.PRE_ALERT,
     )
     assert ev.zone is not None and ev.zone.label == "victim's workplace"
     assert ev.zone.inside_m == pytest.approx(-10.0, abs=0.05)
-    assert ev.reason.startswith("possible entry: offender o is 10 m outside")
-    # 100 m south: 50 m inside: certain, one update.
+    assert ev.reason.startswith("possible entry, confirming: offender o is 10 m outside")
+    # 100 m south: 50 m inside: certain, the alarm level at once.
     [ev] = events_of(eng, fix("o", offset(*WORK, 180, 100), 30 * GAP))
-    assert (ev.state, ev.classification) == (AlarmState.UPDATE, Classification.CERTAIN_BREACH)
+    assert (ev.state, ev.classification, ev.level) == (
+        AlarmState.UPDATE,
+        Classification.CERTAIN_BREACH,
+        AlarmLevel.ALARM,
+    )
     msg = alarm_message(ev, c)
-    assert (msg["type"], msg["zone"], msg["zone_kind"]) == (
+    assert (msg["type"], msg["zone"], msg["zone_kind"], msg["level"]) == (
         "zone",
         "victim's workplace",
         "exclusion",
+        "alarm",
     )
+    assert msg["previous_level"] == "pre_alert"
     assert msg["zone_inside_m"] == pytest.approx(50.0, abs=0.1)
     assert msg["distance_m"] == pytest.approx(50.0, abs=0.1)
     assert msg["probability"] > 0.999 and msg["victim"]["device"] == "v"
-    assert "50 m inside" in msg["reason"] and '"victim\'s workplace"' in msg["reason"]
+    assert msg["reason"].startswith("certain entry: offender o is 50 m inside")
+    assert '"victim\'s workplace"' in msg["reason"]
     assert events_of(eng, fix("o", offset(*WORK, 180, 120), 40 * GAP)) == []  # still inside
     # Just outside: within the margin (25 m) plus the fix's uncertainty: still open.
     assert events_of(eng, fix("o", offset(*WORK, 180, 170), 50 * GAP)) == []
-    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 200), 60 * GAP))
+    # Beyond the margin: the alarm level is left after the dwell, the pre-alert beyond the
+    # warning band (100 m) plus the margin.
+    assert events_of(eng, fix("o", offset(*WORK, 180, 200), 60 * GAP)) == []
+    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 200), 61 * GAP))
+    assert (ev.state, ev.level) == (AlarmState.UPDATE, AlarmLevel.PRE_ALERT)
+    assert "beyond the margin" in ev.reason
+    assert events_of(eng, fix("o", offset(*WORK, 180, 400), 62 * GAP)) == []
+    [ev] = events_of(eng, fix("o", offset(*WORK, 180, 400), 63 * GAP))
     assert ev.state == AlarmState.ENDED and "beyond the margin" in ev.reason
     assert eng.open_alarms == 0
 
@@ -118,8 +137,12 @@ def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fi
     assert 'outside inclusion zone "offender\'s home"' in ev.reason
     assert ev.zone is not None and ev.zone.inside_m < -1900
     assert eng.sweep() == []  # no repeats
-    # He comes home: the alarm ends.
-    [ev] = events_of(eng, at("o", offset(*HOME, 30, 10), clock.t + 1800))
+    # He comes home: the alarm ends once he has been back for the dwell (30 s).
+    assert events_of(eng, at("o", offset(*HOME, 30, 10), clock.t + 1800)) == []
+    clock.t += 29
+    assert eng.sweep() == []
+    clock.t += 1
+    [ev] = eng.sweep()
     assert ev.state == AlarmState.ENDED and ev.reason.startswith("back inside")
 
 
@@ -164,10 +187,11 @@ def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
     assert events_of(eng, at("o", offset(*WORK, 90, 250), clock.t)) == []
     clock.t += 60.0  # 100 m outside; after a minute at walking speed he may be inside
     [ev] = eng.sweep()
-    assert (ev.state, ev.cause, ev.classification) == (
+    assert (ev.state, ev.cause, ev.classification, ev.level) == (
         AlarmState.OPEN,
         "time",
         Classification.POSSIBLE_BREACH,
+        AlarmLevel.PRE_ALERT,
     )
 
 

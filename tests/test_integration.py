@@ -22,8 +22,9 @@ from tests.naive import geod_distance_m, offset
 pytestmark = pytest.mark.broker
 
 #: These tests place a device anywhere at once to set up each situation, which the
-#: implausible-jump filter would set aside; the filter has its own tests.
-TELEPORT = ("--implausible-speed-mps", "1e9")
+#: implausible-jump filter would set aside; the filter has its own tests. Levels are left
+#: without a dwell, so that one fix ends an alarm (the dwell has its own tests).
+TELEPORT = ("--implausible-speed-mps", "1e9", "--dwell-s", "0")
 
 HOME = (50.8503, 4.3517)  # Brussels
 ORDER_M = 500.0
@@ -159,22 +160,30 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     barrier(pub, cic)
     assert len(alarms_of(cic, "BE-2026-0001")) == 1
 
+    # Beyond it: back to a pre-alert (600 m is within the warning distance of 1000 m).
     pub.fix("tag-1", *offset(*victim, 225.0, 600.0))
+    lower = cic.wait_for(
+        "cic/alarms", lambda m: m["case_id"] == "BE-2026-0001" and m["state"] == "update"
+    )
+    assert (lower["level"], lower["previous_level"]) == ("pre_alert", "alarm")
+    assert lower["alarm_id"] == alarm["alarm_id"]
+    assert lower["distance_m"] == pytest.approx(600.0, abs=1.0)
+    pub.fix("tag-1", *offset(*victim, 225.0, 1200.0))
     ended = cic.wait_for(
         "cic/alarms", lambda m: m["case_id"] == "BE-2026-0001" and m["state"] == "ended"
     )
     assert ended["alarm_id"] == alarm["alarm_id"]
-    assert ended["distance_m"] == pytest.approx(600.0, abs=1.0)
-    assert len(alarms_of(cic, "BE-2026-0001")) == 2
+    assert len(alarms_of(cic, "BE-2026-0001")) == 3
 
 
-def test_offender_at_600_m_raises_nothing(pub: Publisher, cic: Listener) -> None:
+def test_offender_at_600_m_raises_only_a_pre_alert(pub: Publisher, cic: Listener) -> None:
     victim = (HOME[0] + 0.1, HOME[1])
     pub.fix("phone-2", *victim)
     pub.fix("tag-2", *offset(*victim, 135.0, 600.0))  # south-east
     pub.fix("tag-2", *offset(*victim, 315.0, 600.0))  # north-west
     barrier(pub, cic)
-    assert alarms_of(cic, "BE-2026-0002") == []
+    [pre] = alarms_of(cic, "BE-2026-0002")
+    assert (pre["state"], pre["level"], pre["classification"]) == ("open", "pre_alert", "warning")
 
 
 def test_victim_protected_from_two_offenders_gets_two_independent_alarms(
@@ -233,10 +242,12 @@ def test_sweep_raises_a_possible_breach_when_a_silent_offender_could_have_arrive
     victim = (HOME[0] + 0.4, HOME[1])
     pub.fix("phone-6", *victim)
     pub.fix("tag-6", *offset(*victim, 300.0, 2000.0))
-    # No further fix: after about 7 s he could be inside 500 m, and the periodic
+    # No further fix: after about 4 s he could be within 1000 m, and the periodic
     # sweep (every second) says so without waiting for a fix.
+    # (A pre-alert: he may be within the warning distance, and later possibly within the
+    # order distance, but his best estimate is still 2 km away.)
     alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0006", timeout=30.0)
-    assert alarm["state"] == "open" and alarm["classification"] == "possible_breach"
+    assert (alarm["state"], alarm["level"]) == ("open", "pre_alert")
     assert alarm["trigger"]["cause"] == "time"
     assert alarm["offender"]["old_fix"] is True
     assert alarm["offender"]["radius_m"] > 10 * alarm["victim"]["radius_m"]

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.broker
 
 #: These tests place a device anywhere at once to set up each situation, which the
 #: implausible-jump filter would set aside; the filter has its own tests.
-TELEPORT = ("--implausible-speed-mps", "1e9")
+TELEPORT = ("--implausible-speed-mps", "1e9", "--dwell-s", "0")  # see test_integration
 
 WORK = (50.8466, 4.3528)  # the victim's workplace, Brussels
 HOME = (50.8800, 4.4200)  # the offender's home
@@ -99,7 +99,7 @@ def test_walking_into_the_workplace_raises_a_zone_alarm_and_leaving_ends_it(
     pub: Publisher, cic: Listener
 ) -> None:
     pub.fix("phone-w", *VICTIM)
-    for d in (600.0, 400.0, 250.0):  # walking north towards the zone: no alarm yet
+    for d in (600.0, 400.0, 250.0):  # walking north towards the zone: into its warning band
         pub.fix("tag-w", *offset(*WORK, 200.0, d))
     pub.fix("tag-w", *offset(*WORK, 200.0, 60.0), seq=42)  # inside
     opened = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-Z-WORK")
@@ -109,21 +109,25 @@ def test_walking_into_the_workplace_raises_a_zone_alarm_and_leaving_ends_it(
         "victim's workplace",
         "exclusion",
     )
-    assert opened["classification"] == "certain_breach"
-    assert opened["zone_inside_m"] > 50 and opened["trigger"] == {
+    assert (opened["level"], opened["classification"]) == ("pre_alert", "warning")
+    alarm = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == opened["alarm_id"] and m["state"] == "update"
+    )
+    assert (alarm["level"], alarm["classification"]) == ("alarm", "certain_breach")
+    assert alarm["zone_inside_m"] > 50 and alarm["trigger"] == {
         "device": "tag-w",
         "seq": 42,
         "cause": "fix",
     }
-    assert 'inside exclusion zone "victim\'s workplace"' in opened["reason"]
-    assert opened["summary"]["offender_name"] == "P. Janssens"
+    assert 'inside exclusion zone "victim\'s workplace"' in alarm["reason"]
+    assert alarm["summary"]["offender_name"] == "P. Janssens"
     pub.fix("tag-w", *offset(*WORK, 200.0, 500.0))  # leaves
     ended = cic.wait_for(
         "cic/alarms", lambda m: m["alarm_id"] == opened["alarm_id"] and m["state"] == "ended"
     )
     assert ended["zone"] == "victim's workplace" and ended["zone_inside_m"] < -300
     states = [m["state"] for m in cic.on("cic/alarms") if m["case_id"] == "BE-Z-WORK"]
-    assert states == ["open", "ended"]
+    assert states == ["open", "update", "ended"]
 
 
 def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fix(

@@ -71,14 +71,14 @@ def test_out_of_order_and_duplicate_fixes_change_nothing() -> None:
     run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 2000), 0))
     [ev] = events_of(eng, fix("o", offset(*HOME, 45, 300), 60))
     assert ev.state == AlarmState.OPEN
-    before = (eng.core.rows.copy(), eng.state.copy(), eng.devices.t_fix.copy())
+    before = (eng.core.rows.copy(), eng.levels.level.copy(), eng.devices.t_fix.copy())
     # The same fix again, an older fix far away, and the victim's first fix again.
     assert run(eng, fix("o", offset(*HOME, 45, 300), 60)) == []
     assert run(eng, fix("o", offset(*HOME, 45, 5000), 30)) == []
     assert run(eng, fix("v", HOME, 0)) == []
     rows, state, t_fix = before
     assert np.array_equal(eng.core.rows, rows, equal_nan=True)
-    assert np.array_equal(eng.state, state) and np.array_equal(eng.devices.t_fix, t_fix)
+    assert np.array_equal(eng.levels.level, state) and np.array_equal(eng.devices.t_fix, t_fix)
     assert (eng.stats.fixes_duplicate, eng.stats.fixes_late) == (2, 1)
 
 
