@@ -25,11 +25,14 @@ from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmState, wire_name
 from proximity.messages import alarm_message, iso_utc
+from proximity.notice import notices_for
 from proximity.registry import Registry
 from proximity.settings import Settings, rule_config
 from proximity.uncertainty import MOBILITY_MPS
 
 log = logging.getLogger(__name__)
+
+NOTICE_QOS = 1
 
 STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
@@ -54,6 +57,7 @@ class EngineService:
         )
         self.started = time.time()
         self.messages_received = 0
+        self.notices_published = 0
 
     def _status(self, state: str) -> bytes:
         st = self.engine.stats
@@ -80,6 +84,7 @@ class EngineService:
                 "rejected_total": self.reporter.total,
                 "alarms_published": self.channel.published,
                 "alarms_unacknowledged": self.channel.unacknowledged,
+                "notices_published": self.notices_published,
                 "open_alarms": self.engine.open_alarms,
                 "queue_blocked": self.subscriber.blocked_puts,
             }
@@ -103,6 +108,7 @@ class EngineService:
         out = make_client(f"{s.client_id}-out")
         out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
         self.channel = MqttAlarmChannel(out, s.alarm_topic)
+        self._out = out
 
         def publish_rejection(r: Rejection) -> None:
             out.publish(s.rejected_topic, orjson.dumps(r.to_dict()), qos=0)
@@ -188,3 +194,7 @@ class EngineService:
                 event.case_id,
                 event.reason,
             )
+        # The offender's "move away" notices: built without any of the victim's data.
+        for notice in notices_for(events):
+            self._out.publish(notice.topic, notice.payload, qos=NOTICE_QOS)
+            self.notices_published += 1

@@ -1,0 +1,128 @@
+"""Pair rules end to end through a real Mosquitto and the engine's CLI: an approach alarm
+before the breach, boundary probing, and the offender's "move away" notices."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from simulator.broker import LocalBroker
+from simulator.process import EngineProcess
+from tests.conftest import Listener, Publisher, running_engine
+from tests.naive import offset
+
+pytestmark = pytest.mark.broker
+
+HOME = (50.8700, 4.3000)
+SUMMARY = {"offender_name": "K. Claes", "victim_name": "L. Wouters"}
+
+
+def _case(case_id: str, offender: str, victim: str) -> dict[str, Any]:
+    return {
+        "id": case_id,
+        "offenders": [offender],
+        "protected": [victim],
+        "order": {"distance_m": 500, "warning_distance_m": 1000},
+        "summary": SUMMARY,
+        "mobility": {"offenders": "driving", "protected": "walking"},
+    }
+
+
+CASES = [_case("BE-R-APPROACH", "tag-a", "phone-a"), _case("BE-R-PROBE", "tag-p", "phone-p")]
+
+#: Set-up moves are instantaneous (the jump filter has its own tests), and a level is left on
+#: the first fix beyond it (the dwell has its own tests).
+ARGS = ("--implausible-speed-mps", "1e9", "--dwell-s", "0")
+
+
+@pytest.fixture(scope="module")
+def engine(
+    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EngineProcess]:
+    with running_engine(broker, tmp_path_factory.mktemp("engine"), CASES, *ARGS) as proc:
+        yield proc
+
+
+@pytest.fixture
+def cic(broker: LocalBroker, engine: EngineProcess) -> Iterator[Listener]:
+    listener = Listener(broker.url, ["cic/alarms", "devices/tag-a/notice"])
+    yield listener
+    listener.close()
+
+
+def of(cic: Listener, case_id: str) -> list[dict[str, Any]]:
+    return [m for m in cic.on("cic/alarms") if m["case_id"] == case_id]
+
+
+def wait_count(cic: Listener, case_id: str, state: str, n: int, timeout: float = 10.0) -> None:
+    """Wait until ``n`` proximity messages of ``case_id`` are in ``state``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [m for m in of(cic, case_id) if m["type"] == "proximity" and m["state"] == state]
+        if len(got) >= n:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{n} {state} messages of {case_id} expected: {of(cic, case_id)}")
+
+
+def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
+    pub: Publisher, cic: Listener
+) -> None:
+    victim = HOME
+    pub.fix("phone-a", *victim)
+    # He drives straight at her from 1.6 km at 20 m/s: one fix every 0.1 s, 2 m apart
+    # (each stamped as it is sent).
+    start = offset(*victim, 300.0, 1600.0)
+    for k in range(60):
+        pub.fix("tag-a", *offset(*start, 120.0, 2.0 * k))
+        time.sleep(0.1)
+        if any(m["type"] == "approach" for m in of(cic, "BE-R-APPROACH")):
+            break
+    approach = cic.wait_for(
+        "cic/alarms", lambda m: m["type"] == "approach" and m["case_id"] == "BE-R-APPROACH"
+    )
+    assert (approach["state"], approach["level"]) == ("open", "alarm")
+    assert approach["distance_m"] > 1000  # long before the order distance
+    assert approach["closing_speed_mps"] == pytest.approx(20.0, abs=3.0)
+    assert 0 < approach["time_to_breach_s"] <= 120
+    assert approach["reason"].startswith("approach: offender tag-a")
+    pub.fix("phone-a", *victim)
+    # He arrives: the breach alarm supersedes the approach.
+    pub.fix("tag-a", *offset(*victim, 300.0, 200.0))
+    ended = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == approach["alarm_id"] and m["state"] == "ended"
+    )
+    assert ended["reason"].startswith("superseded by the breach alarm")
+    breach = cic.wait_for(
+        "cic/alarms",
+        lambda m: m["type"] == "proximity" and m["level"] in ("alarm", "escalation"),
+    )
+    assert breach["case_id"] == "BE-R-APPROACH"
+    # His device was told to move away (a warning), then that he is in breach; never where
+    # she is.
+    warning = cic.wait_for("devices/tag-a/notice", lambda m: m["severity"] == "warning")
+    violation = cic.wait_for("devices/tag-a/notice", lambda m: m["severity"] == "violation")
+    for n in (warning, violation):
+        assert set(n) == {"notice_id", "kind", "severity", "text", "issued"}
+        assert n["kind"] == "stay_away" and not any(c.isdigit() for c in n["text"])
+
+
+def test_three_short_entries_into_the_warning_band_raise_a_probing_alarm(
+    pub: Publisher, cic: Listener
+) -> None:
+    victim = (HOME[0] + 0.1, HOME[1])
+    pub.fix("phone-p", *victim)
+    for k in range(1, 4):
+        pub.fix("tag-p", *offset(*victim, 90.0 + 20 * k, 800.0))  # in the warning band
+        wait_count(cic, "BE-R-PROBE", "open", k)
+        pub.fix("tag-p", *offset(*victim, 90.0, 2500.0))  # and out again
+        wait_count(cic, "BE-R-PROBE", "ended", k)
+    probe = cic.wait_for(
+        "cic/alarms", lambda m: m["case_id"] == "BE-R-PROBE" and m["type"] == "probing"
+    )
+    assert (probe["state"], probe["level"]) == ("open", "alarm")
+    assert probe["reason"].startswith("boundary probing: 3 entries within the warning distance")
+    assert probe["summary"] == SUMMARY

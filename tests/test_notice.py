@@ -1,0 +1,63 @@
+"""The offender's "move away" notice cannot carry anything about the protected person."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import numpy as np
+import orjson
+
+from ingest.model import Fix
+from proximity.events import AlarmLevel
+from proximity.notice import TEXT, NoticeKind, Severity, notices_for, offender_notice
+from tests.naive import offset
+from tests.test_engine import HOME, T0
+from tests.test_rules import QUIET, Run
+
+
+def test_the_notice_builder_cannot_receive_a_position_distance_or_bearing() -> None:
+    params = inspect.signature(offender_notice).parameters
+    assert list(params) == ["device", "kind", "severity", "issued"]
+    assert [p.annotation for p in params.values()] == ["str", "NoticeKind", "Severity", "float"]
+
+
+def _notices(victim_bearing: float, victim_shift_m: float) -> list[bytes]:
+    """The offender walks the same path each time; the protected person stands elsewhere
+    (her home moved by ``victim_shift_m`` along ``victim_bearing``, his path with it, so
+    every rule fires at the same moments); return the notices' bytes."""
+    home = offset(*HOME, victim_bearing, victim_shift_m)
+    run = Run(QUIET)
+    payloads = []
+    for t in range(0, 900, 5):
+        o = offset(*home, 200.0, 1300.0 - 1.5 * t)  # from 1300 m to 80 m
+        out = run.second(t, Fix("v", T0 + t, T0 + t, *home, 5.0), Fix("o", T0 + t, T0 + t, *o, 5.0))
+        payloads += [n.payload for n in notices_for(out)]
+    return payloads
+
+
+def test_no_victim_coordinate_distance_or_direction_reaches_the_offender() -> None:
+    # Her position differs by kilometres and in direction; what he receives does not differ.
+    runs = [_notices(b, s) for b, s in ((0.0, 0.0), (90.0, 3000.0), (225.0, 7500.0))]
+    assert runs[0] == runs[1] == runs[2]
+    notices = [orjson.loads(p) for p in runs[0]]
+    # Pre-alert, approach, alarm, escalation: two warnings, then two violations.
+    assert [n["severity"] for n in notices] == ["warning", "warning", "violation", "violation"]
+    for n in notices:
+        assert set(n) == {"notice_id", "kind", "severity", "text", "issued"}
+        assert n["text"] in TEXT.values()  # fixed texts only
+        assert not re.search(r"\d", n["text"])  # no distance, no coordinate
+        assert not re.search(r"\b(north|south|east|west|left|right|bearing)\b", n["text"], re.I)
+
+
+def test_severity_follows_the_level_and_curfews_have_their_own_text() -> None:
+    warn = offender_notice("tag-1", NoticeKind.STAY_AWAY, Severity.WARNING, T0)
+    viol = offender_notice("tag-1", NoticeKind.STAY_AWAY, Severity.VIOLATION, T0)
+    curfew = offender_notice("tag-1", NoticeKind.CURFEW, Severity.VIOLATION, T0)
+    assert len({warn.text, viol.text, curfew.text}) == 3
+    assert (
+        warn.topic == "devices/tag-1/notice"
+        and b'"issued":"2026-11-23T10:00:00.000Z"' in warn.payload
+    )
+    assert AlarmLevel.ALARM > AlarmLevel.PRE_ALERT
+    assert np.isfinite(warn.issued)
