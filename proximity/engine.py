@@ -7,14 +7,15 @@ batching. Within a round, only the pairs of the devices that moved are evaluated
 (:mod:`proximity.core`); :meth:`Engine.sweep` re-evaluates every pair for what time alone
 changes (an old fix's growing uncertainty).
 
-The proximity rule is a state machine per pair with hysteresis, on the core's classification:
-a pair enters ``alarm`` when a breach is certain or possible (distance minus the combined
-uncertainty radius at most the order distance), is upgraded once when a possible breach
-becomes certain, and leaves only when even the pessimistic distance is beyond the order
-distance plus the pair's margin (``max(margin_fraction * order, margin_min_m)``), so GPS
+The proximity rule is a level machine per pair (:mod:`proximity.states`) on the core's
+verdict: a pre-alert within the warning distance (pessimistically), the alarm at once on a
+certain breach and after ``confirm_s`` on a likely one, escalation within the escalation
+distance or after ``escalate_after_s``; a level is left only beyond its distance plus the
+pair's margin (``max(margin_fraction * order, margin_min_m)``) held for ``dwell_s``, so GPS
 jitter around the boundary does not produce an alarm storm and an alarm never ends on a fix
-too uncertain to show that the danger is over. Transitions are array logic; Python work is
-done only for the rare pairs that change state.
+too uncertain to show that the danger is over. The approach rule (a second machine per pair)
+and boundary probing (entries counted per pair) sit beside it. Conditions are array logic;
+Python work is done only for the rare pairs that change state.
 """
 
 from __future__ import annotations
@@ -537,21 +538,27 @@ class Engine:
         return f"{pairs.case_ids[int(pairs.case[p])]}/{off}/{vic}"
 
     def _where(self, ev: PairEvaluation, k: int, now: float) -> str:
-        """ "offender o is 480 m (+-14 m) from protected person v", with any old fix named."""
+        """ "offender o is 480 m (+-14 m) from protected person v"."""
         pairs = self.pairs
         p = int(ev.idx[k])
-        off = self._position(int(pairs.offender[p]), now)
-        vic = self._position(int(pairs.victim[p]), now)
-        where = (
-            f"offender {off.device} is {float(ev.distance_m[k]):.0f} m"
-            f" (+-{float(ev.uncertainty_m[k]):.0f} m) from protected person {vic.device}"
+        off = self.devices.ids[int(pairs.offender[p])]
+        vic = self.devices.ids[int(pairs.victim[p])]
+        return (
+            f"offender {off} is {float(ev.distance_m[k]):.0f} m"
+            f" (+-{float(ev.uncertainty_m[k]):.0f} m) from protected person {vic}"
         )
+
+    def _old_fixes(self, ev: PairEvaluation, k: int, now: float) -> str:
+        """ "; the protected person's fix is 600 s old (+-1808 m)", or "" when both are fresh."""
+        p = int(ev.idx[k])
+        off = self._position(int(self.pairs.offender[p]), now)
+        vic = self._position(int(self.pairs.victim[p]), now)
         old = [
             f"the {role} fix is {now - p_.t_fix:.0f} s old (+-{p_.radius_m:.0f} m)"
             for role, p_ in (("offender's", off), ("protected person's", vic))
             if p_.old
         ]
-        return f"{where}; {' and '.join(old)}" if old else where
+        return f"; {' and '.join(old)}" if old else ""
 
     def _event(
         self, ev: PairEvaluation, k: int, m: Transition, now: float, decided: float, cause: str
@@ -607,6 +614,8 @@ class Engine:
                 f"pre-alert: {where}, within the warning distance {warning:.0f} m"
                 f" (order distance {order:.0f} m)"
             )
+        if m.step != Step.END:
+            reason += self._old_fixes(ev, k, now)
         state = {
             Step.OPEN: AlarmState.OPEN,
             Step.END: AlarmState.ENDED,

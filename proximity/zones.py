@@ -1,16 +1,21 @@
 """The zone rule: every offender against every zone of his cases, as a state machine per
 (offender, zone) entry.
 
-* Exclusion zone (the victim's home, workplace, the children's school): an alarm opens when
-  the offender is possibly inside (signed distance minus the 99 % radius U at most 0) and is
-  upgraded once when he is certainly inside (s + U <= 0). It ends when even the pessimistic
-  position is outside by the margin (s - U > margin), or when the zone goes out of force.
-* Inclusion zone (home, with a curfew schedule): a violation opens when the best estimate of
-  the offender's position is outside (s > 0): a small home zone with indoor fixes of 30 m
-  would otherwise be "possibly outside" all night. It is certain when even the optimistic
+Each entry is a level machine (:mod:`proximity.states`), with the pair rule's confirmation,
+dwell, escalation and re-notification.
+
+* Exclusion zone (the victim's home, workplace, the children's school): a pre-alert when the
+  offender is possibly inside or within the zone's warning band (signed distance minus the
+  99 % radius U at most ``warning_m``); the alarm at once when he is certainly inside
+  (s + U <= 0), or when his best estimate has been inside (s <= 0) for the confirmation time.
+  A level is left when even the pessimistic position is outside its distance by the margin
+  (s - U > margin) for the dwell time, and at once when the zone goes out of force.
+* Inclusion zone (home, with a curfew schedule): a violation is likely when the best estimate
+  of the offender's position is outside (s > 0): a small home zone with indoor fixes of 30 m
+  would otherwise be "possibly outside" all night; it is certain when even the optimistic
   position is outside (s - U > 0). It ends when he is back inside by the margin (the smaller
   of the margin and a quarter of the zone's size, so a small zone can be re-entered) or
-  certainly inside, or when the curfew ends.
+  certainly inside, for the dwell time, or at once when the curfew ends.
 
 Schedules are followed to the second: each zone keeps whether it is in force and the instant
 of its next change (:meth:`geofence.schedule.Schedule.next_change`); the engine's periodic
