@@ -48,6 +48,9 @@ class Case:
     #: device's own setting or the engine default decides (see :func:`top_speeds`).
     offender_top_speed_mps: float | None = None
     protected_top_speed_mps: float | None = None
+    #: Certainly within this distance, an alarm escalates; None: the engine's
+    #: ``escalation_fraction`` of the order distance.
+    escalation_distance_m: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +202,7 @@ def _parse_case(
 
     order = raw.get("order")
     distance = warning = math.nan
+    escalation: float | None = None
     if not isinstance(order, dict):
         problems.append(f"{where}: 'order' must be an object with 'distance_m' (metres)")
     else:
@@ -223,6 +227,16 @@ def _parse_case(
                     )
                 else:
                     warning = w
+            e_raw = order.get("escalation_distance_m")
+            if e_raw is not None:
+                e = _positive(e_raw)
+                if e is None or e > d:
+                    problems.append(
+                        f"{where}: 'order.escalation_distance_m' must be a number of metres in"
+                        f" (0, 'order.distance_m' ({d:g})], got {e_raw!r}"
+                    )
+                else:
+                    escalation = e
 
     summary_raw = raw.get("summary", {})
     summary: dict[str, str] = {}
@@ -251,6 +265,7 @@ def _parse_case(
         zones,
         off_speed,
         prot_speed,
+        escalation,
     )
 
 

@@ -242,6 +242,11 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
                         "order": {
                             "distance_m": c.order_distance_m,
                             "warning_distance_m": c.warning_distance_m,
+                            **(
+                                {"escalation_distance_m": c.escalation_distance_m}
+                                if c.escalation_distance_m is not None
+                                else {}
+                            ),
                         },
                         "summary": dict(c.summary),
                         "zones": c.zones,

@@ -42,7 +42,16 @@ from proximity.messages import iso_utc
 from proximity.pairs import PairTable
 from proximity.quality import FixFilter
 from proximity.rules import RuleConfig
-from proximity.states import ALARM, ESCALATION, Conditions, LevelMachine, Step, Timing, Transition
+from proximity.states import (
+    ALARM,
+    ESCALATION,
+    Conditions,
+    EntryCounter,
+    LevelMachine,
+    Step,
+    Timing,
+    Transition,
+)
 from proximity.uncertainty import (
     DEFAULT_MOBILITY,
     MOBILITY_MPS,
@@ -163,7 +172,13 @@ class Engine:
         ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
         self.slot_of = {d: i for i, d in enumerate(ids)}
         self.rules = rules
-        self.pairs = PairTable.build(cases, self.slot_of, rules.margin_fraction, rules.margin_min_m)
+        self.pairs = PairTable.build(
+            cases,
+            self.slot_of,
+            rules.margin_fraction,
+            rules.margin_min_m,
+            rules.escalation_fraction,
+        )
         speeds = top_speeds(cases, devices, default_top_speed_mps)
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
         self.core = ProximityCore(
@@ -180,8 +195,8 @@ class Engine:
         self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
         self._anchor_t = np.full(len(self.pairs), np.nan)
         self.approach_ids: dict[int, str] = {}
-        self.probe_ids: dict[int, str] = {}
-        self._entries: dict[int, list[float]] = {}  # recent episode starts per pair
+        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s)
+        self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
         self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
         self._out = PairEvaluation.allocate(len(self.pairs))
@@ -199,6 +214,7 @@ class Engine:
             + len(self.approach_ids)
             + len(self.probe_ids)
             + len(self.zones.alarm_ids)
+            + len(self.zones.probes.alarm_ids)
             + len(self.health.alarm_ids)
         )
 
@@ -263,6 +279,7 @@ class Engine:
             entries = np.arange(len(self.zones), dtype=np.int64)
             self.stats.zones_evaluated += entries.size
             events.extend(self.zones.decide(entries, now, "time"))
+            events.extend(self.zones.probe_expiry(now))
         events.extend(self.health.sweep(now))
         self.stats.events += len(events)
         self._remember(events)
@@ -295,7 +312,12 @@ class Engine:
             else:
                 machine.acknowledge(live[0])
         elif state == AlarmState.CLOSED:  # alarms the engine never ends: closing ends them
-            for ids_ in (self.probe_ids, self.zones.alarm_ids, self.health.alarm_ids):
+            for ids_ in (
+                self.probe_ids,
+                self.zones.probes.alarm_ids,
+                self.zones.alarm_ids,
+                self.health.alarm_ids,
+            ):
                 for key in [k for k, a in ids_.items() if a == alarm_id]:
                     del ids_[key]  # type: ignore[arg-type]
         what = "acknowledged" if state == AlarmState.ACKNOWLEDGED else "closed"
@@ -459,19 +481,15 @@ class Engine:
         self, p: int, ev: PairEvaluation, k: int, now: float, decided: float, cause: str
     ) -> list[AlarmEvent]:
         """A new episode of pair ``p`` (an entry into the warning band or closer): count it,
-        and open a probing alarm at ``probe_entries`` entries within ``probe_window_s``."""
-        r = self.rules
-        entries = [t for t in self._entries.get(p, []) if now - t <= r.probe_window_s]
-        entries.append(now)
-        self._entries[p] = entries[-r.probe_entries :]
-        if len(entries) < r.probe_entries or p in self.probe_ids:
+        and open a probing alarm when it completes the pattern."""
+        if not self.probes.enter(p, now):
             return []
-        return [self._probe_event(ev, k, AlarmState.OPEN, now, decided, cause, len(entries))]
+        n = len(self.probes.entries[p])
+        return [self._probe_event(ev, k, AlarmState.OPEN, now, decided, cause, n)]
 
     def _probe_expiry(self, now: float) -> list[AlarmEvent]:
         """On a sweep: a probing alarm ends when a whole window passed without an entry."""
-        window = self.rules.probe_window_s
-        done = [p for p in self.probe_ids if now - self._entries[p][-1] > window]
+        done = self.probes.expired(now)
         if not done:
             return []
         idx = np.array(done, dtype=np.int64)
@@ -694,7 +712,7 @@ class Engine:
         where = self._where(ev, k, now)
         warning = float(self.pairs.warning_m[p])
         if state == AlarmState.OPEN:
-            name = f"{self._pair_name(p)}/{self._entries[p][0]!r}"
+            name = f"{self._pair_name(p)}/{self.probes.entries[p][0]!r}"
             self.probe_ids[p] = alarm_id = str(uuid.uuid5(PROBING_NAMESPACE, name))
             reason = (
                 f"boundary probing: {count} entries within the warning distance"

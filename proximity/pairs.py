@@ -81,6 +81,7 @@ class PairTable:
         case_idx: list[int] = []
         order: list[float] = []
         warning: list[float] = []
+        escalation: list[float] = []
         for ci, case in enumerate(cases):
             for o in case.offenders:
                 for v in case.protected:
@@ -89,6 +90,10 @@ class PairTable:
                     case_idx.append(ci)
                     order.append(case.order_distance_m)
                     warning.append(case.warning_distance_m)
+                    e = case.escalation_distance_m
+                    escalation.append(
+                        escalation_fraction * case.order_distance_m if e is None else e
+                    )
         order_m = np.array(order, dtype=np.float64)
         return cls.from_arrays(
             offender=np.array(off, dtype=np.int64),
@@ -97,7 +102,7 @@ class PairTable:
             order_m=order_m,
             warning_m=np.array(warning, dtype=np.float64),
             margin_m=np.maximum(margin_fraction * order_m, margin_min_m),
-            escalation_m=escalation_fraction * order_m,
+            escalation_m=np.array(escalation, dtype=np.float64),
             n_slots=len(slot_of),
             case_ids=tuple(c.id for c in cases),
         )

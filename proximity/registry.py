@@ -12,7 +12,7 @@ from types import TracebackType
 from proximity.cases import Case, CaseFile, Device
 from proximity.errors import RegistryError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -23,7 +23,8 @@ CREATE TABLE IF NOT EXISTS cases (
     summary            TEXT NOT NULL,  -- JSON object of text fields
     zones              TEXT NOT NULL,  -- GeoJSON FeatureCollection
     updated_at         TEXT NOT NULL,
-    mobility           TEXT NOT NULL DEFAULT '{}'  -- {"offenders": m/s, "protected": m/s}
+    mobility           TEXT NOT NULL DEFAULT '{}',  -- {"offenders": m/s, "protected": m/s}
+    escalation_distance_m REAL  -- NULL: the engine's escalation_fraction of the order distance
 );
 CREATE TABLE IF NOT EXISTS case_devices (
     case_id   TEXT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
@@ -81,6 +82,8 @@ class Registry:
         db.execute("BEGIN IMMEDIATE")
         if version < 2:  # schema 2: per-case mobility (top speeds of offenders and protected)
             db.execute("ALTER TABLE cases ADD COLUMN mobility TEXT NOT NULL DEFAULT '{}'")
+        if version < 3:  # schema 3: per-case escalation distance
+            db.execute("ALTER TABLE cases ADD COLUMN escalation_distance_m REAL")
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
         db.execute("COMMIT")
 
@@ -111,12 +114,13 @@ class Registry:
                 (updated if exists else created).append(case.id)
                 db.execute(
                     "INSERT INTO cases(id, order_distance_m, warning_distance_m, summary, zones,"
-                    " updated_at, mobility) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " updated_at, mobility, escalation_distance_m) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(id) DO UPDATE SET"
                     " order_distance_m=excluded.order_distance_m,"
                     " warning_distance_m=excluded.warning_distance_m,"
                     " summary=excluded.summary, zones=excluded.zones,"
-                    " updated_at=excluded.updated_at, mobility=excluded.mobility",
+                    " updated_at=excluded.updated_at, mobility=excluded.mobility,"
+                    " escalation_distance_m=excluded.escalation_distance_m",
                     (
                         case.id,
                         case.order_distance_m,
@@ -130,6 +134,7 @@ class Registry:
                                 "protected": case.protected_top_speed_mps,
                             }
                         ),
+                        case.escalation_distance_m,
                     ),
                 )
                 db.execute("DELETE FROM case_devices WHERE case_id=?", (case.id,))
@@ -164,9 +169,9 @@ class Registry:
         ):
             members.setdefault(case_id, {"offender": [], "protected": []})[role].append(device_id)
         out = []
-        for case_id, order_m, warning_m, summary, zones, mobility in self._db.execute(
-            "SELECT id, order_distance_m, warning_distance_m, summary, zones, mobility"
-            " FROM cases ORDER BY id"
+        for case_id, order_m, warning_m, summary, zones, mobility, esc_m in self._db.execute(
+            "SELECT id, order_distance_m, warning_distance_m, summary, zones, mobility,"
+            " escalation_distance_m FROM cases ORDER BY id"
         ):
             m = members.get(case_id, {"offender": [], "protected": []})
             speeds = json.loads(mobility)
@@ -181,6 +186,7 @@ class Registry:
                     zones=json.loads(zones),
                     offender_top_speed_mps=speeds.get("offenders"),
                     protected_top_speed_mps=speeds.get("protected"),
+                    escalation_distance_m=esc_m,
                 )
             )
         return out

@@ -210,3 +210,28 @@ class LevelMachine:
         if it rises."""
         self.acked[i] = True
         self.closed[i] = True
+
+
+class EntryCounter:
+    """Boundary probing: the entries (episode starts) of each watched thing within a window.
+
+    ``enter`` records one and says whether it completes a pattern (``count`` entries within
+    ``window_s``) while none is open; the caller then opens the probing alarm and files its
+    id in ``alarm_ids``. ``expired`` lists the things whose pattern has had no entry for a
+    whole window: their probing alarm ends.
+    """
+
+    def __init__(self, count: int, window_s: float) -> None:
+        self.count = count
+        self.window_s = window_s
+        self.entries: dict[int, list[float]] = {}
+        self.alarm_ids: dict[int, str] = {}
+
+    def enter(self, i: int, now: float) -> bool:
+        recent = [t for t in self.entries.get(i, []) if now - t <= self.window_s]
+        recent.append(now)
+        self.entries[i] = recent[-self.count :]
+        return len(recent) >= self.count and i not in self.alarm_ids
+
+    def expired(self, now: float) -> list[int]:
+        return [i for i in self.alarm_ids if now - self.entries[i][-1] > self.window_s]

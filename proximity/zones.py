@@ -42,13 +42,24 @@ from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Posi
 from proximity.messages import iso_utc
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
-from proximity.states import ALARM, ESCALATION, Conditions, LevelMachine, Step, Timing, Transition
+from proximity.states import (
+    ALARM,
+    ESCALATION,
+    NONE,
+    Conditions,
+    EntryCounter,
+    LevelMachine,
+    Step,
+    Timing,
+    Transition,
+)
 from proximity.uncertainty import Classification
 
 IntArray = npt.NDArray[np.int64]
 
 #: alarm ids: uuid5(namespace, "case/offender/zone index/opening fix time").
 ZONE_ALARM_NAMESPACE = uuid.UUID("0b6f7a4e-3c59-4f0e-9d61-5d2b8f1c7a93")
+ZONE_PROBING_NAMESPACE = uuid.UUID("5e2d8b71-9a46-4c03-b8f7-1d6e3a9c4f25")
 
 U_PER_R68 = gk.K99 / gk.K68  # 99 % radius per 68 % radius of a 2-D Gaussian
 
@@ -111,6 +122,7 @@ class ZoneWatch:
         self.rules = rules
         timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
         self.levels = LevelMachine(len(self), timing)
+        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s)
         self.alarm_ids: dict[int, str] = {}
         self._opened: dict[int, float] = {}
         self.active = np.ones(len(zones), dtype=bool)
@@ -182,10 +194,10 @@ class ZoneWatch:
         verdict = np.where(known, verdict, Classification.UNKNOWN)
         p_breach = np.where(excl, ev.p_inside, 1.0 - ev.p_inside)
         decided = self._clock()
-        return [
-            self._event(
-                int(idx[m.k]),
-                m,
+        events = []
+        for m in moves:
+            e = int(idx[m.k])
+            args = (
                 float(s[m.k]),
                 float(u[m.k]),
                 Classification(int(verdict[m.k])),
@@ -195,7 +207,39 @@ class ZoneWatch:
                 decided,
                 cause,
             )
-            for m in moves
+            events.append(self._event(e, m, *args))
+            # Boundary probing: repeated entries into an exclusion zone or its warning band.
+            if m.step == Step.OPEN and excl[m.k] and self.probes.enter(e, now):
+                events.append(self._event(e, m, *args, probing=AlarmState.OPEN))
+        return events
+
+    def probe_expiry(self, now: float) -> list[AlarmEvent]:
+        """Probing alarms with no entry for a whole window end (called by the sweep)."""
+        done = self.probes.expired(now)
+        if not done:
+            return []
+        idx = np.array(done, dtype=np.int64)
+        rows = self.core.rows
+        r68 = rows[:, R0] + now * rows[:, VMAX]
+        ev = self.set.evaluate_xyz(rows, r68, self.slot[idx], self.zone[idx])
+        u = U_PER_R68 * r68[self.slot[idx]]
+        decided = self._clock()
+        none = Transition(0, Step.END, NONE, NONE, False)
+        return [
+            self._event(
+                int(e),
+                none,
+                float(ev.signed_m[k]),
+                float(u[k]),
+                Classification(int(ev.classification[k])),
+                float(ev.p_inside[k]),
+                bool(self.active[self.zone[e]]),
+                now,
+                decided,
+                "time",
+                probing=AlarmState.ENDED,
+            )
+            for k, e in enumerate(idx)
         ]
 
     def _event(
@@ -210,7 +254,10 @@ class ZoneWatch:
         now: float,
         decided: float,
         cause: str,
+        probing: AlarmState | None = None,
     ) -> AlarmEvent:
+        """The event of transition ``m`` of entry ``e``; with ``probing``, instead, the
+        opening or end of the entry's boundary-probing alarm."""
         zi = int(self.zone[e])
         zone = self.set.zones[zi]
         case = self.cases[int(self.set.owner[zi])]
@@ -223,6 +270,37 @@ class ZoneWatch:
         where = f"offender {off.device} is {side} {name} (+-{u:.0f} m)"
         margin = float(self.margin_m[zi])
         r = self.rules
+        if probing is not None:
+            window = f"{r.probe_window_s / 60:.0f} min"
+            if probing == AlarmState.OPEN:
+                first = self.probes.entries[e][0]
+                key = f"{case.id}/{off.device}/{zi}/{first!r}"
+                self.probes.alarm_ids[e] = str(uuid.uuid5(ZONE_PROBING_NAMESPACE, key))
+                n = len(self.probes.entries[e])
+                reason = f"boundary probing: {n} entries near {name} in {window}; now {where}"
+                alarm_id = self.probes.alarm_ids[e]
+            else:
+                alarm_id = self.probes.alarm_ids.pop(e)
+                reason = f"no entry near {name} for {window}"
+            return AlarmEvent(
+                alarm_id=alarm_id,
+                type=AlarmType.PROBING,
+                level=AlarmLevel.ALARM,
+                state=probing,
+                case_id=case.id,
+                offender=off,
+                victim=vic,
+                distance_m=abs(s),
+                order_distance_m=case.order_distance_m,
+                margin_m=margin,
+                reason=reason,
+                t_decided=decided,
+                classification=verdict,
+                probability=p_breach,
+                uncertainty_m=u,
+                cause=cause,
+                zone=ZoneRef(zone.label, "exclusion" if excl else "inclusion", -s, active),
+            )
         if m.new_alarm:
             again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
             name = f"{case.id}/{off.device}/{zi}/{off.t_fix!r}{again}"

@@ -20,7 +20,7 @@ GOOD: dict[str, Any] = {
             "id": "BE-2026-0001",
             "offenders": ["tag-17"],
             "protected": ["phone-42"],
-            "order": {"distance_m": 500, "warning_distance_m": 1000},
+            "order": {"distance_m": 500, "warning_distance_m": 1000, "escalation_distance_m": 200},
             "summary": {"offender_name": "Jan", "victim_phone": "+32 470 00 00 00"},
             "zones": {
                 "type": "FeatureCollection",
@@ -73,6 +73,7 @@ def test_parse_valid_file_with_defaults() -> None:
     [
         (("cases", 0, "order", "distance_m"), -5, "cases[0] (BE-2026-0001): 'order.distance_m'"),
         (("cases", 0, "order", "warning_distance_m"), 100, "'order.warning_distance_m' must be"),
+        (("cases", 0, "order", "escalation_distance_m"), 600, "'order.escalation_distance_m'"),
         (("cases", 1, "offenders"), [], "cases[1] (BE-2026-0002): 'offenders' must be a non-empty"),
         (("cases", 1, "protected"), ["phone-43", "tag-18"], "'tag-18' is both an offender and"),
         (("cases", 0, "protected"), ["devices/x"], "'protected[0]'"),
@@ -195,11 +196,16 @@ def test_registry_of_schema_1_is_migrated(tmp_path: Path) -> None:
     con.close()
     with Registry(db) as reg:
         [old] = reg.cases()
-        assert (old.id, old.offender_top_speed_mps) == ("OLD-1", None)
+        assert (old.id, old.offender_top_speed_mps, old.escalation_distance_m) == (
+            "OLD-1",
+            None,
+            None,
+        )
         reg.import_file(parse_case_file(GOOD))
-        assert len(reg.cases()) == 4
+        by_id = {c.id: c for c in reg.cases()}
+        assert len(by_id) == 4 and by_id["BE-2026-0001"].escalation_distance_m == 200.0
     version = sqlite3.connect(db).execute("SELECT value FROM meta").fetchone()[0]
-    assert int(version) == 2
+    assert int(version) == 3
 
 
 def test_registry_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -221,7 +227,12 @@ def test_cli_import_and_list(tmp_path: Path) -> None:
     assert "BE-2026-0002  tag-17,tag-18" in listed.stdout
     assert "3 case(s)" in listed.stdout
     as_json = json.loads(run_cli("cases", "list", "--db", str(db), "--json").stdout)
-    assert as_json[0]["order"] == {"distance_m": 500.0, "warning_distance_m": 1000.0}
+    assert as_json[0]["order"] == {
+        "distance_m": 500.0,
+        "warning_distance_m": 1000.0,
+        "escalation_distance_m": 200.0,
+    }
+    assert as_json[1]["order"] == {"distance_m": 200.0, "warning_distance_m": 400.0}
 
 
 def test_cli_bad_file_imports_nothing(tmp_path: Path) -> None:

@@ -116,6 +116,19 @@ def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_t
     assert levels([ev]) == [(AlarmState.OPEN, AlarmLevel.ESCALATION)]
 
 
+def test_a_case_sets_its_own_escalation_distance() -> None:
+    own = Case("OWN", ("o",), ("v",), 500.0, 1000.0, escalation_distance_m=100.0)
+    default = Case("DEFAULT", ("o",), ("w",), 500.0, 1000.0)
+    eng = engine([own, default])
+    at_200 = events_of(
+        eng, fix("v", HOME, 0), fix("w", HOME, 0), fix("o", offset(*HOME, 0, 200), 0)
+    )
+    assert {e.case_id: e.level for e in at_200} == {
+        "OWN": AlarmLevel.ALARM,  # 200 m: not within its own 100 m
+        "DEFAULT": AlarmLevel.ESCALATION,  # within half the order distance
+    }
+
+
 def test_pair_without_both_positions_is_never_alarmed() -> None:
     eng = engine([case("C", ("o",), ("v",))])
     assert run(eng, fix("o", HOME, 0)) == []  # victim unknown: NaN distance

@@ -18,7 +18,7 @@ from proximity.messages import alarm_message
 from proximity.rules import RuleConfig
 from proximity.uncertainty import Classification
 from tests.naive import offset
-from tests.test_engine import GAP, Clock, engine, events_of, fix
+from tests.test_engine import GAP, T0, Clock, engine, events_of, fix
 
 WORK = (50.8466, 4.3528)
 HOME = (50.80, 4.30)  # the offender's home, 6 km away
@@ -200,3 +200,30 @@ def test_a_stored_zone_that_this_version_rejects_stops_the_engine_with_a_remedy(
     del old["properties"]["radius_m"]  # stored by a version that did not check circles
     with pytest.raises(RegistryError, match=r"case BE-Z .* zone 'home' .* import it again"):
         zengine([zone_case(old)])
+
+
+def test_repeated_entries_into_a_zones_warning_band_are_boundary_probing() -> None:
+    c = zone_case(square(WORK, 150, kind="exclusion", label="victim's workplace", warning_m=100))
+    eng = zengine([c], default_top_speed_mps=0.0)  # fixes GAP apart: taken as they are
+    near, far = offset(*WORK, 180, 220), offset(*WORK, 180, 600)  # 70 m and 450 m outside
+    events = events_of(eng, fix("v", VICTIM, 0))
+    t = 0
+    for _ in range(3):
+        for pos in (near, far, far):  # in, out, out for the dwell
+            t += 1
+            events += events_of(eng, fix("o", pos, t * GAP))
+    zone = [(e.type, e.state) for e in events]
+    assert zone.count((AlarmType.ZONE, AlarmState.OPEN)) == 3
+    assert zone.count((AlarmType.ZONE, AlarmState.ENDED)) == 3
+    [probe] = [e for e in events if e.type == AlarmType.PROBING]
+    assert (probe.state, probe.level) == (AlarmState.OPEN, AlarmLevel.ALARM)
+    assert probe.zone is not None and probe.zone.label == "victim's workplace"
+    assert probe.reason.startswith("boundary probing: 3 entries near exclusion zone")
+    # An hour without an entry ends the pattern.
+    eng._clock.t = T0 + t * GAP + 3601  # type: ignore[attr-defined]
+    [end] = eng.sweep()
+    assert (end.type, end.state, end.alarm_id) == (
+        AlarmType.PROBING,
+        AlarmState.ENDED,
+        probe.alarm_id,
+    )
