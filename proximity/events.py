@@ -81,7 +81,8 @@ class AlarmEvent:
     """One state change of one alarm; ``alarm_id`` is stable for the life of the alarm.
 
     ``trigger`` is the fix whose arrival led to the decision (the later-received of the two
-    positions), so its ``t_fix`` and ``t_recv`` are the alarm's fix and receipt times.
+    positions; the offender's for zone alarms), so its ``t_fix`` and ``t_recv`` are the
+    alarm's fix and receipt times.
     ``cause`` is ``"fix"`` when a new fix led to the decision and ``"time"`` when the periodic
     sweep did (an old fix's uncertainty grew, a schedule changed, a device went silent), and
     ``"event"`` for a device event (panic, tamper, ...). ``uncertainty_m`` is the 99 % radius of the
@@ -125,4 +126,6 @@ class AlarmEvent:
     def trigger(self) -> Position:
         if self.device is not None:
             return self.victim if self.device == self.victim.device else self.offender
+        if self.zone is not None:  # a zone decision is about the offender's fix alone
+            return self.offender
         return self.offender if self.offender.t_recv >= self.victim.t_recv else self.victim
