@@ -282,24 +282,9 @@ class ZoneWatch:
             else:
                 alarm_id = self.probes.alarm_ids.pop(e)
                 reason = f"no entry near {name} for {window}"
-            return AlarmEvent(
-                alarm_id=alarm_id,
-                type=AlarmType.PROBING,
-                level=AlarmLevel.ALARM,
-                state=probing,
-                case_id=case.id,
-                offender=off,
-                victim=vic,
-                distance_m=abs(s),
-                order_distance_m=case.order_distance_m,
-                margin_m=margin,
-                reason=reason,
-                t_decided=decided,
-                classification=verdict,
-                probability=p_breach,
-                uncertainty_m=u,
-                cause=cause,
-                zone=ZoneRef(zone.label, "exclusion" if excl else "inclusion", -s, active),
+            figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
+            return self._zone_event(
+                e, AlarmType.PROBING, ALARM, 0, probing, alarm_id, reason, *figures
             )
         if m.new_alarm:
             again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
@@ -347,17 +332,48 @@ class ZoneWatch:
             if m.step == Step.END
             else AlarmState.UPDATE
         )
+        kind = AlarmType.ZONE if excl else AlarmType.CURFEW
+        before = m.before if m.level else 0
+        figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
+        return self._zone_event(
+            e, kind, m.level or m.before, before, state, alarm_id, reason, *figures
+        )
+
+    def _zone_event(
+        self,
+        e: int,
+        kind: AlarmType,
+        level: int,
+        before: int,
+        state: AlarmState,
+        alarm_id: str,
+        reason: str,
+        s: float,
+        u: float,
+        verdict: Classification,
+        p_breach: float,
+        active: bool,
+        decided: float,
+        cause: str,
+        off: Position,
+        vic: Position,
+    ) -> AlarmEvent:
+        """One zone alarm message; ``before`` the previous level (0: none, or unchanged)."""
+        zi = int(self.zone[e])
+        zone = self.set.zones[zi]
+        case = self.cases[int(self.set.owner[zi])]
+        excl = zone.kind == ZoneKind.EXCLUSION
         return AlarmEvent(
             alarm_id=alarm_id,
-            type=AlarmType.ZONE if excl else AlarmType.CURFEW,
-            level=AlarmLevel(m.level or m.before),
+            type=kind,
+            level=AlarmLevel(level),
             state=state,
             case_id=case.id,
             offender=off,
             victim=vic,
             distance_m=abs(s),
             order_distance_m=case.order_distance_m,
-            margin_m=margin,
+            margin_m=float(self.margin_m[zi]),
             reason=reason,
             t_decided=decided,
             classification=verdict,
@@ -365,7 +381,5 @@ class ZoneWatch:
             uncertainty_m=u,
             cause=cause,
             zone=ZoneRef(zone.label, "exclusion" if excl else "inclusion", -s, active),
-            previous_level=(
-                AlarmLevel(m.before) if m.level and m.before and m.before != m.level else None
-            ),
+            previous_level=AlarmLevel(before) if before and before != level else None,
         )
