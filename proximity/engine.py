@@ -51,6 +51,7 @@ from proximity.states import (
     Step,
     Timing,
     Transition,
+    audible,
 )
 from proximity.uncertainty import (
     DEFAULT_MOBILITY,
@@ -301,23 +302,24 @@ class Engine:
         last = self.alarms.get(alarm_id)
         if last is None or last.state == AlarmState.CLOSED:
             return []
-        machine = {AlarmType.PROXIMITY: self.levels, AlarmType.APPROACH: self.approach}.get(
-            last.type
-        )
-        ids = {AlarmType.PROXIMITY: self.alarm_ids, AlarmType.APPROACH: self.approach_ids}
-        live = [p for p, a in ids.get(last.type, {}).items() if a == alarm_id]
-        if machine is not None and live:
-            if state == AlarmState.CLOSED:
-                machine.close(live[0])
-            else:
-                machine.acknowledge(live[0])
-        elif state == AlarmState.CLOSED:  # alarms the engine never ends: closing ends them
-            for ids_ in (
-                self.probe_ids,
-                self.zones.probes.alarm_ids,
-                self.zones.alarm_ids,
-                self.health.alarm_ids,
-            ):
+        # Alarms of a level machine: acknowledged or closed there (reminders stop; a closed
+        # one stays silent until its episode ends). The others (probing, device alarms) are
+        # never re-notified, and closing ends them.
+        machines = {
+            AlarmType.PROXIMITY: (self.levels, self.alarm_ids),
+            AlarmType.APPROACH: (self.approach, self.approach_ids),
+            AlarmType.ZONE: (self.zones.levels, self.zones.alarm_ids),
+            AlarmType.CURFEW: (self.zones.levels, self.zones.alarm_ids),
+        }
+        if last.type in machines:
+            machine, ids = machines[last.type]
+            for i in [i for i, a in ids.items() if a == alarm_id]:
+                if state == AlarmState.CLOSED:
+                    machine.close(i)
+                else:
+                    machine.acknowledge(i)
+        elif state == AlarmState.CLOSED:
+            for ids_ in (self.probe_ids, self.zones.probes.alarm_ids, self.health.alarm_ids):
                 for key in [k for k, a in ids_.items() if a == alarm_id]:
                     del ids_[key]  # type: ignore[arg-type]
         what = "acknowledged" if state == AlarmState.ACKNOWLEDGED else "closed"
@@ -410,7 +412,7 @@ class Engine:
             leave_pre=d - u > warning + margin,
             force_end=np.zeros(idx.size, dtype=bool),
         )
-        moves = self.levels.step(idx, cond, now)
+        moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
         events: list[AlarmEvent] = []
         if moves:
             # The events' figures: a sweep evaluated without the approach, so the few pairs
@@ -457,7 +459,7 @@ class Engine:
             leave_pre=stop,
             force_end=self.levels.level[idx] >= ALARM,
         )
-        moves = self.approach.step(idx, cond, now)
+        moves = audible(self.approach.step(idx, cond, now), idx, self.approach_ids)
         if not moves:
             return []
         decided = self._clock()
@@ -474,7 +476,7 @@ class Engine:
         decided = self._clock()
         return [
             self._approach_event(ev, m, now, decided, "time")
-            for m in self.approach.step(idx, cond, now)
+            for m in audible(self.approach.step(idx, cond, now), idx, self.approach_ids)
         ]
 
     def _probe(

@@ -138,6 +138,8 @@ class DeviceWatch:
                     f" {consequence}"
                 )
             else:
+                if key not in self.alarm_ids:  # closed by an operator meanwhile: silent
+                    continue
                 alarm_id = self.alarm_ids.pop(key)
                 reason = f"device {dev} reports again"
             out.append(

@@ -16,7 +16,8 @@ into a few conditions per thing (:class:`Conditions`); :meth:`LevelMachine.step`
 * Re-notification: an alarm that has not changed is announced again (``remind``) every
   ``renotify_s`` until an operator acknowledges it; a rise in level is always announced and
   clears the acknowledgement. A closed alarm stays silent until its episode ends, unless its
-  level rises, which then opens a new alarm.
+  level rises, which then opens a new alarm (its transitions still come back, marked
+  ``silent``, so that the rule can forget the alarm when its episode ends).
 
 Every transition comes back as a :class:`Transition` so the rule can say why it happened.
 Conditions are evaluated per position of ``idx``; the Python work is per transition.
@@ -86,13 +87,15 @@ class Conditions:
 @dataclass(frozen=True, slots=True)
 class Transition:
     """Position ``k`` of ``idx`` went from ``before`` to ``level`` by ``step``; ``new_alarm``
-    says a new alarm id is needed (an open, or a rise after the operator closed the last)."""
+    says a new alarm id is needed (an open, or a rise after the operator closed the last);
+    ``silent``: the operator closed the alarm, so no message (but an end still ends it)."""
 
     k: int
     step: Step
     before: int
     level: int
     new_alarm: bool
+    silent: bool = False
 
 
 def _held(start: npt.NDArray[np.float64], idx: IntArray, holds: BoolArray, now: float) -> Float:
@@ -195,10 +198,9 @@ class LevelMachine:
             self.level[i] = a
             if a == NONE:
                 self.t_notified[i] = math.nan
-            if silent:
-                continue
-            self.t_notified[i] = now
-            out.append(Transition(int(k), step, b, a, new_alarm))
+            elif not silent:
+                self.t_notified[i] = now
+            out.append(Transition(int(k), step, b, a, new_alarm, silent))
         return out
 
     def acknowledge(self, i: int) -> None:
@@ -235,3 +237,15 @@ class EntryCounter:
 
     def expired(self, now: float) -> list[int]:
         return [i for i in self.alarm_ids if now - self.entries[i][-1] > self.window_s]
+
+
+def audible(moves: list[Transition], idx: IntArray, alarm_ids: dict[int, str]) -> list[Transition]:
+    """The transitions that make a message; a silent one (its alarm closed by an operator)
+    that ends its episode removes the alarm's id from ``alarm_ids`` (keyed by thing)."""
+    out = []
+    for m in moves:
+        if not m.silent:
+            out.append(m)
+        elif m.step == Step.END:
+            alarm_ids.pop(int(idx[m.k]), None)
+    return out

@@ -52,6 +52,7 @@ from proximity.states import (
     Step,
     Timing,
     Transition,
+    audible,
 )
 from proximity.uncertainty import Classification
 
@@ -179,7 +180,7 @@ class ZoneWatch:
             leave_pre=np.where(excl & (warning > 0), s - u > warning + margin, left),
             force_end=~active,
         )
-        moves = self.levels.step(idx, cond, now)
+        moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
         if not moves:
             return []
         verdict = np.where(

@@ -223,3 +223,43 @@ def test_reminders_stop_on_acknowledgement_and_a_closed_alarm_stays_silent() -> 
     assert run.eng.close(ev.alarm_id, "op-3", "twice") == []
     assert quiet(730, 2000)  # closed: silent
     assert run.eng.acknowledge("no-such-alarm", "op-3") == []
+
+
+def test_operators_acknowledge_and_close_zone_and_device_alarms_too() -> None:
+    from geofence.model import circle, feature_collection
+    from proximity.cases import Case
+
+    school = circle(HOME[1], HOME[0], 100, kind="exclusion", label="school")
+    c = Case("Z", ("o",), ("v",), 500.0, 1000.0, zones=feature_collection([school]))
+    rules = RuleConfig(reporting_interval_s=30.0, signal_grace_s=0.0, renotify_s=60.0)
+    clock = Clock(T0)
+    eng = Engine([c], rules=rules, clock=clock)
+
+    def at(t: float, *fixes: Fix) -> list[AlarmEvent]:
+        clock.t = T0 + t
+        out = eng.process(build_batch(list(fixes), eng.slot_of)[0]) if fixes else []
+        return out + eng.sweep()
+
+    far = offset(*HOME, 90.0, 5000.0)
+    inside = Fix("o", T0 + 1, T0 + 1, *HOME, 5.0)
+    events = at(0, Fix("v", T0, T0, *far, 5.0)) + at(1, inside)
+    [zone] = [e for e in events if e.type == AlarmType.ZONE]
+    [ack] = eng.acknowledge(zone.alarm_id, "op-1")
+    assert ack.state == AlarmState.ACKNOWLEDGED
+    # The victim's phone falls silent: victim_silent; the zone alarm is not re-notified.
+    later = [e for t in range(2, 200, 5) for e in at(t, Fix("o", T0 + t, T0 + t, *HOME, 5.0))]
+    assert not [e for e in later if e.type == AlarmType.ZONE]
+    [silent] = [e for e in later if e.type == AlarmType.VICTIM_SILENT]
+    [closed] = eng.close(silent.alarm_id, "op-1", "phone left at home, victim called")
+    assert closed.state == AlarmState.CLOSED
+    [closed] = eng.close(zone.alarm_id, "op-1", "offender arrested")
+    # Her phone reports again, he leaves (the other way): nothing more about either.
+    away = offset(*HOME, 270.0, 5000.0)
+    after = at(
+        300, Fix("v", T0 + 300, T0 + 300, *far, 5.0), Fix("o", T0 + 300, T0 + 300, *away, 5.0)
+    )
+    after += at(
+        340, Fix("o", T0 + 340, T0 + 340, *away, 5.0), Fix("v", T0 + 340, T0 + 340, *far, 5.0)
+    )
+    assert [e for e in after if e.alarm_id in (zone.alarm_id, silent.alarm_id)] == []
+    assert eng.open_alarms == 0
