@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from proximity.cases import Case
@@ -26,6 +27,9 @@ from proximity.events import AlarmEvent, Position, wire_name
 
 CATEGORY = "stalking"
 SOURCE = "proximity-engine"
+
+#: JSON Schema (draft 2020-12) of the alarm message: the documented contract of cic/alarms.
+ALARM_SCHEMA_PATH = Path(__file__).parent / "schemas" / "alarm-message.schema.json"
 
 
 def iso_utc(t: float) -> str | None:
@@ -75,7 +79,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "distance_m": _num(event.distance_m, 1),
         "order_distance_m": event.order_distance_m,
         "warning_distance_m": case.warning_distance_m,
-        "margin_m": event.margin_m,
+        "margin_m": _num(event.margin_m, 1),
         "classification": wire_name(event.classification),
         "probability": _num(event.probability, 4),
         "uncertainty_m": _num(event.uncertainty_m, 1),

@@ -18,6 +18,7 @@ from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
 from tests.conftest import Listener, Publisher, run_cli, running_engine
 from tests.naive import geod_distance_m, offset
+from tests.test_formats import VALIDATOR
 
 pytestmark = pytest.mark.broker
 
@@ -151,6 +152,8 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     times = {k: _iso(alarm["times"][k]) for k in ("fix", "received", "decided", "published")}
     _iso(alarm["offender"]["fix_time"])
     assert times["fix"] <= times["received"] <= times["decided"] <= times["published"]
+    # As it arrived on the wire, it is a valid message of the published schema.
+    assert [e.message for e in VALIDATOR.iter_errors(alarm)] == []
 
     # Further fixes inside the order distance change nothing: no repeated message.
     pub.fix("tag-1", *offset(*victim, 45.0, 380.0))
