@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import orjson
 import paho.mqtt.client as mqtt
 
+from proximity.cap import CapFormatter
 from proximity.messages import iso_utc
 
 log = logging.getLogger(__name__)
@@ -27,21 +28,27 @@ class AlarmSink(Protocol):
 
 
 class MqttAlarmChannel:
-    """Publishes alarm messages on ``topic`` with QoS 1 through an already-connected client.
+    """Publishes alarm messages on ``topic`` with QoS 1 through an already-connected client,
+    and each one as CAP 1.2 XML on ``cap_topic`` (unless None).
 
     ``published`` counts messages handed to the client; :attr:`unacknowledged` those whose
     PUBACK from the broker has not arrived yet.
     """
 
-    def __init__(self, client: mqtt.Client, topic: str) -> None:
+    def __init__(self, client: mqtt.Client, topic: str, cap_topic: str | None = None) -> None:
         self.topic = topic
+        self.cap_topic = cap_topic
         self.published = 0
         self._pending: list[mqtt.MQTTMessageInfo] = []
         self._client = client
+        self._cap = CapFormatter()
 
     def send(self, message: dict[str, Any]) -> None:
         message["times"]["published"] = iso_utc(time.time())
         info = self._client.publish(self.topic, orjson.dumps(message), qos=ALARM_QOS)
+        if self.cap_topic is not None:
+            cap = self._client.publish(self.cap_topic, self._cap.alert(message), qos=ALARM_QOS)
+            self._pending.append(cap)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             # paho keeps QoS 1 messages queued while disconnected and sends them on reconnect.
             log.warning(

@@ -107,7 +107,7 @@ class EngineService:
 
         out = make_client(f"{s.client_id}-out")
         out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
-        self.channel = MqttAlarmChannel(out, s.alarm_topic)
+        self.channel = MqttAlarmChannel(out, s.alarm_topic, s.cap_topic or None)
         self._out = out
 
         def publish_rejection(r: Rejection) -> None:

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         3600, ge=0, description="how long the broker keeps the session while the engine is away"
     )
     alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
+    cap_topic: str = Field(
+        "cic/alarms/cap",
+        description="topic of the same alarms as OASIS CAP 1.2 XML (empty: not published)",
+    )
     rejected_topic: str = Field("proximity/rejected", description="topic of rejected input")
     status_topic: str = Field("proximity/status", description="retained engine status and counters")
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status messages")

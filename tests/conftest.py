@@ -53,8 +53,12 @@ class Listener:
         assert self._ready.wait(WAIT_S), "subscription not acknowledged"
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # JSON, or XML (CAP) kept as text under "xml".
+        body = (
+            {"xml": msg.payload.decode()} if msg.payload[:1] == b"<" else orjson.loads(msg.payload)
+        )
         with self._lock:
-            self.messages.append((msg.topic, orjson.loads(msg.payload)))
+            self.messages.append((msg.topic, body))
 
     def on(self, topic: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -76,7 +76,7 @@ def engine(
 
 @pytest.fixture
 def cic(broker: LocalBroker, engine: EngineProcess) -> Iterator[Listener]:
-    listener = Listener(broker.url, ["cic/alarms", "proximity/rejected"])
+    listener = Listener(broker.url, ["cic/alarms", "cic/alarms/cap", "proximity/rejected"])
     yield listener
     listener.close()
 
@@ -152,8 +152,12 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     times = {k: _iso(alarm["times"][k]) for k in ("fix", "received", "decided", "published")}
     _iso(alarm["offender"]["fix_time"])
     assert times["fix"] <= times["received"] <= times["decided"] <= times["published"]
-    # As it arrived on the wire, it is a valid message of the published schema.
+    # As it arrived on the wire, it is a valid message of the published schema, and the same
+    # alarm arrived as CAP 1.2 on its own topic.
     assert [e.message for e in VALIDATOR.iter_errors(alarm)] == []
+    cap = cic.wait_for("cic/alarms/cap", lambda m: alarm["alarm_id"] in m["xml"])
+    assert "<msgType>Alert</msgType>" in cap["xml"] and "<status>Actual</status>" in cap["xml"]
+    assert f"<incidents>{alarm['alarm_id']}</incidents>" in cap["xml"]
 
     # Further fixes inside the order distance change nothing: no repeated message.
     pub.fix("tag-1", *offset(*victim, 45.0, 380.0))
