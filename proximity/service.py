@@ -24,6 +24,7 @@ from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmState, wire_name
+from proximity.journal import Journal
 from proximity.messages import alarm_message, iso_utc
 from proximity.notice import notices_for
 from proximity.registry import Registry
@@ -84,6 +85,7 @@ class EngineService:
                 "rejected_total": self.reporter.total,
                 "alarms_published": self.channel.published,
                 "alarms_unacknowledged": self.channel.unacknowledged,
+                "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
                 "open_alarms": self.engine.open_alarms,
                 "queue_blocked": self.subscriber.blocked_puts,
@@ -107,7 +109,10 @@ class EngineService:
 
         out = make_client(f"{s.client_id}-out")
         out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
-        self.channel = MqttAlarmChannel(out, s.alarm_topic, s.cap_topic or None)
+        journal_path = s.journal or s.db.with_suffix(".journal.sqlite")
+        self.channel = MqttAlarmChannel(
+            out, s.alarm_topic, Journal(journal_path), s.cap_topic or None
+        )
         self._out = out
 
         def publish_rejection(r: Rejection) -> None:
@@ -119,6 +124,8 @@ class EngineService:
         )
         try:
             connect(out, self.broker)
+            # What an earlier run journalled and never saw delivered goes out first, in order.
+            self.channel.replay()
             self.subscriber.start()
         except IngestError as exc:
             raise ProximityError(str(exc)) from exc
@@ -137,6 +144,7 @@ class EngineService:
             self.subscriber.stop()
             out.disconnect()
             out.loop_stop()
+            self.channel.journal.close()
             log.info("stopped")
 
     def _offline(self) -> bytes:
@@ -151,6 +159,7 @@ class EngineService:
             items = self.subscriber.drain(timeout=wait)
             if items:
                 self._handle(items)
+            self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             if time.monotonic() >= next_sweep:
                 self._publish(self.engine.sweep())
                 next_sweep = time.monotonic() + s.sweep_interval_s

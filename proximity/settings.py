@@ -31,6 +31,11 @@ class Settings(BaseSettings):
 
     broker: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker URL, mqtt://HOST:PORT")
     db: Path = Field(Path("proximity.sqlite"), description="SQLite registry file")
+    journal: Path | None = Field(
+        None,
+        description="SQLite outbox journal of the messages to the CIC (default: next to the"
+        " registry, DB with the suffix .journal.sqlite)",
+    )
     client_id: str = Field(
         "proximity-engine",
         description="MQTT client id of the fix subscription (a persistent session is kept"

@@ -45,13 +45,15 @@ class LocalBroker:
     mqtt://127.0.0.1:38811
     """
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, persistence: bool = False) -> None:
         self._own_dir = workdir is None
+        self.persistence = persistence
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="proximity-broker-")) if workdir is None else workdir
         )
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self._store: Path | None = None
 
     @property
     def url(self) -> str:
@@ -61,12 +63,24 @@ class LocalBroker:
     def log_path(self) -> Path:
         return self.workdir / "mosquitto.log"
 
-    def start(self) -> LocalBroker:
+    def start(self, port: int | None = None) -> LocalBroker:
+        """Start on a free port, or on ``port`` (a restart)."""
         exe = find_mosquitto()
         template = files("simulator").joinpath("mosquitto.conf").read_text()
+        if self.persistence:  # sessions and queued messages survive a restart
+            if self._store is None:
+                # Mosquitto started as root writes as the mosquitto user, which needs a
+                # folder it can reach and write (not one inside a private test folder).
+                self._store = Path(tempfile.mkdtemp(prefix="proximity-broker-store-"))
+                self._store.chmod(0o777)
+            store = self._store
+            template = template.replace(
+                "persistence false",
+                f"persistence true\npersistence_location {store}/\nautosave_interval 1",
+            )
         last_error = ""
         for _attempt in range(3):  # the free port can be taken between probe and bind
-            self.port = free_port()
+            self.port = free_port() if port is None else port
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(template.replace("{port}", str(self.port)))
             log = self.log_path.open("ab")
@@ -83,7 +97,14 @@ class LocalBroker:
                     time.sleep(0.05)
             last_error = self.log_path.read_text(errors="replace")[-2000:]
             self.stop()
-        raise BrokerError(f"mosquitto did not start on a free port: {last_error}")
+            time.sleep(0.2)
+        raise BrokerError(f"mosquitto did not start on port {self.port}: {last_error}")
+
+    def restart(self) -> LocalBroker:
+        """Stop it and start it again on the same port (clients reconnect to the same URL)."""
+        port = self.port
+        self.stop()
+        return self.start(port)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
@@ -93,6 +114,8 @@ class LocalBroker:
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._store is not None:
+            shutil.rmtree(self._store, ignore_errors=True)
 
     def __enter__(self) -> LocalBroker:
         return self.start()
