@@ -23,7 +23,15 @@ from typing import Any
 
 import orjson
 
-from ingest.model import EVENT_TYPES, DeviceEvent, Fix, Rejection, RejectReason
+from ingest.model import (
+    EVENT_TYPES,
+    OPERATOR_ACTIONS,
+    DeviceEvent,
+    Fix,
+    OperatorAction,
+    Rejection,
+    RejectReason,
+)
 
 #: Payloads larger than this are not parsed (a fix is about 150 bytes).
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -35,6 +43,8 @@ MIN_EPOCH_S = 946684800.0
 FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
 EVENT_TOPIC_SUFFIX = "/event"
+#: Operators' acknowledgements and closings of alarms (the CIC's side of the channel).
+ACK_TOPIC = "cic/acks"
 
 
 class _InvalidError(Exception):
@@ -233,8 +243,46 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)
 
 
-def decode(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | DeviceEvent | Rejection:
-    """Dispatch on the topic: fixes and device events; never raises."""
+def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> OperatorAction | Rejection:
+    """Decode one operator action on ``cic/acks``: ``{"alarm_id", "operator", "ts",
+    "action": "acknowledge" (the default) or "close", "note"}`` (a close needs its note: why);
+    never raises."""
+    try:
+        obj, t = _object_and_time(payload, t_recv)
+        texts = {}
+        for key in ("alarm_id", "operator"):
+            value = obj.get(key)
+            if value is None:
+                raise _InvalidError(RejectReason.MISSING_FIELD, f"field {key!r} is required")
+            if not isinstance(value, str) or not value.strip():
+                raise _InvalidError(
+                    RejectReason.BAD_TYPE, f"field {key!r} must be a non-empty string"
+                )
+            texts[key] = value.strip()
+        action = obj.get("action", "acknowledge")
+        if action not in OPERATOR_ACTIONS:
+            raise _InvalidError(
+                RejectReason.UNKNOWN_ACTION,
+                f"action {action!r} is not one of {', '.join(sorted(OPERATOR_ACTIONS))}",
+            )
+        note = obj.get("note", "")
+        if not isinstance(note, str):
+            raise _InvalidError(RejectReason.BAD_TYPE, "field 'note' must be text")
+        if action == "close" and not note.strip():
+            raise _InvalidError(RejectReason.MISSING_FIELD, "closing an alarm needs a 'note': why")
+        return OperatorAction(
+            texts["alarm_id"], texts["operator"], str(action), note.strip(), t, t_recv
+        )
+    except _InvalidError as bad:
+        return Rejection(topic, None, bad.reason, bad.detail, t_recv)
+
+
+def decode(
+    topic: str, payload: bytes | bytearray, t_recv: float
+) -> Fix | DeviceEvent | OperatorAction | Rejection:
+    """Dispatch on the topic: fixes, device events and operator actions; never raises."""
+    if topic == ACK_TOPIC:
+        return decode_ack(topic, payload, t_recv)
     if topic.endswith(EVENT_TOPIC_SUFFIX):
         return decode_event(topic, payload, t_recv)
     return decode_fix(topic, payload, t_recv)

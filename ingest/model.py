@@ -25,6 +25,8 @@ class RejectReason(StrEnum):
     FUTURE_TIMESTAMP = "future_timestamp"
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_EVENT = "unknown_event"
+    UNKNOWN_ACTION = "unknown_action"
+    UNKNOWN_ALARM = "unknown_alarm"
 
 
 #: Device event types (DESIGN.md ``devices/{id}/event``): a victim's panic button, a tag's
@@ -71,6 +73,22 @@ class DeviceEvent:
     lon: float = math.nan
     acc_m: float = math.nan
     seq: int = -1
+
+
+#: What a CIC operator can do to an alarm on ``cic/acks``.
+OPERATOR_ACTIONS = frozenset({"acknowledge", "close"})
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorAction:
+    """An operator's acknowledgement or closing of an alarm, from ``cic/acks``."""
+
+    alarm_id: str
+    operator: str
+    action: str  # one of OPERATOR_ACTIONS
+    note: str
+    t_action: float
+    t_recv: float
 
 
 @dataclass(frozen=True, slots=True)

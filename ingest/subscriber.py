@@ -18,9 +18,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.codec import decode
-from ingest.model import DeviceEvent, Fix, Rejection
-from ingest.transport import BrokerAddress, connect, make_client
+from ingest.codec import ACK_TOPIC, decode
+from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection
+from ingest.transport import BrokerAddress, connect, disconnect, make_client
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ EVENT_SUBSCRIPTION = "devices/+/event"
 SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
 
-Item = Fix | DeviceEvent | Rejection
+Item = Fix | DeviceEvent | OperatorAction | Rejection
 
 
 class FixSubscriber:
@@ -65,8 +65,7 @@ class FixSubscriber:
         )
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        disconnect(self._client)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -74,7 +73,13 @@ class FixSubscriber:
         if rc.is_failure:
             log.error("broker %s refused the fix subscription: %s", self.broker, rc)
             return
-        client.subscribe([(FIX_SUBSCRIPTION, SUBSCRIBE_QOS), (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS)])
+        client.subscribe(
+            [
+                (FIX_SUBSCRIPTION, SUBSCRIBE_QOS),
+                (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS),
+                (ACK_TOPIC, SUBSCRIBE_QOS),
+            ]
+        )
         self.connected.set()
         log.info("subscribed to %s and %s on %s", FIX_SUBSCRIPTION, EVENT_SUBSCRIPTION, self.broker)
 

@@ -101,3 +101,13 @@ def connect(
             f"cannot reach the MQTT broker at {broker}: {exc}. Is Mosquitto running there?"
         ) from exc
     client.loop_start()
+
+
+def disconnect(client: mqtt.Client) -> None:
+    """Disconnect, stop the network thread, and close the socket if the thread left it open
+    (paho can stop its loop before it has closed the connection)."""
+    client.disconnect()
+    client.loop_stop()
+    sock = client.socket()
+    if sock is not None:
+        sock.close()

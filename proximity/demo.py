@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 
-from ingest.transport import connect, make_client, parse_broker_url
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
 from proximity.errors import ProximityError
 from proximity.registry import Registry
@@ -184,8 +184,7 @@ def run_demo(opts: DemoOptions) -> int:
         _summary(opts, scenario, fleet, listener)
         return 0
     finally:
-        monitor.disconnect()
-        monitor.loop_stop()
+        disconnect(monitor)
         if engine is not None:
             engine.stop()
         broker.stop()

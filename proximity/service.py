@@ -16,10 +16,11 @@ from typing import Any
 import orjson
 
 from ingest.batch import build_batch
-from ingest.model import DeviceEvent, Fix, IngestError, Rejection, RejectReason
+from ingest.codec import ACK_TOPIC
+from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
-from ingest.transport import connect, make_client, parse_broker_url
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
@@ -142,8 +143,7 @@ class EngineService:
             out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
             self.channel.close()
             self.subscriber.stop()
-            out.disconnect()
-            out.loop_stop()
+            disconnect(out)
             self.channel.journal.close()
             log.info("stopped")
 
@@ -167,9 +167,10 @@ class EngineService:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
 
-    def _handle(self, items: list[Fix | DeviceEvent | Rejection]) -> None:
+    def _handle(self, items: list[Fix | DeviceEvent | OperatorAction | Rejection]) -> None:
         fixes = [i for i in items if isinstance(i, Fix)]
         device_events = [i for i in items if isinstance(i, DeviceEvent)]
+        actions = [i for i in items if isinstance(i, OperatorAction)]
         rejected = [i for i in items if isinstance(i, Rejection)]
         self.messages_received += len(items)
         batch, unknown = build_batch(fixes, self.engine.slot_of)
@@ -190,6 +191,24 @@ class EngineService:
         # positions of everyone in the case: the team needs where the offender is now.
         self._publish(self.engine.process(batch))
         self._publish(self.engine.handle_events(device_events))
+        for a in actions:  # after the fixes: a close acts on the newest state
+            act = self.engine.close if a.action == "close" else self.engine.acknowledge
+            done = act(a.alarm_id, a.operator, a.note)
+            if done:
+                self._publish(done)
+            else:
+                self.reporter.report(
+                    [
+                        Rejection(
+                            ACK_TOPIC,
+                            None,
+                            RejectReason.UNKNOWN_ALARM,
+                            f"no open or remembered alarm {a.alarm_id!r} to {a.action}"
+                            " (already closed, or never raised by this engine)",
+                            a.t_recv,
+                        )
+                    ]
+                )
 
     def _publish(self, events: list[AlarmEvent]) -> None:
         for event in events:

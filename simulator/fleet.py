@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from ingest.transport import BrokerAddress, connect, make_client
+from ingest.transport import BrokerAddress, connect, disconnect, make_client
 from proximity.messages import iso_utc
 from simulator.scenario import Scenario, noisy_fix
 
@@ -42,8 +42,7 @@ class Fleet:
             self._run(stop, on_tick)
         finally:
             time.sleep(0.2)  # let the last QoS 1 publishes leave
-            self._client.disconnect()
-            self._client.loop_stop()
+            disconnect(self._client)
 
     def _run(self, stop: threading.Event, on_tick: Callable[[float], None] | None) -> None:
         devices = sorted(self.scenario.tracks)

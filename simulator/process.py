@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from ingest.transport import connect, make_client, parse_broker_url
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
 
 #: The first start on a machine compiles the kernels (numba caches them afterwards).
 ENGINE_START_TIMEOUT_S = 180.0
@@ -84,8 +84,7 @@ class EngineProcess:
                     self.stop()
                     raise RuntimeError(f"the engine did not come online:\n{tail}")
         finally:
-            watcher.disconnect()
-            watcher.loop_stop()
+            disconnect(watcher)
         return self
 
     def stop(self) -> int | None:

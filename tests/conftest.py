@@ -14,7 +14,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.transport import connect, make_client, parse_broker_url
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from simulator.broker import BrokerError, LocalBroker, find_mosquitto
 from simulator.process import EngineProcess
 
@@ -76,8 +76,7 @@ class Listener:
         raise AssertionError(f"no message on {topic} matched within {timeout} s: {self.on(topic)}")
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
 
 class Publisher:
@@ -93,8 +92,7 @@ class Publisher:
         self.raw(f"devices/{device}/fix", orjson.dumps(body))
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.batch import build_batch
+from ingest.codec import decode as decode_any
 from ingest.codec import decode_fix
-from ingest.model import Fix, Rejection, RejectReason
+from ingest.model import Fix, OperatorAction, Rejection, RejectReason
 
 NOW = 1795428000.0  # 2026-11-23T10:00:00Z
 TOPIC = "devices/tag-17/fix"
@@ -148,3 +149,50 @@ def test_batch_keeps_known_devices_and_rejects_unknown_ones() -> None:
     assert math.isnan(batch.acc_m[1])
     assert [r.reason for r in rejected] == [RejectReason.UNKNOWN_DEVICE]
     assert "'x'" in rejected[0].detail
+
+
+# Operator actions on cic/acks.
+
+
+def test_an_acknowledgement_and_a_close() -> None:
+    ack = decode_any(
+        "cic/acks", b'{"alarm_id": "a-1", "operator": " op 4 ", "ts": 1795428000}', NOW
+    )
+    assert ack == OperatorAction("a-1", "op 4", "acknowledge", "", 1795428000.0, NOW)
+    close = decode_any(
+        "cic/acks",
+        orjson.dumps(
+            {"alarm_id": "a-1", "operator": "op 4", "ts": NOW, "action": "close", "note": "why"}
+        ),
+        NOW,
+    )
+    assert isinstance(close, OperatorAction) and (close.action, close.note) == ("close", "why")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"operator": "op", "ts": NOW}, RejectReason.MISSING_FIELD),
+        ({"alarm_id": "a", "operator": "", "ts": NOW}, RejectReason.BAD_TYPE),
+        (
+            {"alarm_id": "a", "operator": "op", "ts": NOW, "action": "delete"},
+            RejectReason.UNKNOWN_ACTION,
+        ),
+        (
+            {"alarm_id": "a", "operator": "op", "ts": NOW, "action": "close"},
+            RejectReason.MISSING_FIELD,
+        ),
+        ({"alarm_id": "a", "operator": "op"}, RejectReason.MISSING_FIELD),
+    ],
+)
+def test_bad_operator_actions_are_rejected_with_a_reason(
+    body: dict[str, object], reason: RejectReason
+) -> None:
+    out = decode_any("cic/acks", orjson.dumps(body), NOW)
+    assert isinstance(out, Rejection) and out.reason == reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_operator_actions_never_raise_on_arbitrary_bytes(payload: bytes) -> None:
+    assert isinstance(decode_any("cic/acks", payload, NOW), OperatorAction | Rejection)

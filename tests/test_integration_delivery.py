@@ -14,7 +14,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.transport import connect, make_client, parse_broker_url
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
 from tests.conftest import Publisher, run_cli, running_engine, write_cases
@@ -86,8 +86,7 @@ class CicSession:
             return [a for a in self.alarms if a["type"] == kind]
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        disconnect(self.client)
 
 
 @pytest.fixture

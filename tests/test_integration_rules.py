@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from simulator.broker import LocalBroker
@@ -48,7 +49,7 @@ def engine(
 
 @pytest.fixture
 def cic(broker: LocalBroker, engine: EngineProcess) -> Iterator[Listener]:
-    listener = Listener(broker.url, ["cic/alarms", "devices/tag-a/notice"])
+    listener = Listener(broker.url, ["cic/alarms", "devices/tag-a/notice", "proximity/rejected"])
     yield listener
     listener.close()
 
@@ -126,3 +127,31 @@ def test_three_short_entries_into_the_warning_band_raise_a_probing_alarm(
     assert (probe["state"], probe["level"]) == ("open", "alarm")
     assert probe["reason"].startswith("boundary probing: 3 entries within the warning distance")
     assert probe["summary"] == SUMMARY
+
+
+def test_the_cic_acknowledges_and_closes_alarms_on_cic_acks(pub: Publisher, cic: Listener) -> None:
+    victim = (HOME[0] + 0.2, HOME[1])
+    pub.fix("phone-p", *victim)
+    pub.fix("tag-p", *offset(*victim, 0.0, 100.0))  # a breach
+    alarm = cic.wait_for(
+        "cic/alarms",
+        lambda m: m["case_id"] == "BE-R-PROBE" and m["level"] in ("alarm", "escalation"),
+    )
+    ack = {"alarm_id": alarm["alarm_id"], "operator": "CIC Brussels, desk 4", "ts": time.time()}
+    pub.raw("cic/acks", orjson.dumps(ack))
+    acked = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == alarm["alarm_id"] and m["state"] == "acknowledged"
+    )
+    assert acked["operator"] == "CIC Brussels, desk 4" and acked["trigger"]["cause"] == "operator"
+    close = {**ack, "action": "close", "note": "offender warned by phone"}
+    pub.raw("cic/acks", orjson.dumps(close))
+    closed = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == alarm["alarm_id"] and m["state"] == "closed"
+    )
+    assert closed["reason"] == "closed by CIC Brussels, desk 4: offender warned by phone"
+    # An unknown alarm, and a close without a reason, are rejected with a reason.
+    pub.raw("cic/acks", orjson.dumps({**ack, "alarm_id": "no-such-alarm"}))
+    pub.raw("cic/acks", orjson.dumps({**ack, "action": "close"}))
+    bad = cic.wait_for("proximity/rejected", lambda m: m["reason"] == "unknown_alarm")
+    assert "no-such-alarm" in bad["detail"]
+    cic.wait_for("proximity/rejected", lambda m: "needs a 'note'" in m["detail"])
