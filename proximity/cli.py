@@ -1,4 +1,5 @@
-"""Command line: ``proximity run``, ``proximity cases import|list``, ``proximity demo``."""
+"""Command line: ``proximity run``, ``proximity cases import|list``, ``proximity evidence
+export|verify``, ``proximity demo``."""
 
 from __future__ import annotations
 
@@ -157,6 +158,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     demo.add_argument("--quiet", action="store_true", help="print only the summary")
+    evidence = sub.add_parser(
+        "evidence",
+        help="export and verify a case's tamper-evident evidence record",
+        description=_para(
+            "The engine records, per case, the fixes it used and every alarm message it sent,"
+            " in a hash-chained log. 'export' writes a case's record as JSON Lines for a court;"
+            " 'verify' checks that an export is complete and unaltered: any edited, removed or"
+            " reordered entry breaks the chain."
+        ),
+    )
+    ev_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
+    exp = ev_sub.add_parser(
+        "export",
+        help="write a case's evidence record as JSON Lines",
+        epilog="Example:\n  proximity evidence export BE-2026-0001 --db cases.sqlite"
+        " --out BE-2026-0001.jsonl\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("case", metavar="CASE", help="case id")
+    exp.add_argument("--out", type=Path, metavar="FILE", help="output file (default: stdout)")
+    exp.add_argument("--evidence", type=Path, metavar="PATH", help=_help("evidence"))
+    _add_db(exp)
+    _add_config(exp)
+    ver = ev_sub.add_parser(
+        "verify",
+        help="check an exported evidence record (exit 0: intact, 1: altered)",
+        epilog="Example:\n  proximity evidence verify BE-2026-0001.jsonl\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ver.add_argument("file", type=Path, metavar="FILE", help="an export (JSON Lines)")
     return parser
 
 
@@ -280,6 +311,44 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_evidence(args: argparse.Namespace) -> int:
+    from proximity.evidence import EvidenceLog, verify_lines
+
+    if args.evidence_command == "verify":
+        try:
+            data = args.file.read_bytes()
+        except OSError as exc:
+            print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        n, head, problems = verify_lines(data.splitlines())
+        for p in problems:
+            print(f"{args.file}:{p.line}: {p.what}")
+        if problems:
+            print(f"ALTERED: {len(problems)} problem(s) in {n} entries", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"intact: {n} entries, head {head}")
+        return EXIT_OK
+    settings = _settings(args, evidence=args.evidence)
+    path = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
+    if not path.exists():
+        print(f"error: no evidence record at {path} (is --db the engine's?)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    log = EvidenceLog(path)
+    try:
+        if args.case not in log.cases():
+            print(f"error: no evidence for case {args.case!r} in {path}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        lines = list(log.export(args.case))
+    finally:
+        log.close()
+    if args.out is None:
+        sys.stdout.buffer.write(b"".join(lines))
+    else:
+        args.out.write_bytes(b"".join(lines))
+        print(f"exported {len(lines) - 1} entries of case {args.case} to {args.out}")
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from proximity.demo import DemoOptions, run_demo
 
@@ -303,6 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.cases_command == "import":
                 return _cmd_cases_import(args)
             return _cmd_cases_list(args)
+        if args.command == "evidence":
+            return _cmd_evidence(args)
         return _cmd_demo(args)
     except CaseFileError as exc:
         print(f"error: {exc}", file=sys.stderr)

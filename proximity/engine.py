@@ -200,6 +200,9 @@ class Engine:
         self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
         self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
+        #: Rows of the current batch that were used (not late, duplicate or set aside), per
+        #: round; reset by each process() call (the evidence record keeps them).
+        self.used_rows: list[npt.NDArray[np.int64]] = []
         self._out = PairEvaluation.allocate(len(self.pairs))
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
@@ -228,6 +231,7 @@ class Engine:
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
         """Apply a batch of fixes; return the alarm state changes, in decision order."""
         st = self.stats
+        self.used_rows = []
         st.batches += 1
         st.fixes_in += len(batch)
         st.max_batch = max(st.max_batch, len(batch))
@@ -335,6 +339,11 @@ class Engine:
         self._remember([event])
         return [event]
 
+    def open_case_ids(self) -> set[str]:
+        """Cases with an alarm that has neither ended nor been closed."""
+        over = (AlarmState.ENDED, AlarmState.CLOSED)
+        return {e.case_id for e in self.alarms.values() if e.state not in over}
+
     def _remember(self, events: Sequence[AlarmEvent]) -> None:
         """Keep the last event of each alarm, for acknowledgement and closing."""
         for e in events:
@@ -390,6 +399,7 @@ class Engine:
             slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], now
         )
         st.fixes_applied += int(slots.size)
+        self.used_rows.append(rows)
         return slots
 
     def _decide(self, ev: PairEvaluation, now: float, cause: str) -> list[AlarmEvent]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from ingest.batch import build_batch
+from ingest.batch import FixBatch, build_batch
 from ingest.codec import ACK_TOPIC
 from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
 from ingest.rejections import RejectionReporter
@@ -25,6 +25,7 @@ from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmState, wire_name
+from proximity.evidence import EvidenceLog
 from proximity.journal import Journal
 from proximity.messages import alarm_message, iso_utc
 from proximity.notice import notices_for
@@ -35,6 +36,8 @@ from proximity.uncertainty import MOBILITY_MPS
 log = logging.getLogger(__name__)
 
 NOTICE_QOS = 1
+#: How often the retention purge runs (and once at start).
+PURGE_INTERVAL_S = 3600.0
 
 STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
@@ -59,6 +62,14 @@ class EngineService:
         )
         self.started = time.time()
         self.messages_received = 0
+        # The evidence record: the fixes used and the alarm messages sent, per case.
+        self.evidence = EvidenceLog(
+            settings.evidence or settings.db.with_suffix(".evidence.sqlite")
+        )
+        self.cases_of_device: dict[str, list[str]] = {}
+        for c in self.cases:
+            for d in (*c.offenders, *c.protected):
+                self.cases_of_device.setdefault(d, []).append(c.id)
         self.notices_published = 0
 
     def _status(self, state: str) -> bytes:
@@ -145,6 +156,10 @@ class EngineService:
             self.subscriber.stop()
             disconnect(out)
             self.channel.journal.close()
+            for case_id in self.evidence.cases():  # for comparing exports with, later
+                count, head = self.evidence.head(case_id)
+                log.info("evidence of case %s: %d entries, head %s", case_id, count, head)
+            self.evidence.close()
             log.info("stopped")
 
     def _offline(self) -> bytes:
@@ -154,6 +169,7 @@ class EngineService:
         s = self.settings
         next_status = time.monotonic() + s.status_interval_s
         next_sweep = time.monotonic() + s.sweep_interval_s
+        next_purge = time.monotonic()
         while not stop.is_set():
             wait = max(0.0, min(0.5, next_status - time.monotonic(), next_sweep - time.monotonic()))
             items = self.subscriber.drain(timeout=wait)
@@ -163,6 +179,9 @@ class EngineService:
             if time.monotonic() >= next_sweep:
                 self._publish(self.engine.sweep())
                 next_sweep = time.monotonic() + s.sweep_interval_s
+            if time.monotonic() >= next_purge:
+                self._purge()
+                next_purge = time.monotonic() + PURGE_INTERVAL_S
             if time.monotonic() >= next_status:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
@@ -189,7 +208,9 @@ class EngineService:
             self.reporter.report(rejected + unknown)
         # Fixes first (a millisecond or so), so that an event's alarm carries the newest
         # positions of everyone in the case: the team needs where the offender is now.
-        self._publish(self.engine.process(batch))
+        events = self.engine.process(batch)
+        self._record_fixes(batch)
+        self._publish(events)
         self._publish(self.engine.handle_events(device_events))
         for a in actions:  # after the fixes: a close acts on the newest state
             act = self.engine.close if a.action == "close" else self.engine.acknowledge
@@ -210,10 +231,46 @@ class EngineService:
                     ]
                 )
 
+    def _purge(self) -> None:
+        """Retention: location history older than retention_days leaves the record (its
+        hashes stay), except for cases with an open alarm; the purge is recorded."""
+        now = time.time()
+        cutoff = now - self.settings.retention_days * 86_400.0
+        removed = self.evidence.purge(cutoff, self.engine.open_case_ids(), now)
+        if removed:
+            log.info(
+                "retention: removed %d fix(es) older than %s from %d case(s)",
+                sum(removed.values()),
+                iso_utc(cutoff),
+                len(removed),
+            )
+
+    def _record_fixes(self, batch: FixBatch) -> None:
+        """The fixes the engine used (not late, duplicate or set aside) go on record."""
+        ids = self.engine.devices.ids
+        entries = []
+        for rows in self.engine.used_rows:
+            for r in rows.tolist():
+                device = ids[int(batch.slot[r])]
+                body = {
+                    "device": device,
+                    "lat": float(batch.lat[r]),
+                    "lon": float(batch.lon[r]),
+                    "acc_m": float(batch.acc_m[r]) if batch.acc_m[r] == batch.acc_m[r] else None,
+                    "fix_time": iso_utc(float(batch.t_fix[r])),
+                    "received": iso_utc(float(batch.t_recv[r])),
+                    "seq": int(batch.seq[r]) if batch.seq[r] >= 0 else None,
+                }
+                t = float(batch.t_fix[r])
+                entries += [(c, t, "fix", body) for c in self.cases_of_device.get(device, ())]
+        self.evidence.append(entries)
+
     def _publish(self, events: list[AlarmEvent]) -> None:
+        sent = []
         for event in events:
             message = alarm_message(event, self.engine.cases[event.case_id])
             self.channel.send(message)
+            sent.append((event.case_id, event.t_decided, "alarm", message))
             log.log(
                 logging.WARNING if event.state == AlarmState.OPEN else logging.INFO,
                 "alarm %s %s case %s: %s",
@@ -222,6 +279,7 @@ class EngineService:
                 event.case_id,
                 event.reason,
             )
+        self.evidence.append(sent)
         # The offender's "move away" notices: built without any of the victim's data.
         for notice in notices_for(events):
             self._out.publish(notice.topic, notice.payload, qos=NOTICE_QOS)

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
 
     broker: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker URL, mqtt://HOST:PORT")
     db: Path = Field(Path("proximity.sqlite"), description="SQLite registry file")
+    evidence: Path | None = Field(
+        None,
+        description="SQLite evidence record, hash-chained per case (default: next to the"
+        " registry, DB with the suffix .evidence.sqlite)",
+    )
+    retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="location history (fixes in the evidence record) older than this is"
+        " purged, except for cases with an open alarm; the purge is recorded",
+    )
     journal: Path | None = Field(
         None,
         description="SQLite outbox journal of the messages to the CIC (default: next to the"

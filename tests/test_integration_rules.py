@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, running_engine
+from tests.conftest import Listener, Publisher, run_cli, running_engine
 from tests.naive import offset
 
 pytestmark = pytest.mark.broker
@@ -70,7 +71,7 @@ def wait_count(cic: Listener, case_id: str, state: str, n: int, timeout: float =
 
 
 def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
-    pub: Publisher, cic: Listener
+    pub: Publisher, cic: Listener, engine: EngineProcess, tmp_path: Path
 ) -> None:
     victim = HOME
     pub.fix("phone-a", *victim)
@@ -109,6 +110,19 @@ def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
     for n in (warning, violation):
         assert set(n) == {"notice_id", "kind", "severity", "text", "issued"}
         assert n["kind"] == "stay_away" and not any(c.isdigit() for c in n["text"])
+    # The evidence record holds his fixes and every alarm message, and its export verifies.
+    out = tmp_path / "evidence.jsonl"
+    exported = run_cli(
+        "evidence", "export", "BE-R-APPROACH", "--db", str(engine.db), "--out", str(out)
+    )
+    assert exported.returncode == 0, exported.stderr
+    entries = [orjson.loads(line) for line in out.read_bytes().splitlines()[:-1]]
+    kinds = [e["kind"] for e in entries]
+    assert kinds.count("fix") >= 20 and kinds.count("alarm") >= 3  # opened, ended, breach
+    recorded = {e["body"]["alarm_id"] for e in entries if e["kind"] == "alarm"}
+    assert {approach["alarm_id"], breach["alarm_id"]} <= recorded
+    verified = run_cli("evidence", "verify", str(out))
+    assert verified.returncode == 0 and verified.stdout.startswith("intact"), verified.stdout
 
 
 def test_three_short_entries_into_the_warning_band_raise_a_probing_alarm(
