@@ -18,7 +18,6 @@ compared with what the engine recorded at the time.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from proximity.errors import ProximityError
+from proximity.store import open_durable, transaction
 
 GENESIS = "0" * 64
 KINDS = frozenset({"fix", "alarm", "purge"})
@@ -79,18 +78,7 @@ class EvidenceLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise ProximityError(
-                f"cannot open the evidence record {self.path}: folder {self.path.parent}"
-                " does not exist"
-            )
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ProximityError(f"cannot use {self.path} as an evidence record: {exc}") from exc
+        self._db = open_durable(self.path, "evidence record", _SCHEMA)
         self._heads: dict[str, tuple[int, str]] = {}
 
     def _head(self, case_id: str) -> tuple[int, str]:
@@ -118,18 +106,15 @@ class EvidenceLog:
             heads[case_id] = (seq, h)
         if not rows:
             return 0
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO evidence(case_id, seq, t, kind, body, body_hash, prev, hash)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            db.execute("COMMIT")
+            with transaction(self._db) as db:
+                db.executemany(
+                    "INSERT INTO evidence(case_id, seq, t, kind, body, body_hash, prev, hash)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
         except BaseException:
-            db.execute("ROLLBACK")
-            self._heads = {}
+            self._heads = {}  # read again from the file
             raise
         self._heads = heads
         return len(rows)

@@ -14,11 +14,10 @@ Used from the engine's thread only; the broker's acknowledgements are read there
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from proximity.errors import ProximityError
+from proximity.store import open_durable, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -47,23 +46,11 @@ class Journal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise ProximityError(
-                f"cannot open the journal {self.path}: folder {self.path.parent} does not exist"
-            )
-        try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise ProximityError(f"cannot use {self.path} as a journal: {exc}") from exc
+        self._db = open_durable(self.path, "journal", _SCHEMA)
 
     def append(self, items: list[tuple[str, str, bytes]], now: float) -> list[int]:
         """Commit ``(alarm_id, topic, payload)`` items in one transaction; their seqs."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db) as db:
             seqs = [
                 int(
                     db.execute(
@@ -74,10 +61,6 @@ class Journal:
                 )
                 for alarm_id, topic, payload in items
             ]
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return seqs
 
     def mark_delivered(self, seqs: list[int], now: float) -> None:

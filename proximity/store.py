@@ -1,0 +1,38 @@
+"""Durable SQLite files of the engine (the outbox journal, the evidence record)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from proximity.errors import ProximityError
+
+
+def open_durable(path: Path, what: str, schema: str) -> sqlite3.Connection:
+    """Open (or create) ``path`` in WAL mode with ``synchronous=FULL`` (a committed
+    transaction survives a crash of the process and of the machine) and apply ``schema``;
+    problems are :class:`ProximityError` naming ``what`` the file is for."""
+    if not path.parent.is_dir():
+        raise ProximityError(f"cannot open the {what} {path}: folder {path.parent} does not exist")
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(schema)
+    except sqlite3.DatabaseError as exc:
+        raise ProximityError(f"cannot use {path} as the {what}: {exc}") from exc
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed when the block ends, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
