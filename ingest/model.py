@@ -26,6 +26,8 @@ class RejectReason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_EVENT = "unknown_event"
     UNKNOWN_ACTION = "unknown_action"
+    ENCRYPTED = "encrypted"
+    NOT_A_POSITION = "not_a_position"
     UNKNOWN_ALARM = "unknown_alarm"
 
 

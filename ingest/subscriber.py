@@ -20,6 +20,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.codec import ACK_TOPIC, decode
 from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection
+from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
+from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
+from ingest.owntracks import Aliases, decode_owntracks
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,10 @@ class FixSubscriber:
         session_expiry_s: int = 3600,
         queue_limit: int = QUEUE_LIMIT,
         clock: Callable[[], float] = time.time,
+        owntracks: Aliases | None = None,
     ) -> None:
         self.broker = broker
+        self._owntracks: Aliases = owntracks or {}
         self.items: queue.Queue[Item] = queue.Queue(maxsize=queue_limit)
         self.blocked_puts = 0
         self.connected = threading.Event()
@@ -78,10 +83,17 @@ class FixSubscriber:
                 (FIX_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (ACK_TOPIC, SUBSCRIBE_QOS),
+                *((t, SUBSCRIBE_QOS) for t in OWNTRACKS_SUBSCRIPTIONS),
             ]
         )
         self.connected.set()
-        log.info("subscribed to %s and %s on %s", FIX_SUBSCRIPTION, EVENT_SUBSCRIPTION, self.broker)
+        log.info(
+            "subscribed to %s, %s, %s and OwnTracks on %s",
+            FIX_SUBSCRIPTION,
+            EVENT_SUBSCRIPTION,
+            ACK_TOPIC,
+            self.broker,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
@@ -91,7 +103,11 @@ class FixSubscriber:
             log.warning("lost the broker %s (%s); reconnecting", self.broker, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = decode(msg.topic, msg.payload, self._clock())
+        topic = msg.topic
+        if topic.startswith(OWNTRACKS_PREFIX):
+            item: Item = decode_owntracks(topic, msg.payload, self._clock(), self._owntracks)
+        else:
+            item = decode(topic, msg.payload, self._clock())
         try:
             self.items.put_nowait(item)
         except queue.Full:

@@ -304,6 +304,7 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         problems.append('"devices" must be a list of device objects')
         raw_devices = []
     seen_dev: set[str] = set()
+    seen_apps: dict[tuple[str, str], str] = {}
     for i, raw in enumerate(raw_devices):
         dev_id = raw.get("id") if isinstance(raw, dict) else None
         problem = _device_id_problem(dev_id) if isinstance(raw, dict) else "must be an object"
@@ -328,6 +329,24 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
                     problems.append(
                         f"devices[{i}] ({dev_id}): 'mobility' {got}, got {raw['mobility']!r}"
                     )
+            if "owntracks" in raw:
+                ot = raw["owntracks"]
+                names = (ot.get("user"), ot.get("device")) if isinstance(ot, dict) else (None, None)
+                if not all(
+                    isinstance(n, str) and n and not any(c in n for c in "/+#") for n in names
+                ):
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): 'owntracks' must be"
+                        f' {{"user": ..., "device": ...}} (the app\'s topic owntracks/USER/DEVICE),'
+                        f" got {ot!r}"
+                    )
+                elif (app := (str(names[0]), str(names[1]))) in seen_apps:
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): OwnTracks {app[0]}/{app[1]} is already"
+                        f" device {seen_apps[app]}"
+                    )
+                else:
+                    seen_apps[app] = dev_id
             devices.append(Device(dev_id, {k: v for k, v in raw.items() if k != "id"}))
 
     if problems:

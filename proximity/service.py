@@ -18,6 +18,7 @@ import orjson
 from ingest.batch import FixBatch, build_batch
 from ingest.codec import ACK_TOPIC
 from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
+from ingest.owntracks import aliases as owntracks_aliases
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
@@ -53,6 +54,7 @@ class EngineService:
         with Registry(settings.db) as registry:
             self.cases = registry.cases()
             devices = registry.devices()
+        self.devices = devices
         self.engine = Engine(
             self.cases,
             devices,
@@ -132,7 +134,10 @@ class EngineService:
 
         self.reporter = RejectionReporter(publish_rejection)
         self.subscriber = FixSubscriber(
-            self.broker, s.client_id, session_expiry_s=s.session_expiry_s
+            self.broker,
+            s.client_id,
+            session_expiry_s=s.session_expiry_s,
+            owntracks=owntracks_aliases((d.id, d.info) for d in self.devices),
         )
         try:
             connect(out, self.broker)

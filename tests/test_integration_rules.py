@@ -33,7 +33,13 @@ def _case(case_id: str, offender: str, victim: str) -> dict[str, Any]:
     }
 
 
-CASES = [_case("BE-R-APPROACH", "tag-a", "phone-a"), _case("BE-R-PROBE", "tag-p", "phone-p")]
+CASES = [
+    _case("BE-R-APPROACH", "tag-a", "phone-a"),
+    _case("BE-R-PROBE", "tag-p", "phone-p"),
+    _case("BE-R-OWNTRACKS", "tag-o", "phone-o"),
+]
+#: The protected person of the last case runs the OwnTracks app as user "jane", device "pixel".
+DEVICES = [{"id": "phone-o", "owntracks": {"user": "jane", "device": "pixel"}}]
 
 #: Set-up moves are instantaneous (the jump filter has its own tests), and a level is left on
 #: the first fix beyond it (the dwell has its own tests).
@@ -44,7 +50,8 @@ ARGS = ("--implausible-speed-mps", "1e9", "--dwell-s", "0")
 def engine(
     broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineProcess]:
-    with running_engine(broker, tmp_path_factory.mktemp("engine"), CASES, *ARGS) as proc:
+    tmp = tmp_path_factory.mktemp("engine")
+    with running_engine(broker, tmp, CASES, *ARGS, devices=DEVICES) as proc:
         yield proc
 
 
@@ -169,3 +176,28 @@ def test_the_cic_acknowledges_and_closes_alarms_on_cic_acks(pub: Publisher, cic:
     bad = cic.wait_for("proximity/rejected", lambda m: m["reason"] == "unknown_alarm")
     assert "no-such-alarm" in bad["detail"]
     cic.wait_for("proximity/rejected", lambda m: "needs a 'note'" in m["detail"])
+
+
+def test_a_victim_running_owntracks_is_protected_like_any_device(
+    pub: Publisher, cic: Listener
+) -> None:
+    victim = (HOME[0] + 0.3, HOME[1])
+    body = {
+        "_type": "location",
+        "lat": victim[0],
+        "lon": victim[1],
+        "acc": 8.5,
+        "tst": int(time.time()),
+        "tid": "ja",
+    }
+    pub.raw("owntracks/jane/pixel", orjson.dumps(body))
+    pub.fix("tag-o", *offset(*victim, 45.0, 150.0))
+    alarm = cic.wait_for(
+        "cic/alarms",
+        lambda m: m["case_id"] == "BE-R-OWNTRACKS" and m["level"] in ("alarm", "escalation"),
+    )
+    assert alarm["victim"]["device"] == "phone-o" and alarm["victim"]["acc_m"] == 8.5
+    assert alarm["distance_m"] == pytest.approx(150.0, abs=3.0)
+    pub.raw("owntracks/jane/pixel", b'{"_type":"encrypted","data":"AbCd=="}')
+    bad = cic.wait_for("proximity/rejected", lambda m: m["reason"] == "encrypted")
+    assert bad["device"] == "phone-o" and "no key" in bad["detail"]

@@ -1,0 +1,150 @@
+"""OwnTracks over MQTT: the phone apps people already use, as fixes of the engine.
+
+The apps publish ``_type: location`` (and ``lwt``, their last will) on
+``owntracks/{user}/{device}`` and ``_type: transition`` (entering or leaving one of their own
+regions, with the position of that moment) on ``owntracks/{user}/{device}/event``. The case
+file's ``devices`` list maps an app to a device id: ``{"id": "phone-42", "owntracks":
+{"user": "jane", "device": "nokia"}}`` (:func:`aliases`).
+
+Units (https://owntracks.org/booklet/tech/json): ``tst`` is epoch seconds, ``acc`` the
+accuracy in metres (the Android app can send it as a float; 0 or absent is unknown, never
+perfect), ``vel`` km/h, ``cog`` degrees, ``alt`` metres, ``batt`` percent. Two messages with
+the same ``tst`` (the apps send them, e.g. a ping after a location) are the same fix: the
+engine counts the second as a duplicate. An encrypted payload (``_type: encrypted``) is
+rejected with a reason saying so: this version has no key to open it. Other types (cards,
+waypoints, status, ...) and the last will are not positions and are rejected as such.
+
+:func:`decode_owntracks` never raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from ingest.codec import MAX_FUTURE_S, MAX_PAYLOAD_BYTES, MIN_EPOCH_S
+from ingest.model import Fix, Rejection, RejectReason
+
+SUBSCRIPTIONS = ("owntracks/+/+", "owntracks/+/+/event")
+PREFIX = "owntracks/"
+KMH = 1.0 / 3.6
+
+Aliases = Mapping[tuple[str, str], str]
+
+
+def aliases(devices: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], str]:
+    """(user, device) -> device id, from ``(id, info)`` device descriptions."""
+    out = {}
+    for dev_id, info in devices:
+        ot = info.get("owntracks")
+        if isinstance(ot, Mapping) and all(isinstance(ot.get(k), str) for k in ("user", "device")):
+            out[(ot["user"], ot["device"])] = dev_id
+    return out
+
+
+def _number(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> float | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"field {key!r} = {v!r} must be a number")
+    if not lo <= v <= hi:
+        raise OverflowError(f"field {key!r} = {v!r} is outside [{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def decode_owntracks(
+    topic: str, payload: bytes | bytearray, t_recv: float, known: Aliases
+) -> Fix | Rejection:
+    """One OwnTracks message -> a fix of the mapped device, or a rejection with a reason."""
+    parts = topic.split("/")
+    if (
+        len(parts) not in (3, 4)
+        or parts[0] != "owntracks"
+        or (len(parts) == 4 and parts[3] != "event")
+    ):
+        return Rejection(
+            topic,
+            None,
+            RejectReason.BAD_TOPIC,
+            "expected owntracks/{user}/{device} or owntracks/{user}/{device}/event",
+            t_recv,
+        )
+    user, app = parts[1], parts[2]
+    device = known.get((user, app))
+    if device is None:
+        return Rejection(
+            topic,
+            None,
+            RejectReason.UNKNOWN_DEVICE,
+            f"OwnTracks user {user!r} device {app!r} is in no case file's devices list"
+            ' (add {"id": ..., "owntracks": {"user": ..., "device": ...}})',
+            t_recv,
+        )
+
+    def reject(reason: RejectReason, detail: str) -> Rejection:
+        return Rejection(topic, device, reason, detail, t_recv)
+
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return reject(RejectReason.TOO_LARGE, f"payload of {len(payload)} bytes")
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        return reject(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
+    if not isinstance(obj, dict):
+        return reject(
+            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
+    kind = obj.get("_type")
+    if kind == "encrypted":
+        return reject(
+            RejectReason.ENCRYPTED,
+            "encrypted OwnTracks payload: this engine has no key to decrypt it; turn"
+            " encryption off in the app, or protect the link with TLS instead",
+        )
+    expected = "transition" if len(parts) == 4 else "location"
+    if kind != expected:
+        return reject(
+            RejectReason.NOT_A_POSITION,
+            f"OwnTracks _type {kind!r} on this topic carries no position (expected {expected!r})",
+        )
+    try:
+        tst = obj.get("tst")
+        if tst is None:
+            return reject(RejectReason.MISSING_FIELD, "field 'tst' is required")
+        t = _number(obj, "tst", MIN_EPOCH_S, 1e11)
+        lat = _number(obj, "lat", -90.0, 90.0)
+        lon = _number(obj, "lon", -180.0, 180.0)
+        if lat is None or lon is None:
+            return reject(RejectReason.MISSING_FIELD, "fields 'lat' and 'lon' are required")
+        acc = _number(obj, "acc", 0.0, 1e6)
+        vel = _number(obj, "vel", 0.0, 5000.0)
+        cog = _number(obj, "cog", 0.0, 360.0)
+        alt = _number(obj, "alt", -1000.0, 100000.0)
+        batt = _number(obj, "batt", 0.0, 100.0)
+    except ValueError as exc:
+        return reject(RejectReason.BAD_TYPE, str(exc))
+    except OverflowError as exc:
+        return reject(RejectReason.OUT_OF_RANGE, str(exc))
+    assert t is not None
+    if t > t_recv + MAX_FUTURE_S:
+        return reject(
+            RejectReason.FUTURE_TIMESTAMP,
+            f"time is {t - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s)",
+        )
+    nan = math.nan
+    return Fix(
+        device=device,
+        t_fix=t,
+        t_recv=t_recv,
+        lat=lat,
+        lon=lon,
+        acc_m=acc if acc else nan,  # 0 or absent: unknown, never perfect
+        alt_m=nan if alt is None else alt,
+        speed_mps=nan if vel is None else vel * KMH,
+        heading_deg=nan if cog is None else cog,
+        battery_pct=nan if batt is None else batt,
+    )

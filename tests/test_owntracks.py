@@ -1,0 +1,143 @@
+"""OwnTracks payloads, as the Android and iOS apps send them, become fixes of the mapped
+device; everything else is rejected with a reason, and nothing raises."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.model import Fix, Rejection, RejectReason
+from ingest.owntracks import aliases, decode_owntracks
+from proximity.cases import parse_case_file
+
+NOW = 1795428000.0
+KNOWN = aliases(
+    [
+        ("phone-42", {"owntracks": {"user": "jane", "device": "pixel"}}),
+        ("phone-43", {"owntracks": {"user": "els", "device": "iphone"}}),
+        ("tag-17", {"reporting_interval_s": 60}),
+    ]
+)
+
+# A location from the Android app (floats where it sends them: acc, vel, alt).
+ANDROID = (
+    b'{"_type":"location","acc":12.5,"alt":61.0,"batt":78,"bs":1,"conn":"m",'
+    b'"created_at":1795427999,"lat":50.8503124,"lon":4.3517211,"m":1,"t":"u","tid":"ja",'
+    b'"tst":1795427995,"vac":3,"vel":18}'
+)
+# A location from the iOS app (integers, course over ground, a topic field).
+IOS = (
+    b'{"_type":"location","acc":5,"alt":48,"batt":91,"bs":2,"cog":270,"conn":"w",'
+    b'"lat":50.84,"lon":4.36,"m":2,"tid":"ei","topic":"owntracks/els/iphone",'
+    b'"tst":1795427990,"vac":4,"vel":0}'
+)
+
+
+def test_android_location() -> None:
+    fix = decode_owntracks("owntracks/jane/pixel", ANDROID, NOW, KNOWN)
+    assert isinstance(fix, Fix)
+    assert (fix.device, fix.t_fix, fix.lat, fix.lon, fix.acc_m) == (
+        "phone-42",
+        1795427995.0,
+        50.8503124,
+        4.3517211,
+        12.5,
+    )
+    assert fix.speed_mps == pytest.approx(5.0)  # 18 km/h
+    assert (fix.alt_m, fix.battery_pct) == (61.0, 78.0)
+
+
+def test_ios_location() -> None:
+    fix = decode_owntracks("owntracks/els/iphone", IOS, NOW, KNOWN)
+    assert isinstance(fix, Fix)
+    assert (fix.device, fix.acc_m, fix.heading_deg, fix.speed_mps) == ("phone-43", 5.0, 270.0, 0.0)
+
+
+@pytest.mark.parametrize("acc", [0, None])
+def test_zero_or_missing_accuracy_is_unknown(acc: object) -> None:
+    body = {"_type": "location", "lat": 50.8, "lon": 4.3, "tst": 1795427990}
+    if acc is not None:
+        body["acc"] = acc
+    fix = decode_owntracks("owntracks/jane/pixel", orjson.dumps(body), NOW, KNOWN)
+    assert isinstance(fix, Fix) and math.isnan(fix.acc_m)
+
+
+def test_a_transition_carries_the_position_of_its_moment() -> None:
+    body = {
+        "_type": "transition",
+        "event": "enter",
+        "desc": "work",
+        "lat": 50.85,
+        "lon": 4.35,
+        "acc": 30,
+        "tst": 1795427980,
+        "wtst": 1700000000,
+        "t": "c",
+        "tid": "ja",
+    }
+    fix = decode_owntracks("owntracks/jane/pixel/event", orjson.dumps(body), NOW, KNOWN)
+    assert isinstance(fix, Fix) and (fix.t_fix, fix.acc_m) == (1795427980.0, 30.0)
+
+
+JANE = "owntracks/jane/pixel"
+R = RejectReason
+
+
+def loc(**fields: object) -> bytes:
+    return orjson.dumps({"_type": "location", **fields})
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason", "says"),
+    [
+        (JANE, b'{"_type":"encrypted","data":"n+Xr0p...=="}', R.ENCRYPTED, "encrypted"),
+        (JANE, b'{"_type":"lwt","tst":1795427000}', R.NOT_A_POSITION, "'lwt'"),
+        (JANE, b'{"_type":"card","name":"Jane"}', R.NOT_A_POSITION, "card"),
+        ("owntracks/bob/phone", ANDROID, R.UNKNOWN_DEVICE, "bob"),
+        ("owntracks/jane", ANDROID, R.BAD_TOPIC, "expected"),
+        (JANE, loc(lat=50.8, lon=4.3), R.MISSING_FIELD, "tst"),
+        (JANE, loc(lat=95, lon=4.3, tst=1795427990), R.OUT_OF_RANGE, "lat"),
+        (JANE, loc(lat="50.8", lon=4.3, tst=1795427990), R.BAD_TYPE, "lat"),
+        (JANE, loc(lat=50.8, lon=4.3, tst=1895427990), R.FUTURE_TIMESTAMP, "after arrival"),
+        (JANE, b"not json", R.MALFORMED_JSON, "JSON"),
+    ],
+)
+def test_rejections_say_why(topic: str, payload: bytes, reason: RejectReason, says: str) -> None:
+    out = decode_owntracks(topic, payload, NOW, KNOWN)
+    assert isinstance(out, Rejection) and out.reason == reason
+    assert says in out.detail
+
+
+def test_the_same_tst_twice_is_the_same_fix() -> None:
+    a = decode_owntracks("owntracks/jane/pixel", ANDROID, NOW, KNOWN)
+    b = decode_owntracks(
+        "owntracks/jane/pixel", ANDROID.replace(b'"t":"u"', b'"t":"p"'), NOW, KNOWN
+    )
+    assert isinstance(a, Fix) and isinstance(b, Fix) and a.t_fix == b.t_fix  # the engine drops b
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_never_raises_on_arbitrary_bytes(payload: bytes) -> None:
+    out = decode_owntracks("owntracks/jane/pixel", payload, NOW, KNOWN)
+    assert isinstance(out, Fix | Rejection) and (isinstance(out, Fix) or out.reason)
+
+
+def test_the_case_file_checks_its_owntracks_aliases() -> None:
+    doc = {
+        "cases": [],
+        "devices": [
+            {"id": "a", "owntracks": {"user": "jane", "device": "pixel"}},
+            {"id": "b", "owntracks": {"user": "jane", "device": "pixel"}},
+            {"id": "c", "owntracks": {"user": "jane/x", "device": "pixel"}},
+        ],
+    }
+    with pytest.raises(Exception) as info:
+        parse_case_file(doc)
+    text = str(info.value)
+    assert "devices[1] (b): OwnTracks jane/pixel is already device a" in text
+    assert "devices[2] (c): 'owntracks' must be" in text
