@@ -347,6 +347,16 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
                     )
                 else:
                     seen_apps[app] = dev_id
+            if "osmand" in raw:
+                o = raw["osmand"]
+                ok = isinstance(o, dict) and isinstance(o.get("secret"), str)
+                ok = ok and len(o["secret"]) >= 8 and "/" not in o["secret"]
+                if not ok or ("id" in o and not (isinstance(o["id"], str) and o["id"])):
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): 'osmand' must be"
+                        ' {"secret": "at least 8 characters, no /", "id": "the id the app'
+                        ' sends (default: the device id)"}'
+                    )
             devices.append(Device(dev_id, {k: v for k, v in raw.items() if k != "id"}))
 
     if problems:

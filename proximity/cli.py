@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(run)
     _add_config(run)
     run.add_argument("--client-id", metavar="ID", help=_help("client_id"))
+    run.add_argument("--http", metavar="HOST:PORT", help=_help("http_listen"))
     run.add_argument("--alarm-topic", metavar="TOPIC", help=_help("alarm_topic"))
     run.add_argument("--rejected-topic", metavar="TOPIC", help=_help("rejected_topic"))
     run.add_argument("--status-topic", metavar="TOPIC", help=_help("status_topic"))
@@ -202,6 +203,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args,
         broker=args.broker,
         client_id=args.client_id,
+        http_listen=args.http,
         alarm_topic=args.alarm_topic,
         rejected_topic=args.rejected_topic,
         status_topic=args.status_topic,

@@ -17,7 +17,9 @@ import orjson
 
 from ingest.batch import FixBatch, build_batch
 from ingest.codec import ACK_TOPIC
+from ingest.http_server import HttpServer
 from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
+from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
@@ -146,7 +148,9 @@ class EngineService:
             self.subscriber.start()
         except IngestError as exc:
             raise ProximityError(str(exc)) from exc
+        http: HttpServer | None = None
         try:
+            http = self._start_http()
             if not self.subscriber.connected.wait(CONNECT_WAIT_S):
                 raise ProximityError(
                     f"the broker at {self.broker} did not accept the subscription within"
@@ -156,6 +160,8 @@ class EngineService:
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             self._loop(stop, out)
         finally:
+            if http is not None:
+                http.stop()
             out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
             self.channel.close()
             self.subscriber.stop()
@@ -166,6 +172,26 @@ class EngineService:
                 log.info("evidence of case %s: %d entries, head %s", case_id, count, head)
             self.evidence.close()
             log.info("stopped")
+
+    def _start_http(self) -> HttpServer | None:
+        """The OsmAnd / Traccar Client HTTP input, when ``http_listen`` is set: its fixes and
+        rejections join the MQTT input's queue."""
+        listen = self.settings.http_listen
+        if not listen:
+            return None
+        host, _, port = listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ProximityError(f"http_listen must be HOST:PORT, got {listen!r}")
+        app = make_osmand_app(
+            ((d.id, d.info) for d in self.devices), self.subscriber.items.put, time.time
+        )
+        server = HttpServer(app, host, int(port))
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise ProximityError(f"cannot serve the HTTP input on {listen}: {exc}") from exc
+        log.info("OsmAnd / Traccar Client input on http://%s/osmand/SECRET", listen)
+        return server
 
     def _offline(self) -> bytes:
         return orjson.dumps({"state": "offline"})

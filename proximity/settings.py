@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     session_expiry_s: int = Field(
         3600, ge=0, description="how long the broker keeps the session while the engine is away"
     )
+    http_listen: str = Field(
+        "",
+        description="HOST:PORT to serve the OsmAnd / Traccar Client HTTP input on (devices"
+        " with an osmand secret in the case file); empty: not served",
+    )
     alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
     cap_topic: str = Field(
         "cic/alarms/cap",

@@ -4,6 +4,8 @@ before the breach, boundary probing, and the offender's "move away" notices."""
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from simulator.broker import LocalBroker
+from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
 from tests.conftest import Listener, Publisher, run_cli, running_engine
 from tests.naive import offset
@@ -39,11 +41,15 @@ CASES = [
     _case("BE-R-OWNTRACKS", "tag-o", "phone-o"),
 ]
 #: The protected person of the last case runs the OwnTracks app as user "jane", device "pixel".
-DEVICES = [{"id": "phone-o", "owntracks": {"user": "jane", "device": "pixel"}}]
+DEVICES = [
+    {"id": "phone-o", "owntracks": {"user": "jane", "device": "pixel"}},
+    {"id": "tag-o", "osmand": {"secret": "Zq81-tag-o-secret"}},  # reports by HTTP too
+]
+HTTP_PORT = free_port()
 
 #: Set-up moves are instantaneous (the jump filter has its own tests), and a level is left on
 #: the first fix beyond it (the dwell has its own tests).
-ARGS = ("--implausible-speed-mps", "1e9", "--dwell-s", "0")
+ARGS = ("--implausible-speed-mps", "1e9", "--dwell-s", "0", "--http", f"127.0.0.1:{HTTP_PORT}")
 
 
 @pytest.fixture(scope="module")
@@ -201,3 +207,28 @@ def test_a_victim_running_owntracks_is_protected_like_any_device(
     pub.raw("owntracks/jane/pixel", b'{"_type":"encrypted","data":"AbCd=="}')
     bad = cic.wait_for("proximity/rejected", lambda m: m["reason"] == "encrypted")
     assert bad["device"] == "phone-o" and "no key" in bad["detail"]
+
+
+def test_an_offender_reporting_by_http_with_his_secret_is_watched(
+    pub: Publisher, cic: Listener
+) -> None:
+    victim = (HOME[0] + 0.35, HOME[1])
+    pub.fix("phone-o", *victim)
+    lat, lon = offset(*victim, 200.0, 120.0)
+    q = f"id=tag-o&timestamp={time.time():.3f}&lat={lat}&lon={lon}&accuracy=6"
+    base = f"http://127.0.0.1:{HTTP_PORT}/osmand"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/not-the-secret?{q}", timeout=5)
+    assert refused.value.code == 403
+    refused.value.close()
+    with urllib.request.urlopen(f"{base}/Zq81-tag-o-secret?{q}", timeout=5) as resp:
+        assert resp.status == 200
+    alarm = cic.wait_for(
+        "cic/alarms",
+        lambda m: (
+            m["case_id"] == "BE-R-OWNTRACKS"
+            and m["offender"]["acc_m"] == 6.0
+            and m["level"] in ("alarm", "escalation")
+        ),
+    )
+    assert alarm["distance_m"] == pytest.approx(120.0, abs=3.0)
