@@ -37,7 +37,14 @@ Item = Fix | DeviceEvent | OperatorAction | Rejection
 
 class FixSubscriber:
     """Subscribes to device fixes and events and queues the decoded items (:class:`Fix`,
-    :class:`DeviceEvent` or :class:`Rejection`)."""
+    :class:`DeviceEvent`, :class:`OperatorAction` or :class:`Rejection`).
+
+    Messages are acknowledged to the broker only after the engine has taken them into its
+    state (paho's manual acknowledgement): :meth:`drain` hands out items, and
+    :meth:`acknowledge` (called once the batch is processed) sends their PUBACKs. A message
+    the engine never processed (it crashed, or stopped) stays with the broker, in the
+    persistent session, and comes again.
+    """
 
     def __init__(
         self,
@@ -51,12 +58,14 @@ class FixSubscriber:
     ) -> None:
         self.broker = broker
         self._owntracks: Aliases = owntracks or {}
-        self.items: queue.Queue[Item] = queue.Queue(maxsize=queue_limit)
+        # (item, message id) pairs; the id is 0 for items that need no acknowledgement.
+        self.items: queue.Queue[tuple[Item, int]] = queue.Queue(maxsize=queue_limit)
+        self._drained: list[int] = []
         self.blocked_puts = 0
         self.connected = threading.Event()
         self._clock = clock
         self._session_expiry_s = session_expiry_s
-        self._client = make_client(client_id)
+        self._client = make_client(client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -108,11 +117,26 @@ class FixSubscriber:
             item: Item = decode_owntracks(topic, msg.payload, self._clock(), self._owntracks)
         else:
             item = decode(topic, msg.payload, self._clock())
+        self._put(item, msg.mid if msg.qos > 0 else 0)
+
+    def _put(self, item: Item, mid: int) -> None:
         try:
-            self.items.put_nowait(item)
-        except queue.Full:
+            self.items.put_nowait((item, mid))
+        except queue.Full:  # back-pressure: the network thread waits for the engine
             self.blocked_puts += 1
-            self.items.put(item)
+            self.items.put((item, mid))
+
+    def put_local(self, item: Item) -> None:
+        """Queue an item from another input (the HTTP edge): no acknowledgement to send."""
+        self._put(item, 0)
+
+    def acknowledge(self) -> int:
+        """Acknowledge, to the broker, the messages of everything drained so far (the engine
+        has processed it); return how many."""
+        mids, self._drained = self._drained, []
+        for mid in mids:
+            self._client.ack(mid, SUBSCRIBE_QOS)
+        return len(mids)
 
     def drain(self, timeout: float, limit: int = 100_000) -> list[Item]:
         """Wait up to ``timeout`` s for one item, then take everything queued (at most ``limit``).
@@ -124,10 +148,11 @@ class FixSubscriber:
             first = self.items.get(timeout=timeout)
         except queue.Empty:
             return []
-        out = [first]
-        while len(out) < limit:
+        pairs = [first]
+        while len(pairs) < limit:
             try:
-                out.append(self.items.get_nowait())
+                pairs.append(self.items.get_nowait())
             except queue.Empty:
                 break
-        return out
+        self._drained.extend(mid for _, mid in pairs if mid)
+        return [item for item, _ in pairs]

@@ -61,12 +61,14 @@ def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_client(client_id: str = "") -> mqtt.Client:
-    """A paho client speaking MQTT 5 with the version-2 callback API and TCP_NODELAY set."""
+def make_client(client_id: str = "", *, manual_ack: bool = False) -> mqtt.Client:
+    """A paho client speaking MQTT 5 with the version-2 callback API and TCP_NODELAY set;
+    with ``manual_ack`` the application acknowledges received QoS 1 messages itself."""
     client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
     )
     client.on_socket_open = _set_nodelay
     client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)

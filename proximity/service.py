@@ -183,7 +183,7 @@ class EngineService:
         if not host or not port.isdigit():
             raise ProximityError(f"http_listen must be HOST:PORT, got {listen!r}")
         app = make_osmand_app(
-            ((d.id, d.info) for d in self.devices), self.subscriber.items.put, time.time
+            ((d.id, d.info) for d in self.devices), self.subscriber.put_local, time.time
         )
         server = HttpServer(app, host, int(port))
         try:
@@ -206,6 +206,8 @@ class EngineService:
             items = self.subscriber.drain(timeout=wait)
             if items:
                 self._handle(items)
+                # Taken into the engine's state: now the broker may forget them.
+                self.subscriber.acknowledge()
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             if time.monotonic() >= next_sweep:
                 self._publish(self.engine.sweep())

@@ -17,7 +17,7 @@ import pytest
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Publisher, run_cli, running_engine, write_cases
+from tests.conftest import Listener, Publisher, run_cli, running_engine, write_cases
 from tests.naive import offset
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -182,3 +182,62 @@ def test_an_alarm_journalled_before_a_crash_is_delivered_by_the_next_engine(
             assert second.stop() == 0, (tmp_path / "engine2.log").read_text()
     finally:
         cic.close()
+
+
+def test_5000_fixes_sent_while_the_engine_is_down_are_each_processed_once(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    db = tmp_path / "registry.sqlite"
+    walking: list[dict[str, Any]] = [{"id": "phone-d", "mobility": "walking"}, *DEVICES[:3]]
+    imported = run_cli(
+        "cases",
+        "import",
+        str(write_cases(tmp_path / "cases.json", CASES, walking)),
+        "--db",
+        str(db),
+    )
+    assert imported.returncode == 0, imported.stderr
+    args = ("--status-interval-s", "0.5")
+    first = EngineProcess(broker.url, db, tmp_path / "engine1.log", *args).start()
+    assert first.stop() == 0  # the session (and its subscription) stays at the broker
+
+    # While it is down: tag-d1 drives in over 250 s, 5,000 fixes (stamped in the past, 20 m/s).
+    pub = Publisher(broker.url)
+    now = time.time()
+    start = offset(*HOME, 90.0, 5000.0)
+    for k in range(5000):
+        t = now - 255.0 + 0.05 * k
+        pub.fix("tag-d1", *offset(*start, 270.0, 4900.0 * k / 4999), ts=t, seq=k)
+    pub.fix("phone-d", *HOME, ts=time.time())
+    pub.close()
+
+    status = Listener(broker.url, ["proximity/status", "cic/alarms"])
+    second = EngineProcess(broker.url, db, tmp_path / "engine2.log", *args).start()
+    try:
+        done = status.wait_for(
+            "proximity/status",
+            lambda m: m.get("state") == "online" and m["fixes_processed"] >= 5001,
+            timeout=60.0,
+        )
+        # Exactly once: every fix taken, none twice, none lost, none set aside.
+        time.sleep(1.0)
+        last = status.on("proximity/status")[-1]
+        assert (last["fixes_processed"], last["fixes_duplicate"], last["fixes_late"]) == (
+            5001,
+            0,
+            0,
+        )
+        assert last["fixes_implausible"] == 0 and done["messages_received"] >= 5001
+        # And the alarm those fixes imply: he ends 100 m from her.
+        alarm = status.wait_for(
+            "cic/alarms",
+            lambda m: (
+                m["case_id"] == "BE-D-1"
+                and m["type"] == "proximity"
+                and m["level"] in ("alarm", "escalation")
+            ),
+        )
+        assert alarm["offender"]["device"] == "tag-d1"
+    finally:
+        status.close()
+        assert second.stop() == 0, (tmp_path / "engine2.log").read_text()[-2000:]
