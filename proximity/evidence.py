@@ -2,8 +2,10 @@
 alarm messages sent (each one a decision) and the purges, exportable for a court.
 
 Each entry is ``(case_id, seq, t, kind, body)``: ``seq`` counts the case's entries from 1,
-``t`` is UTC epoch seconds, ``kind`` is ``fix``, ``alarm`` or ``purge``, and ``body`` a JSON
-object. Its ``body_hash`` is the SHA-256 of the body's canonical JSON (sorted keys, no
+``t`` is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes of one batch, as columns:
+``device``, ``t_fix``, ``t_recv``, ``lat``, ``lon``, ``acc_m`` (-1 unknown), ``seq`` (-1
+none); ``t`` is the newest fix time), ``alarm`` (one message sent) or ``purge``, and ``body``
+a JSON object. Its ``body_hash`` is the SHA-256 of the body's canonical JSON (sorted keys, no
 spaces), and its ``hash`` is the SHA-256 of the previous entry's hash and the entry's other
 fields (:func:`entry_hash`): changing, removing or reordering any entry breaks every hash
 after it. Retention removes old bodies but keeps their hashes, so the chain still verifies
@@ -78,7 +80,10 @@ class EvidenceLog:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._db = open_durable(self.path, "evidence record", _SCHEMA)
+        # One disk flush per batch of fixes would bound the engine's intake by the disk's
+        # flush latency; the chain stays consistent without it (an alarm's durability is
+        # the journal's job, which flushes every commit).
+        self._db = open_durable(self.path, "evidence record", _SCHEMA, synchronous="NORMAL")
         self._heads: dict[str, tuple[int, str]] = {}
 
     def _head(self, case_id: str) -> tuple[int, str]:
@@ -142,7 +147,7 @@ class EvidenceLog:
                 (case_id, older_than),
             )
         self.append(
-            (c, now, "purge", {"fixes_removed": n, "taken_before": older_than})
+            (c, now, "purge", {"fix_entries_removed": n, "taken_before": older_than})
             for c, n in counts.items()
         )
         return counts

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 
 from ingest.batch import FixBatch, build_batch
@@ -272,30 +273,38 @@ class EngineService:
         removed = self.evidence.purge(cutoff, self.engine.open_case_ids(), now)
         if removed:
             log.info(
-                "retention: removed %d fix(es) older than %s from %d case(s)",
+                "retention: removed %d fix entries older than %s from %d case(s)",
                 sum(removed.values()),
                 iso_utc(cutoff),
                 len(removed),
             )
 
     def _record_fixes(self, batch: FixBatch) -> None:
-        """The fixes the engine used (not late, duplicate or set aside) go on record."""
+        """The fixes the engine used (not late, duplicate or set aside) go on record: one
+        entry per case and batch, its fixes as columns (times in epoch seconds), so the
+        record costs little per fix."""
+        if not self.engine.used_rows:
+            return
+        rows = np.concatenate(self.engine.used_rows)
         ids = self.engine.devices.ids
+        by_case: dict[str, list[int]] = {}
+        for k, slot in enumerate(batch.slot[rows].tolist()):
+            for c in self.cases_of_device.get(ids[slot], ()):
+                by_case.setdefault(c, []).append(k)
         entries = []
-        for rows in self.engine.used_rows:
-            for r in rows.tolist():
-                device = ids[int(batch.slot[r])]
-                body = {
-                    "device": device,
-                    "lat": float(batch.lat[r]),
-                    "lon": float(batch.lon[r]),
-                    "acc_m": float(batch.acc_m[r]) if batch.acc_m[r] == batch.acc_m[r] else None,
-                    "fix_time": iso_utc(float(batch.t_fix[r])),
-                    "received": iso_utc(float(batch.t_recv[r])),
-                    "seq": int(batch.seq[r]) if batch.seq[r] >= 0 else None,
-                }
-                t = float(batch.t_fix[r])
-                entries += [(c, t, "fix", body) for c in self.cases_of_device.get(device, ())]
+        for case_id, ks in by_case.items():
+            r = rows[ks]
+            acc = batch.acc_m[r]
+            body = {
+                "device": [ids[s] for s in batch.slot[r].tolist()],
+                "t_fix": batch.t_fix[r].tolist(),
+                "t_recv": batch.t_recv[r].tolist(),
+                "lat": batch.lat[r].tolist(),
+                "lon": batch.lon[r].tolist(),
+                "acc_m": np.where(np.isnan(acc), -1.0, acc).tolist(),  # -1: unknown
+                "seq": batch.seq[r].tolist(),  # -1: none
+            }
+            entries.append((case_id, float(batch.t_fix[r].max()), "fix", body))
         self.evidence.append(entries)
 
     def _publish(self, events: list[AlarmEvent]) -> None:

@@ -10,16 +10,20 @@ from pathlib import Path
 from proximity.errors import ProximityError
 
 
-def open_durable(path: Path, what: str, schema: str) -> sqlite3.Connection:
-    """Open (or create) ``path`` in WAL mode with ``synchronous=FULL`` (a committed
-    transaction survives a crash of the process and of the machine) and apply ``schema``;
-    problems are :class:`ProximityError` naming ``what`` the file is for."""
+def open_durable(
+    path: Path, what: str, schema: str, synchronous: str = "FULL"
+) -> sqlite3.Connection:
+    """Open (or create) ``path`` in WAL mode and apply ``schema``; problems are
+    :class:`ProximityError` naming ``what`` the file is for. ``synchronous=FULL``: a committed
+    transaction survives a crash of the process and of the machine; ``NORMAL``: it survives a
+    crash of the process, and the file stays consistent, but a power loss can take the last
+    transactions (no disk flush per commit)."""
     if not path.parent.is_dir():
         raise ProximityError(f"cannot open the {what} {path}: folder {path.parent} does not exist")
     try:
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
         db.executescript(schema)
     except sqlite3.DatabaseError as exc:
         raise ProximityError(f"cannot use {path} as the {what}: {exc}") from exc

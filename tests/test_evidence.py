@@ -92,7 +92,7 @@ def test_retention_removes_old_fixes_but_keeps_the_chain_and_records_the_purge(
     assert (n, problems) == (7, [])
     entries = [orjson.loads(x) for x in lines[:-1]]
     assert [e["body"] is None for e in entries[:5]] == [True, True, True, False, False]
-    assert entries[-1]["kind"] == "purge" and entries[-1]["body"]["fixes_removed"] == 3
+    assert entries[-1]["kind"] == "purge" and entries[-1]["body"]["fix_entries_removed"] == 3
     assert lines_of(log, "B")[0] and all(
         orjson.loads(x)["body"] is not None for x in lines_of(log, "B")[:-1]
     )
