@@ -66,6 +66,7 @@ class EngineService:
             unknown_accuracy_m=settings.unknown_accuracy_m,
         )
         self.started = time.time()
+        self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0
         # The evidence record: the fixes used and the alarm messages sent, per case.
         self.evidence = EvidenceLog(
@@ -83,6 +84,7 @@ class EngineService:
             "state": state,
             "time": iso_utc(time.time()),
             "started": iso_utc(self.started),
+            "online_since": iso_utc(self.online_since),
             "cases": len(self.cases),
             "devices": len(self.engine.devices.ids),
             "pairs": len(self.engine.pairs),
@@ -157,6 +159,7 @@ class EngineService:
                     f"the broker at {self.broker} did not accept the subscription within"
                     f" {CONNECT_WAIT_S:.0f} s"
                 )
+            self.online_since = time.time()
             out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             self._loop(stop, out)
