@@ -10,15 +10,20 @@ Units (https://owntracks.org/booklet/tech/json): ``tst`` is epoch seconds, ``acc
 accuracy in metres (the Android app can send it as a float; 0 or absent is unknown, never
 perfect), ``vel`` km/h, ``cog`` degrees, ``alt`` metres, ``batt`` percent. Two messages with
 the same ``tst`` (the apps send them, e.g. a ping after a location) are the same fix: the
-engine counts the second as a duplicate. An encrypted payload (``_type: encrypted``) is
-rejected with a reason saying so: this version has no key to open it. Other types (cards,
-waypoints, status, ...) and the last will are not positions and are rejected as such.
+engine counts the second as a duplicate. An encrypted payload (``_type: encrypted``, the
+apps' libsodium secret box: ``data`` is base64 of the 24-byte nonce and the box, the key the
+app's secret padded with zero bytes to 32) is opened with the key the devices list gives
+(``"owntracks": {..., "key": "..."}``); without a key, or with the wrong one, it is rejected
+with a reason saying so. Other types (cards, waypoints, status, ...) and the last will are
+not positions and are rejected as such.
 
 :func:`decode_owntracks` never raises.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -33,16 +38,52 @@ PREFIX = "owntracks/"
 KMH = 1.0 / 3.6
 
 Aliases = Mapping[tuple[str, str], str]
+Keys = Mapping[tuple[str, str], bytes]
+KEY_BYTES = 32
+NONCE_BYTES = 24
+
+
+def _apps(
+    devices: Iterable[tuple[str, Mapping[str, Any]]],
+) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    for dev_id, info in devices:
+        ot = info.get("owntracks")
+        if isinstance(ot, Mapping) and all(isinstance(ot.get(k), str) for k in ("user", "device")):
+            yield dev_id, ot
 
 
 def aliases(devices: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], str]:
     """(user, device) -> device id, from ``(id, info)`` device descriptions."""
-    out = {}
-    for dev_id, info in devices:
-        ot = info.get("owntracks")
-        if isinstance(ot, Mapping) and all(isinstance(ot.get(k), str) for k in ("user", "device")):
-            out[(ot["user"], ot["device"])] = dev_id
-    return out
+    return {(ot["user"], ot["device"]): dev_id for dev_id, ot in _apps(devices)}
+
+
+def keys(devices: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[tuple[str, str], bytes]:
+    """(user, device) -> the app's payload key (its secret, zero-padded to 32 bytes)."""
+    return {
+        (ot["user"], ot["device"]): ot["key"].encode()[:KEY_BYTES].ljust(KEY_BYTES, b"\0")
+        for _, ot in _apps(devices)
+        if isinstance(ot.get("key"), str) and ot["key"]
+    }
+
+
+def _open(data: object, key: bytes) -> bytes:
+    """The plaintext of an OwnTracks encrypted payload's ``data``; ValueError if it cannot be
+    opened with ``key``."""
+    from nacl.exceptions import CryptoError
+    from nacl.secret import SecretBox
+
+    if not isinstance(data, str):
+        raise ValueError("field 'data' must be base64 text")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except binascii.Error as exc:
+        raise ValueError(f"field 'data' is not base64: {exc}") from exc
+    if len(raw) <= NONCE_BYTES:
+        raise ValueError("field 'data' is too short to hold a nonce and a box")
+    try:
+        return bytes(SecretBox(key).decrypt(raw[NONCE_BYTES:], raw[:NONCE_BYTES]))
+    except CryptoError as exc:
+        raise ValueError("it does not open with the configured key (wrong key?)") from exc
 
 
 def _number(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> float | None:
@@ -57,7 +98,11 @@ def _number(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> float | N
 
 
 def decode_owntracks(
-    topic: str, payload: bytes | bytearray, t_recv: float, known: Aliases
+    topic: str,
+    payload: bytes | bytearray,
+    t_recv: float,
+    known: Aliases,
+    secrets: Keys | None = None,
 ) -> Fix | Rejection:
     """One OwnTracks message -> a fix of the mapped device, or a rejection with a reason."""
     parts = topic.split("/")
@@ -100,11 +145,20 @@ def decode_owntracks(
         )
     kind = obj.get("_type")
     if kind == "encrypted":
-        return reject(
-            RejectReason.ENCRYPTED,
-            "encrypted OwnTracks payload: this engine has no key to decrypt it; turn"
-            " encryption off in the app, or protect the link with TLS instead",
-        )
+        key = (secrets or {}).get((user, app))
+        if key is None:
+            return reject(
+                RejectReason.ENCRYPTED,
+                "encrypted OwnTracks payload and no key for this app: add the app's secret as"
+                ' "key" to its "owntracks" entry in the devices list',
+            )
+        try:
+            inner = orjson.loads(_open(obj.get("data"), key))
+        except (ValueError, orjson.JSONDecodeError) as exc:
+            return reject(RejectReason.ENCRYPTED, f"encrypted OwnTracks payload: {exc}")
+        if not isinstance(inner, dict) or inner.get("_type") == "encrypted":
+            return reject(RejectReason.ENCRYPTED, "the decrypted payload is not a message")
+        obj, kind = inner, inner.get("_type")
     expected = "transition" if len(parts) == 4 else "location"
     if kind != expected:
         return reject(

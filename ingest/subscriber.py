@@ -22,7 +22,7 @@ from ingest.codec import ACK_TOPIC, decode
 from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection
 from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
 from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
-from ingest.owntracks import Aliases, decode_owntracks
+from ingest.owntracks import Aliases, Keys, decode_owntracks
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,11 @@ class FixSubscriber:
         queue_limit: int = QUEUE_LIMIT,
         clock: Callable[[], float] = time.time,
         owntracks: Aliases | None = None,
+        owntracks_keys: Keys | None = None,
     ) -> None:
         self.broker = broker
         self._owntracks: Aliases = owntracks or {}
+        self._owntracks_keys: Keys = owntracks_keys or {}
         # (item, message id) pairs; the id is 0 for items that need no acknowledgement.
         self.items: queue.Queue[tuple[Item, int]] = queue.Queue(maxsize=queue_limit)
         self._drained: list[int] = []
@@ -114,7 +116,9 @@ class FixSubscriber:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
         if topic.startswith(OWNTRACKS_PREFIX):
-            item: Item = decode_owntracks(topic, msg.payload, self._clock(), self._owntracks)
+            item: Item = decode_owntracks(
+                topic, msg.payload, self._clock(), self._owntracks, self._owntracks_keys
+            )
         else:
             item = decode(topic, msg.payload, self._clock())
         self._put(item, msg.mid if msg.qos > 0 else 0)

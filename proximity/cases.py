@@ -340,6 +340,11 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
                         f' {{"user": ..., "device": ...}} (the app\'s topic owntracks/USER/DEVICE),'
                         f" got {ot!r}"
                     )
+                elif "key" in ot and not (isinstance(ot["key"], str) and 0 < len(ot["key"]) <= 32):
+                    problems.append(
+                        f"devices[{i}] ({dev_id}): 'owntracks.key' must be the app's encryption"
+                        " secret, 1 to 32 characters"
+                    )
                 elif (app := (str(names[0]), str(names[1]))) in seen_apps:
                     problems.append(
                         f"devices[{i}] ({dev_id}): OwnTracks {app[0]}/{app[1]} is already"

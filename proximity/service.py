@@ -22,6 +22,7 @@ from ingest.http_server import HttpServer
 from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
+from ingest.owntracks import keys as owntracks_keys
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
@@ -143,6 +144,7 @@ class EngineService:
             s.client_id,
             session_expiry_s=s.session_expiry_s,
             owntracks=owntracks_aliases((d.id, d.info) for d in self.devices),
+            owntracks_keys=owntracks_keys((d.id, d.info) for d in self.devices),
         )
         try:
             connect(out, self.broker)

@@ -3,6 +3,7 @@ device; everything else is rejected with a reason, and nothing raises."""
 
 from __future__ import annotations
 
+import base64
 import math
 
 import orjson
@@ -11,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.model import Fix, Rejection, RejectReason
-from ingest.owntracks import aliases, decode_owntracks
+from ingest.owntracks import aliases, decode_owntracks, keys
 from proximity.cases import parse_case_file
 
 NOW = 1795428000.0
@@ -94,7 +95,7 @@ def loc(**fields: object) -> bytes:
 @pytest.mark.parametrize(
     ("topic", "payload", "reason", "says"),
     [
-        (JANE, b'{"_type":"encrypted","data":"n+Xr0p...=="}', R.ENCRYPTED, "encrypted"),
+        (JANE, b'{"_type":"encrypted","data":"n+Xr0p...=="}', R.ENCRYPTED, "no key"),
         (JANE, b'{"_type":"lwt","tst":1795427000}', R.NOT_A_POSITION, "'lwt'"),
         (JANE, b'{"_type":"card","name":"Jane"}', R.NOT_A_POSITION, "card"),
         ("owntracks/bob/phone", ANDROID, R.UNKNOWN_DEVICE, "bob"),
@@ -141,3 +142,24 @@ def test_the_case_file_checks_its_owntracks_aliases() -> None:
     text = str(info.value)
     assert "devices[1] (b): OwnTracks jane/pixel is already device a" in text
     assert "devices[2] (c): 'owntracks' must be" in text
+
+
+def test_an_encrypted_payload_opens_with_the_apps_key_and_only_with_it() -> None:
+    from nacl.secret import SecretBox
+    from nacl.utils import random
+
+    secret = "correct horse battery"
+    devices = [("phone-42", {"owntracks": {"user": "jane", "device": "pixel", "key": secret}})]
+    keys_, known = keys(devices), aliases(devices)
+    # As the apps do it: the secret zero-padded to 32 bytes, nonce then box, base64.
+    nonce = random(24)
+    box = SecretBox(secret.encode().ljust(32, b"\0")).encrypt(ANDROID, nonce)
+    payload = orjson.dumps({"_type": "encrypted", "data": base64.b64encode(box).decode()})
+    fix = decode_owntracks(JANE, payload, NOW, known, keys_)
+    assert isinstance(fix, Fix) and (fix.device, fix.acc_m) == ("phone-42", 12.5)
+    wrong = keys([("phone-42", {"owntracks": {"user": "jane", "device": "pixel", "key": "x"}})])
+    out = decode_owntracks(JANE, payload, NOW, known, wrong)
+    assert isinstance(out, Rejection) and out.reason == R.ENCRYPTED and "wrong key" in out.detail
+    garbled = orjson.dumps({"_type": "encrypted", "data": "%%%"})
+    out = decode_owntracks(JANE, garbled, NOW, known, keys_)
+    assert isinstance(out, Rejection) and "base64" in out.detail
