@@ -39,6 +39,27 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_FUTURE_S = 300.0
 #: Fix times before 2000-01-01 are a device that has not synchronised its clock.
 MIN_EPOCH_S = 946684800.0
+#: A fix taken longer than this before it arrived is a broken clock, not a buffered fix (a
+#: phone that was offline delivers hours-old fixes, which are kept for the record).
+MAX_PAST_S = 7 * 86400.0
+
+
+def time_problem(t: float, t_recv: float) -> tuple[RejectReason, str] | None:
+    """Why a fix time ``t`` arriving at ``t_recv`` cannot be used, or None."""
+    if t > t_recv + MAX_FUTURE_S:
+        return (
+            RejectReason.FUTURE_TIMESTAMP,
+            f"time is {t - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s):"
+            " check the device clock",
+        )
+    if t < t_recv - MAX_PAST_S:
+        return (
+            RejectReason.STALE_TIMESTAMP,
+            f"time is {(t_recv - t) / 86400:.1f} days before arrival (at most"
+            f" {MAX_PAST_S / 86400:.0f}): check the device clock",
+        )
+    return None
+
 
 FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
@@ -190,12 +211,9 @@ def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[st
     if "ts" not in obj:
         raise _InvalidError(RejectReason.MISSING_FIELD, "field 'ts' is required")
     t = parse_timestamp(obj["ts"])
-    if t > t_recv + MAX_FUTURE_S:
-        raise _InvalidError(
-            RejectReason.FUTURE_TIMESTAMP,
-            f"time is {t - t_recv:.0f} s after arrival"
-            f" (tolerance {MAX_FUTURE_S:.0f} s): check the device clock",
-        )
+    problem = time_problem(t, t_recv)
+    if problem is not None:
+        raise _InvalidError(*problem)
     return obj, t
 
 

@@ -23,6 +23,7 @@ class RejectReason(StrEnum):
     OUT_OF_RANGE = "out_of_range"
     BAD_TIMESTAMP = "bad_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
+    STALE_TIMESTAMP = "stale_timestamp"
     UNKNOWN_DEVICE = "unknown_device"
     UNKNOWN_EVENT = "unknown_event"
     UNKNOWN_ACTION = "unknown_action"

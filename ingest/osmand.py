@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI, Request, Response
 
-from ingest.codec import MAX_FUTURE_S, MAX_PAYLOAD_BYTES, MIN_EPOCH_S, parse_timestamp
+from ingest.codec import MAX_PAYLOAD_BYTES, MIN_EPOCH_S, parse_timestamp, time_problem
 from ingest.model import Fix, Rejection, RejectReason
 
 KNOT = 1852.0 / 3600.0  # m/s
@@ -129,11 +129,9 @@ def parse_request(
             raise _BadRequestError(
                 RejectReason.BAD_TIMESTAMP, "time before 2000: the device clock is not set"
             )
-        if t > t_recv + MAX_FUTURE_S:
-            raise _BadRequestError(
-                RejectReason.FUTURE_TIMESTAMP,
-                f"time is {t - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s)",
-            )
+        problem = time_problem(t, t_recv)
+        if problem is not None:
+            raise _BadRequestError(*problem)
         acc = _num(fields, "accuracy", 0.0, 1e6)
         speed = _num(fields, "speed_mps", 0.0, 1000.0)
         if "speed_knots" in fields:

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from ingest.codec import MAX_FUTURE_S, MAX_PAYLOAD_BYTES, MIN_EPOCH_S
+from ingest.codec import MAX_PAYLOAD_BYTES, MIN_EPOCH_S, time_problem
 from ingest.model import Fix, Rejection, RejectReason
 
 SUBSCRIPTIONS = ("owntracks/+/+", "owntracks/+/+/event")
@@ -184,11 +184,9 @@ def decode_owntracks(
     except OverflowError as exc:
         return reject(RejectReason.OUT_OF_RANGE, str(exc))
     assert t is not None
-    if t > t_recv + MAX_FUTURE_S:
-        return reject(
-            RejectReason.FUTURE_TIMESTAMP,
-            f"time is {t - t_recv:.0f} s after arrival (tolerance {MAX_FUTURE_S:.0f} s)",
-        )
+    problem = time_problem(t, t_recv)
+    if problem is not None:
+        return reject(*problem)
     nan = math.nan
     return Fix(
         device=device,

@@ -77,6 +77,7 @@ def test_zero_or_missing_accuracy_means_unknown(acc: object) -> None:
         ({"ts": "yesterday", "lat": 50, "lon": 4}, RejectReason.BAD_TIMESTAMP, "ISO 8601"),
         ({"ts": 12, "lat": 50, "lon": 4}, RejectReason.BAD_TIMESTAMP, "plausible"),
         ({"ts": NOW + 3600, "lat": 50, "lon": 4}, RejectReason.FUTURE_TIMESTAMP, "clock"),
+        ({"ts": NOW - 8 * 86400, "lat": 50, "lon": 4}, RejectReason.STALE_TIMESTAMP, "days"),
         (b"{" + b" " * 70000 + b"}", RejectReason.TOO_LARGE, "bytes"),
     ],
 )

@@ -105,6 +105,7 @@ def loc(**fields: object) -> bytes:
         (JANE, loc(lat="50.8", lon=4.3, tst=1795427990), R.BAD_TYPE, "lat"),
         (JANE, loc(lat=50.8, lon=4.3, tst=1895427990), R.FUTURE_TIMESTAMP, "after arrival"),
         (JANE, b"not json", R.MALFORMED_JSON, "JSON"),
+        (JANE, loc(lat=50.8, lon=4.3, tst=1795428000 - 8 * 86400), R.STALE_TIMESTAMP, "days"),
     ],
 )
 def test_rejections_say_why(topic: str, payload: bytes, reason: RejectReason, says: str) -> None:
