@@ -7,11 +7,13 @@ alarm has arrived, any alarm the earlier fixes caused would already be there.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from simulator.broker import LocalBroker
@@ -221,7 +223,7 @@ def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(
     pub.fix("phone-5", *victim)
     pub.raw("devices/tag-5/fix", b"\x00\xff not json")
     pub.raw("devices/tag-5/fix", b"[1, 2, 3]")
-    pub.raw("devices/tag-5/fix", b'{"ts": "2026-01-01T00:00:00Z", "lat": 123.0, "lon": 4.3}')
+    pub.raw("devices/tag-5/fix", orjson.dumps({"ts": time.time(), "lat": 123.0, "lon": 4.3}))
     pub.raw("devices/tag-5/fix", b'{"lat": 50.0, "lon": 4.3}')
     pub.raw("devices/nobody/fix", b'{"ts": 1795428000, "lat": 50.0, "lon": 4.3, "acc": 5}')
     pub.fix("tag-5", *offset(*victim, 80.0, 250.0))
