@@ -129,6 +129,18 @@ def write_cases(
     return path
 
 
+def import_cases(
+    tmp: Path, cases: list[dict[str, Any]], devices: list[dict[str, Any]] | None = None
+) -> Path:
+    """Import the cases (and devices) through the CLI into ``tmp/registry.sqlite``."""
+    db = tmp / "registry.sqlite"
+    result = run_cli(
+        "cases", "import", str(write_cases(tmp / "cases.json", cases, devices)), "--db", str(db)
+    )
+    assert result.returncode == 0, result.stderr
+    return db
+
+
 @contextmanager
 def running_engine(
     broker: LocalBroker,
@@ -139,11 +151,7 @@ def running_engine(
 ) -> Iterator[EngineProcess]:
     """Import the cases (and devices) into a fresh registry through the CLI and run
     ``proximity run ARGS`` against ``broker`` for the block; it must then stop cleanly."""
-    db = tmp / "registry.sqlite"
-    result = run_cli(
-        "cases", "import", str(write_cases(tmp / "cases.json", cases, devices)), "--db", str(db)
-    )
-    assert result.returncode == 0, result.stderr
+    db = import_cases(tmp, cases, devices)
     proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()
     yield proc
     assert proc.stop() == 0, proc.log.read_text()

@@ -17,7 +17,7 @@ import pytest
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, running_engine, write_cases
+from tests.conftest import Listener, Publisher, import_cases, running_engine
 from tests.naive import offset
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -138,15 +138,7 @@ def test_an_alarm_journalled_before_a_crash_is_delivered_by_the_next_engine(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
     journal = tmp_path / "registry.journal.sqlite"
-    db = tmp_path / "registry.sqlite"
-    imported = run_cli(
-        "cases",
-        "import",
-        str(write_cases(tmp_path / "cases.json", CASES, DEVICES)),
-        "--db",
-        str(db),
-    )
-    assert imported.returncode == 0, imported.stderr
+    db = import_cases(tmp_path, CASES, DEVICES)
     first = EngineProcess(broker.url, db, tmp_path / "engine1.log").start()
     assert first.proc is not None
     try:
@@ -187,16 +179,8 @@ def test_an_alarm_journalled_before_a_crash_is_delivered_by_the_next_engine(
 def test_5000_fixes_sent_while_the_engine_is_down_are_each_processed_once(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
-    db = tmp_path / "registry.sqlite"
     walking: list[dict[str, Any]] = [{"id": "phone-d", "mobility": "walking"}, *DEVICES[:3]]
-    imported = run_cli(
-        "cases",
-        "import",
-        str(write_cases(tmp_path / "cases.json", CASES, walking)),
-        "--db",
-        str(db),
-    )
-    assert imported.returncode == 0, imported.stderr
+    db = import_cases(tmp_path, CASES, walking)
     args = ("--status-interval-s", "0.5")
     first = EngineProcess(broker.url, db, tmp_path / "engine1.log", *args).start()
     assert first.stop() == 0  # the session (and its subscription) stays at the broker
