@@ -73,10 +73,16 @@ class EngineService:
         self.evidence = EvidenceLog(
             settings.evidence or settings.db.with_suffix(".evidence.sqlite")
         )
-        self.cases_of_device: dict[str, list[str]] = {}
-        for c in self.cases:
+        # Which cases each device slot takes part in, as CSR arrays (for the evidence record).
+        slot_cases = [set[int]() for _ in self.engine.devices.ids]
+        case_ids = [c.id for c in self.cases]
+        for ci, c in enumerate(self.cases):
             for d in (*c.offenders, *c.protected):
-                self.cases_of_device.setdefault(d, []).append(c.id)
+                slot_cases[self.engine.slot_of[d]].add(ci)
+        self._case_ids = case_ids
+        self._slot_case_ptr = np.cumsum([0, *(len(x) for x in slot_cases)], dtype=np.int64)
+        self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
+        self._device_ids = np.array(self.engine.devices.ids, dtype=object)
         self.notices_published = 0
 
     def _status(self, state: str) -> bytes:
@@ -291,17 +297,20 @@ class EngineService:
         if not self.engine.used_rows:
             return
         rows = np.concatenate(self.engine.used_rows)
-        ids = self.engine.devices.ids
-        by_case: dict[str, list[int]] = {}
-        for k, slot in enumerate(batch.slot[rows].tolist()):
-            for c in self.cases_of_device.get(ids[slot], ()):
-                by_case.setdefault(c, []).append(k)
+        # Each used fix once per case of its device, grouped by case: array work per batch.
+        lo = self._slot_case_ptr[batch.slot[rows]]
+        n = self._slot_case_ptr[batch.slot[rows] + 1] - lo
+        fix_of = np.repeat(rows, n)
+        first = np.repeat(lo - (np.cumsum(n) - n), n)
+        case_of = self._slot_cases[first + np.arange(fix_of.size)]
+        order = np.argsort(case_of, kind="stable")
+        case_of, fix_of = case_of[order], fix_of[order]
+        starts = np.flatnonzero(np.r_[True, case_of[1:] != case_of[:-1]])
         entries = []
-        for case_id, ks in by_case.items():
-            r = rows[ks]
+        for ci, r in zip(case_of[starts].tolist(), np.split(fix_of, starts[1:]), strict=True):
             acc = batch.acc_m[r]
             body = {
-                "device": [ids[s] for s in batch.slot[r].tolist()],
+                "device": self._device_ids[batch.slot[r]].tolist(),
                 "t_fix": batch.t_fix[r].tolist(),
                 "t_recv": batch.t_recv[r].tolist(),
                 "lat": batch.lat[r].tolist(),
@@ -309,7 +318,7 @@ class EngineService:
                 "acc_m": np.where(np.isnan(acc), -1.0, acc).tolist(),  # -1: unknown
                 "seq": batch.seq[r].tolist(),  # -1: none
             }
-            entries.append((case_id, float(batch.t_fix[r].max()), "fix", body))
+            entries.append((self._case_ids[ci], float(batch.t_fix[r].max()), "fix", body))
         self.evidence.append(entries)
 
     def _publish(self, events: list[AlarmEvent]) -> None:

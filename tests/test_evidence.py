@@ -106,3 +106,35 @@ def test_the_record_is_append_only(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
         db.execute("UPDATE evidence SET body=X'7B7D' WHERE case_id='A' AND seq=2")
     db.close()
+
+
+def test_the_engine_records_each_used_fix_in_every_case_of_its_device(tmp_path: Path) -> None:
+    from ingest.batch import build_batch
+    from ingest.model import Fix
+    from proximity.service import EngineService
+    from proximity.settings import load_settings
+    from tests.conftest import import_cases
+
+    cases = [
+        {"id": "A", "offenders": ["o1"], "protected": ["v"], "order": {"distance_m": 500}},
+        {"id": "B", "offenders": ["o2"], "protected": ["v"], "order": {"distance_m": 500}},
+    ]
+    db = import_cases(tmp_path, cases)
+    service = EngineService(load_settings(None, db=db))
+    fixes = [
+        Fix("v", T0, T0 + 0.1, 50.85, 4.35, 5.0, seq=1),
+        Fix("o1", T0, T0 + 0.1, 50.95, 4.35, 5.0, seq=2),
+        Fix("o2", T0, T0 + 0.1, 50.75, 4.35, float("nan")),
+        Fix("o2", T0, T0 + 0.1, 50.75, 4.35, 5.0),  # a duplicate: not used, not recorded
+    ]
+    batch, _ = build_batch(fixes, service.engine.slot_of)
+    service.engine.process(batch)
+    service._record_fixes(batch)
+    bodies = {
+        c: [orjson.loads(x)["body"] for x in lines_of(service.evidence, c)[:-1]] for c in "AB"
+    }
+    assert [sorted(b["device"]) for b in bodies["A"]] == [["o1", "v"]]
+    [b] = bodies["B"]
+    columns = {d: (acc, seq) for d, acc, seq in zip(b["device"], b["acc_m"], b["seq"], strict=True)}
+    assert columns == {"v": (5.0, 1), "o2": (-1.0, -1)}  # the unknown accuracy, no seq
+    service.evidence.close()
