@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -47,7 +48,11 @@ class MqttAlarmChannel:
         topic: str,
         journal: Journal,
         cap_topic: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        #: Stamps ``times.published`` (the engine's clock, like ``times.decided``); the
+        #: journal and the delivery lag keep the wall clock.
+        self._clock = clock
         self.topic = topic
         self.cap_topic = cap_topic
         self.journal = journal
@@ -75,7 +80,7 @@ class MqttAlarmChannel:
 
     def send(self, message: dict[str, Any]) -> None:
         now = time.time()
-        message["times"]["published"] = iso_utc(now)
+        message["times"]["published"] = iso_utc(self._clock())
         items = [(message["alarm_id"], self.topic, orjson.dumps(message))]
         if self.cap_topic is not None:
             items.append((message["alarm_id"], self.cap_topic, self._cap.alert(message)))

@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--confirm-s", type=float, metavar="S", help=_help("confirm_s"))
     run.add_argument("--dwell-s", type=float, metavar="S", help=_help("dwell_s"))
     run.add_argument("--renotify-s", type=float, metavar="S", help=_help("renotify_s"))
+    run.add_argument("--time-scale", type=float, metavar="X", help=_help("time_scale"))
+    run.add_argument("--time-epoch", type=float, metavar="T", help=_help("time_epoch"))
     run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
 
     cases = sub.add_parser("cases", help="import and list cases in the registry")
@@ -214,6 +216,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         confirm_s=args.confirm_s,
         dwell_s=args.dwell_s,
         renotify_s=args.renotify_s,
+        time_scale=args.time_scale,
+        time_epoch=args.time_epoch,
         log_level=args.log_level,
     )
     logging.basicConfig(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -48,9 +49,22 @@ STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
 
 
+def scaled_clock(scale: float, epoch: float) -> Callable[[], float]:
+    """A clock that stands at ``epoch`` until the wall clock reaches it, then runs ``scale``
+    times faster: ``epoch + max(0, time.time() - epoch) * scale`` (the wall clock itself when
+    ``scale`` is 1). An evaluation run sets the epoch a little after the engine's start, so
+    that no device has been silent when the first fixes come."""
+    if scale == 1.0:
+        return time.time
+    return lambda: epoch + max(0.0, time.time() - epoch) * scale
+
+
 class EngineService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        epoch = settings.time_epoch if settings.time_epoch is not None else time.time()
+        #: The engine's time: the wall clock, or a faster one for evaluation runs.
+        self.clock = scaled_clock(settings.time_scale, epoch)
         try:
             self.broker = parse_broker_url(settings.broker)
         except IngestError as exc:
@@ -65,6 +79,7 @@ class EngineService:
             rules=rule_config(settings),
             default_top_speed_mps=MOBILITY_MPS[settings.default_mobility],
             unknown_accuracy_m=settings.unknown_accuracy_m,
+            clock=self.clock,
         )
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
@@ -137,7 +152,7 @@ class EngineService:
         out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
         journal_path = s.journal or s.db.with_suffix(".journal.sqlite")
         self.channel = MqttAlarmChannel(
-            out, s.alarm_topic, Journal(journal_path), s.cap_topic or None
+            out, s.alarm_topic, Journal(journal_path), s.cap_topic or None, clock=self.clock
         )
         self._out = out
 
@@ -151,6 +166,7 @@ class EngineService:
             session_expiry_s=s.session_expiry_s,
             owntracks=owntracks_aliases((d.id, d.info) for d in self.devices),
             owntracks_keys=owntracks_keys((d.id, d.info) for d in self.devices),
+            clock=self.clock,
         )
         try:
             connect(out, self.broker)
@@ -195,7 +211,7 @@ class EngineService:
         if not host or not port.isdigit():
             raise ProximityError(f"http_listen must be HOST:PORT, got {listen!r}")
         app = make_osmand_app(
-            ((d.id, d.info) for d in self.devices), self.subscriber.put_local, time.time
+            ((d.id, d.info) for d in self.devices), self.subscriber.put_local, self.clock
         )
         server = HttpServer(app, host, int(port))
         try:
@@ -210,8 +226,10 @@ class EngineService:
 
     def _loop(self, stop: threading.Event, out: Any) -> None:
         s = self.settings
+        # Sweeps follow the engine's clock (faster in evaluation runs); status, the wall's.
+        sweep_every = s.sweep_interval_s / s.time_scale
         next_status = time.monotonic() + s.status_interval_s
-        next_sweep = time.monotonic() + s.sweep_interval_s
+        next_sweep = time.monotonic() + sweep_every
         next_purge = time.monotonic()
         while not stop.is_set():
             wait = max(0.0, min(0.5, next_status - time.monotonic(), next_sweep - time.monotonic()))
@@ -223,7 +241,7 @@ class EngineService:
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             if time.monotonic() >= next_sweep:
                 self._publish(self.engine.sweep())
-                next_sweep = time.monotonic() + s.sweep_interval_s
+                next_sweep = time.monotonic() + sweep_every
             if time.monotonic() >= next_purge:
                 self._purge()
                 next_purge = time.monotonic() + PURGE_INTERVAL_S

@@ -173,6 +173,19 @@ class Settings(BaseSettings):
         description="seconds between sweeps of every pair for what time alone changes"
         " (an old fix's growing uncertainty)",
     )
+    time_scale: float = Field(
+        1.0,
+        gt=0,
+        description="evaluation runs only: the engine's clock stands at time_epoch until the"
+        " wall clock reaches it, then runs this many times faster (fix times, ages and every"
+        " rule timer follow it), so that hours of simulated or recorded fixes replay in"
+        " minutes",
+    )
+    time_epoch: float | None = Field(
+        None,
+        description="evaluation runs only: the epoch second (UTC) from which the scaled clock"
+        " runs (default: the engine's start)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
 

@@ -40,7 +40,15 @@ class EngineProcess:
     Output goes to ``log``; ``status`` is the engine's latest status message.
     """
 
-    def __init__(self, broker_url: str, db: Path, log: Path, *extra_args: str) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        db: Path,
+        log: Path,
+        *extra_args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = env or {}
         self.broker_url = broker_url
         self.db = db
         self.log = log
@@ -75,7 +83,7 @@ class EngineProcess:
                     ],
                     stdout=out,
                     stderr=subprocess.STDOUT,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    env=dict(os.environ, PYTHONUNBUFFERED="1", **self.env),
                 )
             deadline = time.monotonic() + timeout
             while not self._online.wait(0.1):
