@@ -61,7 +61,7 @@ X, Y, Z, R0, VMAX, VX, VY, VZ = range(8)
 ROW = 8
 
 # Columns of the filter's state (one row per device, next to the rows the pairs read).
-PPP, PPV, PVV, T_LAST, FVX, FVY, FVZ = range(7)
+PPP, PPV, PVV, T_LAST, FVX, FVY, FVZ, T_GATE = range(8)
 KF = 8
 
 #: White-acceleration spectral density of the motion model (m^2/s^3): walking, cycling and
@@ -126,6 +126,7 @@ def apply_fixes(
             s = ppp + r
             nis = (ex * ex + ey * ey + ez * ez) / s
             if nis > GATE:
+                kf[i, T_GATE] = t  # a manoeuvre or a jump: breaches wait to be confirmed
                 f = nis / GATE
                 ppp *= f
                 ppv *= f
@@ -389,6 +390,12 @@ class ProximityCore:
         self._all = np.arange(len(pairs), dtype=np.int64)
         self._nan = np.full(len(pairs), np.nan)
         self._nan.flags.writeable = False
+
+    def manoeuvred(self, slots: IntArray, within_s: float) -> npt.NDArray[np.bool_]:
+        """Which devices' filters met a fix outside their gate (a manoeuvre, or a jump such
+        as a multipath burst) within ``within_s`` seconds of fixes before their last one."""
+        kf = self.kf
+        return kf[slots, T_LAST] - kf[slots, T_GATE] < within_s  # NaN (never): False
 
     def apply(
         self,

@@ -67,6 +67,8 @@ ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 APPROACH_NAMESPACE = uuid.UUID("2b8e4f61-7d0c-4a35-b1e9-8c3f5a6d2e47")
 PROBING_NAMESPACE = uuid.UUID("9d4a1c7e-3f28-4b6d-a05e-71c2e8f94b13")
 
+#: A fix stands as current evidence until its device's next report is due, plus this.
+EVIDENCE_SLACK_S = 3.0
 #: How many alarms (open or ended) are remembered for operator acknowledgement and closing.
 REMEMBERED_ALARMS = 10_000
 
@@ -412,17 +414,22 @@ class Engine:
         order = pairs.order_m[idx]
         margin = pairs.margin_m[idx]
         warning = pairs.warning_m[idx]
+        # A device that has just jumped (a burst of multipath, or a real sudden move) makes
+        # a breach at most likely: it must hold for confirm_s like any likely breach.
+        settled = self._settled(idx)
         # NaN distances (a device without a fix) compare False: such a pair never changes.
         cond = Conditions(
             pre=d - u <= warning,
             likely=d <= order,
-            certain=cls == Classification.CERTAIN_BREACH,
+            certain=(cls == Classification.CERTAIN_BREACH) & settled,
             escalate=d + u <= pairs.escalation_m[idx],
             leave_alarm=d - u > order + margin,
             leave_pre=d - u > warning + margin,
             force_end=np.zeros(idx.size, dtype=bool),
         )
-        moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
+        moves = audible(
+            self.levels.step(idx, cond, now, self._evidence(idx, now)), idx, self.alarm_ids
+        )
         events: list[AlarmEvent] = []
         if moves:
             # The events' figures: a sweep evaluated without the approach, so the few pairs
@@ -441,6 +448,28 @@ class Engine:
             events.extend(self._probe_expiry(now))
         return events
 
+    def _settled(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Pairs neither of whose devices jumped or manoeuvred (a fix taken although it
+        jumped, or one outside the motion filter's gate) within confirm_s of fixes before
+        its last one."""
+        w = self.rules.confirm_s
+        both = np.concatenate([self.pairs.offender[idx], self.pairs.victim[idx]])
+        ok = self.quality.settled(both, self.devices.t_fix[both]) & ~self.core.manoeuvred(
+            both, w
+        )
+        return ok[: idx.size] & ok[idx.size :]
+
+    def _evidence(self, idx: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.float64]:
+        """Per pair, the time up to which both devices' positions are current: each fix
+        stands until the device's next report is due (its reporting interval plus
+        EVIDENCE_SLACK_S), and not beyond ``now``. The clock that confirms a likely breach
+        (LevelMachine.step): devices reporting on schedule confirm it in ``confirm_s`` as
+        before; a position frozen by a dropout stops confirming; a backlog confirms in the
+        time its own fixes span."""
+        o, v = self.pairs.offender[idx], self.pairs.victim[idx]
+        t, iv = self.devices.t_fix, self.health.interval_s
+        return np.fmin(np.minimum(t[o] + iv[o], t[v] + iv[v]) + EVIDENCE_SLACK_S, now)
+
     def _approach(self, ev: PairEvaluation, now: float) -> list[AlarmEvent]:
         """The approach rule on a fix evaluation (which has the closing speed)."""
         r = self.rules
@@ -450,7 +479,12 @@ class Engine:
         # the smallest approach speed, so jitter of the estimate never adds up to
         # approach_min_m while a walk does within a minute or so.
         decay = 0.5 * r.approach_min_speed_mps * (now - self._anchor_t[idx])
-        anchor = np.fmax(d, self._anchor[idx] - decay)
+        # A distance seen while a device jumps (multipath) is not "where he was lately":
+        # only settled estimates raise the anchor.
+        settled = self._settled(idx)
+        anchor = np.where(
+            settled, np.fmax(d, self._anchor[idx] - decay), self._anchor[idx] - decay
+        )
         self._anchor[idx] = anchor
         self._anchor_t[idx] = now
         sustained = (
@@ -463,13 +497,16 @@ class Engine:
         cond = Conditions(
             pre=np.zeros(idx.size, dtype=bool),
             likely=sustained,
-            certain=sustained,
+            # After a jump the velocity is the jump's: the approach must hold for confirm_s.
+            certain=sustained & settled,
             escalate=np.zeros(idx.size, dtype=bool),
             leave_alarm=stop,
             leave_pre=stop,
             force_end=self.levels.level[idx] >= ALARM,
         )
-        moves = audible(self.approach.step(idx, cond, now), idx, self.approach_ids)
+        moves = audible(
+            self.approach.step(idx, cond, now, self._evidence(idx, now)), idx, self.approach_ids
+        )
         if not moves:
             return []
         decided = self._clock()

@@ -33,6 +33,10 @@ class FixFilter:
         self.pend_t = np.full(n_devices, np.nan)
         self.pend_acc = np.full(n_devices, np.nan)
         self.n_rejected = np.zeros(n_devices, dtype=np.int64)
+        #: Time of each device's last fix accepted although it jumped (confirmed by the next
+        #: fix, or taken after max_rejected): until it has settled, a breach it shows is
+        #: not certain (a multipath burst looks exactly like this).
+        self.jumped_t = np.full(n_devices, -np.inf)
 
     def _allowed(self, dt: FloatArray, acc1: FloatArray, acc2: FloatArray) -> FloatArray:
         r = self.rules
@@ -67,6 +71,8 @@ class FixFilter:
         confirmed = dp <= self._allowed(t_fix[j] - self.pend_t[s], acc_m[j], self.pend_acc[s])
         give_up = self.n_rejected[s] >= self.rules.max_rejected
         accept[j] = confirmed | give_up
+        taken = confirmed | give_up
+        self.jumped_t[s[taken]] = t_fix[j[taken]]
         self._clear(slots[accept])
         keep = j[~accept[j]]
         ks = slots[keep]
@@ -76,6 +82,11 @@ class FixFilter:
         self.pend_acc[ks] = acc_m[keep]
         self.n_rejected[ks] += 1
         return accept
+
+    def settled(self, slots: IntArray, t_last: FloatArray) -> BoolArray:
+        """Which devices have taken no jumped fix within ``confirm_s`` of fixes before their
+        last one (``t_last``): a jump is settled by later fixes, not by waiting."""
+        return ~(t_last - self.jumped_t[slots] < self.rules.confirm_s)
 
     def _clear(self, slots: IntArray) -> None:
         self.pend_t[slots] = np.nan

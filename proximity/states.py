@@ -98,9 +98,12 @@ class Transition:
     silent: bool = False
 
 
-def _held(start: npt.NDArray[np.float64], idx: IntArray, holds: BoolArray, now: float) -> Float:
+def _held(
+    start: npt.NDArray[np.float64], idx: IntArray, holds: BoolArray, now: float | Float
+) -> Float:
     """Seconds a condition has held on every evaluation up to ``now`` (NaN where it does not
-    hold now); ``start[idx]`` keeps when each spell began."""
+    hold now); ``start[idx]`` keeps when each spell began. ``now`` may be one time per
+    thing."""
     s = start[idx]
     s = np.where(holds, np.where(np.isnan(s), now, s), np.nan)
     start[idx] = s
@@ -125,12 +128,20 @@ class LevelMachine:
     def __len__(self) -> int:
         return int(self.level.size)
 
-    def step(self, idx: IntArray, c: Conditions, now: float) -> list[Transition]:
-        """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed."""
+    def step(
+        self, idx: IntArray, c: Conditions, now: float, evidence: Float | None = None
+    ) -> list[Transition]:
+        """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed.
+
+        ``evidence``: per thing, the time up to which its inputs are current (see
+        ``Engine._evidence``). A likely breach is confirmed by ``confirm_s`` of evidence,
+        not of waiting: a position frozen by a dropout (perhaps the tail of a multipath
+        burst) stops confirming itself, while a backlog of fixes confirms what it shows in
+        the time it spans. None: the clock is the evidence."""
         tm = self.timing
         before = self.level[idx].astype(np.int64)
 
-        likely_for = _held(self.t_likely, idx, c.likely, now)
+        likely_for = _held(self.t_likely, idx, c.likely, now if evidence is None else evidence)
         off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
         off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
 

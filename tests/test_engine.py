@@ -148,9 +148,12 @@ def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
     # Three fixes of one offender in one batch, out of order: in, out, in. Each counts.
     # (20 s apart: 800 m in 20 s is fast driving, not a multipath jump; top speed 0 keeps
     # the victim's older fix as certain as it was.)
-    # (No dwell, so that leaving the alarm level needs one fix.)
+    # (No dwell, so that leaving the alarm level needs one fix; no confirmation, so that the
+    # sudden move back in - a manoeuvre for the motion filter - alarms at once.)
     eng = engine(
-        [case("C", ("o",), ("v",))], default_top_speed_mps=0.0, rules=RuleConfig(dwell_s=0.0)
+        [case("C", ("o",), ("v",))],
+        default_top_speed_mps=0.0,
+        rules=RuleConfig(dwell_s=0.0, confirm_s=0.0),
     )
     run(eng, fix("v", HOME, 0))
     events = events_of(
