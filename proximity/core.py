@@ -222,9 +222,12 @@ def evaluate_pairs(
 
         # Relative velocity. A device whose velocity is not known yet (one fix) counts as
         # standing still, as long as the other's is known: "he approaches at 5 m/s" is what
-        # the operator needs. 1 / neg_dot comes free with the distance (chord_arc_inv).
+        # the operator needs.
         dot = 0.0
         neg_dot = 1.0
+        wx = 0.0
+        wy = 0.0
+        wz = 0.0
         known = False
         if approach:
             vi_known = not math.isnan(rows[i, VX])
@@ -236,7 +239,7 @@ def evaluate_pairs(
             known = (vi_known or vj_known) and c2 >= 1e-6  # no direction under a millimetre
             neg_dot = -dot if dot != 0.0 else 1.0
 
-        d, c, inv_c, inv_neg_dot = chord_arc_inv(
+        d, _c, inv_c, _ = chord_arc_inv(
             rows[i, X], rows[i, Y], rows[i, Z], rows[j, X], rows[j, Y], rows[j, Z], neg_dot
         )
         s = math.sqrt(rad_i * rad_i + rad_j * rad_j) * inv_k68
@@ -250,8 +253,13 @@ def evaluate_pairs(
         if approach:
             v = -dot * inv_c
             closing[k] = v if known else math.nan
-            t = (d - order) * c * inv_neg_dot  # (d - order) / v
-            t = t if v > 0.0 else math.inf
+            # When the straight line of the relative motion enters the order circle:
+            # |r + w t| = order. Head-on this is (d - order) / v; a course that passes by
+            # (closest approach beyond the order distance) never enters, however fast it
+            # closes now: a car driving past at 800 m is not an approach.
+            w2 = wx * wx + wy * wy + wz * wz if known else 0.0
+            disc = dot * dot - w2 * (c2 - order * order)
+            t = (-dot - math.sqrt(disc)) / w2 if (v > 0.0 and disc >= 0.0) else math.inf
             t = t if known else math.nan
             ttb[k] = 0.0 if d <= order else t
 

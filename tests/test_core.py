@@ -153,6 +153,36 @@ def test_approach_parallel_travel_and_retreat() -> None:
     assert closing == pytest.approx(-35.0, abs=0.05) and ttb == np.inf
 
 
+def test_a_course_that_passes_by_predicts_no_breach_however_fast_it_closes() -> None:
+    # She stands at home; he drives at 20 m/s along a straight road. Its closest point to
+    # her home is `miss` metres away; he is 1,500 m along it before that point.
+    case = Case("C", ("o",), ("v",), 500.0, 1000.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+
+    def run(miss: float) -> tuple[float, float, float]:
+        core = ProximityCore(2, table, [40.0, 40.0])
+        closest = offset(*HOME, 0.0, miss)  # the road runs east-west, `miss` m north of her
+        for k in range(6):
+            t = T0 + k
+            o = offset(*closest, 270.0, 1500.0 - 20.0 * k)
+            core.apply(
+                np.array([0, 1]),
+                np.array([o[0], HOME[0]]),
+                np.array([o[1], HOME[1]]),
+                np.array([t, t]),
+                np.array([3.0, 3.0]),
+                t,
+            )
+        ev = core.evaluate(np.array([0]), T0 + 5)
+        return float(ev.distance_m[0]), float(ev.closing_mps[0]), float(ev.time_to_breach_s[0])
+
+    d, closing, ttb = run(800.0)  # passes 800 m from her: closing fast, but never inside
+    assert closing > 15.0 and ttb == np.inf
+    # Passing 300 m from her, he enters the 500 m circle 1,400 - 400 = 1,000 m further on.
+    d, closing, ttb = run(300.0)
+    assert closing > 15.0 and ttb == pytest.approx(1000.0 / 20.0, rel=0.02)
+
+
 def test_no_velocity_and_no_fix() -> None:
     case = Case("C", ("o",), ("v",), 200.0, 400.0)
     table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
