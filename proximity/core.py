@@ -399,6 +399,10 @@ class ProximityCore:
         self._nan = np.full(len(pairs), np.nan)
         self._nan.flags.writeable = False
 
+    def velocity(self, slot: int) -> npt.NDArray[np.float64]:
+        """Device ``slot``'s velocity (ECEF m/s; NaN until the filter knows it)."""
+        return self.rows[slot, VX : VZ + 1].copy()
+
     def manoeuvred(self, slots: IntArray, within_s: float) -> npt.NDArray[np.bool_]:
         """Which devices' filters met a fix outside their gate (a manoeuvre, or a jump such
         as a multipath burst) within ``within_s`` seconds of fixes before their last one."""

@@ -20,6 +20,7 @@ Python work is done only for the rare pairs that change state.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -35,7 +36,14 @@ from ingest.model import DeviceEvent
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
-from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
+from proximity.events import (
+    AlarmEvent,
+    AlarmLevel,
+    AlarmState,
+    AlarmType,
+    Motion,
+    Position,
+)
 from proximity.geodesy import geodesic_distance_m
 from proximity.health import DeviceWatch
 from proximity.messages import iso_utc
@@ -427,9 +435,11 @@ class Engine:
             leave_pre=d - u > warning + margin,
             force_end=np.zeros(idx.size, dtype=bool),
         )
-        moves = audible(
-            self.levels.step(idx, cond, now, self._evidence(idx, now)), idx, self.alarm_ids
-        )
+        # A settled pair's likely breach is confirmed by time, as always; one just after a
+        # jump only by current evidence (a jumped position frozen by a dropout - often the
+        # tail of a multipath burst - never confirms itself).
+        evidence = np.where(settled, now, self._evidence(idx, now))
+        moves = audible(self.levels.step(idx, cond, now, evidence), idx, self.alarm_ids)
         events: list[AlarmEvent] = []
         if moves:
             # The events' figures: a sweep evaluated without the approach, so the few pairs
@@ -454,18 +464,16 @@ class Engine:
         its last one."""
         w = self.rules.confirm_s
         both = np.concatenate([self.pairs.offender[idx], self.pairs.victim[idx]])
-        ok = self.quality.settled(both, self.devices.t_fix[both]) & ~self.core.manoeuvred(
-            both, w
-        )
+        ok = self.quality.settled(both, self.devices.t_fix[both]) & ~self.core.manoeuvred(both, w)
         return ok[: idx.size] & ok[idx.size :]
 
     def _evidence(self, idx: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.float64]:
         """Per pair, the time up to which both devices' positions are current: each fix
         stands until the device's next report is due (its reporting interval plus
-        EVIDENCE_SLACK_S), and not beyond ``now``. The clock that confirms a likely breach
-        (LevelMachine.step): devices reporting on schedule confirm it in ``confirm_s`` as
-        before; a position frozen by a dropout stops confirming; a backlog confirms in the
-        time its own fixes span."""
+        EVIDENCE_SLACK_S), and not beyond ``now``. The clock that confirms a likely breach of
+        a pair that has just jumped (LevelMachine.step): devices reporting on schedule
+        confirm it in ``confirm_s`` as ever; a position frozen by a dropout stops
+        confirming; a backlog confirms in the time its own fixes span."""
         o, v = self.pairs.offender[idx], self.pairs.victim[idx]
         t, iv = self.devices.t_fix, self.health.interval_s
         return np.fmin(np.minimum(t[o] + iv[o], t[v] + iv[v]) + EVIDENCE_SLACK_S, now)
@@ -482,9 +490,7 @@ class Engine:
         # A distance seen while a device jumps (multipath) is not "where he was lately":
         # only settled estimates raise the anchor.
         settled = self._settled(idx)
-        anchor = np.where(
-            settled, np.fmax(d, self._anchor[idx] - decay), self._anchor[idx] - decay
-        )
+        anchor = np.where(settled, np.fmax(d, self._anchor[idx] - decay), self._anchor[idx] - decay)
         self._anchor[idx] = anchor
         self._anchor_t[idx] = now
         sustained = (
@@ -504,9 +510,8 @@ class Engine:
             leave_pre=stop,
             force_end=self.levels.level[idx] >= ALARM,
         )
-        moves = audible(
-            self.approach.step(idx, cond, now, self._evidence(idx, now)), idx, self.approach_ids
-        )
+        evidence = np.where(settled, now, self._evidence(idx, now))
+        moves = audible(self.approach.step(idx, cond, now, evidence), idx, self.approach_ids)
         if not moves:
             return []
         decided = self._clock()
@@ -573,7 +578,16 @@ class Engine:
         ended from, for an end), ``previous_level`` set when the level changed."""
         pairs = self.pairs
         p = int(ev.idx[k])
+        motion = self._motion(p)
+        if motion.parallel and state in (AlarmState.OPEN, AlarmState.UPDATE):
+            reason += (
+                f"; both travel the same way (offender {motion.offender_speed_mps:.0f} m/s,"
+                f" protected person {motion.victim_speed_mps:.0f} m/s, headings"
+                f" {motion.heading_difference_deg:.0f} deg apart): parallel travel, perhaps a"
+                " coincidental encounter"
+            )
         return AlarmEvent(
+            motion=motion,
             alarm_id=alarm_id,
             type=type_,
             level=AlarmLevel(m.level or m.before),
@@ -596,6 +610,23 @@ class Engine:
                 AlarmLevel(m.before) if m.level and m.before and m.before != m.level else None
             ),
         )
+
+    def _motion(self, p: int) -> Motion:
+        """Both parties' speeds and heading difference, and whether that is parallel travel."""
+        r = self.rules
+        a = self.core.velocity(int(self.pairs.offender[p]))
+        b = self.core.velocity(int(self.pairs.victim[p]))
+        sa, sb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        cos = float(a @ b) / (sa * sb) if sa > 0 and sb > 0 else math.nan
+        angle = (
+            math.degrees(math.acos(max(-1.0, min(1.0, cos)))) if math.isfinite(cos) else math.nan
+        )
+        parallel = (
+            min(sa, sb) >= r.parallel_min_speed_mps
+            and angle <= r.parallel_max_angle_deg
+            and max(sa, sb) <= 1.5 * min(sa, sb)
+        )
+        return Motion(sa, sb, angle, bool(parallel))
 
     def _pair_name(self, p: int) -> str:
         """ "case/offender/victim" of pair ``p``: stable names for alarm ids."""

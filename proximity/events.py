@@ -47,6 +47,17 @@ def wire_name(code: IntEnum) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Motion:
+    """How both parties of a pair move (from the motion filter's velocities; NaN unknown):
+    ``parallel`` when both travel the same way at similar speeds (see RuleConfig)."""
+
+    offender_speed_mps: float
+    victim_speed_mps: float
+    heading_difference_deg: float
+    parallel: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     """A device's last fix as the engine used it. Times are UTC epoch seconds.
 
@@ -119,6 +130,8 @@ class AlarmEvent:
     device: str | None = None
     #: The level before a level change (None when the alarm opens or nothing rose or fell).
     previous_level: AlarmLevel | None = None
+    #: Both parties' motion (pair and approach alarms).
+    motion: Motion | None = None
     #: Who acknowledged or closed the alarm (those states only).
     operator: str | None = None
 

@@ -13,6 +13,11 @@ Zone alarms (``type`` ``zone`` for an exclusion zone, ``curfew`` for an inclusio
 the zone by its ``zone`` label, say its ``zone_kind`` and how far inside it the offender is
 (``zone_inside_m``, negative outside); their ``distance_m`` is the distance to the zone's
 boundary and ``victim`` the last position of the case's first protected person.
+
+Pair and approach alarms carry ``motion``: both parties' speeds, the difference of their
+headings, and ``parallel`` when they travel the same way at similar speeds (the same road in
+the same direction: perhaps a coincidental encounter, which the operator triages
+differently); null for other alarms.
 """
 
 from __future__ import annotations
@@ -60,6 +65,18 @@ def _position(p: Position, decided: float) -> dict[str, Any]:
     }
 
 
+def _motion(event: AlarmEvent) -> dict[str, Any] | None:
+    m = event.motion
+    if m is None:
+        return None
+    return {
+        "offender_speed_mps": _num(m.offender_speed_mps, 2),
+        "victim_speed_mps": _num(m.victim_speed_mps, 2),
+        "heading_difference_deg": _num(m.heading_difference_deg, 1),
+        "parallel": m.parallel,
+    }
+
+
 def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
     """The CIC alarm message for one alarm state change. ``times.published`` is filled in by
     the channel at the moment of publication."""
@@ -89,6 +106,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "zone": event.zone.label if event.zone else None,
         "zone_kind": event.zone.kind if event.zone else None,
         "zone_inside_m": _num(event.zone.inside_m, 1) if event.zone else None,
+        "motion": _motion(event),
         "reason": event.reason,
         "operator": event.operator,
         "trigger": {

@@ -69,6 +69,13 @@ class RuleConfig:
     approach_min_speed_mps: float = 0.5
     approach_min_m: float = 50.0
 
+    #: Parallel travel: a pair alarm says so when both move at ``parallel_min_speed_mps`` or
+    #: more, headings within ``parallel_max_angle_deg`` and speeds within a factor 1.5 of
+    #: each other (both on the same road, the same way: perhaps a coincidental encounter,
+    #: which the operator triages differently from a pursuit).
+    parallel_min_speed_mps: float = 2.0
+    parallel_max_angle_deg: float = 30.0
+
     #: Boundary probing: ``probe_entries`` separate entries into the warning band (or a
     #: zone's) within ``probe_window_s`` raise a ``probing`` alarm, which ends when a whole
     #: window passes without an entry.

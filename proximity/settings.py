@@ -149,6 +149,18 @@ class Settings(BaseSettings):
         ge=0,
         description="metres an approach must already have closed before it alarms",
     )
+    parallel_min_speed_mps: float = Field(
+        RULES.parallel_min_speed_mps,
+        gt=0,
+        description="a pair alarm is labelled parallel travel when both move at least this"
+        " fast, the same way (perhaps a coincidental encounter)",
+    )
+    parallel_max_angle_deg: float = Field(
+        RULES.parallel_max_angle_deg,
+        gt=0,
+        le=90,
+        description="largest heading difference of parallel travel, degrees",
+    )
     probe_entries: int = Field(
         RULES.probe_entries,
         ge=2,
