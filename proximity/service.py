@@ -315,6 +315,8 @@ class EngineService:
         if not self.engine.used_rows:
             return
         rows = np.concatenate(self.engine.used_rows)
+        if rows.size == 0:  # every fix of the batch late, duplicate or set aside
+            return
         # Each used fix once per case of its device, grouped by case: array work per batch.
         lo = self._slot_case_ptr[batch.slot[rows]]
         n = self._slot_case_ptr[batch.slot[rows] + 1] - lo

@@ -138,3 +138,26 @@ def test_the_engine_records_each_used_fix_in_every_case_of_its_device(tmp_path: 
     columns = {d: (acc, seq) for d, acc, seq in zip(b["device"], b["acc_m"], b["seq"], strict=True)}
     assert columns == {"v": (5.0, 1), "o2": (-1.0, -1)}  # the unknown accuracy, no seq
     service.evidence.close()
+
+
+def test_a_batch_whose_every_fix_is_set_aside_records_nothing(tmp_path: Path) -> None:
+    # It used to stop the engine (an index error on an empty selection).
+    from ingest.batch import build_batch
+    from ingest.model import Fix
+    from proximity.service import EngineService
+    from proximity.settings import load_settings
+    from tests.conftest import import_cases
+
+    cases = [{"id": "A", "offenders": ["o"], "protected": ["v"], "order": {"distance_m": 500}}]
+    db = import_cases(tmp_path, cases)
+    service = EngineService(load_settings(None, db=db))
+    first, _ = build_batch([Fix("o", T0, T0 + 0.1, 50.85, 4.35, 5.0)], service.engine.slot_of)
+    service.engine.process(first)
+    service._record_fixes(first)
+    # 30 km in one second: a jump, set aside - the batch has no used fix.
+    jump, _ = build_batch([Fix("o", T0 + 1, T0 + 1.1, 51.12, 4.35, 5.0)], service.engine.slot_of)
+    service.engine.process(jump)
+    assert service.engine.stats.fixes_implausible == 1
+    service._record_fixes(jump)
+    assert len(lines_of(service.evidence, "A")) == 2  # the first fix's entry and the head
+    service.evidence.close()
