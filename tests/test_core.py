@@ -176,10 +176,10 @@ def test_a_course_that_passes_by_predicts_no_breach_however_fast_it_closes() -> 
         ev = core.evaluate(np.array([0]), T0 + 5)
         return float(ev.distance_m[0]), float(ev.closing_mps[0]), float(ev.time_to_breach_s[0])
 
-    d, closing, ttb = run(800.0)  # passes 800 m from her: closing fast, but never inside
+    _, closing, ttb = run(800.0)  # passes 800 m from her: closing fast, but never inside
     assert closing > 15.0 and ttb == np.inf
     # Passing 300 m from her, he enters the 500 m circle 1,400 - 400 = 1,000 m further on.
-    d, closing, ttb = run(300.0)
+    _, closing, ttb = run(300.0)
     assert closing > 15.0 and ttb == pytest.approx(1000.0 / 20.0, rel=0.02)
 
 
