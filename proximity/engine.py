@@ -473,7 +473,7 @@ class Engine:
         EVIDENCE_SLACK_S), and not beyond ``now``. The clock that confirms a likely breach of
         a pair that has just jumped (LevelMachine.step): devices reporting on schedule
         confirm it in ``confirm_s`` as ever; a position frozen by a dropout stops
-        confirming; a backlog confirms in the time its own fixes span."""
+        confirming."""
         o, v = self.pairs.offender[idx], self.pairs.victim[idx]
         t, iv = self.devices.t_fix, self.health.interval_s
         return np.fmin(np.minimum(t[o] + iv[o], t[v] + iv[v]) + EVIDENCE_SLACK_S, now)

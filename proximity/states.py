@@ -99,15 +99,19 @@ class Transition:
 
 
 def _held(
-    start: npt.NDArray[np.float64], idx: IntArray, holds: BoolArray, now: float | Float
+    start: npt.NDArray[np.float64],
+    idx: IntArray,
+    holds: BoolArray,
+    now: float,
+    clock: float | Float | None = None,
 ) -> Float:
     """Seconds a condition has held on every evaluation up to ``now`` (NaN where it does not
-    hold now); ``start[idx]`` keeps when each spell began. ``now`` may be one time per
-    thing."""
+    hold now); ``start[idx]`` keeps when each spell began (stamped with ``now``). ``clock``
+    (one time per thing) measures the spell instead of ``now``."""
     s = start[idx]
     s = np.where(holds, np.where(np.isnan(s), now, s), np.nan)
     start[idx] = s
-    return now - s
+    return (now if clock is None else clock) - s
 
 
 class LevelMachine:
@@ -134,14 +138,14 @@ class LevelMachine:
         """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed.
 
         ``evidence``: per thing, the time up to which its inputs are current (see
-        ``Engine._evidence``). A likely breach is confirmed by ``confirm_s`` of evidence,
+        ``Engine._evidence``). A likely spell starts when it is first seen (``now``) and is
+        measured on the evidence, so it is confirmed by ``confirm_s`` of current fixes,
         not of waiting: a position frozen by a dropout (perhaps the tail of a multipath
-        burst) stops confirming itself, while a backlog of fixes confirms what it shows in
-        the time it spans. None: the clock is the evidence."""
+        burst) does not confirm itself. None: the clock is the evidence."""
         tm = self.timing
         before = self.level[idx].astype(np.int64)
 
-        likely_for = _held(self.t_likely, idx, c.likely, now if evidence is None else evidence)
+        likely_for = _held(self.t_likely, idx, c.likely, now, evidence)
         off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
         off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
 

@@ -396,3 +396,23 @@ def test_parallel_travel_is_labelled_and_a_pursuit_is_not() -> None:
     standing = drive(0.0)  # he drives at her while she stands: a pursuit, not parallel travel
     assert standing.motion is not None and not standing.motion.parallel
     assert "parallel" not in standing.reason
+
+
+def test_a_burst_during_the_other_device_s_dropout_is_not_confirmed_when_it_returns() -> None:
+    # The offender is silent for 29 s; 5 s before he reports again the victim's fixes jump
+    # 70 m towards him (a burst of 8). His first fix after the gap must not find a likely
+    # breach "held" since the start of his silence.
+    clock = Clock()
+    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
+    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    off = offset(*HOME, 90.0, 520.0)
+    events: list[AlarmEvent] = []
+    for t in range(120):
+        v = offset(*HOME, 90.0, 70.0) if 55 <= t < 63 else HOME
+        fixes = [fix("v", v, t, acc=8.0)]
+        if not 31 <= t < 60:
+            fixes.append(fix("o", off, t + 0.3, acc=8.0))
+        events += events_of(eng, *fixes)
+        clock.t = T0 + t + 0.5
+        events += eng.sweep()
+    assert [e for e in events if e.level >= AlarmLevel.ALARM] == []
