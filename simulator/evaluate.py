@@ -1,0 +1,627 @@
+"""``proximity evaluate``: scenarios through the real broker to the real engine, scored.
+
+One run: a Mosquitto (private on a free port, or ``--broker``), a fresh SQLite registry with
+the scenario cases, ``proximity run`` as its own process with a clock ``--speed`` times faster
+than the wall's (:func:`proximity.service.scaled_clock`), and this process as both the
+devices (publishing every fix on its device's schedule, QoS 1, as the engine's clock reaches
+its time) and the CIC (collecting every alarm message, acknowledging each alarm as an
+operator would after ``ack_after_s``). The alarms are then scored against the ground truth
+(:mod:`simulator.metrics`) and written as a JSON summary and a report
+(:mod:`simulator.report`).
+
+A sweep repeats the run under several settings (any engine setting, and the devices'
+reporting interval) on the same scenarios, and tabulates detection against false alarms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import paho.mqtt.client as mqtt
+
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.cases import parse_case_file
+from proximity.errors import ProximityError
+from proximity.registry import Registry
+from proximity.settings import Settings
+from simulator.broker import LocalBroker
+from simulator.families import Suite, build_suite
+from simulator.gnss import observe
+from simulator.metrics import (
+    AlarmRecord,
+    CaseWindow,
+    collect_alarms,
+    epoch,
+    percentiles_ms,
+    score,
+    totals,
+)
+from simulator.process import EngineProcess
+from simulator.scenario import to_latlon
+
+FIX_QOS = 1
+ALARM_TOPIC = "cic/alarms"
+ACK_TOPIC = "cic/acks"
+STATUS_TOPIC = "proximity/status"
+#: The engine must be online this long before its clock starts (else the run restarts it
+#: with a longer lead): the first start on a machine compiles the kernels.
+FIRST_LEAD_S = 10.0
+DRAIN_TIMEOUT_S = 60.0
+#: Session expiry of the evaluation's own MQTT clients.
+SESSION_S = 600
+#: Settings a sweep may vary besides the engine's: the devices' reporting interval.
+DEVICE_SETTINGS = ("interval_s",)
+
+
+@dataclass
+class EvalOptions:
+    scenarios: list[str]
+    pairs: int = 5
+    speed: float = 60.0
+    interval_s: float = 1.0
+    alarm_interval_s: float | None = None
+    seed: int = 7
+    out: Path = Path("evaluation")
+    broker: str | None = None
+    #: Engine settings for every run (name -> value), e.g. {"confirm_s": 15}.
+    settings: dict[str, str] = field(default_factory=dict)
+    #: Sweep: setting name -> values; every combination is one run.
+    sweep: dict[str, list[str]] = field(default_factory=dict)
+    ack_after_s: float = 60.0
+    quiet: bool = False
+    #: Replayed tracks (simulator.replay.ReplayPair), added to the generated cases.
+    replay: list[Any] = field(default_factory=list)
+
+
+# --- the devices' reports -------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """Every report of every device, in time order (scenario seconds)."""
+
+    t: npt.NDArray[np.float64]
+    dev: npt.NDArray[np.int64]
+    seq: npt.NDArray[np.int64]
+    lat: npt.NDArray[np.float64]
+    lon: npt.NDArray[np.float64]
+    acc: npt.NDArray[np.float64]
+    #: Sent only while an alarm of the device's case is open (faster reporting).
+    fast: npt.NDArray[np.bool_]
+    devices: list[str]
+    case_of: list[int]  # device -> index of its case
+    #: device -> its reports' positions in the arrays, indexed by seq (-1: not sent).
+    index: list[npt.NDArray[np.int64]]
+
+
+def build_schedule(suite: Suite, seed: int) -> Schedule:
+    rng = np.random.default_rng([seed, 99])  # the devices' reporting phases
+    case_index = {c.id: i for i, c in enumerate(suite.cases)}
+    of_device = {}
+    for c in suite.cases:
+        of_device[c.offender] = case_index[c.id]
+        of_device[c.victim] = case_index[c.id]
+    cols: dict[str, list[Any]] = {k: [] for k in ("t", "dev", "seq", "lat", "lon", "acc", "fast")}
+    devices = list(suite.devices)
+    for i, d in enumerate(suite.devices.values()):
+        if d.recorded is not None:  # a replayed recording: as recorded
+            t, lat, lon, acc = d.recorded
+            k = np.arange(t.size)
+            keep = np.ones(t.size, dtype=bool)
+            fast = np.zeros(t.size, dtype=bool)
+        else:
+            case = suite.cases[of_device[d.id]]
+            step = d.alarm_interval_s or d.interval_s
+            ratio = max(1, round(d.interval_s / step))
+            phase = float(rng.uniform(0.0, d.interval_s))
+            t = np.arange(case.start_s + phase, case.end_s, step)
+            if not t.size:
+                continue
+            k = np.arange(t.size)
+            obs = observe(d.error, t, np.random.default_rng([seed, i]))
+            e = np.interp(t, d.track.t, d.track.east_m) + obs.de_m
+            n = np.interp(t, d.track.t, d.track.north_m) + obs.dn_m
+            lat, lon = to_latlon(suite.origin, e, n)
+            acc, keep, fast = obs.acc_m, obs.sent, k % ratio != 0
+        cols["t"].append(t[keep])
+        cols["dev"].append(np.full(int(keep.sum()), i))
+        cols["seq"].append(k[keep])
+        cols["lat"].append(lat[keep])
+        cols["lon"].append(lon[keep])
+        cols["acc"].append(acc[keep])
+        cols["fast"].append(fast[keep])
+    t = np.concatenate(cols["t"])
+    order = np.argsort(t, kind="stable")
+    arr = {k: np.concatenate(v)[order] for k, v in cols.items()}
+    lat, lon = arr["lat"], arr["lon"]
+    index = []
+    for i in range(len(devices)):
+        mine = np.flatnonzero(arr["dev"] == i)
+        ix = np.full(int(arr["seq"][mine].max()) + 1 if mine.size else 0, -1, dtype=np.int64)
+        ix[arr["seq"][mine]] = mine
+        index.append(ix)
+    return Schedule(
+        arr["t"],
+        arr["dev"].astype(np.int64),
+        arr["seq"].astype(np.int64),
+        lat,
+        lon,
+        np.round(arr["acc"], 1),
+        arr["fast"].astype(bool),
+        devices,
+        [of_device[d] for d in devices],
+        index,
+    )
+
+
+# --- the CIC side ---------------------------------------------------------------------------
+
+
+class Cic:
+    """Collects the alarm messages and the engine's status; knows which cases have an open
+    alarm (for faster reporting)."""
+
+    def __init__(self, case_ids: Sequence[str]) -> None:
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.status: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self._case = {c: i for i, c in enumerate(case_ids)}
+        self.open_alarms: dict[str, int] = {}  # alarm id -> case index
+        self.alarm_open = np.zeros(len(case_ids), dtype=bool)
+        self.new_alarms: list[tuple[str, float]] = []  # (alarm id, decided epoch)
+        self.disconnects = 0
+
+    def on_disconnect(self, client: mqtt.Client, userdata: Any, *args: Any) -> None:
+        self.disconnects += 1
+
+    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        arrived = time.time()
+        try:
+            body = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        if msg.topic == STATUS_TOPIC:
+            self.status = body
+            return
+        with self.lock:
+            self.messages.append((arrived, body))
+            ci = self._case.get(body.get("case_id", ""))
+            if ci is None:
+                return
+            aid = body["alarm_id"]
+            if body["state"] in ("ended", "closed"):
+                self.open_alarms.pop(aid, None)
+            else:
+                # The operator acknowledges each new alarm, and each rise of its level.
+                prev = body.get("previous_level")
+                if body["state"] == "open" or (
+                    body["state"] == "update" and prev and prev != body["level"]
+                ):
+                    self.new_alarms.append((aid, epoch(body["times"]["decided"])))
+                self.open_alarms[aid] = ci
+            self.alarm_open[:] = False
+            for c in self.open_alarms.values():
+                self.alarm_open[c] = True
+
+
+# --- one run --------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    settings: dict[str, str]
+    suite: Suite
+    schedule: Schedule
+    messages: list[tuple[float, dict[str, Any]]]
+    published_wall: npt.NDArray[np.float64]
+    epoch: float
+    speed: float
+    wall_s: float
+    published: int
+    engine_status: dict[str, Any]
+    lag_max_s: float
+    disconnects: int = 0
+
+    def alarms(self) -> list[AlarmRecord]:
+        return collect_alarms((m for _, m in self.messages), self.epoch)
+
+    def latencies_s(self) -> list[float]:
+        """Fix published -> alarm received, for alarms a fix caused (wall seconds)."""
+        out = []
+        dev = {d: i for i, d in enumerate(self.schedule.devices)}
+        for arrived, m in self.messages:
+            trig = m.get("trigger") or {}
+            if trig.get("cause") != "fix" or trig.get("seq") is None:
+                continue
+            i = dev.get(str(trig.get("device")))
+            if i is None or trig["seq"] >= self.schedule.index[i].size:
+                continue
+            j = self.schedule.index[i][trig["seq"]]
+            if j >= 0 and math.isfinite(self.published_wall[j]):
+                out.append(arrived - float(self.published_wall[j]))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        windows = [
+            CaseWindow(c.id, c.family, c.start_s, c.end_s, tuple(c.truth), c.parallel)
+            for c in self.suite.cases
+        ]
+        fams, outcomes = score(windows, self.alarms())
+        return {
+            "settings": self.settings,
+            "speed": self.speed,
+            "wall_s": round(self.wall_s, 1),
+            "scenario_s": self.suite.duration_s,
+            "fixes_published": self.published,
+            "fixes_processed": self.engine_status.get("fixes_processed"),
+            "messages": len(self.messages),
+            "publish_lag_max_s": round(self.lag_max_s, 3),
+            "mqtt_disconnects": self.disconnects,
+            "epoch": self.epoch,
+            "latency_ms": percentiles_ms(self.latencies_s()),
+            "families": [f.row() for f in fams.values()],
+            "total": totals(fams).row(),
+            "missed": [
+                {"case_id": o.case_id, "kind": o.kind, "start_s": round(o.start_s, 1)}
+                for o in outcomes
+                if not o.detected
+            ],
+        }
+
+
+class Progress:
+    """A one-line progress bar on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def show(self, frac: float, text: str, force: bool = False) -> None:
+        if self.quiet:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < (0.5 if self.tty else 10.0):
+            return
+        self._last = now
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        line = f"  [{bar}] {100 * frac:5.1f} %  {text}"
+        if self.tty:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            print(file=sys.stderr)
+
+
+def _hms(s: float) -> str:
+    s = max(0, int(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _flag(name: str) -> str:
+    return "PROXIMITY_" + name.upper()
+
+
+def run_once(
+    opts: EvalOptions,
+    suite: Suite,
+    schedule: Schedule,
+    broker_url: str,
+    work: Path,
+    settings: dict[str, str],
+    label: str,
+    say: Callable[..., None],
+) -> RunResult:
+    """One engine run over the whole schedule."""
+    work.mkdir(parents=True, exist_ok=True)
+    db = work / "registry.sqlite"
+    doc = suite.case_file()
+    (work / "cases.json").write_text(json.dumps(doc))
+    with Registry(db) as registry:
+        registry.import_file(parse_case_file(doc, str(work / "cases.json")))
+    cic = Cic([c.id for c in suite.cases])
+    # Both sides keep a session at the broker: a reconnect (the machine overloaded) loses
+    # no alarm and no fix; the reconnections are counted in the results.
+    tag = f"{label}-{uuid.uuid4().hex[:8]}"
+    monitor = make_client(f"proximity-eval-cic-{tag}")
+    monitor.on_message = cic.on_message
+    monitor.on_disconnect = cic.on_disconnect
+    broker = parse_broker_url(broker_url)
+    connect(monitor, broker, clean_start=False, session_expiry_s=SESSION_S)
+    monitor.subscribe([(ALARM_TOPIC, 1), (STATUS_TOPIC, 1)])
+    devices = make_client(f"proximity-eval-devices-{tag}")
+    devices.on_disconnect = cic.on_disconnect
+    connect(devices, broker, clean_start=False, session_expiry_s=SESSION_S)
+    env = {_flag(k): str(v) for k, v in settings.items() if k not in DEVICE_SETTINGS}
+    lead = FIRST_LEAD_S
+    engine: EngineProcess | None = None
+    try:
+        for _attempt in range(3):
+            epoch = time.time() + lead
+            engine = EngineProcess(
+                broker_url,
+                db,
+                work / "engine.log",
+                "--status-interval-s",
+                "1",
+                "--client-id",
+                f"proximity-eval-{label}-{int(epoch)}",
+                "--time-scale",
+                str(opts.speed),
+                "--time-epoch",
+                repr(epoch),
+                env=env,
+            )
+            started = time.time()
+            engine.start()
+            if time.time() < epoch - 0.5:
+                break
+            engine.stop()
+            lead = 2 * lead + (time.time() - started)
+            say(f"  the engine took {time.time() - started:.0f} s to start; again with more lead")
+        else:
+            raise ProximityError("the engine did not start in time, three times")
+        say(
+            f"  engine online: {engine.status.get('pairs')} pairs, clock x{opts.speed:g}"
+            f" from {time.strftime('%H:%M:%S', time.localtime(epoch))}"
+        )
+        result = _publish(opts, suite, schedule, devices, cic, epoch, settings, engine)
+        # Drain: the engine has taken every fix, and its alarms have come.
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            st = cic.status
+            if (
+                st.get("messages_received", 0) >= result.published + 0
+                and st.get("alarms_unacknowledged", 1) == 0
+            ):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)
+        result.engine_status = dict(cic.status)
+        result.disconnects = cic.disconnects
+    finally:
+        if engine is not None:
+            engine.stop()
+            # The engine's log, kept with the results.
+            opts.out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(work / "engine.log", opts.out / f"engine-run{label}.log")
+        disconnect(devices)
+        disconnect(monitor)
+    with cic.lock:
+        result.messages = list(cic.messages)
+    return result
+
+
+def _publish(
+    opts: EvalOptions,
+    suite: Suite,
+    sc: Schedule,
+    client: mqtt.Client,
+    cic: Cic,
+    epoch: float,
+    settings: dict[str, str],
+    engine: EngineProcess,
+) -> RunResult:
+    x = opts.speed
+    topics = [f"devices/{d}/fix" for d in sc.devices]
+    acc = np.where(np.isfinite(sc.acc), sc.acc, 0.0)  # 0: unknown, as devices say it
+    case_of = np.array(sc.case_of, dtype=np.int64)
+    pub = np.full(sc.t.size, np.nan)
+    progress = Progress(opts.quiet)
+    n = sc.t.size
+    i = 0
+    published = 0
+    lag_max = 0.0
+    acks: list[tuple[float, str]] = []
+    wall0 = time.time()
+    while time.time() < epoch:
+        time.sleep(min(0.05, max(0.0, epoch - time.time())))
+    while i < n:
+        now_s = (time.time() - epoch) * x
+        j = int(np.searchsorted(sc.t, now_s, side="right"))
+        if j > i:
+            open_ = cic.alarm_open[case_of[sc.dev[i:j]]]
+            for r in range(i, j):
+                if sc.fast[r] and not open_[r - i]:
+                    continue
+                payload = orjson.dumps(
+                    {
+                        "ts": round(epoch + float(sc.t[r]), 3),
+                        "lat": round(float(sc.lat[r]), 7),
+                        "lon": round(float(sc.lon[r]), 7),
+                        "acc": float(acc[r]),
+                        "seq": int(sc.seq[r]),
+                    }
+                )
+                pub[r] = time.time()
+                client.publish(topics[sc.dev[r]], payload, qos=FIX_QOS)
+                published += 1
+            lag_max = max(lag_max, (time.time() - epoch) * x - float(sc.t[j - 1]))
+            i = j
+        # The operator acknowledges each new alarm ack_after_s (scenario time) after it opened.
+        with cic.lock:
+            acks.extend((t - epoch + opts.ack_after_s, a) for a, t in cic.new_alarms)
+            cic.new_alarms.clear()
+        due = [a for a in acks if a[0] <= now_s]
+        if due:
+            acks = [a for a in acks if a[0] > now_s]
+            for t_s, aid in due:
+                client.publish(
+                    ACK_TOPIC,
+                    orjson.dumps(
+                        {
+                            "alarm_id": aid,
+                            "operator": "evaluation",
+                            "ts": round(epoch + t_s, 3),
+                            "action": "acknowledge",
+                            "note": "simulated operator",
+                        }
+                    ),
+                    qos=1,
+                )
+        progress.show(
+            i / n,
+            f"scenario {_hms(now_s)} of {_hms(suite.duration_s)}, {published:,} fixes,"
+            f" {len(cic.messages):,} alarm messages",
+        )
+        if engine.proc is not None and engine.proc.poll() is not None:
+            raise ProximityError(
+                f"the engine stopped during the run (exit code {engine.proc.returncode}):\n"
+                + engine.log.read_text(errors="replace")[-3000:]
+            )
+        if i < n:
+            wait = epoch + float(sc.t[i]) / x - time.time()
+            if wait > 0:
+                time.sleep(min(wait, 0.05))
+    progress.show(1.0, f"{published:,} fixes published", force=True)
+    progress.done()
+    return RunResult(
+        settings,
+        suite,
+        sc,
+        [],
+        pub,
+        epoch,
+        x,
+        time.time() - wall0,
+        published,
+        {},
+        lag_max / x,
+    )
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def _combinations(sweep: dict[str, list[str]]) -> list[dict[str, str]]:
+    if not sweep:
+        return [{}]
+    names = list(sweep)
+    return [dict(zip(names, vals, strict=True)) for vals in itertools.product(*sweep.values())]
+
+
+def check_settings(names: Sequence[str]) -> None:
+    """Every name must be an engine setting or a device setting."""
+    known = set(Settings.model_fields) | set(DEVICE_SETTINGS)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ProximityError(
+            f"unknown setting(s) {', '.join(bad)}; engine settings are the names of"
+            " 'proximity run --help' with underscores (confirm_s, margin_fraction, ...),"
+            f" and the devices' is {', '.join(DEVICE_SETTINGS)}"
+        )
+
+
+def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
+    """Run the scenarios (once, or once per sweep combination); write the JSON summary and
+    the report under ``opts.out``; return the summary."""
+    from simulator.report import write_report
+
+    say = (lambda *a: None) if opts.quiet else print
+    check_settings([*opts.settings, *opts.sweep])
+    combos = _combinations(opts.sweep)
+    work = Path(tempfile.mkdtemp(prefix="proximity-eval-"))
+    broker: LocalBroker | None = None
+    runs: list[RunResult] = []
+    try:
+        if opts.broker:
+            broker_url = opts.broker
+        else:
+            broker = LocalBroker(work)
+            broker.start()
+            broker_url = broker.url
+        say(f"broker     {broker_url}")
+        suites: dict[float, tuple[Suite, Schedule]] = {}
+        for k, combo in enumerate(combos, start=1):
+            settings = {**opts.settings, **combo}
+            interval = float(settings.get("interval_s", opts.interval_s))
+            if interval not in suites:
+                suite = build_suite(
+                    opts.scenarios, opts.pairs, opts.seed, interval, opts.alarm_interval_s
+                )
+                if opts.replay:
+                    from simulator.replay import add_replays
+
+                    add_replays(suite, opts.replay)
+                suites[interval] = (suite, build_schedule(suite, opts.seed))
+            suite, schedule = suites[interval]
+            what = ", ".join(f"{a}={b}" for a, b in combo.items()) or "default settings"
+            say(
+                f"run {k}/{len(combos)}  {what}: {len(suite.cases)} cases"
+                f" ({', '.join(suite.families())}), {schedule.t.size:,} fixes over"
+                f" {_hms(suite.duration_s)} of scenario time at x{opts.speed:g}"
+                f" (about {suite.duration_s / opts.speed / 60:.1f} min)"
+            )
+            runs.append(
+                run_once(opts, suite, schedule, broker_url, work / f"run{k}", settings, str(k), say)
+            )
+        summaries = [r.summary() for r in runs]
+        doc = {
+            "command": "proximity " + " ".join(sys.argv[1:]) if sys.argv else "",
+            "scenarios": opts.scenarios,
+            "pairs_per_type": opts.pairs,
+            "speed": opts.speed,
+            "interval_s": opts.interval_s,
+            "seed": opts.seed,
+            "runs": summaries,
+        }
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "summary.json").write_text(json.dumps(doc, indent=2))
+        # Every alarm message the CIC received, per run, as it arrived (JSON Lines).
+        for k, r in enumerate(runs, start=1):
+            with (opts.out / f"alarms-run{k}.jsonl").open("wb") as fh:
+                for arrived, m in r.messages:
+                    fh.write(orjson.dumps({"received": arrived, "message": m}) + b"\n")
+        write_report(opts.out, doc, runs)
+        return doc
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_summary(doc: dict[str, Any], out: Path) -> None:
+    """The figures that matter, per run: detection, delay, false alarms, latency."""
+    for k, s in enumerate(doc["runs"], start=1):
+        settings = ", ".join(f"{a}={b}" for a, b in s["settings"].items()) or "default settings"
+        t = s["total"]
+        lat = s["latency_ms"]
+        print(
+            f"\nrun {k} ({settings}): {s['fixes_published']:,} fixes, {s['messages']:,} alarm"
+            f" messages, {s['wall_s']:.0f} s"
+        )
+        print(
+            f"  {'scenario type':<16} {'breaches':>8} {'detected':>8} {'delay p50':>9}"
+            f" {'alarms/pd':>9} {'false':>5} {'false/pd':>8}"
+        )
+        for f in [*s["families"], t]:
+            delay = f["delay_median_s"]
+            print(
+                f"  {f['family']:<16} {f['breaches']:>8} {f['breaches_detected']:>8}"
+                f" {'-' if delay is None else f'{delay:.1f} s':>9}"
+                f" {f['alarms_per_pair_day'] or 0:>9.1f} {f['false_alarms']:>5}"
+                f" {f['false_alarms_per_pair_day'] or 0:>8.2f}"
+            )
+        print(
+            f"  latency fix -> CIC ({lat['count']} messages): p50 {lat['p50']} ms,"
+            f" p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
+        )
+    print(f"\nreport: {out / 'report.html'}   summary: {out / 'summary.json'}")

@@ -1,0 +1,301 @@
+"""Scoring an evaluation run: the alarms the CIC received against the scenarios' ground truth.
+
+Pure functions over plain values, so that a hand-made case can check them.
+
+- An **alarm** is one alarm id that reached level ``alarm`` or ``escalation`` (pre-alerts are
+  counted apart, as operator load). It belongs to the case whose active window holds the
+  moment it reached that level; alarms of a case outside its window are not scored (a
+  device that has not started or has finished its scenario is not the engine's mistake).
+- A true **breach** (non-marginal episode within the order distance) is *detected* by a
+  ``proximity`` alarm from ``BREACH_LEAD_S`` before its start to ``BREACH_TAIL_S`` after its
+  end; its **detection delay** is that alarm's decision time minus the true crossing. In a
+  case whose offender was silent at the crossing, a ``signal_lost`` alarm during the silence
+  detects it too (the engine cannot see a silent device cross). An ``approach`` alarm up to
+  ``APPROACH_LEAD_S`` before a breach is an early warning of it, not a false alarm.
+- A **probing** event (third true entry into the warning distance within an hour) is
+  detected by a ``probing`` alarm from ``PROBE_LEAD_S`` before it to the case's end.
+- A **silence** is detected by a ``signal_lost`` alarm within it (or ``BREACH_TAIL_S`` after).
+- A **false alarm** is an alarm that matches no true event; alarms matching only a marginal
+  breach are neither false nor detections. Approach alarms that no breach followed are false
+  alarms, and are also counted apart (``false_approach``): they are predictions.
+- Detection delays of breaches that began while the offender's device was silent are
+  reported apart: they measure when the device came back, not the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from simulator.families import TruthEvent
+
+ALARM_LEVELS = frozenset({"alarm", "escalation"})
+BREACH_LEAD_S = 60.0
+BREACH_TAIL_S = 120.0
+APPROACH_LEAD_S = 300.0
+PROBE_LEAD_S = 900.0
+DAY_S = 86_400.0
+
+
+def epoch(iso: str | None) -> float:
+    """ISO 8601 UTC (``...Z``) -> epoch seconds; None -> NaN."""
+    if not iso:
+        return math.nan
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass
+class AlarmRecord:
+    """One alarm id as the CIC saw it, times in scenario seconds."""
+
+    alarm_id: str
+    case_id: str
+    type: str
+    #: When it first reached level alarm or escalation (NaN: it stayed a pre-alert).
+    alarm_s: float
+    first_s: float
+    messages: int = 0
+    parallel: bool = False
+
+    @property
+    def is_alarm(self) -> bool:
+        return not math.isnan(self.alarm_s)
+
+
+def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[AlarmRecord]:
+    """Group CIC messages by alarm id; times become seconds since ``t0_epoch`` (the run's
+    scenario time 0 on the engine's clock), from each message's ``times.decided``."""
+    out: dict[str, AlarmRecord] = {}
+    for m in messages:
+        t = epoch(m.get("times", {}).get("decided")) - t0_epoch
+        rec = out.get(m["alarm_id"])
+        if rec is None:
+            rec = out[m["alarm_id"]] = AlarmRecord(
+                m["alarm_id"], m["case_id"], m["type"], math.nan, t
+            )
+        rec.messages += 1
+        if m.get("level") in ALARM_LEVELS and math.isnan(rec.alarm_s):
+            rec.alarm_s = t
+        if (m.get("motion") or {}).get("parallel"):
+            rec.parallel = True
+    return list(out.values())
+
+
+@dataclass(frozen=True)
+class CaseWindow:
+    """What scoring needs of a scenario case."""
+
+    case_id: str
+    family: str
+    start_s: float
+    end_s: float
+    truth: tuple[TruthEvent, ...]
+    parallel: bool = False
+
+
+@dataclass
+class Outcome:
+    case_id: str
+    family: str
+    kind: str
+    start_s: float
+    detected: bool
+    delay_s: float = math.nan  # proximity alarm - true crossing (breaches)
+    by: str = ""  # the alarm type that detected it
+    labelled_parallel: bool = False
+
+
+@dataclass
+class FamilyScore:
+    family: str
+    cases: int = 0
+    pair_days: float = 0.0
+    breaches: int = 0
+    breaches_detected: int = 0
+    marginal_breaches: int = 0
+    probes: int = 0
+    probes_detected: int = 0
+    silences: int = 0
+    silences_detected: int = 0
+    delays_s: list[float] = field(default_factory=list)
+    #: Breaches that began while the offender's device was silent: the proximity alarm's
+    #: delay counts from the crossing the engine could not see (reported apart).
+    delays_after_silence_s: list[float] = field(default_factory=list)
+    alarms: int = 0
+    false_alarms: int = 0
+    #: Of the false alarms: approach predictions that no breach followed.
+    false_approach: int = 0
+    pre_alerts: int = 0
+    early_warnings: int = 0
+    parallel_labelled: int = 0
+    parallel_expected: int = 0
+    parallel_wrong: int = 0
+
+    def row(self) -> dict[str, Any]:
+        d = np.array(self.delays_s)
+        days = self.pair_days or math.nan
+        return {
+            "family": self.family,
+            "cases": self.cases,
+            "pair_days": round(self.pair_days, 4),
+            "breaches": self.breaches,
+            "breaches_detected": self.breaches_detected,
+            "detection_rate": _ratio(self.breaches_detected, self.breaches),
+            "marginal_breaches": self.marginal_breaches,
+            "probes": self.probes,
+            "probes_detected": self.probes_detected,
+            "silences": self.silences,
+            "silences_detected": self.silences_detected,
+            "delay_median_s": _r(float(np.median(d))) if d.size else None,
+            "delay_p95_s": _r(float(np.percentile(d, 95))) if d.size else None,
+            "delay_max_s": _r(float(d.max())) if d.size else None,
+            "delay_after_silence_median_s": (
+                _r(float(np.median(self.delays_after_silence_s)))
+                if self.delays_after_silence_s
+                else None
+            ),
+            "alarms": self.alarms,
+            "alarms_per_pair_day": _r(self.alarms / days),
+            "false_alarms": self.false_alarms,
+            "false_alarms_per_pair_day": _r(self.false_alarms / days),
+            "false_approach": self.false_approach,
+            "pre_alerts_per_pair_day": _r(self.pre_alerts / days),
+            "early_warnings": self.early_warnings,
+            "parallel_labelled": self.parallel_labelled,
+            "parallel_expected": self.parallel_expected,
+            "parallel_wrongly_labelled": self.parallel_wrong,
+        }
+
+
+def _r(x: float, nd: int = 3) -> float | None:
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def score(
+    cases: Sequence[CaseWindow], alarms: Sequence[AlarmRecord]
+) -> tuple[dict[str, FamilyScore], list[Outcome]]:
+    """Per family: detections, delays, false alarms and load; and each true event's outcome."""
+    by_case: dict[str, list[AlarmRecord]] = {}
+    for a in alarms:
+        by_case.setdefault(a.case_id, []).append(a)
+    fams: dict[str, FamilyScore] = {}
+    outcomes: list[Outcome] = []
+    for c in cases:
+        f = fams.setdefault(c.family, FamilyScore(c.family))
+        f.cases += 1
+        f.pair_days += (c.end_s - c.start_s) / DAY_S
+        mine = [a for a in by_case.get(c.case_id, []) if c.start_s <= _when(a) <= c.end_s]
+        f.pre_alerts += sum(not a.is_alarm for a in mine)
+        real = [a for a in mine if a.is_alarm]
+        f.alarms += len(real)
+        justified: set[str] = set()
+        silences = [e for e in c.truth if e.kind == "silence"]
+        for e in c.truth:
+            if e.kind == "breach":
+                prox = [
+                    a
+                    for a in real
+                    if a.type == "proximity"
+                    and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
+                ]
+                early = [
+                    a
+                    for a in real
+                    if a.type == "approach" and e.start_s - APPROACH_LEAD_S <= a.alarm_s <= e.end_s
+                ]
+                dark = [s for s in silences if s.start_s <= e.start_s <= s.end_s]
+                lost = [
+                    a
+                    for a in real
+                    if a.type == "signal_lost"
+                    and any(s.start_s <= a.alarm_s <= s.end_s + BREACH_TAIL_S for s in dark)
+                ]
+                justified |= {a.alarm_id for a in prox + early + lost}
+                if e.marginal:
+                    f.marginal_breaches += 1
+                    continue
+                f.breaches += 1
+                f.early_warnings += bool(early)
+                o = Outcome(c.case_id, c.family, "breach", e.start_s, bool(prox or lost))
+                if prox:
+                    first = min(prox, key=lambda a: a.alarm_s)
+                    o.delay_s = first.alarm_s - e.start_s
+                    o.by = "proximity"
+                    o.labelled_parallel = any(a.parallel for a in prox)
+                    (f.delays_after_silence_s if dark else f.delays_s).append(o.delay_s)
+                elif lost:
+                    o.by = "signal_lost"
+                f.breaches_detected += o.detected
+                if c.parallel:
+                    f.parallel_expected += 1
+                    f.parallel_labelled += o.labelled_parallel
+                outcomes.append(o)
+            elif e.kind == "probing":
+                hit = [
+                    a
+                    for a in real
+                    if a.type == "probing" and e.start_s - PROBE_LEAD_S <= a.alarm_s <= c.end_s
+                ]
+                justified |= {a.alarm_id for a in hit}
+                f.probes += 1
+                f.probes_detected += bool(hit)
+                outcomes.append(Outcome(c.case_id, c.family, "probing", e.start_s, bool(hit)))
+            elif e.kind == "silence":
+                hit = [
+                    a
+                    for a in real
+                    if a.type == "signal_lost" and e.start_s <= a.alarm_s <= e.end_s + BREACH_TAIL_S
+                ]
+                justified |= {a.alarm_id for a in hit}
+                f.silences += 1
+                f.silences_detected += bool(hit)
+                outcomes.append(Outcome(c.case_id, c.family, "silence", e.start_s, bool(hit)))
+        false = [a for a in real if a.alarm_id not in justified]
+        f.false_alarms += len(false)
+        f.false_approach += sum(a.type == "approach" for a in false)
+        if not c.parallel:
+            f.parallel_wrong += sum(a.parallel for a in real)
+    return fams, outcomes
+
+
+def _when(a: AlarmRecord) -> float:
+    return a.alarm_s if a.is_alarm else a.first_s
+
+
+def totals(fams: dict[str, FamilyScore]) -> FamilyScore:
+    """All families together."""
+    t = FamilyScore("all")
+    for f in fams.values():
+        for name in FamilyScore.__dataclass_fields__:
+            if name == "family":
+                continue
+            value = getattr(f, name)
+            if isinstance(value, list):
+                getattr(t, name).extend(value)
+            else:
+                setattr(t, name, getattr(t, name) + value)
+    return t
+
+
+def percentiles_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    """End-to-end latency (fix published -> alarm received) p50/p95/p99/max, milliseconds."""
+    x = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    if x.size == 0:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    p = np.percentile(x, [50, 95, 99])
+    return {
+        "count": int(x.size),
+        "p50": round(float(p[0]), 2),
+        "p95": round(float(p[1]), 2),
+        "p99": round(float(p[2]), 2),
+        "max": round(float(x.max()), 2),
+    }

@@ -1,0 +1,250 @@
+"""The evaluation suite: the generator's ground truth, the scoring on hand-made cases, the
+replay reader, and one small run through Mosquitto and the engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from proximity.geodesy import geodesic_distance_m
+from simulator.broker import LocalBroker
+from simulator.evaluate import EvalOptions, build_schedule, run_evaluation
+from simulator.families import FAMILIES, ORDER_M, WARNING_M, TruthEvent, build_suite
+from simulator.metrics import AlarmRecord, CaseWindow, collect_alarms, percentiles_ms, score
+from simulator.replay import ReplayPair, TrackError, add_replays, read_track
+
+TRACKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tracks"
+
+
+def _true_distance(suite, c, step: float = 1.0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    t = np.arange(c.start_s, c.end_s, step)
+    lat1, lon1 = suite.devices[c.offender].track.position(t)
+    lat2, lon2 = suite.devices[c.victim].track.position(t)
+    return geodesic_distance_m(lat1, lon1, lat2, lon2)
+
+
+@pytest.fixture(scope="module")
+def suite():  # type: ignore[no-untyped-def]
+    return build_suite(list(FAMILIES), variants=3, seed=11)
+
+
+def test_breach_scenarios_really_cross_and_the_stationary_one_never_does(suite) -> None:  # type: ignore[no-untyped-def]
+    for c in suite.cases:
+        d = _true_distance(suite, c)
+        breaches = [e for e in c.truth if e.kind == "breach"]
+        if c.family in ("walk-home", "drive-to-walker", "parallel", "silent-approach"):
+            # Every variant crosses the order distance, deeply, and the truth says when.
+            assert d.min() < ORDER_M - 100, c.id
+            [first, *_] = breaches
+            assert not first.marginal
+            at = np.flatnonzero(d <= ORDER_M)[0] + c.start_s
+            assert abs(first.start_s - at) <= 1.0, c.id
+        if c.family == "stationary":
+            # 20 m outside the whole time: never a breach.
+            assert breaches == [] and np.allclose(d, ORDER_M + 20.0, atol=0.5), c.id
+        if c.family in ("indoor-pass", "probing"):
+            assert breaches == [] and d.min() > ORDER_M + 50, c.id
+        if c.family == "probing":
+            # In and out of the warning distance, and the third entry is in the truth.
+            entries = np.flatnonzero((d[1:] <= WARNING_M) & (d[:-1] > WARNING_M))
+            assert entries.size >= 3
+            [probe] = [e for e in c.truth if e.kind == "probing"]
+            assert abs(probe.start_s - (entries[2] + 1 + c.start_s)) <= 1.0
+        if c.family == "silent-approach":
+            [silence] = [e for e in c.truth if e.kind == "silence"]
+            assert silence.start_s < breaches[0].start_s  # silent before he crosses
+
+
+def test_cases_of_a_family_are_seeded_variants_and_the_timeline_fits(suite) -> None:  # type: ignore[no-untyped-def]
+    again = build_suite(list(FAMILIES), variants=3, seed=11)
+    assert [c.truth for c in again.cases] == [c.truth for c in suite.cases]
+    other = build_suite(list(FAMILIES), variants=3, seed=12)
+    assert [c.truth for c in other.cases] != [c.truth for c in suite.cases]
+    for c in suite.cases:
+        assert 0 <= c.start_s < c.end_s <= suite.duration_s
+    assert sum(c.family == "city" for c in suite.cases) == 18  # 6 x variants
+
+
+def test_schedule_reports_every_second_with_stated_accuracy_and_silences(suite) -> None:  # type: ignore[no-untyped-def]
+    sc = build_schedule(suite, seed=11)
+    assert np.all(np.diff(sc.t) >= 0)
+    silent = next(c for c in suite.cases if c.family == "silent-approach")
+    [gap] = [e for e in silent.truth if e.kind == "silence"]
+    off = sc.devices.index(silent.offender)
+    t_off = sc.t[sc.dev == off]
+    assert not ((t_off > gap.start_s) & (t_off < gap.end_s)).any()
+    stat = next(c for c in suite.cases if c.family == "stationary")
+    vic = sc.dev == sc.devices.index(stat.victim)
+    gaps = np.diff(sc.t[vic])
+    assert np.median(gaps) == pytest.approx(1.0) and gaps.max() < 60.0  # dropouts < grace
+    # The noise matches the stated accuracy: about 68 % of the errors within it.
+    lat, lon = suite.devices[stat.victim].track.position(sc.t[vic])
+    err = geodesic_distance_m(lat, lon, sc.lat[vic], sc.lon[vic])
+    assert 0.55 < float(np.mean(err <= sc.acc[vic])) < 0.8
+
+
+def _alarm(aid: str, case: str, type_: str, at: float, parallel: bool = False) -> AlarmRecord:
+    return AlarmRecord(aid, case, type_, at, at, 1, parallel)
+
+
+def test_scoring_on_a_hand_made_case() -> None:
+    day = 86_400.0
+    cases = [
+        # A breach from 1,000 s to 2,000 s, in a case lasting half a day.
+        CaseWindow("A", "fam", 0.0, day / 2, (TruthEvent("A", "breach", 1000.0, 2000.0, 300.0),)),
+        # Nothing true happens in B (a whole day).
+        CaseWindow("B", "fam", 0.0, day, ()),
+        # A breach in C that the engine misses; and a marginal one that it may alarm on.
+        CaseWindow(
+            "C",
+            "fam",
+            0.0,
+            day / 2,
+            (
+                TruthEvent("C", "breach", 500.0, 900.0, 200.0),
+                TruthEvent("C", "breach", 5000.0, 5010.0, 5.0, marginal=True),
+            ),
+        ),
+    ]
+    alarms = [
+        _alarm("a1", "A", "approach", 900.0),  # an early warning of A's breach
+        _alarm("a2", "A", "proximity", 1012.0),  # detects it, 12 s after the crossing
+        _alarm("b1", "B", "proximity", 3000.0),  # false
+        _alarm("b2", "B", "approach", 4000.0),  # false (a prediction no breach followed)
+        AlarmRecord("b3", "B", "proximity", math.nan, 100.0),  # a pre-alert only
+        _alarm("b4", "B", "proximity", day + 50.0),  # after B's window: not scored
+        _alarm("c1", "C", "proximity", 5020.0),  # matches only the marginal breach
+    ]
+    fams, outcomes = score(cases, alarms)
+    f = fams["fam"]
+    assert (f.breaches, f.breaches_detected, f.marginal_breaches) == (2, 1, 1)
+    assert f.delays_s == [12.0]
+    assert (f.alarms, f.false_alarms, f.false_approach, f.pre_alerts) == (5, 2, 1, 1)
+    assert f.early_warnings == 1
+    row = f.row()
+    assert row["pair_days"] == 2.0 and row["detection_rate"] == 0.5
+    assert row["false_alarms_per_pair_day"] == 1.0 and row["alarms_per_pair_day"] == 2.5
+    missed = [o for o in outcomes if not o.detected]
+    assert [(o.case_id, o.start_s) for o in missed] == [("C", 500.0)]
+
+
+def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm() -> None:
+    c = CaseWindow(
+        "S",
+        "silent",
+        0.0,
+        3600.0,
+        (
+            TruthEvent("S", "silence", 100.0, 3600.0),
+            TruthEvent("S", "breach", 900.0, 3600.0, 400.0),
+            TruthEvent("S", "probing", 2000.0, 2000.0),
+        ),
+    )
+    fams, _ = score(
+        [c],
+        [
+            _alarm("s1", "S", "signal_lost", 161.0),
+            _alarm("p1", "S", "probing", 2010.0),
+            _alarm("x1", "S", "proximity", 3000.0),  # after he came back: delay apart
+        ],
+    )
+    f = fams["silent"]
+    assert (f.breaches_detected, f.silences_detected, f.probes_detected) == (1, 1, 1)
+    assert f.delays_s == [] and f.delays_after_silence_s == [2100.0]
+    assert f.false_alarms == 0
+
+
+def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
+    t0 = 1_800_000_000.0
+
+    def msg(aid: str, level: str, at: float, parallel: bool = False) -> dict:  # type: ignore[type-arg]
+        from proximity.messages import iso_utc
+
+        return {
+            "alarm_id": aid,
+            "case_id": "A",
+            "type": "proximity",
+            "level": level,
+            "times": {"decided": iso_utc(t0 + at)},
+            "motion": {"parallel": parallel},
+        }
+
+    recs = collect_alarms(
+        [msg("x", "pre_alert", 10.0), msg("x", "alarm", 25.5, True), msg("y", "pre_alert", 40)],
+        t0,
+    )
+    by = {r.alarm_id: r for r in recs}
+    assert by["x"].alarm_s == pytest.approx(25.5) and by["x"].first_s == pytest.approx(10.0)
+    assert by["x"].parallel and by["x"].messages == 2
+    assert math.isnan(by["y"].alarm_s)
+    p = percentiles_ms([0.001 * k for k in range(1, 101)])
+    assert (p["count"], p["p50"], p["max"]) == (100, 50.5, 100.0)
+
+
+def test_csv_and_gpx_recordings_are_read(tmp_path: Path) -> None:
+    csv_file = tmp_path / "his.csv"
+    csv_file.write_text(
+        "tracked_at;latitude;longitude;accuracy\n"
+        "2024-05-01 10:00:02.500000000;50.85;4.35;12\n"
+        "2024-05-01T10:00:00Z;50.84;4.34;0\n"
+    )
+    r = read_track(csv_file)
+    assert r.t.size == 2 and r.duration_s == pytest.approx(2.5)
+    assert r.lat[0] == 50.84 and math.isnan(r.acc[0]) and r.acc[1] == 12.0
+    gpx = tmp_path / "her.gpx"
+    gpx.write_text(
+        '<gpx xmlns="http://www.topografix.com/GPX/1/1" version="1.1"><trk><trkseg>'
+        '<trkpt lat="50.1" lon="4.1"><time>2024-05-01T10:00:00Z</time></trkpt>'
+        '<trkpt lat="50.2" lon="4.2"><time>2024-05-01T10:01:00Z</time></trkpt>'
+        "</trkseg></trk></gpx>"
+    )
+    g = read_track(gpx)
+    assert g.duration_s == 60.0 and list(g.lon) == [4.1, 4.2]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,lat,lon\n1,2,3\n")
+    with pytest.raises(TrackError, match="no time column"):
+        read_track(bad)
+
+
+@pytest.mark.skipif(not TRACKS.is_dir(), reason="../shared/data/tracks is not present")
+def test_recorded_tracks_replayed_so_that_they_meet() -> None:
+    suite = build_suite([], 1)
+    car = TRACKS / "gpxpy_around-visnjan-with-car.gpx"
+    day = TRACKS / "trackintel_google_trajectory_zurich.csv"
+    add_replays(suite, [ReplayPair(car, day, meet=0.5), ReplayPair(car)])
+    assert [c.id for c in suite.cases] == ["EVAL-replay-001", "EVAL-replay-002"]
+    for c in suite.cases:
+        assert c.min_distance_m < 1.0  # they meet, by construction
+        assert any(e.kind == "breach" for e in c.truth)
+    sc = build_schedule(suite, 1)
+    rec = read_track(car)
+    mine = sc.dev == sc.devices.index(suite.cases[0].offender)
+    assert np.array_equal(sc.lat[mine], rec.lat)  # replayed as recorded
+
+
+@pytest.mark.broker
+def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> None:
+    with LocalBroker() as broker:
+        doc = run_evaluation(
+            EvalOptions(
+                scenarios=["walk-home", "stationary"],
+                pairs=1,
+                speed=120.0,
+                out=tmp_path,
+                broker=broker.url,
+                quiet=True,
+            )
+        )
+    [run] = doc["runs"]
+    assert run["fixes_processed"] == run["fixes_published"] > 10_000
+    fams = {f["family"]: f for f in run["families"]}
+    assert fams["walk-home"]["breaches"] == fams["walk-home"]["breaches_detected"] == 1
+    assert fams["stationary"]["false_alarms"] == 0
+    assert run["latency_ms"]["count"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text()) == doc
+    assert "<img src='data:image/png;base64," in (tmp_path / "report.html").read_text()
+    assert (tmp_path / "alarms-run1.jsonl").stat().st_size > 0
