@@ -6,21 +6,31 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from proximity.geodesy import geodesic_distance_m
 from simulator.broker import LocalBroker
 from simulator.evaluate import EvalOptions, build_schedule, run_evaluation
-from simulator.families import FAMILIES, ORDER_M, WARNING_M, TruthEvent, build_suite
+from simulator.families import (
+    FAMILIES,
+    ORDER_M,
+    WARNING_M,
+    SimCase,
+    Suite,
+    TruthEvent,
+    build_suite,
+)
 from simulator.metrics import AlarmRecord, CaseWindow, collect_alarms, percentiles_ms, score
 from simulator.replay import ReplayPair, TrackError, add_replays, read_track
 
 TRACKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tracks"
 
 
-def _true_distance(suite, c, step: float = 1.0) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _true_distance(suite: Suite, c: SimCase, step: float = 1.0) -> npt.NDArray[np.float64]:
     t = np.arange(c.start_s, c.end_s, step)
     lat1, lon1 = suite.devices[c.offender].track.position(t)
     lat2, lon2 = suite.devices[c.victim].track.position(t)
@@ -28,11 +38,11 @@ def _true_distance(suite, c, step: float = 1.0) -> np.ndarray:  # type: ignore[n
 
 
 @pytest.fixture(scope="module")
-def suite():  # type: ignore[no-untyped-def]
+def suite() -> Suite:
     return build_suite(list(FAMILIES), variants=3, seed=11)
 
 
-def test_breach_scenarios_really_cross_and_the_stationary_one_never_does(suite) -> None:  # type: ignore[no-untyped-def]
+def test_breach_scenarios_really_cross_and_the_stationary_one_never_does(suite: Suite) -> None:
     for c in suite.cases:
         d = _true_distance(suite, c)
         breaches = [e for e in c.truth if e.kind == "breach"]
@@ -59,7 +69,7 @@ def test_breach_scenarios_really_cross_and_the_stationary_one_never_does(suite) 
             assert silence.start_s < breaches[0].start_s  # silent before he crosses
 
 
-def test_cases_of_a_family_are_seeded_variants_and_the_timeline_fits(suite) -> None:  # type: ignore[no-untyped-def]
+def test_cases_of_a_family_are_seeded_variants_and_the_timeline_fits(suite: Suite) -> None:
     again = build_suite(list(FAMILIES), variants=3, seed=11)
     assert [c.truth for c in again.cases] == [c.truth for c in suite.cases]
     other = build_suite(list(FAMILIES), variants=3, seed=12)
@@ -69,7 +79,7 @@ def test_cases_of_a_family_are_seeded_variants_and_the_timeline_fits(suite) -> N
     assert sum(c.family == "city" for c in suite.cases) == 18  # 6 x variants
 
 
-def test_schedule_reports_every_second_with_stated_accuracy_and_silences(suite) -> None:  # type: ignore[no-untyped-def]
+def test_schedule_reports_every_second_with_stated_accuracy_and_silences(suite: Suite) -> None:
     sc = build_schedule(suite, seed=11)
     assert np.all(np.diff(sc.t) >= 0)
     silent = next(c for c in suite.cases if c.family == "silent-approach")
@@ -161,7 +171,7 @@ def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm()
 def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
     t0 = 1_800_000_000.0
 
-    def msg(aid: str, level: str, at: float, parallel: bool = False) -> dict:  # type: ignore[type-arg]
+    def msg(aid: str, level: str, at: float, parallel: bool = False) -> dict[str, Any]:
         from proximity.messages import iso_utc
 
         return {
