@@ -25,7 +25,9 @@ innovation above :data:`GATE`) widens the prediction's covariance until it does,
 estimate follows a manoeuvre within a fix or two. After a gap longer than :data:`MAX_GAP_S`,
 the filter starts again from the fix. ``R0`` holds the estimate's 68 % radius, and the
 velocity columns are NaN while the filter's velocity is still uncertain (standard deviation
-per axis above :data:`VELOCITY_SIGMA_MAX_MPS`: the first few fixes).
+per axis above :data:`VELOCITY_SIGMA_MAX_MPS`: the first few fixes), and zero while it is not
+significantly different from standing still (squared speed within
+:data:`VELOCITY_SIGNIFICANCE` variances: a phone indoors whose fixes wander is not walking).
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ MAX_GAP_S = 300.0
 INITIAL_VELOCITY_SIGMA_MPS = 50.0
 #: The velocity is reported (for closing speed) once its standard deviation per axis is below.
 VELOCITY_SIGMA_MAX_MPS = 2.5
+#: A velocity counts as motion when its squared speed exceeds this many times the variance
+#: per axis (two standard deviations: a walk at 1.4 m/s with 10 m fixes at 1 Hz counts,
+#: the wander of a phone indoors with 60 m fixes mostly does not).
+VELOCITY_SIGNIFICANCE = 4.0
 
 _UNKNOWN = np.int8(Classification.UNKNOWN)
 
@@ -158,9 +164,10 @@ def apply_fixes(
         rows[i, Z] = z
         rows[i, R0] = K68 * math.sqrt(ppp) - min(t, now) * rows[i, VMAX]
         known = pvv <= VELOCITY_SIGMA_MAX_MPS * VELOCITY_SIGMA_MAX_MPS
-        rows[i, VX] = vx if known else math.nan
-        rows[i, VY] = vy if known else math.nan
-        rows[i, VZ] = vz if known else math.nan
+        moving = vx * vx + vy * vy + vz * vz > VELOCITY_SIGNIFICANCE * pvv
+        rows[i, VX] = (vx if moving else 0.0) if known else math.nan
+        rows[i, VY] = (vy if moving else 0.0) if known else math.nan
+        rows[i, VZ] = (vz if moving else 0.0) if known else math.nan
         kf[i, PPP] = ppp
         kf[i, PPV] = ppv
         kf[i, PVV] = pvv

@@ -204,9 +204,10 @@ class Engine:
             len(self.pairs), replace(timing, dwell_s=rules.approach_horizon_s)
         )
         self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
+        self._probe_pending = np.zeros(len(self.pairs), dtype=bool)  # see _decide
         self._anchor_t = np.full(len(self.pairs), np.nan)
         self.approach_ids: dict[int, str] = {}
-        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s)
+        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s, rules.probe_min_gap_s)
         self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
         self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
@@ -450,7 +451,17 @@ class Engine:
                 src, at = (ev, m.k) if detail is None else (detail, n)
                 events.append(self._event(src, at, m, now, decided, cause))
                 if m.step == Step.OPEN:
-                    events.extend(self._probe(int(idx[m.k]), src, at, now, decided, cause))
+                    self._probe_pending[idx[m.k]] = True
+        # Boundary probing counts an episode once its best estimate is within the warning
+        # distance, not when only the uncertainty reached it (an old fix's growing circle,
+        # a phone indoors, is no visit).
+        self._probe_pending[idx[self.levels.level[idx] == 0]] = False
+        visit = np.flatnonzero(self._probe_pending[idx] & (d <= warning))
+        if visit.size:
+            decided = self._clock()
+            for k in visit.tolist():
+                self._probe_pending[idx[k]] = False
+                events.extend(self._probe(int(idx[k]), ev, k, now, decided, cause))
         if cause == "fix":
             events.extend(self._approach(ev, now))
         else:
@@ -534,8 +545,8 @@ class Engine:
     def _probe(
         self, p: int, ev: PairEvaluation, k: int, now: float, decided: float, cause: str
     ) -> list[AlarmEvent]:
-        """A new episode of pair ``p`` (an entry into the warning band or closer): count it,
-        and open a probing alarm when it completes the pattern."""
+        """An episode of pair ``p`` has entered the warning band (its best estimate): count
+        it, and open a probing alarm when it completes the pattern."""
         if not self.probes.enter(p, now):
             return []
         n = len(self.probes.entries[p])

@@ -81,3 +81,5 @@ class RuleConfig:
     #: window passes without an entry.
     probe_entries: int = 3
     probe_window_s: float = 3600.0
+    #: Entries closer together than this are one visit (see EntryCounter).
+    probe_min_gap_s: float = 300.0

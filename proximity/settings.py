@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     probe_window_s: float = Field(
         RULES.probe_window_s, gt=0, description="window of the boundary-probing count, seconds"
     )
+    probe_min_gap_s: float = Field(
+        RULES.probe_min_gap_s,
+        ge=0,
+        description="entries closer together than this (seconds) count as one visit for"
+        " boundary probing (uncertainty flickering at the band's edge is not a probe)",
+    )
     default_mobility: Literal["walking", "cycling", "driving"] = Field(
         DEFAULT_MOBILITY,
         description="top-speed profile of a device that neither its case nor its own entry"

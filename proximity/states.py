@@ -234,17 +234,25 @@ class EntryCounter:
 
     ``enter`` records one and says whether it completes a pattern (``count`` entries within
     ``window_s``) while none is open; the caller then opens the probing alarm and files its
-    id in ``alarm_ids``. ``expired`` lists the things whose pattern has had no entry for a
-    whole window: their probing alarm ends.
+    id in ``alarm_ids``. An entry less than ``min_gap_s`` after the previous one (counted or
+    not) is the same visit: uncertainty flickering at the band's edge while he passes or
+    lingers there is not a probe. ``expired`` lists the things whose pattern has had no
+    entry for a whole window: their probing alarm ends.
     """
 
-    def __init__(self, count: int, window_s: float) -> None:
+    def __init__(self, count: int, window_s: float, min_gap_s: float = 0.0) -> None:
         self.count = count
         self.window_s = window_s
+        self.min_gap_s = min_gap_s
         self.entries: dict[int, list[float]] = {}
+        self.last: dict[int, float] = {}
         self.alarm_ids: dict[int, str] = {}
 
     def enter(self, i: int, now: float) -> bool:
+        previous = self.last.get(i)
+        self.last[i] = now
+        if previous is not None and now - previous < self.min_gap_s:
+            return False
         recent = [t for t in self.entries.get(i, []) if now - t <= self.window_s]
         recent.append(now)
         self.entries[i] = recent[-self.count :]

@@ -123,7 +123,7 @@ class ZoneWatch:
         self.rules = rules
         timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
         self.levels = LevelMachine(len(self), timing)
-        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s)
+        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s, rules.probe_min_gap_s)
         self.alarm_ids: dict[int, str] = {}
         self._opened: dict[int, float] = {}
         self.active = np.ones(len(zones), dtype=bool)

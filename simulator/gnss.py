@@ -120,6 +120,9 @@ def observe(model: ErrorModel, t: FloatArray, rng: np.random.Generator) -> Obser
     if model.dropout_rate > 0 and n > 1:
         step = float(np.median(np.diff(t)))
         gaps = rng.uniform(*DROPOUT_S, n) / max(step, 1e-9)
+        free = 0  # dropouts do not overlap: no gap is longer than DROPOUT_S
         for s in np.flatnonzero(rng.random(n) < model.dropout_rate).tolist():
-            sent[s : s + int(gaps[s])] = False
+            if s >= free:
+                sent[s : s + int(gaps[s])] = False
+                free = s + int(gaps[s]) + 1
     return Observed(sent, de, dn, acc)

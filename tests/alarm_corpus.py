@@ -56,7 +56,10 @@ def every_alarm() -> tuple[list[AlarmEvent], Case]:
         },
         _zones(),
     )
-    rules = RuleConfig(reporting_interval_s=30.0, signal_grace_s=10.0, renotify_s=120.0)
+    # Entries into the warning band 80 s apart, each counted (probe_min_gap_s 0).
+    rules = RuleConfig(
+        reporting_interval_s=30.0, signal_grace_s=10.0, renotify_s=120.0, probe_min_gap_s=0.0
+    )
     clock = Clock(T0)  # 2026-11-23 10:00 UTC: no curfew
     eng = Engine([case], rules=rules, clock=clock)
     events: list[AlarmEvent] = []

@@ -148,10 +148,12 @@ def running_engine(
     cases: list[dict[str, Any]],
     *args: str,
     devices: list[dict[str, Any]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[EngineProcess]:
     """Import the cases (and devices) into a fresh registry through the CLI and run
-    ``proximity run ARGS`` against ``broker`` for the block; it must then stop cleanly."""
+    ``proximity run ARGS`` (settings also from ``env``, PROXIMITY_*) against ``broker`` for
+    the block; it must then stop cleanly."""
     db = import_cases(tmp, cases, devices)
-    proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()
+    proc = EngineProcess(broker.url, db, tmp / "engine.log", *args, env=env).start()
     yield proc
     assert proc.stop() == 0, proc.log.read_text()

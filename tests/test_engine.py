@@ -416,3 +416,25 @@ def test_a_burst_during_the_other_device_s_dropout_is_not_confirmed_when_it_retu
         clock.t = T0 + t + 0.5
         events += eng.sweep()
     assert [e for e in events if e.level >= AlarmLevel.ALARM] == []
+
+
+def test_probing_counts_visits_of_the_best_estimate_not_of_the_uncertainty() -> None:
+    def probes(near_m: float, acc_m: float) -> list[AlarmEvent]:
+        # Three times: near the victim's home (fix accuracy acc_m), then far away.
+        rules = RuleConfig(dwell_s=0.0, probe_min_gap_s=0.0)
+        eng = engine([case("C", ("o",), ("v",))], default_top_speed_mps=0.0, rules=rules)
+        out: list[AlarmEvent] = []
+        for k in range(3):
+            t = 2 * k * GAP
+            out += events_of(
+                eng, fix("v", HOME, t), fix("o", offset(*HOME, 0, near_m), t, acc=acc_m)
+            )
+            out += events_of(eng, fix("o", offset(*HOME, 0, 5000.0), t + GAP))
+        return [e for e in out if e.type.name == "PROBING"]
+
+    # 1,100 m with 150 m fixes: possibly within the 1,000 m warning distance (pre-alerts),
+    # but the best estimate never was: no visit, no probing alarm.
+    assert probes(1100.0, 150.0) == []
+    # 900 m: inside on the best estimate, three times: probing.
+    [probe] = probes(900.0, 5.0)
+    assert probe.state == AlarmState.OPEN

@@ -57,7 +57,9 @@ def engine(
     broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("engine")
-    with running_engine(broker, tmp, CASES, *ARGS, devices=DEVICES) as proc:
+    # Probing entries here are seconds apart: each counts (no minimum gap between visits).
+    env = {"PROXIMITY_PROBE_MIN_GAP_S": "0"}
+    with running_engine(broker, tmp, CASES, *ARGS, devices=DEVICES, env=env) as proc:
         yield proc
 
 

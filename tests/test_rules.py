@@ -263,3 +263,13 @@ def test_operators_acknowledge_and_close_zone_and_device_alarms_too() -> None:
     )
     assert [e for e in after if e.alarm_id in (zone.alarm_id, silent.alarm_id)] == []
     assert eng.open_alarms == 0
+
+
+def test_entries_closer_than_the_minimum_gap_are_one_visit() -> None:
+    from proximity.states import EntryCounter
+
+    c = EntryCounter(3, 3600.0, min_gap_s=300.0)
+    # Flicker at the band's edge: entries a minute apart are one visit, however many.
+    assert [c.enter(0, t) for t in (0.0, 60.0, 120.0, 180.0)] == [False] * 4
+    # Separate visits (each 400 s after the last entry, flicker or not): the third probes.
+    assert [c.enter(0, t) for t in (580.0, 980.0)] == [False, True]
