@@ -430,7 +430,9 @@ class Engine:
         cond = Conditions(
             pre=d - u <= warning,
             likely=d <= order,
-            certain=(cls == Classification.CERTAIN_BREACH) & settled,
+            # At once only when certain by the margin: a breach certain by a few metres is
+            # what an undetected multipath drift looks like, and must hold like a likely one.
+            certain=(cls == Classification.CERTAIN_BREACH) & settled & (d + u <= order - margin),
             escalate=d + u <= pairs.escalation_m[idx],
             leave_alarm=d - u > order + margin,
             leave_pre=d - u > warning + margin,

@@ -104,6 +104,7 @@ def delay_plot(run: RunResult) -> str:
         if ds:
             ax.scatter(np.full(len(ds), i), ds, marker="x", c="grey", s=18)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_yscale("symlog", linthresh=60.0)  # seconds, and the minutes after a silence
     ax.set_ylabel("seconds after the true crossing")
     ax.set_title("Detection delay per scenario type (line: median; x: after a silence)")
     return _png(fig)

@@ -71,9 +71,9 @@ def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_t
     # Top speed 0: fix ages add nothing; fixes GAP apart are each taken as they are (the
     # motion filter starts afresh), so the thresholds are exactly distance +- U5. Order 500 m,
     # warning 1000 m, margin 50 m, escalation 250 m, confirmation 15 s, dwell 30 s (and no
-    # reminders: the fixes are minutes apart).
+    # reminders or escalation by time: the fixes are minutes apart).
     clock = Clock()
-    rules = RuleConfig(renotify_s=1e9, reporting_interval_s=1e9)
+    rules = RuleConfig(renotify_s=1e9, reporting_interval_s=1e9, escalate_after_s=1e9)
     eng = engine([case("C", ("o",), ("v",))], clock, default_top_speed_mps=0.0, rules=rules)
     assert pytest.approx(14.22, abs=0.01) == U5
     t = 0.0
@@ -97,7 +97,8 @@ def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_t
     [ev] = later(15)
     assert levels([ev]) == [(AlarmState.UPDATE, AlarmLevel.ALARM)]
     assert ev.previous_level == AlarmLevel.PRE_ALERT and ev.reason.startswith("breach confirmed")
-    [ev] = at(500 - U5 - 1)  # certain: announced once
+    assert at(500 - U5 - 1) == []  # certain, but only just: no more than the likely alarm
+    [ev] = at(450 - U5 - 1)  # certain by the margin (50 m): announced once
     assert ev.reason.startswith("breach now certain") and ev.probability > 0.99
     [ev] = at(250 - U5 - 1)  # certainly within the escalation distance
     assert levels([ev]) == [(AlarmState.UPDATE, AlarmLevel.ESCALATION)]
@@ -237,8 +238,9 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
         eng.devices.lat[p.victim],
         eng.devices.lon[p.victim],
     )
-    # Within the warning distance: a pre-alert, or an alarm when the breach is certain (a
-    # likely one waits for its confirmation); escalation when certainly within half.
+    # Within the warning distance: a pre-alert, or an alarm when the breach is certain by
+    # the margin (a likely one, or one certain by less, waits for its confirmation);
+    # escalation when certainly within half.
     expected = {
         (
             p.case_ids[p.case[k]],
@@ -247,7 +249,7 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
             AlarmLevel.ESCALATION
             if dist[k] + U5 <= p.order_m[k] / 2
             else AlarmLevel.ALARM
-            if dist[k] + U5 <= p.order_m[k]
+            if dist[k] + U5 <= p.order_m[k] - p.margin_m[k]
             else AlarmLevel.PRE_ALERT,
         )
         for k in range(len(p))
