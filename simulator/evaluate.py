@@ -269,6 +269,10 @@ class RunResult:
             "scenario_s": self.suite.duration_s,
             "fixes_published": self.published,
             "fixes_processed": self.engine_status.get("fixes_processed"),
+            # Set aside by the engine (multipath jumps), and late or duplicate: not lost.
+            "fixes_set_aside": self.engine_status.get("fixes_implausible"),
+            "fixes_late_or_duplicate": (self.engine_status.get("fixes_late") or 0)
+            + (self.engine_status.get("fixes_duplicate") or 0),
             "messages": len(self.messages),
             "publish_lag_max_s": round(self.lag_max_s, 3),
             "mqtt_disconnects": self.disconnects,
