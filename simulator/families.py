@@ -246,6 +246,28 @@ class Draft:
     note: str = ""
 
 
+def _she_is_home(
+    rng: np.random.Generator,
+    off: Path,
+    mode: str,
+    duration_s: float,
+    note: str,
+    silent: tuple[tuple[float, float], ...] = (),
+) -> Draft:
+    """A draft in which she stays at home (0, 0) and he moves along ``off`` outdoors."""
+    return Draft(
+        off,
+        Path.at((0.0, 0.0)),
+        mode,
+        "home",
+        _street_error(rng),
+        _home_error(rng),
+        duration_s,
+        silent=silent,
+        note=note,
+    )
+
+
 # --- the families ---------------------------------------------------------------------------
 
 
@@ -257,16 +279,7 @@ def walk_home(rng: np.random.Generator, duration_s: float) -> Draft:
     stop = _polar(float(rng.uniform(60, 250)), a + float(rng.uniform(-0.6, 0.6)))
     off = Path.at(start).wait_until(float(rng.uniform(60, 300)))
     off.go(rng, grid_route(rng, start, stop), WALK)
-    return Draft(
-        off,
-        Path.at((0.0, 0.0)),
-        "walking",
-        "home",
-        _street_error(rng),
-        _home_error(rng),
-        duration_s,
-        note="walks to her home",
-    )
+    return _she_is_home(rng, off, "walking", duration_s, "walks to her home")
 
 
 def drive_to_walker(rng: np.random.Generator, duration_s: float) -> Draft:
@@ -384,17 +397,8 @@ def silent_approach(rng: np.random.Generator, duration_s: float) -> Draft:
     back = off.t[-1] + float(rng.uniform(60, 300))
     comes_back = bool(rng.random() < 0.5)
     end = back if comes_back and back < duration_s - 120 else duration_s
-    return Draft(
-        off,
-        Path.at((0.0, 0.0)),
-        "walking",
-        "home",
-        _street_error(rng),
-        _home_error(rng),
-        duration_s,
-        silent=((t_silent, end),),
-        note="silent, then back on near her" if end < duration_s else "silent to the end",
-    )
+    note = "silent, then back on near her" if end < duration_s else "silent to the end"
+    return _she_is_home(rng, off, "walking", duration_s, note, silent=((t_silent, end),))
 
 
 def probing(rng: np.random.Generator, duration_s: float) -> Draft:
@@ -411,16 +415,7 @@ def probing(rng: np.random.Generator, duration_s: float) -> Draft:
         out = _polar(float(rng.uniform(1250, 1450)), a + float(rng.uniform(-0.2, 0.2)))
         off.go(rng, [out], CYCLE)
         off.wait_until(off.t[-1] + float(rng.uniform(60, 180)))
-    return Draft(
-        off,
-        Path.at((0.0, 0.0)),
-        "cycling",
-        "home",
-        _street_error(rng),
-        _home_error(rng),
-        duration_s,
-        note="probes the boundary",
-    )
+    return _she_is_home(rng, off, "cycling", duration_s, "probes the boundary")
 
 
 def stationary(rng: np.random.Generator, duration_s: float) -> Draft:
