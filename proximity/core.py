@@ -410,6 +410,15 @@ class ProximityCore:
         """Device ``slot``'s velocity (ECEF m/s; NaN until the filter knows it)."""
         return self.rows[slot, VX : VZ + 1].copy()
 
+    def own_closing(self, movers: IntArray, targets: IntArray) -> npt.NDArray[np.float64]:
+        """Speed (m/s) at which each device of ``movers`` itself moves towards the filtered
+        position of the matching ``targets`` device (NaN while its velocity is unknown)."""
+        r = self.rows
+        los = r[targets, X : Z + 1] - r[movers, X : Z + 1]
+        norm = np.linalg.norm(los, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.einsum("ij,ij->i", r[movers, VX : VZ + 1], los) / norm
+
     def manoeuvred(self, slots: IntArray, within_s: float) -> npt.NDArray[np.bool_]:
         """Which devices' filters met a fix outside their gate (a manoeuvre, or a jump such
         as a multipath burst) within ``within_s`` seconds of fixes before their last one."""

@@ -506,9 +506,14 @@ class Engine:
         anchor = np.where(settled, np.fmax(d, self._anchor[idx] - decay), self._anchor[idx] - decay)
         self._anchor[idx] = anchor
         self._anchor_t[idx] = now
+        # He must be the one approaching: the closing speed of the pair and his own speed
+        # towards her both count (her phone drifting indoors, or her walking towards him,
+        # is no approach of his).
+        own = self.core.own_closing(self.pairs.offender[idx], self.pairs.victim[idx])
         sustained = (
             (anchor - d >= r.approach_min_m)
             & (ev.closing_mps >= r.approach_min_speed_mps)
+            & (own >= r.approach_min_speed_mps)
             & (ev.time_to_breach_s <= r.approach_horizon_s)
             & (d > self.pairs.order_m[idx])
         )

@@ -10,7 +10,7 @@ from ingest.model import Fix
 from proximity.cases import Case, Device
 from proximity.core import MAX_GAP_S
 from proximity.engine import Engine
-from proximity.events import AlarmEvent, AlarmLevel, AlarmState
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.messages import alarm_message
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
@@ -440,3 +440,26 @@ def test_probing_counts_visits_of_the_best_estimate_not_of_the_uncertainty() -> 
     # 900 m: inside on the best estimate, three times: probing.
     [probe] = probes(900.0, 5.0)
     assert probe.state == AlarmState.OPEN
+
+
+def test_she_walking_towards_him_is_no_approach_of_his() -> None:
+    def walk(mover: str) -> list[AlarmEvent]:
+        # One stands at HOME; the other walks towards it at 1.4 m/s from 1,100 m east.
+        clock = Clock()
+        devices = [
+            Device("o", {"reporting_interval_s": 1}),
+            Device("v", {"reporting_interval_s": 1}),
+        ]
+        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        out: list[AlarmEvent] = []
+        for t in range(500):
+            walker = offset(*HOME, 90.0, 1100.0 - 1.4 * t)
+            o, v = (walker, HOME) if mover == "o" else (HOME, walker)
+            out += events_of(eng, fix("o", o, t), fix("v", v, t))
+        return out
+
+    hers = walk("v")
+    assert [e for e in hers if e.type == AlarmType.APPROACH] == []
+    assert any(e.level >= AlarmLevel.ALARM for e in hers)  # the breach itself is alarmed
+    his = walk("o")
+    assert [e.state for e in his if e.type == AlarmType.APPROACH][:1] == [AlarmState.OPEN]
