@@ -46,11 +46,11 @@ from simulator.metrics import (
     AlarmRecord,
     CaseWindow,
     collect_alarms,
-    epoch,
     percentiles_ms,
     score,
     totals,
 )
+from simulator.metrics import epoch as iso_to_epoch
 from simulator.process import EngineProcess
 from simulator.scenario import to_latlon
 
@@ -212,7 +212,7 @@ class Cic:
                 if body["state"] == "open" or (
                     body["state"] == "update" and prev and prev != body["level"]
                 ):
-                    self.new_alarms.append((aid, epoch(body["times"]["decided"])))
+                    self.new_alarms.append((aid, iso_to_epoch(body["times"]["decided"])))
                 self.open_alarms[aid] = ci
             self.alarm_open[:] = False
             for c in self.open_alarms.values():
@@ -393,7 +393,7 @@ def run_once(
         while time.monotonic() < deadline:
             st = cic.status
             if (
-                st.get("messages_received", 0) >= result.published + 0
+                st.get("messages_received", 0) >= result.published
                 and st.get("alarms_unacknowledged", 1) == 0
             ):
                 break
