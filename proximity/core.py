@@ -410,14 +410,29 @@ class ProximityCore:
         """Device ``slot``'s velocity (ECEF m/s; NaN until the filter knows it)."""
         return self.rows[slot, VX : VZ + 1].copy()
 
-    def own_closing(self, movers: IntArray, targets: IntArray) -> npt.NDArray[np.float64]:
-        """Speed (m/s) at which each device of ``movers`` itself moves towards the filtered
-        position of the matching ``targets`` device (NaN while its velocity is unknown)."""
+    def own_course(
+        self, movers: IntArray, targets: IntArray, radius_m: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """How each device of ``movers`` itself heads for the filtered position of the matching
+        ``targets`` device, as if that one stood still: the speed (m/s) at which it closes in,
+        and the seconds until its straight course enters the circle of ``radius_m`` around it
+        (0 inside, inf when the course passes by or leads away; both NaN while its velocity is
+        unknown). The target's own velocity is left out on purpose: her phone's drift indoors,
+        or her walking towards him, is no course of his."""
         r = self.rows
         los = r[targets, X : Z + 1] - r[movers, X : Z + 1]
-        norm = np.linalg.norm(los, axis=1)
+        v = r[movers, VX : VZ + 1]
+        c2 = np.einsum("ij,ij->i", los, los)
+        dot = np.einsum("ij,ij->i", v, los)  # > 0: heading towards her
+        v2 = np.einsum("ij,ij->i", v, v)
+        disc = dot * dot - v2 * (c2 - radius_m * radius_m)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.einsum("ij,ij->i", r[movers, VX : VZ + 1], los) / norm
+            closing = dot / np.sqrt(c2)
+            enters = (dot > 0) & (disc >= 0)
+            t = np.where(enters, (dot - np.sqrt(np.where(enters, disc, 0.0))) / v2, np.inf)
+        t = np.where(c2 <= radius_m * radius_m, 0.0, t)
+        t = np.where(np.isnan(v2), np.nan, t)
+        return closing, t
 
     def manoeuvred(self, slots: IntArray, within_s: float) -> npt.NDArray[np.bool_]:
         """Which devices' filters met a fix outside their gate (a manoeuvre, or a jump such

@@ -506,30 +506,35 @@ class Engine:
         anchor = np.where(settled, np.fmax(d, self._anchor[idx] - decay), self._anchor[idx] - decay)
         self._anchor[idx] = anchor
         self._anchor_t[idx] = now
-        # He must be the one approaching: the closing speed of the pair and his own speed
-        # towards her both count (her phone drifting indoors, or her walking towards him,
-        # is no approach of his).
-        own = self.core.own_closing(self.pairs.offender[idx], self.pairs.victim[idx])
+        # He must be the one approaching: the pair's closing speed and time to breach, and his
+        # own speed towards her and his own course into the order circle around where she is
+        # (her phone drifting indoors, or her walking towards him, is no approach of his).
+        own_v, own_t = self.core.own_course(
+            self.pairs.offender[idx], self.pairs.victim[idx], self.pairs.order_m[idx]
+        )
         sustained = (
             (anchor - d >= r.approach_min_m)
             & (ev.closing_mps >= r.approach_min_speed_mps)
-            & (own >= r.approach_min_speed_mps)
+            & (own_v >= r.approach_min_speed_mps)
             & (ev.time_to_breach_s <= r.approach_horizon_s)
+            & (own_t <= r.approach_horizon_s)
             & (d > self.pairs.order_m[idx])
         )
-        stop = ~sustained
+        # After a jump or a manoeuvre the velocity is the jump's (a multipath burst makes a
+        # car at 11 m/s look like one at 22 m/s heading for her): only settled estimates
+        # predict, and a settled approach is an alarm at once.
+        approaching = sustained & settled
+        stop = ~approaching
         cond = Conditions(
             pre=np.zeros(idx.size, dtype=bool),
-            likely=sustained,
-            # After a jump the velocity is the jump's: the approach must hold for confirm_s.
-            certain=sustained & settled,
+            likely=approaching,
+            certain=approaching,
             escalate=np.zeros(idx.size, dtype=bool),
             leave_alarm=stop,
             leave_pre=stop,
             force_end=self.levels.level[idx] >= ALARM,
         )
-        evidence = np.where(settled, now, self._evidence(idx, now))
-        moves = audible(self.approach.step(idx, cond, now, evidence), idx, self.approach_ids)
+        moves = audible(self.approach.step(idx, cond, now), idx, self.approach_ids)
         if not moves:
             return []
         decided = self._clock()

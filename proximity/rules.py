@@ -63,8 +63,9 @@ class RuleConfig:
 
     #: Approach: an ``approach`` alarm before the breach when the offender closes in at
     #: ``approach_min_speed_mps`` or more, is predicted to reach the order distance within
-    #: ``approach_horizon_s``, and has already closed ``approach_min_m`` in this approach (a
-    #: sustained approach, not a swing of the velocity estimate).
+    #: ``approach_horizon_s`` (by the pair's relative motion and by his own course towards
+    #: where she is), and has already closed ``approach_min_m`` in this approach (a
+    #: sustained approach, not a swing of the velocity estimate); settled estimates only.
     approach_horizon_s: float = 120.0
     approach_min_speed_mps: float = 0.5
     approach_min_m: float = 50.0

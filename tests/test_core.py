@@ -183,6 +183,40 @@ def test_a_course_that_passes_by_predicts_no_breach_however_fast_it_closes() -> 
     assert closing > 15.0 and ttb == pytest.approx(1000.0 / 20.0, rel=0.02)
 
 
+def test_his_own_course_leaves_her_velocity_out() -> None:
+    # He drives at 20 m/s along an east-west road `miss` m north of her home; she walks north,
+    # towards the road, at 3 m/s. The relative motion heads into the 500 m circle; his own
+    # course (her as standing where she is) does only when the road itself passes inside it.
+    case = Case("C", ("o",), ("v",), 500.0, 1000.0)
+    table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)
+
+    def run(miss: float) -> tuple[float, float, float, float]:
+        core = ProximityCore(2, table, [40.0, 40.0])
+        closest = offset(*HOME, 0.0, miss)
+        for k in range(6):
+            t = T0 + k
+            o = offset(*closest, 270.0, 1500.0 - 20.0 * k)
+            v = offset(*HOME, 0.0, 3.0 * k)
+            core.apply(
+                np.array([0, 1]),
+                np.array([o[0], v[0]]),
+                np.array([o[1], v[1]]),
+                np.array([t, t]),
+                np.array([3.0, 3.0]),
+                t,
+            )
+        ev = core.evaluate(np.array([0]), T0 + 5)
+        own_v, own_t = core.own_course(np.array([0]), np.array([1]), np.array([500.0]))
+        return float(ev.time_to_breach_s[0]), float(own_v[0]), float(own_t[0]), ev.distance_m[0]
+
+    ttb, own_v, own_t, d = run(700.0)
+    assert np.isfinite(ttb) and ttb < 120.0  # together they would meet...
+    assert own_v == pytest.approx(20.0 * 1400.0 / d, rel=0.01)  # ...he does close in...
+    assert own_t == np.inf  # ...but his road passes 685 m from her
+    _, _, own_t, _ = run(300.0)  # his road passes 285 m from her: he enters at 411 m from
+    assert own_t == pytest.approx((1400.0 - np.sqrt(500.0**2 - 285.0**2)) / 20.0, rel=0.02)
+
+
 def test_no_velocity_and_no_fix() -> None:
     case = Case("C", ("o",), ("v",), 200.0, 400.0)
     table = PairTable.build([case], {"o": 0, "v": 1}, 0.1, 25.0)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -463,3 +465,47 @@ def test_she_walking_towards_him_is_no_approach_of_his() -> None:
     assert any(e.level >= AlarmLevel.ALARM for e in hers)  # the breach itself is alarmed
     his = walk("o")
     assert [e.state for e in his if e.type == AlarmType.APPROACH][:1] == [AlarmState.OPEN]
+
+
+def _drive_past(
+    miss_m: float, her: Callable[[int], tuple[float, float]], burst: range = range(0)
+) -> list[AlarmEvent]:
+    """He drives east at 14 m/s along a road ``miss_m`` north of her home, from 2,000 m west
+    of its closest point; her true position at second t is ``her(t)``. During ``burst`` his
+    fixes are 150 m south of him (multipath towards her, the stated accuracy unchanged)."""
+    clock = Clock()
+    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
+    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    closest = offset(*HOME, 0.0, miss_m)
+    out: list[AlarmEvent] = []
+    for t in range(200):
+        o = offset(*closest, 90.0, -2000.0 + 14.0 * t)
+        if t in burst:
+            o = offset(*o, 180.0, 150.0)
+        out += events_of(eng, fix("o", o, t, acc=8.0), fix("v", her(t), t, acc=8.0))
+    return out
+
+
+def test_her_walking_towards_his_road_as_he_drives_past_is_no_approach() -> None:
+    # His road passes 700 m north of her home; between 20 s and 60 s she walks 120 m north,
+    # towards it. Together their motion heads into the 500 m circle; his own course passes
+    # by: no approach of his (and no breach: he passes 580 m from her).
+    def her(t: int) -> tuple[float, float]:
+        return offset(*HOME, 0.0, 3.0 * min(max(t - 20.0, 0.0), 40.0))
+
+    out = _drive_past(700.0, her)
+    assert [e for e in out if e.type == AlarmType.APPROACH or e.level >= AlarmLevel.ALARM] == []
+    assert any(e.level == AlarmLevel.PRE_ALERT for e in out)  # within the warning distance
+    # The same drive on a road that passes 300 m from her home is an approach.
+    out = _drive_past(300.0, lambda t: HOME)
+    assert [e.state for e in out if e.type == AlarmType.APPROACH][:1] == [AlarmState.OPEN]
+
+
+def test_a_multipath_burst_of_a_car_driving_past_is_no_approach() -> None:
+    # His road passes 800 m north of her home. When he is 1,000 m west of its closest point
+    # his fixes jump 150 m towards her for 3 s: the velocity estimate swings towards her,
+    # and no approach may be predicted from it.
+    out = _drive_past(800.0, lambda t: HOME, burst=range(71, 74))
+    assert [e for e in out if e.type == AlarmType.APPROACH] == []
+    # Without the burst the same drive is no approach either (the test is of the burst).
+    assert [e for e in _drive_past(800.0, lambda t: HOME) if e.type == AlarmType.APPROACH] == []
