@@ -614,7 +614,7 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
         )
         print(
             f"  {'scenario type':<16} {'breaches':>8} {'detected':>8} {'delay p50':>9}"
-            f" {'alarms/pd':>9} {'false':>5} {'false/pd':>8}"
+            f" {'alarms/pd':>9} {'false':>5} {'false/pd':>8} {'(95% <=)':>8}"
         )
         for f in [*s["families"], t]:
             delay = f["delay_median_s"]
@@ -623,6 +623,7 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
                 f" {'-' if delay is None else f'{delay:.1f} s':>9}"
                 f" {f['alarms_per_pair_day'] or 0:>9.1f} {f['false_alarms']:>5}"
                 f" {f['false_alarms_per_pair_day'] or 0:>8.2f}"
+                f" {f['false_alarms_per_pair_day_upper95'] or 0:>8.2f}"
             )
         print(
             f"  latency fix -> CIC ({lat['count']} messages): p50 {lat['p50']} ms,"

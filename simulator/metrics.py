@@ -163,6 +163,7 @@ class FamilyScore:
             "alarms_per_pair_day": _r(self.alarms / days),
             "false_alarms": self.false_alarms,
             "false_alarms_per_pair_day": _r(self.false_alarms / days),
+            "false_alarms_per_pair_day_upper95": _r(poisson_upper(self.false_alarms) / days),
             "false_approach": self.false_approach,
             "pre_alerts_per_pair_day": _r(self.pre_alerts / days),
             "early_warnings": self.early_warnings,
@@ -170,6 +171,24 @@ class FamilyScore:
             "parallel_expected": self.parallel_expected,
             "parallel_wrongly_labelled": self.parallel_wrong,
         }
+
+
+def poisson_upper(k: int, confidence: float = 0.95) -> float:
+    """The one-sided upper confidence limit of a Poisson mean after ``k`` events: the mean
+    under which ``k`` or fewer events have probability ``1 - confidence`` (0 events: 3.00 at
+    95 %, the "rule of three"). Divided by the exposure (pair-days), it bounds a false alarm
+    rate: none in 60 pair-days shows a rate under 0.05 per pair-day at 95 %."""
+    if k < 0 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"need k >= 0 and 0 < confidence < 1, got {k!r}, {confidence!r}")
+
+    def cdf(lam: float) -> float:  # P(X <= k) for X ~ Poisson(lam), summed in log space
+        return sum(math.exp(i * math.log(lam) - lam - math.lgamma(i + 1)) for i in range(k + 1))
+
+    lo, hi = 0.0, k + 10.0 * math.sqrt(k + 1) + 10.0
+    for _ in range(200):  # the CDF falls with lam: bisect to 1e-12 or so
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) > 1.0 - confidence else (lo, mid)
+    return hi
 
 
 def _r(x: float, nd: int = 3) -> float | None:

@@ -24,7 +24,14 @@ from simulator.families import (
     TruthEvent,
     build_suite,
 )
-from simulator.metrics import AlarmRecord, CaseWindow, collect_alarms, percentiles_ms, score
+from simulator.metrics import (
+    AlarmRecord,
+    CaseWindow,
+    collect_alarms,
+    percentiles_ms,
+    poisson_upper,
+    score,
+)
 from simulator.replay import ReplayPair, TrackError, add_replays, read_track
 
 TRACKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tracks"
@@ -138,6 +145,8 @@ def test_scoring_on_a_hand_made_case() -> None:
     row = f.row()
     assert row["pair_days"] == 2.0 and row["detection_rate"] == 0.5
     assert row["false_alarms_per_pair_day"] == 1.0 and row["alarms_per_pair_day"] == 2.5
+    # Two false alarms in two pair-days: the rate is below 6.30 / 2 per pair-day at 95 %.
+    assert row["false_alarms_per_pair_day_upper95"] == pytest.approx(6.2958 / 2, abs=1e-3)
     missed = [o for o in outcomes if not o.detected]
     assert [(o.case_id, o.start_s) for o in missed] == [("C", 500.0)]
 
@@ -260,3 +269,16 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
     assert json.loads((tmp_path / "summary.json").read_text()) == doc
     assert "<img src='data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert (tmp_path / "alarms-run1.jsonl").stat().st_size > 0
+
+
+def test_the_false_alarm_bound_is_the_poisson_upper_limit() -> None:
+    # Tabulated one-sided 95 % limits (Garwood): 0 -> 2.996 (the rule of three), 1 -> 4.744,
+    # 2 -> 6.296, 10 -> 17.0; and at that mean, k or fewer events have probability 5 %.
+    for k, limit in [(0, 2.9957), (1, 4.7439), (2, 6.2958), (10, 16.9622)]:
+        lam = poisson_upper(k)
+        assert lam == pytest.approx(limit, abs=1e-3)
+        p = sum(math.exp(-lam) * lam**i / math.factorial(i) for i in range(k + 1))
+        assert p == pytest.approx(0.05, abs=1e-9)
+    assert poisson_upper(0, 0.99) == pytest.approx(-math.log(0.01))
+    with pytest.raises(ValueError):
+        poisson_upper(-1)
