@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  proximity evaluate\n"
         "  proximity evaluate stationary,indoor-pass --pairs 10 --speed 120\n"
         "  proximity evaluate walk-home,stationary --sweep confirm_s=0,5,15,30\n"
-        "  proximity evaluate none --replay his.gpx:her.csv --speed 10\n",
+        "  proximity evaluate none --replay his.gpx:her.csv --speed 10\n"
+        "  proximity evaluate stationary,indoor-pass --pairs 400 --direct\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
@@ -263,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         metavar="S",
         help="scenario seconds before the simulated operator acknowledges an alarm (default: 60)",
+    )
+    ev.add_argument(
+        "--direct",
+        action="store_true",
+        help="no broker: run the engine in this process and feed it the fixes as fast as it"
+        " goes (same engine, settings and scoring; no latency figures): for long false-alarm"
+        " runs, dozens of pair-days in minutes",
     )
     ev.add_argument("--quiet", action="store_true", help="print only the summary")
     evidence = sub.add_parser(
@@ -499,6 +507,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.pairs < 1 or args.speed <= 0 or args.interval <= 0 or not 0 <= args.meet <= 1:
         raise ProximityError("--pairs, --speed and --interval must be positive, --meet in 0..1")
+    if args.direct and args.broker:
+        raise ProximityError("--direct runs without a broker: give --direct or --broker")
     if args.alarm_interval is not None and not 0 < args.alarm_interval <= args.interval:
         raise ProximityError("--alarm-interval must be positive and at most --interval")
     replay = []
@@ -533,6 +543,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             ack_after_s=args.ack_after,
             quiet=args.quiet,
             replay=replay,
+            direct=args.direct,
         )
     )
     print_summary(doc, args.out)

@@ -86,6 +86,9 @@ class EvalOptions:
     quiet: bool = False
     #: Replayed tracks (simulator.replay.ReplayPair), added to the generated cases.
     replay: list[Any] = field(default_factory=list)
+    #: An in-process engine fed the fixes as fast as it goes, without broker and latency
+    #: (simulator.direct): for long false-alarm runs.
+    direct: bool = False
 
 
 # --- the devices' reports -------------------------------------------------------------------
@@ -198,6 +201,11 @@ class Cic:
         if msg.topic == STATUS_TOPIC:
             self.status = body
             return
+        self.take(body, arrived)
+
+    def take(self, body: dict[str, Any], arrived: float) -> None:
+        """An alarm message has arrived: keep it, and follow which cases have an alarm open
+        and which alarms the operator is to acknowledge."""
         with self.lock:
             self.messages.append((arrived, body))
             ci = self._case.get(body.get("case_id", ""))
@@ -236,6 +244,9 @@ class RunResult:
     engine_status: dict[str, Any]
     lag_max_s: float
     disconnects: int = 0
+    #: "broker": published through MQTT to 'proximity run'; "direct": an in-process engine
+    #: fed the fixes (simulator.direct), without transport and latency.
+    mode: str = "broker"
 
     def alarms(self) -> list[AlarmRecord]:
         return collect_alarms((m for _, m in self.messages), self.epoch)
@@ -264,7 +275,8 @@ class RunResult:
         fams, outcomes = score(windows, self.alarms())
         return {
             "settings": self.settings,
-            "speed": self.speed,
+            "mode": self.mode,
+            "speed": self.speed if self.mode == "broker" else None,
             "wall_s": round(self.wall_s, 1),
             "scenario_s": self.suite.duration_s,
             "fixes_published": self.published,
@@ -315,7 +327,7 @@ class Progress:
             print(file=sys.stderr)
 
 
-def _hms(s: float) -> str:
+def hms(s: float) -> str:
     s = max(0, int(s))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -483,7 +495,7 @@ def _publish(
                 )
         progress.show(
             i / n,
-            f"scenario {_hms(now_s)} of {_hms(suite.duration_s)}, {published:,} fixes,"
+            f"scenario {hms(now_s)} of {hms(suite.duration_s)}, {published:,} fixes,"
             f" {len(cic.messages):,} alarm messages",
         )
         if engine.proc is not None and engine.proc.poll() is not None:
@@ -546,13 +558,15 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
     broker: LocalBroker | None = None
     runs: list[RunResult] = []
     try:
-        if opts.broker:
+        if opts.direct:
+            broker_url = ""
+        elif opts.broker:
             broker_url = opts.broker
         else:
             broker = LocalBroker(work)
             broker.start()
             broker_url = broker.url
-        say(f"broker     {broker_url}")
+        say(f"broker     {broker_url or 'none: the engine runs in this process (--direct)'}")
         suites: dict[float, tuple[Suite, Schedule]] = {}
         for k, combo in enumerate(combos, start=1):
             settings = {**opts.settings, **combo}
@@ -568,21 +582,33 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
                 suites[interval] = (suite, build_schedule(suite, opts.seed))
             suite, schedule = suites[interval]
             what = ", ".join(f"{a}={b}" for a, b in combo.items()) or "default settings"
+            pace = (
+                "as fast as the engine goes"
+                if opts.direct
+                else f"at x{opts.speed:g} (about {suite.duration_s / opts.speed / 60:.1f} min)"
+            )
             say(
                 f"run {k}/{len(combos)}  {what}: {len(suite.cases)} cases"
                 f" ({', '.join(suite.families())}), {schedule.t.size:,} fixes over"
-                f" {_hms(suite.duration_s)} of scenario time at x{opts.speed:g}"
-                f" (about {suite.duration_s / opts.speed / 60:.1f} min)"
+                f" {hms(suite.duration_s)} of scenario time {pace}"
             )
-            runs.append(
-                run_once(opts, suite, schedule, broker_url, work / f"run{k}", settings, str(k), say)
-            )
+            if opts.direct:
+                from simulator.direct import run_direct
+
+                runs.append(run_direct(opts, suite, schedule, work / f"run{k}", settings, say))
+            else:
+                runs.append(
+                    run_once(
+                        opts, suite, schedule, broker_url, work / f"run{k}", settings, str(k), say
+                    )
+                )
         summaries = [r.summary() for r in runs]
         doc = {
             "command": "proximity " + " ".join(sys.argv[1:]) if sys.argv else "",
             "scenarios": opts.scenarios,
             "pairs_per_type": opts.pairs,
-            "speed": opts.speed,
+            "speed": None if opts.direct else opts.speed,
+            "direct": opts.direct,
             "interval_s": opts.interval_s,
             "seed": opts.seed,
             "runs": summaries,
@@ -625,8 +651,11 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
                 f" {f['false_alarms_per_pair_day'] or 0:>8.2f}"
                 f" {f['false_alarms_per_pair_day_upper95'] or 0:>8.2f}"
             )
-        print(
-            f"  latency fix -> CIC ({lat['count']} messages): p50 {lat['p50']} ms,"
-            f" p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
-        )
+        if s.get("mode") == "direct":
+            print("  latency: not measured (--direct: no broker between devices, engine and CIC)")
+        else:
+            print(
+                f"  latency fix -> CIC ({lat['count']} messages): p50 {lat['p50']} ms,"
+                f" p95 {lat['p95']} ms, p99 {lat['p99']} ms, max {lat['max']} ms"
+            )
     print(f"\nreport: {out / 'report.html'}   summary: {out / 'summary.json'}")

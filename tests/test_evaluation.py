@@ -269,6 +269,45 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
     assert json.loads((tmp_path / "summary.json").read_text()) == doc
     assert "<img src='data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert (tmp_path / "alarms-run1.jsonl").stat().st_size > 0
+    # The same scenarios through an in-process engine (--direct): the same verdicts, and the
+    # breach alarm decided within a few seconds of the same moment.
+    direct = run_evaluation(
+        EvalOptions(
+            scenarios=["walk-home", "stationary"],
+            pairs=1,
+            out=tmp_path / "direct",
+            quiet=True,
+            direct=True,
+        )
+    )
+    [drun] = direct["runs"]
+    assert drun["mode"] == "direct" and drun["latency_ms"]["count"] == 0
+    assert drun["fixes_published"] == run["fixes_published"]
+    for a, b in zip(run["families"], drun["families"], strict=True):
+        for key in ("breaches", "breaches_detected", "false_alarms", "early_warnings"):
+            assert a[key] == b[key], (a["family"], key)
+    assert drun["total"]["delay_median_s"] == pytest.approx(run["total"]["delay_median_s"], abs=3.0)
+    assert "direct" in (tmp_path / "direct" / "report.html").read_text()
+
+
+def test_a_direct_run_reports_faster_while_an_alarm_is_open(tmp_path: Path) -> None:
+    def run(alarm_interval_s: float | None) -> dict[str, Any]:
+        opts = EvalOptions(
+            scenarios=["walk-home"],
+            pairs=1,
+            out=tmp_path / str(alarm_interval_s),
+            quiet=True,
+            direct=True,
+            alarm_interval_s=alarm_interval_s,
+        )
+        [result] = run_evaluation(opts)["runs"]
+        return result
+
+    slow, fast = run(None), run(0.5)
+    assert slow["total"]["breaches_detected"] == fast["total"]["breaches_detected"] == 1
+    # Twice as many fixes while his approach and breach alarms were open: minutes of them.
+    assert fast["fixes_published"] > slow["fixes_published"] + 120
+    assert fast["fixes_processed"] + fast["fixes_set_aside"] == fast["fixes_published"]
 
 
 def test_the_false_alarm_bound_is_the_poisson_upper_limit() -> None:
