@@ -89,7 +89,10 @@ def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_t
         clock.t = T0 + t + s
         return eng.sweep()
 
-    assert events_of(eng, fix("v", HOME, 0)) == [] and at(1000 + U5 + 1) == []
+    # Her phone's first fix, and one that confirms it (a first fix alone cannot make a breach
+    # certain: nothing checks it).
+    assert events_of(eng, fix("v", HOME, 0)) == [] and events_of(eng, fix("v", HOME, 20)) == []
+    assert at(1000 + U5 + 1) == []
     [ev] = at(1000 + U5 - 1)  # possibly within the warning distance: pre-alert
     assert levels([ev]) == [(AlarmState.OPEN, AlarmLevel.PRE_ALERT)]
     assert ev.classification == Classification.WARNING and ev.reason.startswith("pre-alert")
@@ -122,7 +125,7 @@ def test_levels_are_entered_at_their_distance_and_left_beyond_the_margin_after_t
 def test_a_case_sets_its_own_escalation_distance() -> None:
     own = Case("OWN", ("o",), ("v",), 500.0, 1000.0, escalation_distance_m=100.0)
     default = Case("DEFAULT", ("o",), ("w",), 500.0, 1000.0)
-    eng = engine([own, default])
+    eng = engine([own, default], rules=RuleConfig(confirm_s=0.0))  # first fixes count at once
     at_200 = events_of(
         eng, fix("v", HOME, 0), fix("w", HOME, 0), fix("o", offset(*HOME, 0, 200), 0)
     )
@@ -216,7 +219,8 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
         )
         for k in range(int(rng.integers(1, 30)))
     ]
-    eng = engine(cases, Clock(T0))
+    # No confirmation time: first fixes count at once, so each level follows the distance.
+    eng = engine(cases, Clock(T0), rules=RuleConfig(confirm_s=0.0))
     p = eng.pairs
     slots = rng.choice(
         len(eng.devices.ids), int(rng.integers(1, len(eng.devices.ids) + 1)), replace=False
@@ -240,9 +244,8 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
         eng.devices.lat[p.victim],
         eng.devices.lon[p.victim],
     )
-    # Within the warning distance: a pre-alert, or an alarm when the breach is certain by
-    # the margin (a likely one, or one certain by less, waits for its confirmation);
-    # escalation when certainly within half.
+    # Within the warning distance: a pre-alert, or an alarm when the best estimate is within
+    # the order distance (no confirmation time); escalation when certainly within half.
     expected = {
         (
             p.case_ids[p.case[k]],
@@ -251,7 +254,7 @@ def test_gather_pairs_matches_a_plain_loop_and_distances_match_geographiclib(
             AlarmLevel.ESCALATION
             if dist[k] + U5 <= p.order_m[k] / 2
             else AlarmLevel.ALARM
-            if dist[k] + U5 <= p.order_m[k] - p.margin_m[k]
+            if dist[k] <= p.order_m[k]
             else AlarmLevel.PRE_ALERT,
         )
         for k in range(len(p))
@@ -509,3 +512,26 @@ def test_a_multipath_burst_of_a_car_driving_past_is_no_approach() -> None:
     assert [e for e in out if e.type == AlarmType.APPROACH] == []
     # Without the burst the same drive is no approach either (the test is of the burst).
     assert [e for e in _drive_past(800.0, lambda t: HOME) if e.type == AlarmType.APPROACH] == []
+
+
+def test_a_first_fix_alone_cannot_make_a_breach_certain() -> None:
+    # His tag's first fix after switching on (a cold start) is 140 m off, 380 m from her;
+    # every later one is where he is, 520 m from her: nothing checks a first fix, so it
+    # cannot raise a certain breach at once, and the later fixes end the matter.
+    def run(first_m: float, then_m: float) -> list[AlarmEvent]:
+        clock = Clock()
+        devices = [
+            Device("o", {"reporting_interval_s": 1}),
+            Device("v", {"reporting_interval_s": 1}),
+        ]
+        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        out = events_of(eng, fix("v", HOME, 0))
+        for t in range(1, 60):
+            o = offset(*HOME, 90.0, first_m if t == 1 else then_m)
+            out += events_of(eng, fix("o", o, t), fix("v", HOME, t))
+        return [e for e in out if e.level >= AlarmLevel.ALARM]
+
+    assert run(380.0, 520.0) == []
+    # Really 300 m from her from the first fix on: the alarm, after the confirmation time.
+    [alarm] = run(300.0, 300.0)[:1]
+    assert alarm.t_decided - T0 == pytest.approx(1 + RuleConfig().confirm_s, abs=1.0)

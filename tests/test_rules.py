@@ -194,7 +194,10 @@ def test_repeated_short_entries_into_the_warning_band_are_boundary_probing() -> 
 
 
 def test_reminders_stop_on_acknowledgement_and_a_closed_alarm_stays_silent() -> None:
-    run = Run(RuleConfig(reporting_interval_s=1e9, renotify_s=120.0, escalate_after_s=600.0))
+    rules = RuleConfig(
+        reporting_interval_s=1e9, renotify_s=120.0, escalate_after_s=600.0, confirm_s=0.0
+    )
+    run = Run(rules)  # no confirmation time: the first fixes' breach is an alarm at once
     at = offset(*HOME, 0.0, 300.0)
 
     def both(t: float) -> list[AlarmEvent]:
