@@ -198,10 +198,14 @@ class Engine:
         self.devices = DeviceTable(ids, self.core.lat, self.core.lon)
         timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
         self.levels = LevelMachine(len(self.pairs), timing)
-        # An approach ends only after a whole horizon without a sustained approach: the
-        # velocity estimate of a walker swings, and one approach is one alarm.
+        # An approach must hold for approach_hold_s before it is an alarm (nothing before:
+        # one fix's velocity is not an approach), and ends only after a whole horizon
+        # without a sustained approach: the velocity estimate of a walker swings, and one
+        # approach is one alarm.
         self.approach = LevelMachine(
-            len(self.pairs), replace(timing, dwell_s=rules.approach_horizon_s)
+            len(self.pairs),
+            replace(timing, confirm_s=rules.approach_hold_s, dwell_s=rules.approach_horizon_s),
+            likely_is_pre=False,
         )
         self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
         self._probe_pending = np.zeros(len(self.pairs), dtype=bool)  # see _decide
@@ -522,13 +526,14 @@ class Engine:
         )
         # After a jump or a manoeuvre the velocity is the jump's (a multipath burst makes a
         # car at 11 m/s look like one at 22 m/s heading for her): only settled estimates
-        # predict, and a settled approach is an alarm at once.
+        # predict, and the prediction must hold for approach_hold_s (the first fix after a
+        # dropout, or one noisy fix of a walker, swings the velocity towards her).
         approaching = sustained & settled
         stop = ~approaching
         cond = Conditions(
             pre=np.zeros(idx.size, dtype=bool),
             likely=approaching,
-            certain=approaching,
+            certain=np.zeros(idx.size, dtype=bool),
             escalate=np.zeros(idx.size, dtype=bool),
             leave_alarm=stop,
             leave_pre=stop,

@@ -67,6 +67,8 @@ class RuleConfig:
     #: where she is), and has already closed ``approach_min_m`` in this approach (a
     #: sustained approach, not a swing of the velocity estimate); settled estimates only.
     approach_horizon_s: float = 120.0
+    #: ... and the prediction has held on every evaluation for this long.
+    approach_hold_s: float = 3.0
     approach_min_speed_mps: float = 0.5
     approach_min_m: float = 50.0
 

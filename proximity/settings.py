@@ -141,6 +141,11 @@ class Settings(BaseSettings):
         gt=0,
         description="approach alarm when the order distance is predicted within this time",
     )
+    approach_hold_s: float = Field(
+        RULES.approach_hold_s,
+        ge=0,
+        description="an approach must be predicted this long before it is an alarm",
+    )
     approach_min_speed_mps: float = Field(
         RULES.approach_min_speed_mps, gt=0, description="smallest closing speed of an approach"
     )

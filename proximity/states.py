@@ -117,8 +117,10 @@ def _held(
 class LevelMachine:
     """Levels, timers and notification state of ``n`` watched things."""
 
-    def __init__(self, n: int, timing: Timing) -> None:
+    def __init__(self, n: int, timing: Timing, likely_is_pre: bool = True) -> None:
         self.timing = timing
+        #: False: a likely spell that is not confirmed yet raises nothing (no pre-alert).
+        self.likely_is_pre = likely_is_pre
         self.level = np.zeros(n, dtype=np.int8)
         self.certain = np.zeros(n, dtype=bool)  # announced as certain at the current level
         self.t_likely = np.full(n, np.nan)  # since when "likely" has held
@@ -155,7 +157,9 @@ class LevelMachine:
         up = np.where(
             confirmed & (c.escalate | lasted),
             ESCALATION,
-            np.where(confirmed, ALARM, np.where(c.pre | c.likely, PRE, NONE)),
+            np.where(
+                confirmed, ALARM, np.where(c.pre | (c.likely & self.likely_is_pre), PRE, NONE)
+            ),
         )
         down = np.where(
             off_pre >= tm.dwell_s,

@@ -535,3 +535,38 @@ def test_a_first_fix_alone_cannot_make_a_breach_certain() -> None:
     # Really 300 m from her from the first fix on: the alarm, after the confirmation time.
     [alarm] = run(300.0, 300.0)[:1]
     assert alarm.t_decided - T0 == pytest.approx(1 + RuleConfig().confirm_s, abs=1.0)
+
+
+def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
+    # His road passes 700 m north of her home. His tag is silent for 20 s; its first fix
+    # after that is 60 m off towards her (within what the filter accepts after a gap): the
+    # velocity swings towards her for a fix or two. Predicted on that one fix, it would be an
+    # approach; it must hold for approach_hold_s, and then it has gone.
+    def drive(hold_s: float) -> list[AlarmEvent]:
+        clock = Clock()
+        devices = [
+            Device("o", {"reporting_interval_s": 1}),
+            Device("v", {"reporting_interval_s": 1}),
+        ]
+        rules = RuleConfig(approach_hold_s=hold_s)
+        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices, rules=rules)
+        closest = offset(*HOME, 0.0, 700.0)
+        out: list[AlarmEvent] = []
+        for t in range(200):
+            o = offset(*closest, 90.0, -2000.0 + 14.0 * t)
+            fixes = [fix("v", HOME, t, acc=8.0)]
+            if not 60 <= t < 80:
+                o = offset(*o, 180.0, 60.0) if t == 80 else o
+                fixes.append(fix("o", o, t, acc=8.0))
+            out += events_of(eng, *fixes)
+        return [e for e in out if e.type == AlarmType.APPROACH]
+
+    assert RuleConfig().approach_hold_s == 3.0
+    assert drive(3.0) == []
+    [flash] = drive(0.0)[:1]  # the rule without the hold: an alarm on that one fix
+    assert flash.t_decided == T0 + 80
+    # A real approach (a road 300 m from her) holds: an alarm, with no approach pre-alert.
+    out = _drive_past(300.0, lambda t: HOME)
+    approach = [e for e in out if e.type == AlarmType.APPROACH]
+    assert approach[0].state == AlarmState.OPEN and approach[0].level == AlarmLevel.ALARM
+    assert all(e.level != AlarmLevel.PRE_ALERT for e in approach)

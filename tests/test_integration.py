@@ -72,7 +72,11 @@ def engine(
     broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineProcess]:
     tmp = tmp_path_factory.mktemp("engine")
-    with running_engine(broker, tmp, CASES, *TELEPORT, "--status-interval-s", "0.5") as proc:
+    # These tests are about messages and transport, and send each device's first fixes: no
+    # confirmation time, so that first fixes count at once (tests/test_engine.py has the
+    # confirmation rules, first fixes included).
+    args = ("--status-interval-s", "0.5", "--confirm-s", "0")
+    with running_engine(broker, tmp, CASES, *TELEPORT, *args) as proc:
         yield proc
 
 

@@ -89,12 +89,19 @@ def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
     pub: Publisher, cic: Listener, engine: EngineProcess, tmp_path: Path
 ) -> None:
     victim = HOME
-    pub.fix("phone-a", *victim)
-    # He drives straight at her from 1.6 km at 20 m/s: one fix every 0.1 s, 2 m apart
-    # (each stamped as it is sent).
-    start = offset(*victim, 300.0, 1600.0)
-    for k in range(60):
-        pub.fix("tag-a", *offset(*start, 120.0, 2.0 * k))
+    # He drives straight at her from 2.2 km at 20 m/s. The last half minute, one fix a
+    # second, is sent at once (only settled estimates predict: a device's first fixes
+    # cannot); then one fix every 0.1 s, each stamped as it is sent, until the approach
+    # (which must hold for 3 s).
+    t0 = time.time() - 30.0
+    pub.fix("phone-a", *victim, ts=t0)
+    pub.fix("phone-a", *victim, ts=t0 + 20.0)
+    start = offset(*victim, 300.0, 2200.0)
+    for k in range(30):
+        pub.fix("tag-a", *offset(*start, 120.0, 20.0 * k), ts=t0 + k)
+    for _ in range(100):
+        t = time.time()
+        pub.fix("tag-a", *offset(*start, 120.0, 20.0 * (t - t0)), ts=t)
         time.sleep(0.1)
         if any(m["type"] == "approach" for m in of(cic, "BE-R-APPROACH")):
             break
