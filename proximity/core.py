@@ -150,11 +150,6 @@ def apply_fixes(
             ppv *= 1.0 - kp
             ppp *= 1.0 - kp
         else:  # the first fix (NaN gap), or a gap too long to predict across: start afresh
-            if math.isnan(kf[i, T_LAST]):
-                # The device's first fix: nothing to check it against (it may be a multipath
-                # burst). Like a jump, it cannot make a breach certain until confirm_s of
-                # later fixes. (After a long gap the fix rule still compares it with the last.)
-                kf[i, T_GATE] = t
             x = zx
             y = zy
             z = zz
@@ -439,10 +434,13 @@ class ProximityCore:
         t = np.where(np.isnan(v2), np.nan, t)
         return closing, t
 
+    def gated_last(self, slots: IntArray) -> npt.NDArray[np.bool_]:
+        """Which devices' last fix was outside their filter's gate (a manoeuvre or a jump)."""
+        return self.kf[slots, T_GATE] == self.kf[slots, T_LAST]
+
     def manoeuvred(self, slots: IntArray, within_s: float) -> npt.NDArray[np.bool_]:
         """Which devices' filters met a fix outside their gate (a manoeuvre, or a jump such
-        as a multipath burst), or started from a first fix that nothing could check, within
-        ``within_s`` seconds of fixes before their last one."""
+        as a multipath burst) within ``within_s`` seconds of fixes before their last one."""
         kf = self.kf
         return kf[slots, T_LAST] - kf[slots, T_GATE] < within_s  # NaN (never): False
 

@@ -208,6 +208,8 @@ class Engine:
             likely_is_pre=False,
         )
         self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
+        self._t_unchecked = np.full(len(ids), np.nan)  # see _apply
+        self._restarted_t = np.full(len(self.pairs), -np.inf)  # see _decide
         self._probe_pending = np.zeros(len(self.pairs), dtype=bool)  # see _decide
         self._anchor_t = np.full(len(self.pairs), np.nan)
         self.approach_ids: dict[int, str] = {}
@@ -406,6 +408,13 @@ class Engine:
         st.fixes_implausible += int(slots.size - use.sum())
         rows = rows[use]
         slots = slots[use]
+        # A fix that nothing checks: a device's first, or its first after a dropout (more
+        # than twice its reporting interval): across the gap, the motion filter's prediction
+        # and the jump rule allow almost anything, and a multipath burst passes for a walk.
+        # Like a jump, it cannot make a breach certain until confirm_s of later fixes.
+        gap = batch.t_fix[rows] - dev.t_fix[slots]  # NaN: the first fix
+        unchecked = ~(gap <= 2.0 * self.health.interval_s[slots] + EVIDENCE_SLACK_S)
+        self._t_unchecked[slots[unchecked]] = batch.t_fix[rows][unchecked]
         dev.acc_m[slots] = batch.acc_m[rows]
         dev.t_fix[slots] = batch.t_fix[rows]
         dev.t_recv[slots] = batch.t_recv[rows]
@@ -446,6 +455,14 @@ class Engine:
         # jump only by current evidence (a jumped position frozen by a dropout - often the
         # tail of a multipath burst - never confirms itself).
         evidence = np.where(settled, now, self._evidence(idx, now))
+        # A device that jumps again restarts the confirmation of its pair's likely breach:
+        # a chain of multipath bursts (a phone standing by tall buildings) can hold a false
+        # position longer than confirm_s, but each burst starts with a jump, and a person
+        # who really comes closer does not jump every few seconds.
+        jumped = self._jump_time(idx)
+        again = ~settled & (jumped > self._restarted_t[idx])
+        self._restarted_t[idx[again]] = jumped[again]
+        self.levels.t_likely[idx[again]] = np.nan
         moves = audible(self.levels.step(idx, cond, now, evidence), idx, self.alarm_ids)
         events: list[AlarmEvent] = []
         if moves:
@@ -477,12 +494,26 @@ class Engine:
 
     def _settled(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
         """Pairs neither of whose devices jumped or manoeuvred (a fix taken although it
-        jumped, or one outside the motion filter's gate) within confirm_s of fixes before
-        its last one."""
+        jumped, or one outside the motion filter's gate), or sent a fix nothing checks (its
+        first, or its first after a dropout), within confirm_s of fixes before its last."""
         w = self.rules.confirm_s
         both = np.concatenate([self.pairs.offender[idx], self.pairs.victim[idx]])
-        ok = self.quality.settled(both, self.devices.t_fix[both]) & ~self.core.manoeuvred(both, w)
+        t = self.devices.t_fix[both]
+        ok = (
+            self.quality.settled(both, t)
+            & ~self.core.manoeuvred(both, w)
+            & ~(t - self._t_unchecked[both] < w)  # NaN (never unchecked): settled
+        )
         return ok[: idx.size] & ok[idx.size :]
+
+    def _jump_time(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """Per pair, the time of the newer of its devices' last fixes if that fix jumped (set
+        aside and then taken, or outside the motion filter's gate); -inf if neither did."""
+        both = np.concatenate([self.pairs.offender[idx], self.pairs.victim[idx]])
+        t = self.devices.t_fix[both]
+        jumped = (self.quality.jumped_t[both] == t) | self.core.gated_last(both)
+        jt = np.where(jumped, t, -np.inf)
+        return np.maximum(jt[: idx.size], jt[idx.size :])
 
     def _evidence(self, idx: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.float64]:
         """Per pair, the time up to which both devices' positions are current: each fix

@@ -538,9 +538,9 @@ def test_a_first_fix_alone_cannot_make_a_breach_certain() -> None:
 
 
 def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
-    # His road passes 700 m north of her home. His tag is silent for 20 s; its first fix
-    # after that is 60 m off towards her (within what the filter accepts after a gap): the
-    # velocity swings towards her for a fix or two. Predicted on that one fix, it would be an
+    # His road passes 560 m north of her home. One fix, 1 km before the closest point, is
+    # 20 m off towards her (ordinary noise: within the motion filter's gate), and the
+    # velocity swings towards her for a fix. Predicted on that one fix, it would be an
     # approach; it must hold for approach_hold_s, and then it has gone.
     def drive(hold_s: float) -> list[AlarmEvent]:
         clock = Clock()
@@ -550,15 +550,12 @@ def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
         ]
         rules = RuleConfig(approach_hold_s=hold_s)
         eng = engine([case("C", ("o",), ("v",))], clock, devices=devices, rules=rules)
-        closest = offset(*HOME, 0.0, 700.0)
+        closest = offset(*HOME, 0.0, 560.0)
         out: list[AlarmEvent] = []
         for t in range(200):
             o = offset(*closest, 90.0, -2000.0 + 14.0 * t)
-            fixes = [fix("v", HOME, t, acc=8.0)]
-            if not 60 <= t < 80:
-                o = offset(*o, 180.0, 60.0) if t == 80 else o
-                fixes.append(fix("o", o, t, acc=8.0))
-            out += events_of(eng, *fixes)
+            o = offset(*o, 180.0, 20.0) if t == 80 else o
+            out += events_of(eng, fix("v", HOME, t, acc=8.0), fix("o", o, t, acc=8.0))
         return [e for e in out if e.type == AlarmType.APPROACH]
 
     assert RuleConfig().approach_hold_s == 3.0
@@ -570,3 +567,50 @@ def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
     approach = [e for e in out if e.type == AlarmType.APPROACH]
     assert approach[0].state == AlarmState.OPEN and approach[0].level == AlarmLevel.ALARM
     assert all(e.level != AlarmLevel.PRE_ALERT for e in approach)
+
+
+def test_a_chain_of_multipath_bursts_longer_than_the_confirmation_is_no_breach() -> None:
+    # They stand 520 m apart. Her phone, by tall buildings, suffers two bursts back to back:
+    # 140 m towards him for 10 s, then 80 m for 10 s (each starts with a jump, the stated
+    # accuracy unchanged): 20 s of a false position inside the order distance, longer than
+    # confirm_s. Each jump starts the confirmation again: no alarm.
+    def run(second_m: float) -> list[AlarmEvent]:
+        clock = Clock()
+        devices = [
+            Device("o", {"reporting_interval_s": 1}),
+            Device("v", {"reporting_interval_s": 1}),
+        ]
+        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        off = offset(*HOME, 90.0, 520.0)
+        out: list[AlarmEvent] = []
+        for t in range(200):
+            v = HOME
+            if 100 <= t < 110:
+                v = offset(*HOME, 90.0, 140.0)
+            elif 110 <= t < 120:
+                v = offset(*HOME, 90.0, second_m)
+            out += events_of(eng, fix("o", off, t, acc=8.0), fix("v", v, t, acc=8.0))
+        return [e for e in out if e.level >= AlarmLevel.ALARM]
+
+    assert run(80.0) == []
+    # Had the second burst been the same offset as the first (one 20 s burst, no new jump),
+    # 20 s is beyond confirm_s: what the engine cannot tell from a real move, it alarms.
+    assert run(140.0) != []
+
+
+def test_the_first_fix_after_a_dropout_cannot_make_a_breach_certain() -> None:
+    # They stand 520 m apart. His tag is silent for 43 s; its first fixes after that are a
+    # burst of multipath 150 m towards her (5 s). Across the gap the motion filter and the
+    # jump rule allow such a move, so nothing checks it: no certain breach at once, and the
+    # burst is over before confirm_s.
+    clock = Clock()
+    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
+    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    out: list[AlarmEvent] = []
+    for t in range(200):
+        fixes = [fix("v", HOME, t, acc=8.0)]
+        if not 100 <= t < 143:
+            o = offset(*HOME, 90.0, 370.0 if 143 <= t < 148 else 520.0)
+            fixes.append(fix("o", o, t, acc=8.0))
+        out += events_of(eng, *fixes)
+    assert [e for e in out if e.level >= AlarmLevel.ALARM and e.type == AlarmType.PROXIMITY] == []
