@@ -41,6 +41,12 @@ def engine(cases: list[Case], clock: Clock | None = None, **kw: object) -> Engin
     return Engine(cases, clock=clock or Clock(), **kw)  # type: ignore[arg-type]
 
 
+def every_second(clock: Clock, rules: RuleConfig | None = None) -> Engine:
+    """Case C (order 500 m) whose offender "o" and protected person "v" report every second."""
+    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
+    return engine([case("C", ("o",), ("v",))], clock, devices=devices, rules=rules or RuleConfig())
+
+
 def case(
     cid: str, offenders: tuple[str, ...], protected: tuple[str, ...], order: float = 500.0
 ) -> Case:
@@ -410,8 +416,7 @@ def test_a_burst_during_the_other_device_s_dropout_is_not_confirmed_when_it_retu
     # 70 m towards him (a burst of 8). His first fix after the gap must not find a likely
     # breach "held" since the start of his silence.
     clock = Clock()
-    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
-    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    eng = every_second(clock)
     off = offset(*HOME, 90.0, 520.0)
     events: list[AlarmEvent] = []
     for t in range(120):
@@ -451,11 +456,7 @@ def test_she_walking_towards_him_is_no_approach_of_his() -> None:
     def walk(mover: str) -> list[AlarmEvent]:
         # One stands at HOME; the other walks towards it at 1.4 m/s from 1,100 m east.
         clock = Clock()
-        devices = [
-            Device("o", {"reporting_interval_s": 1}),
-            Device("v", {"reporting_interval_s": 1}),
-        ]
-        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        eng = every_second(clock)
         out: list[AlarmEvent] = []
         for t in range(500):
             walker = offset(*HOME, 90.0, 1100.0 - 1.4 * t)
@@ -477,8 +478,7 @@ def _drive_past(
     of its closest point; her true position at second t is ``her(t)``. During ``burst`` his
     fixes are 150 m south of him (multipath towards her, the stated accuracy unchanged)."""
     clock = Clock()
-    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
-    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    eng = every_second(clock)
     closest = offset(*HOME, 0.0, miss_m)
     out: list[AlarmEvent] = []
     for t in range(200):
@@ -520,11 +520,7 @@ def test_a_first_fix_alone_cannot_make_a_breach_certain() -> None:
     # cannot raise a certain breach at once, and the later fixes end the matter.
     def run(first_m: float, then_m: float) -> list[AlarmEvent]:
         clock = Clock()
-        devices = [
-            Device("o", {"reporting_interval_s": 1}),
-            Device("v", {"reporting_interval_s": 1}),
-        ]
-        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        eng = every_second(clock)
         out = events_of(eng, fix("v", HOME, 0))
         for t in range(1, 60):
             o = offset(*HOME, 90.0, first_m if t == 1 else then_m)
@@ -544,12 +540,8 @@ def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
     # approach; it must hold for approach_hold_s, and then it has gone.
     def drive(hold_s: float) -> list[AlarmEvent]:
         clock = Clock()
-        devices = [
-            Device("o", {"reporting_interval_s": 1}),
-            Device("v", {"reporting_interval_s": 1}),
-        ]
         rules = RuleConfig(approach_hold_s=hold_s)
-        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices, rules=rules)
+        eng = every_second(clock, rules)
         closest = offset(*HOME, 0.0, 560.0)
         out: list[AlarmEvent] = []
         for t in range(200):
@@ -576,11 +568,7 @@ def test_a_chain_of_multipath_bursts_longer_than_the_confirmation_is_no_breach()
     # confirm_s. Each jump starts the confirmation again: no alarm.
     def run(second_m: float) -> list[AlarmEvent]:
         clock = Clock()
-        devices = [
-            Device("o", {"reporting_interval_s": 1}),
-            Device("v", {"reporting_interval_s": 1}),
-        ]
-        eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+        eng = every_second(clock)
         off = offset(*HOME, 90.0, 520.0)
         out: list[AlarmEvent] = []
         for t in range(200):
@@ -604,8 +592,7 @@ def test_the_first_fix_after_a_dropout_cannot_make_a_breach_certain() -> None:
     # jump rule allow such a move, so nothing checks it: no certain breach at once, and the
     # burst is over before confirm_s.
     clock = Clock()
-    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
-    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    eng = every_second(clock)
     out: list[AlarmEvent] = []
     for t in range(200):
         fixes = [fix("v", HOME, t, acc=8.0)]
