@@ -462,7 +462,7 @@ class Engine:
         jumped = self._jump_time(idx)
         again = ~settled & (jumped > self._restarted_t[idx])
         self._restarted_t[idx[again]] = jumped[again]
-        self.levels.t_likely[idx[again]] = np.nan
+        self.levels.restart_likely(idx[again])
         moves = audible(self.levels.step(idx, cond, now, evidence), idx, self.alarm_ids)
         events: list[AlarmEvent] = []
         if moves:

@@ -27,6 +27,7 @@ from ingest.owntracks import keys as owntracks_keys
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.cases import Case, Device
 from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
@@ -59,6 +60,20 @@ def scaled_clock(scale: float, epoch: float) -> Callable[[], float]:
     return lambda: epoch + max(0.0, time.time() - epoch) * scale
 
 
+def engine_for(
+    settings: Settings, cases: list[Case], devices: list[Device], clock: Callable[[], float]
+) -> Engine:
+    """The engine that ``settings`` describe, over ``cases`` and ``devices``, on ``clock``."""
+    return Engine(
+        cases,
+        devices,
+        rules=rule_config(settings),
+        default_top_speed_mps=MOBILITY_MPS[settings.default_mobility],
+        unknown_accuracy_m=settings.unknown_accuracy_m,
+        clock=clock,
+    )
+
+
 class EngineService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -73,14 +88,7 @@ class EngineService:
             self.cases = registry.cases()
             devices = registry.devices()
         self.devices = devices
-        self.engine = Engine(
-            self.cases,
-            devices,
-            rules=rule_config(settings),
-            default_top_speed_mps=MOBILITY_MPS[settings.default_mobility],
-            unknown_accuracy_m=settings.unknown_accuracy_m,
-            clock=self.clock,
-        )
+        self.engine = engine_for(settings, self.cases, devices, self.clock)
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0

@@ -134,6 +134,10 @@ class LevelMachine:
     def __len__(self) -> int:
         return int(self.level.size)
 
+    def restart_likely(self, idx: IntArray) -> None:
+        """Things ``idx`` start their likely spell again (from their next evaluation on)."""
+        self.t_likely[idx] = np.nan
+
     def step(
         self, idx: IntArray, c: Conditions, now: float, evidence: Float | None = None
     ) -> list[Transition]:

@@ -24,12 +24,11 @@ import numpy as np
 
 from ingest.batch import FixBatch
 from proximity.cases import parse_case_file
-from proximity.engine import Engine
 from proximity.events import AlarmEvent
 from proximity.messages import alarm_message, iso_utc
 from proximity.registry import Registry
-from proximity.settings import Settings, rule_config
-from proximity.uncertainty import MOBILITY_MPS
+from proximity.service import engine_for
+from proximity.settings import Settings
 from simulator.evaluate import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
 from simulator.families import Suite
 
@@ -67,14 +66,7 @@ def run_direct(
     # The scenario's clock starts on a whole second of today, like a run through the broker.
     epoch = float(int(time.time()))
     clock = _Clock(epoch)
-    engine = Engine(
-        cases,
-        devices,
-        rules=rule_config(conf),
-        default_top_speed_mps=MOBILITY_MPS[conf.default_mobility],
-        unknown_accuracy_m=conf.unknown_accuracy_m,
-        clock=clock,
-    )
+    engine = engine_for(conf, cases, devices, clock)
     by_id = {c.id: c for c in cases}
     cic = Cic([c.id for c in suite.cases])
     sc = schedule
@@ -120,15 +112,17 @@ def run_direct(
             take(engine.process(batch))
             sent += int(rows.size)
             i = j
+        # Sweeps and acknowledgements due within the batch come after its fixes: the
+        # engine's clock never goes back.
         while next_sweep <= hi:
-            clock.t = epoch + next_sweep
+            clock.t = max(clock.t, epoch + next_sweep)
             take(engine.sweep())
             next_sweep += conf.sweep_interval_s
         due = sorted(a for a in acks if a[0] <= hi)
         if due:
             acks = [a for a in acks if a[0] > hi]
             for t_s, aid in due:
-                clock.t = epoch + t_s
+                clock.t = max(clock.t, epoch + t_s)
                 take(engine.acknowledge(aid, "evaluation", "simulated operator"))
         if k % 200 == 0:
             progress.show(
@@ -139,7 +133,7 @@ def run_direct(
     progress.show(1.0, f"{sent:,} fixes taken", force=True)
     progress.done()
     st = engine.stats
-    say(f"  {sent:,} fixes in {time.time() - wall0:.0f} s ({engine.stats.batches:,} batches)")
+    say(f"  {sent:,} fixes in {time.time() - wall0:.0f} s ({st.batches:,} batches)")
     return RunResult(
         settings,
         suite,
