@@ -29,28 +29,58 @@ class BrokerAddress:
         return f"mqtt://{self.host}:{self.port}"
 
 
+#: Schemes of a broker URL (``tcp://`` is an alias of ``mqtt://``: plain MQTT over TCP).
+SCHEMES = ("mqtt", "tcp")
+ACCEPTED_FORMS = (
+    "mqtt://HOST:PORT or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883"
+    " (tcp:// is accepted for mqtt://)"
+)
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://HOST:PORT`` (or ``HOST:PORT``, or ``HOST``) -> :class:`BrokerAddress`.
+    """``mqtt://HOST[:PORT]`` (or ``tcp://HOST[:PORT]``) -> :class:`BrokerAddress`.
+
+    The scheme is required: ``127.0.0.1:1883`` or ``localhost`` alone is refused rather than
+    guessed, and so are parts the connection would silently ignore (a user name or password,
+    a path, a query). :class:`IngestError` names the URL and shows the accepted forms.
 
     >>> parse_broker_url("mqtt://127.0.0.1:1884")
     BrokerAddress(host='127.0.0.1', port=1884)
-    >>> parse_broker_url("localhost")
+    >>> parse_broker_url("mqtt://localhost")
     BrokerAddress(host='localhost', port=1883)
+    >>> parse_broker_url("tcp://[::1]:1883")
+    BrokerAddress(host='::1', port=1883)
+    >>> parse_broker_url("127.0.0.1:1883")
+    Traceback (most recent call last):
+    ...
+    ingest.model.IngestError: broker URL '127.0.0.1:1883' has no scheme; use mqtt://HOST:PORT \
+or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883 (tcp:// is accepted for mqtt://)
     """
     text = url.strip()
     if "://" not in text:
-        text = "mqtt://" + text
+        raise IngestError(f"broker URL {url!r} has no scheme; use {ACCEPTED_FORMS}")
     parts = urlsplit(text)
-    if parts.scheme not in {"mqtt", "tcp"}:
+    if parts.scheme.lower() not in SCHEMES:
         raise IngestError(
-            f"broker URL {url!r}: scheme {parts.scheme!r} is not supported; use mqtt://HOST:PORT"
+            f"broker URL {url!r}: scheme {parts.scheme!r} is not supported; use {ACCEPTED_FORMS}"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise IngestError(
+            f"broker URL {url!r}: a user name or password in the URL is not supported"
+            f" (the engine connects without them); use {ACCEPTED_FORMS}"
+        )
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise IngestError(
+            f"broker URL {url!r} has a path or query, which MQTT does not use; use {ACCEPTED_FORMS}"
         )
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
-        raise IngestError(f"broker URL {url!r}: the port must be a number 1-65535") from exc
+        raise IngestError(
+            f"broker URL {url!r}: the port must be a number 1-65535; use {ACCEPTED_FORMS}"
+        ) from exc
     if not parts.hostname:
-        raise IngestError(f"broker URL {url!r} names no host; use mqtt://HOST:PORT")
+        raise IngestError(f"broker URL {url!r} names no host; use {ACCEPTED_FORMS}")
     return BrokerAddress(parts.hostname, port)
 
 

@@ -1,5 +1,6 @@
-"""Command line: ``proximity run``, ``proximity cases import|list``, ``proximity evidence
-export|verify``, ``proximity demo``."""
+"""Command line: ``proximity run``, ``proximity config show``, ``proximity cases
+import|list|remove``, ``proximity evidence export|verify``, ``proximity demo``,
+``proximity evaluate``."""
 
 from __future__ import annotations
 
@@ -10,14 +11,25 @@ import signal
 import sys
 import textwrap
 import threading
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from proximity.cases import parse_case_file
+from proximity.cases import Case, Device, parse_case_file, parse_mobility, top_speeds
 from proximity.errors import CaseFileError, ProximityError
 from proximity.registry import Registry
-from proximity.settings import Settings, load_settings
+from proximity.settings import (
+    CONFIG_ENV,
+    ENV_PREFIX,
+    ResolvedSettings,
+    Settings,
+    flag_name,
+    resolve_settings,
+)
+from proximity.uncertainty import MOBILITY_MPS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -41,17 +53,93 @@ def _para(text: str) -> str:
     return textwrap.fill(text, 79)
 
 
+#: Metavars of the setting flags; the others follow from the name's unit suffix or type.
+_METAVARS = {
+    "broker": "URL",
+    "db": "PATH",
+    "evidence": "PATH",
+    "journal": "PATH",
+    "client_id": "ID",
+    "http_listen": "HOST:PORT",
+    "margin_fraction": "F",
+    "escalation_fraction": "F",
+    "implausible_speed_mps": "V",
+    "time_scale": "X",
+    "time_epoch": "T",
+    "log_level": "LEVEL",
+}
+_SUFFIX_METAVARS = (
+    ("_topic", "TOPIC"),
+    ("_days", "DAYS"),
+    ("_mps", "V"),
+    ("_deg", "DEG"),
+    ("_m", "M"),
+    ("_s", "S"),
+)
+
+
+def _default_text(default: object) -> str | None:
+    if default is None:  # the description says what "not set" means
+        return None
+    if default == "":
+        return "empty"
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
 def _help(name: str) -> str:
     field = Settings.model_fields[name]
-    return f"{field.description} (default: {field.default})"
+    default = _default_text(field.default)
+    text = f"{field.description} (default: {default})" if default else str(field.description)
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _flag_type(name: str) -> tuple[Any, dict[str, Any]]:
+    """The argparse type and options of setting ``name``, from its annotation."""
+    annotation: Any = Settings.model_fields[name].annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, {"choices": list(typing.get_args(annotation))}
+    if annotation is bool:
+        return None, {"action": argparse.BooleanOptionalAction}
+    metavar = _METAVARS.get(name) or next(
+        (m for suffix, m in _SUFFIX_METAVARS if name.endswith(suffix)), None
+    )
+    if metavar is None:
+        metavar = {int: "N", float: "X", Path: "PATH"}.get(annotation, "TEXT")
+    if annotation not in (int, float, Path, str):
+        raise TypeError(f"setting {name}: no command-line type for {annotation!r}")
+    return annotation, {"metavar": metavar}
+
+
+def _add_setting_flags(p: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """One flag per setting (``names``, default: every one), typed, with its description and
+    default; each flag's dest is the setting's name."""
+    for name in names if names is not None else Settings.model_fields:
+        kind, options = _flag_type(name)
+        if kind is not None:
+            options["type"] = kind
+        p.add_argument(flag_name(name), dest=name, default=None, help=_help(name), **options)
+
+
+def _setting_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given as flags (None: not given)."""
+    return {name: getattr(args, name, None) for name in Settings.model_fields}
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML config file (default: the file {CONFIG_ENV} names, if set)",
+    )
 
 
 def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", type=Path, metavar="PATH", help=_help("db"))
+    _add_setting_flags(p, ["db"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,30 +168,42 @@ def build_parser() -> argparse.ArgumentParser:
         + "\nExample:\n  proximity run --broker mqtt://127.0.0.1:1883 --db cases.sqlite\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument("--broker", metavar="URL", help=_help("broker"))
-    _add_db(run)
     _add_config(run)
-    run.add_argument("--client-id", metavar="ID", help=_help("client_id"))
-    run.add_argument("--http", metavar="HOST:PORT", help=_help("http_listen"))
-    run.add_argument("--alarm-topic", metavar="TOPIC", help=_help("alarm_topic"))
-    run.add_argument("--rejected-topic", metavar="TOPIC", help=_help("rejected_topic"))
-    run.add_argument("--status-topic", metavar="TOPIC", help=_help("status_topic"))
-    run.add_argument(
-        "--status-interval-s", type=float, metavar="S", help=_help("status_interval_s")
-    )
-    run.add_argument("--margin-fraction", type=float, metavar="F", help=_help("margin_fraction"))
-    run.add_argument("--margin-min-m", type=float, metavar="M", help=_help("margin_min_m"))
-    run.add_argument(
-        "--implausible-speed-mps", type=float, metavar="V", help=_help("implausible_speed_mps")
-    )
-    run.add_argument("--confirm-s", type=float, metavar="S", help=_help("confirm_s"))
-    run.add_argument("--dwell-s", type=float, metavar="S", help=_help("dwell_s"))
-    run.add_argument("--renotify-s", type=float, metavar="S", help=_help("renotify_s"))
-    run.add_argument("--time-scale", type=float, metavar="X", help=_help("time_scale"))
-    run.add_argument("--time-epoch", type=float, metavar="T", help=_help("time_epoch"))
-    run.add_argument("--log-level", metavar="LEVEL", help=_help("log_level"))
+    _add_setting_flags(run)
 
-    cases = sub.add_parser("cases", help="import and list cases in the registry")
+    config = sub.add_parser(
+        "config",
+        help="show the effective settings and where each came from",
+        description=_para(
+            "Inspect the settings the engine would run with ('proximity run' takes the same"
+            " flags, environment variables and config file)."
+        ),
+    )
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_sub.add_parser(
+        "show",
+        help="every setting, its effective value and its source",
+        description=_para(
+            "Print every setting, its effective value and where that value came from: a flag"
+            " (flag), an environment variable (environment, naming it), the config file (file,"
+            " naming it) or the default. Give the same flags, environment and config file as"
+            " to 'proximity run'. An unknown key in the config file or a bad value is an"
+            " error naming the key and its source."
+        ),
+        epilog=_ENV_HELP + "\nExamples:\n  proximity config show --config /etc/proximity.toml\n"
+        "  PROXIMITY_CONFIRM_S=10 proximity config show --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config(show)
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: {"config_file": ..., "settings": {NAME: {"value": ..., "source":'
+        ' "flag"|"environment"|"file"|"default", and "flag", "variable" or "file"}}}',
+    )
+    _add_setting_flags(show)
+
+    cases = sub.add_parser("cases", help="import, list and remove cases in the registry")
     cases_sub = cases.add_subparsers(dest="cases_command", required=True, metavar="ACTION")
     imp = cases_sub.add_parser(
         "import",
@@ -122,11 +222,41 @@ def build_parser() -> argparse.ArgumentParser:
     lst = cases_sub.add_parser(
         "list",
         help="list the registered cases",
-        description="List the cases in the registry: devices, order and warning distances.",
+        description=_para(
+            "List the cases in the registry (devices, order and warning distances, mobility,"
+            " zones), then each device of a case: its role, protocol mappings (OwnTracks"
+            " user/device, OsmAnd id; keys and secrets shown as ***), reporting interval,"
+            " grace and top speed, with where each comes from (the device's entry, its case,"
+            " or the engine's default)."
+        ),
     )
     _add_db(lst)
     _add_config(lst)
-    lst.add_argument("--json", action="store_true", help="print the cases as JSON")
+    lst.add_argument(
+        "--json", action="store_true", help="print the cases as JSON (secrets redacted too)"
+    )
+    rm = cases_sub.add_parser(
+        "remove",
+        help="end a case: remove it from the registry (its evidence record is kept)",
+        description=_para(
+            "End a case: remove it from the registry, so that the engine no longer watches it"
+            " once restarted. Its evidence record (the .evidence.sqlite file next to the"
+            " registry) is kept untouched and can still be exported. The device descriptions"
+            " (protocol mappings, secrets, intervals) of the case's devices that no other case"
+            " uses are removed with it, unless --keep-devices is given; devices that another"
+            " case uses keep theirs."
+        ),
+        epilog="Example:\n  proximity cases remove BE-2026-0001 --db cases.sqlite\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rm.add_argument("case", metavar="ID", help="case id (see 'proximity cases list')")
+    _add_db(rm)
+    _add_config(rm)
+    rm.add_argument(
+        "--keep-devices",
+        action="store_true",
+        help="keep the device descriptions of devices that no other case uses",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -293,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("case", metavar="CASE", help="case id")
     exp.add_argument("--out", type=Path, metavar="FILE", help="output file (default: stdout)")
-    exp.add_argument("--evidence", type=Path, metavar="PATH", help=_help("evidence"))
+    _add_setting_flags(exp, ["evidence"])
     _add_db(exp)
     _add_config(exp)
     ver = ev_sub.add_parser(
@@ -306,32 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace, **flags: object) -> Settings:
-    return load_settings(getattr(args, "config", None), db=getattr(args, "db", None), **flags)
+def _settings(args: argparse.Namespace) -> Settings:
+    return resolve_settings(getattr(args, "config", None), _setting_flags(args)).settings
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from proximity.service import EngineService
 
-    settings = _settings(
-        args,
-        broker=args.broker,
-        client_id=args.client_id,
-        http_listen=args.http,
-        alarm_topic=args.alarm_topic,
-        rejected_topic=args.rejected_topic,
-        status_topic=args.status_topic,
-        status_interval_s=args.status_interval_s,
-        margin_fraction=args.margin_fraction,
-        margin_min_m=args.margin_min_m,
-        implausible_speed_mps=args.implausible_speed_mps,
-        confirm_s=args.confirm_s,
-        dwell_s=args.dwell_s,
-        renotify_s=args.renotify_s,
-        time_scale=args.time_scale,
-        time_epoch=args.time_epoch,
-        log_level=args.log_level,
-    )
+    settings = _settings(args)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -345,6 +457,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     EngineService(settings).run(stop)
     return EXIT_OK
+
+
+def _json_value(value: object) -> object:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    if value == "":
+        return '""'
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _config_doc(resolved: ResolvedSettings) -> dict[str, Any]:
+    detail_key = {"flag": "flag", "environment": "variable", "file": "file"}
+    settings: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        origin = resolved.origins[name]
+        entry: dict[str, Any] = {
+            "value": _json_value(getattr(resolved.settings, name)),
+            "source": origin.kind,
+        }
+        if origin.where is not None:
+            entry[detail_key[origin.kind]] = origin.where
+        settings[name] = entry
+    config = None if resolved.config is None else str(resolved.config)
+    return {"config_file": config, "settings": settings}
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    resolved = resolve_settings(args.config, _setting_flags(args))
+    for warning in resolved.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(_config_doc(resolved), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    rows = [("SETTING", "VALUE", "SOURCE")]
+    for name in Settings.model_fields:
+        rows.append((name, _shown(getattr(resolved.settings, name)), str(resolved.origins[name])))
+    _print_table(rows)
+    where = "none" if resolved.config is None else str(resolved.config)
+    print(
+        f"config file: {where}; precedence: flag > environment ({ENV_PREFIX}<NAME>) >"
+        " config file > default"
+    )
+    return EXIT_OK
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _cmd_cases_import(args: argparse.Namespace) -> int:
@@ -370,6 +537,106 @@ def _cmd_cases_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: Keys of a device description whose values are secrets: never printed.
+_SECRET_KEYS = frozenset({"key", "secret", "password", "token"})
+REDACTED = "***"
+
+
+def _redacted(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {k: REDACTED if k in _SECRET_KEYS else _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def _speed(mps: float) -> str:
+    return f"{mps:g} m/s"
+
+
+def _case_mobility(case: Case) -> str:
+    off, prot = case.offender_top_speed_mps, case.protected_top_speed_mps
+    if off is None and prot is None:
+        return "-"
+    if off == prot and off is not None:
+        return _speed(off)
+    parts = [f"{who} {_speed(v)}" for who, v in (("off", off), ("prot", prot)) if v is not None]
+    return ", ".join(parts)
+
+
+def _protocols(info: Mapping[str, Any]) -> str:
+    """The device's protocol mappings, secrets redacted: how it reports besides
+    devices/ID/fix."""
+    out = []
+    ot = info.get("owntracks")
+    if isinstance(ot, Mapping):
+        text = f"owntracks {ot.get('user')}/{ot.get('device')}"
+        out.append(text + (f" key: {REDACTED}" if "key" in ot else ""))
+    o = info.get("osmand")
+    if isinstance(o, Mapping):
+        text = "osmand" + (f" id {o['id']}" if "id" in o else "")
+        out.append(text + (f" secret: {REDACTED}" if "secret" in o else ""))
+    return "; ".join(out) or "-"
+
+
+def _case_speeds(cases: Sequence[Case]) -> dict[str, float]:
+    """Each device's highest top speed from its cases' mobility (as :func:`top_speeds`)."""
+    out: dict[str, float] = {}
+    for c in cases:
+        for ids, speed in (
+            (c.offenders, c.offender_top_speed_mps),
+            (c.protected, c.protected_top_speed_mps),
+        ):
+            if speed is not None:
+                for d in ids:
+                    out[d] = max(out.get(d, 0.0), speed)
+    return out
+
+
+def _device_view(
+    case: Case,
+    devices: Mapping[str, Device],
+    speeds: Mapping[str, float],
+    from_cases: Mapping[str, float],
+    settings: Settings,
+) -> list[dict[str, Any]]:
+    """The case's devices as shown by ``cases list``: role, description (secrets redacted),
+    the effective reporting interval, grace and top speed, and where the top speed comes
+    from (the device's entry, this case, another case of the device, the engine default)."""
+    out = []
+    for role, ids, case_speed in (
+        ("offender", case.offenders, case.offender_top_speed_mps),
+        ("protected", case.protected, case.protected_top_speed_mps),
+    ):
+        for dev_id in ids:
+            info = devices[dev_id].info if dev_id in devices else {}
+            own = parse_mobility(info["mobility"]) if "mobility" in info else None
+            if isinstance(own, float):
+                speed_from = "device"
+            elif dev_id in from_cases:
+                speed_from = "case" if case_speed == from_cases[dev_id] else "another case"
+            else:
+                speed_from = "default"
+            entry: dict[str, Any] = {"id": dev_id, "role": role}
+            redacted = _redacted(info)
+            assert isinstance(redacted, dict)
+            entry.update(redacted)
+            entry["effective"] = {
+                "reporting_interval_s": info.get(
+                    "reporting_interval_s", settings.reporting_interval_s
+                ),
+                "signal_grace_s": info.get("signal_grace_s", settings.signal_grace_s),
+                "top_speed_mps": speeds[dev_id],
+                "top_speed_from": speed_from,
+            }
+            out.append(entry)
+    return out
+
+
+def _seconds_from(info: Mapping[str, Any], key: str, default: float) -> str:
+    return f"{info[key]:g}" if key in info else f"{default:g} (default)"
+
+
 def _cmd_cases_list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if not settings.db.exists():
@@ -380,6 +647,10 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     with Registry(settings.db) as registry:
         cases = registry.cases()
+        described = registry.devices()
+    devices = {d.id: d for d in described}
+    speeds = top_speeds(cases, described, MOBILITY_MPS[settings.default_mobility])
+    from_cases = _case_speeds(cases)
     if args.json:
         print(
             json.dumps(
@@ -397,6 +668,11 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
                                 else {}
                             ),
                         },
+                        "mobility": {
+                            "offenders_mps": c.offender_top_speed_mps,
+                            "protected_mps": c.protected_top_speed_mps,
+                        },
+                        "devices": _device_view(c, devices, speeds, from_cases, settings),
                         "summary": dict(c.summary),
                         "zones": c.zones,
                     }
@@ -410,7 +686,7 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
     if not cases:
         print(f"no cases in {settings.db}")
         return EXIT_OK
-    rows = [("CASE", "OFFENDERS", "PROTECTED", "ORDER_M", "WARNING_M", "ZONES")]
+    rows = [("CASE", "OFFENDERS", "PROTECTED", "ORDER_M", "WARNING_M", "MOBILITY", "ZONES")]
     for c in cases:
         rows.append(
             (
@@ -419,13 +695,63 @@ def _cmd_cases_list(args: argparse.Namespace) -> int:
                 ",".join(c.protected),
                 f"{c.order_distance_m:g}",
                 f"{c.warning_distance_m:g}",
+                _case_mobility(c),
                 str(len(c.zones.get("features", []))),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    _print_table(rows)
     print(f"{len(cases)} case(s)")
+    print()
+    rows = [("CASE", "DEVICE", "ROLE", "PROTOCOLS", "INTERVAL_S", "GRACE_S", "TOP_SPEED")]
+    for c in cases:
+        for d in _device_view(c, devices, speeds, from_cases, settings):
+            info = devices[d["id"]].info if d["id"] in devices else {}
+            eff = d["effective"]
+            rows.append(
+                (
+                    c.id,
+                    d["id"],
+                    d["role"],
+                    _protocols(info),
+                    _seconds_from(info, "reporting_interval_s", settings.reporting_interval_s),
+                    _seconds_from(info, "signal_grace_s", settings.signal_grace_s),
+                    f"{_speed(eff['top_speed_mps'])} ({eff['top_speed_from']})",
+                )
+            )
+    _print_table(rows)
+    in_cases = {d for c in cases for d in (*c.offenders, *c.protected)}
+    unused = sorted(set(devices) - in_cases)
+    if unused:
+        print(f"{len(unused)} device description(s) in no case: {', '.join(unused)}")
+    return EXIT_OK
+
+
+def _cmd_cases_remove(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    hint = f"'proximity cases list --db {settings.db}' shows the registered ids"
+    if not settings.db.exists():
+        print(f"error: registry {settings.db} does not exist; {hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with Registry(settings.db) as registry:
+        report = registry.remove_case(args.case, keep_devices=args.keep_devices)
+    if report is None:
+        print(f"error: no case {args.case!r} in {settings.db}; {hint}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    evidence = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
+    print(
+        f"removed case {report.case_id} (offenders {', '.join(report.offenders)}; protected"
+        f" {', '.join(report.protected)}) from {settings.db}; an engine already running"
+        " watches it until it is restarted"
+    )
+    for ids, what in (
+        (report.devices_removed, "removed the description(s) of {} (in no other case)"),
+        (report.devices_shared, "kept the description(s) of {} (in another case)"),
+        (report.devices_kept, "kept the description(s) of {} (--keep-devices)"),
+    ):
+        if ids:
+            print(what.format(", ".join(ids)))
+    kept = "kept untouched" if evidence.exists() else "none recorded yet"
+    print(f"evidence record {evidence}: {kept}")
     return EXIT_OK
 
 
@@ -446,7 +772,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         print(f"intact: {n} entries, head {head}")
         return EXIT_OK
-    settings = _settings(args, evidence=args.evidence)
+    settings = _settings(args)
     path = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
     if not path.exists():
         print(f"error: no evidence record at {path} (is --db the engine's?)", file=sys.stderr)
@@ -555,9 +881,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "config":
+            return _cmd_config_show(args)
         if args.command == "cases":
             if args.cases_command == "import":
                 return _cmd_cases_import(args)
+            if args.cases_command == "remove":
+                return _cmd_cases_remove(args)
             return _cmd_cases_list(args)
         if args.command == "evidence":
             return _cmd_evidence(args)

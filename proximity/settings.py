@@ -1,35 +1,56 @@
 """Settings shared by the CLI and the service: flags > environment (PROXIMITY_*) > config file
-(TOML, ``--config FILE`` or ``PROXIMITY_CONFIG``) > defaults."""
+(TOML, ``--config FILE`` or ``PROXIMITY_CONFIG``) > defaults.
+
+:func:`resolve_settings` also says where each value came from (:class:`Origin`), for
+``proximity config show``; every problem (an unknown key in the config file, a bad value from
+any source) is a :class:`~proximity.errors.ConfigError` that names the setting and its source.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from ingest.model import IngestError
+from ingest.transport import parse_broker_url
 from proximity.errors import ConfigError
 from proximity.rules import RuleConfig
 from proximity.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 
 #: Defaults of the rule settings live in RuleConfig alone.
 RULES = RuleConfig()
+ENV_PREFIX = "PROXIMITY_"
+#: The environment variable naming the config file (not a setting itself).
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+#: Command-line flags whose name is not the setting's name with dashes (kept for
+#: compatibility: ``--http`` predates ``http_listen``).
+FLAG_NAMES = {"http_listen": "--http"}
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class Settings(BaseSettings):
     """Every setting of the engine. Environment variables are ``PROXIMITY_`` + the upper-case
     name (``PROXIMITY_BROKER``, ``PROXIMITY_DB``, ...); a TOML config file uses the names."""
 
-    model_config = SettingsConfigDict(env_prefix="PROXIMITY_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    broker: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker URL, mqtt://HOST:PORT")
+    broker: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="MQTT broker URL: mqtt://HOST:PORT, or mqtt://HOST for port 1883",
+    )
     db: Path = Field(Path("proximity.sqlite"), description="SQLite registry file")
     evidence: Path | None = Field(
         None,
@@ -209,7 +230,75 @@ class Settings(BaseSettings):
         description="evaluation runs only: the epoch second (UTC) from which the scaled clock"
         " runs (default: the engine's start)",
     )
+    clock_offset_s: float = Field(
+        0.0,
+        description="seconds added to the wall clock for the engine's clock (drills and the"
+        " test suite's year-ahead run; 0 in service)",
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, value: str) -> str:
+        try:
+            parse_broker_url(value)
+        except IngestError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        return value.upper()
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of setting ``name``: ``--name-with-dashes`` (or FLAG_NAMES)."""
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def env_name(name: str) -> str:
+    """The environment variable of setting ``name``: ``PROXIMITY_NAME``."""
+    return ENV_PREFIX + name.upper()
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a setting's value came from: ``kind`` and the flag, variable or file (``where``;
+    None for a default)."""
+
+    kind: Literal["flag", "environment", "file", "default"]
+    where: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.where is None else f"{self.kind} {self.where}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSettings:
+    """The settings, where each came from, and the config file read (if any)."""
+
+    settings: Settings
+    origins: Mapping[str, Origin]
+    config: Path | None
+    #: Things that are not errors but may be mistakes (an environment variable that looks
+    #: like a misspelt setting).
+    warnings: tuple[str, ...] = ()
+
+
+def _listed(head: str, problems: list[str], tail: str = "") -> str:
+    """One problem on the line of ``head``; several on lines of their own."""
+    if len(problems) == 1:
+        return f"{head}: {problems[0]}{tail}"
+    lines = "".join(f"\n  - {p}" for p in problems)
+    return f"{head}: {len(problems)} problems:{lines}" + (f"\n{tail.strip()}" if tail else "")
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -218,56 +307,121 @@ def _read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a directory; give a TOML file") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     # Either top-level keys or a [proximity] table.
     table = data.get("proximity", data)
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [proximity] must be a table")
+    known = list(Settings.model_fields)
+    problems = []
+    if table is not data:
+        outside = sorted(set(data) - {"proximity"})
+        if outside:
+            problems.append(
+                f"{', '.join(outside)} outside the [proximity] table would be ignored;"
+                " put every setting in the table (or use no table)"
+            )
+    for key in table:
+        if key not in Settings.model_fields:
+            problems.append(f"unknown setting {key!r}{_did_you_mean(key, known)}")
+    if problems:
+        raise ConfigError(
+            _listed(
+                f"config file {path}",
+                problems,
+                " (every setting is listed by 'proximity config show')",
+            )
+        )
     return table
+
+
+def _environment() -> tuple[dict[str, Any], dict[str, str], list[str]]:
+    """Settings from PROXIMITY_* variables, the variable of each, and warnings about
+    PROXIMITY_* variables that look like misspelt settings."""
+    values = EnvSettingsSource(Settings)()
+    by_lower = {k.lower(): k for k in os.environ}
+    names = {f: by_lower.get(env_name(f).lower(), env_name(f)) for f in values}
+    known = list(Settings.model_fields)
+    warnings = []
+    for var in sorted(os.environ):
+        name = var[len(ENV_PREFIX) :].lower()
+        if var.upper().startswith(ENV_PREFIX) and name not in known and var.upper() != CONFIG_ENV:
+            # Only near misses: other PROXIMITY_* variables (PROXIMITY_NUMBA_CACHE) are fine.
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+            if close:
+                warnings.append(
+                    f"environment variable {var} is not a setting;"
+                    f" did you mean {env_name(close[0])}?"
+                )
+    return values, names, warnings
+
+
+class _Given(Settings):
+    """Settings validated from exactly the values given (the sources are merged by
+    :func:`resolve_settings`, which knows where each value came from)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def resolve_settings(
+    config: Path | None = None, flags: Mapping[str, Any] | None = None
+) -> ResolvedSettings:
+    """Build :class:`Settings` from ``flags`` (command-line values; None: not given), the
+    environment, the config file (``config``, else ``PROXIMITY_CONFIG``) and the defaults, in
+    that order of precedence, and say where each value came from."""
+    if config is None and os.environ.get(CONFIG_ENV):
+        config = Path(os.environ[CONFIG_ENV])
+    file_values = _read_toml(config) if config is not None else {}
+    env_values, env_vars, warnings = _environment()
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(Settings.model_fields))
+    if unknown:  # a programming error of the caller, not the user's
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}")
+    origins: dict[str, Origin] = {}
+    merged: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        if name in given:
+            merged[name], origins[name] = given[name], Origin("flag", flag_name(name))
+        elif name in env_values:
+            merged[name], origins[name] = env_values[name], Origin("environment", env_vars[name])
+        elif name in file_values:
+            merged[name], origins[name] = file_values[name], Origin("file", str(config))
+        else:
+            origins[name] = Origin("default")
+    try:
+        settings: Settings = _Given(**merged)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            name = str(e["loc"][0]) if e["loc"] else "?"
+            msg = e["msg"]
+            if e["type"] == "value_error":
+                msg = str(e["ctx"]["error"]) if "ctx" in e else msg.removeprefix("Value error, ")
+            field = Settings.model_fields.get(name)
+            about = f" ({field.description})" if field is not None and field.description else ""
+            problems.append(
+                f"{name} = {merged.get(name)!r} from {origins.get(name, Origin('default'))}:"
+                f" {msg}{about}"
+            )
+        raise ConfigError(_listed("invalid settings", problems)) from exc
+    return ResolvedSettings(settings, origins, config, tuple(warnings))
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings`; ``overrides`` (command-line flags) that are None are ignored."""
-    if config is None and os.environ.get("PROXIMITY_CONFIG"):
-        config = Path(os.environ["PROXIMITY_CONFIG"])
-    file_values = _read_toml(config) if config is not None else {}
-    flags = {k: v for k, v in overrides.items() if v is not None}
-
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _DictSource(settings_cls, file_values))
-
-    try:
-        return _Loaded(**flags)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        where = f" (config file {config})" if config else ""
-        raise ConfigError(f"invalid settings{where}: {problems}") from exc
-
-
-class _DictSource(PydanticBaseSettingsSource):
-    """Values of a config file, below flags and environment variables."""
-
-    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._values = values
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._values)
+    return resolve_settings(config, overrides).settings
 
 
 def rule_config(settings: Settings) -> RuleConfig:
