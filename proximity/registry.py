@@ -48,6 +48,18 @@ class ImportReport:
     devices: int
 
 
+@dataclass(frozen=True, slots=True)
+class RemoveReport:
+    case_id: str
+    offenders: tuple[str, ...]
+    protected: tuple[str, ...]
+    #: Descriptions of the case's devices: removed with it (in no other case), kept because
+    #: another case uses the device, or kept on request (``keep_devices``).
+    devices_removed: tuple[str, ...]
+    devices_shared: tuple[str, ...]
+    devices_kept: tuple[str, ...]
+
+
 class Registry:
     """A SQLite registry file. Use as a context manager, or call :meth:`close`."""
 
@@ -160,6 +172,57 @@ class Registry:
                 ) from exc
             raise
         return ImportReport(tuple(created), tuple(updated), len(case_file.devices))
+
+    def remove_case(self, case_id: str, *, keep_devices: bool = False) -> RemoveReport | None:
+        """Remove a case and its device memberships, in one transaction; None if there is no
+        such case. The descriptions of its devices that no other case uses go with it, unless
+        ``keep_devices``. The evidence record is another file and is not touched."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if db.execute("SELECT 1 FROM cases WHERE id=?", (case_id,)).fetchone() is None:
+                db.execute("ROLLBACK")
+                return None
+            members = db.execute(
+                "SELECT device_id, role FROM case_devices WHERE case_id=? ORDER BY role, position",
+                (case_id,),
+            ).fetchall()
+            db.execute("DELETE FROM case_devices WHERE case_id=?", (case_id,))
+            db.execute("DELETE FROM cases WHERE id=?", (case_id,))
+            removed: list[str] = []
+            shared: list[str] = []
+            kept: list[str] = []
+            for device_id, _ in members:
+                described = db.execute("SELECT 1 FROM devices WHERE id=?", (device_id,)).fetchone()
+                if described is None:
+                    continue
+                elsewhere = db.execute(
+                    "SELECT 1 FROM case_devices WHERE device_id=? LIMIT 1", (device_id,)
+                ).fetchone()
+                if elsewhere is not None:
+                    shared.append(device_id)
+                elif keep_devices:
+                    kept.append(device_id)
+                else:
+                    db.execute("DELETE FROM devices WHERE id=?", (device_id,))
+                    removed.append(device_id)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise RegistryError(
+                    f"removing case {case_id} from {self.path} failed, nothing changed: {exc}"
+                ) from exc
+            raise
+        return RemoveReport(
+            case_id,
+            tuple(d for d, role in members if role == "offender"),
+            tuple(d for d, role in members if role == "protected"),
+            tuple(removed),
+            tuple(shared),
+            tuple(kept),
+        )
 
     def cases(self) -> list[Case]:
         """Every registered case, ordered by id."""

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from proximity.cases import parse_case_file, top_speeds
+from proximity.cli import main
 from proximity.errors import CaseFileError
 from proximity.registry import Registry
 from proximity.settings import load_settings
@@ -270,7 +271,143 @@ def test_settings_precedence_flag_env_file(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_help_explains_every_command() -> None:
-    for args in (["--help"], ["run", "--help"], ["cases", "import", "--help"], ["demo", "--help"]):
+    for args in (
+        ["--help"],
+        ["run", "--help"],
+        ["config", "show", "--help"],
+        ["cases", "import", "--help"],
+        ["cases", "remove", "--help"],
+        ["demo", "--help"],
+    ):
         result = run_cli(*args)
         assert result.returncode == 0
     assert "PROXIMITY_BROKER" in run_cli("run", "--help").stdout
+
+
+def _with_devices() -> dict[str, Any]:
+    doc = copy.deepcopy(GOOD)
+    doc["cases"][0]["mobility"] = {"offenders": "driving", "protected": 2.0}
+    doc["devices"] = [
+        {
+            "id": "phone-42",
+            "owntracks": {"user": "jane", "device": "nokia", "key": "0wnTr4cks-key"},
+            "reporting_interval_s": 30,
+        },
+        {
+            "id": "tag-18",
+            "osmand": {"secret": "Zq81-tag-secret", "id": "48241179"},
+            "mobility": "cycling",
+            "signal_grace_s": 10,
+        },
+    ]
+    return doc
+
+
+def _import(tmp_path: Path, doc: dict[str, Any]) -> Path:
+    db = tmp_path / "r.sqlite"
+    with Registry(db) as reg:
+        reg.import_file(parse_case_file(doc))
+    return db
+
+
+def test_cli_list_shows_devices_mappings_intervals_and_mobility_with_secrets_redacted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _import(tmp_path, _with_devices())
+    assert main(["cases", "list", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "0wnTr4cks-key" not in out and "Zq81-tag-secret" not in out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "BE-2026-0001 tag-17 phone-42 500 1000 off 40 m/s, prot 2 m/s 1" in lines
+    assert "BE-2026-0002 tag-17,tag-18 phone-43 200 400 - 0" in lines
+    assert (
+        "BE-2026-0001 phone-42 protected owntracks jane/nokia key: *** 30 60 (default)"
+        " 2 m/s (case)" in lines
+    )
+    assert (
+        "BE-2026-0002 tag-18 offender osmand id 48241179 secret: *** 60 (default) 10"
+        " 12 m/s (device)" in lines
+    )
+    assert "BE-2026-0002 tag-17 offender - 60 (default) 60 (default) 40 m/s (another case)" in (
+        lines
+    )
+    assert "BE-2026-0003 tag-19 offender - 60 (default) 60 (default) 40 m/s (default)" in lines
+
+    assert main(["cases", "list", "--db", str(db), "--json"]) == 0
+    raw = capsys.readouterr().out
+    assert "0wnTr4cks-key" not in raw and "Zq81-tag-secret" not in raw
+    cases = {c["id"]: c for c in json.loads(raw)}
+    first = cases["BE-2026-0001"]
+    assert first["mobility"] == {"offenders_mps": 40.0, "protected_mps": 2.0}
+    tag17, phone42 = first["devices"]
+    assert tag17["id"] == "tag-17" and tag17["role"] == "offender"
+    assert phone42["owntracks"] == {"user": "jane", "device": "nokia", "key": "***"}
+    assert phone42["reporting_interval_s"] == 30
+    assert phone42["effective"] == {
+        "reporting_interval_s": 30,
+        "signal_grace_s": 60.0,
+        "top_speed_mps": 2.0,
+        "top_speed_from": "case",
+    }
+    tag18 = cases["BE-2026-0002"]["devices"][1]
+    assert tag18["osmand"] == {"secret": "***", "id": "48241179"}
+    assert tag18["mobility"] == "cycling" and tag18["effective"]["top_speed_mps"] == 12.0
+    assert cases["BE-2026-0002"]["mobility"] == {"offenders_mps": None, "protected_mps": None}
+
+
+def test_cli_remove_ends_a_case_and_keeps_its_evidence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from proximity.evidence import EvidenceLog
+
+    db = _import(tmp_path, _with_devices())
+    evidence = db.with_suffix(".evidence.sqlite")
+    log = EvidenceLog(evidence)
+    log.append([("BE-2026-0002", 1.0, "alarm", {"state": "opened"})])
+    log.close()
+    before = evidence.read_bytes()
+
+    assert main(["cases", "remove", "BE-2026-0002", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        f"removed case BE-2026-0002 (offenders tag-17, tag-18; protected phone-43) from {db};"
+        " an engine already running watches it until it is restarted",
+        "removed the description(s) of tag-18 (in no other case)",
+        f"evidence record {evidence}: kept untouched",
+    ]
+    with Registry(db) as reg:
+        assert [c.id for c in reg.cases()] == ["BE-2026-0001", "BE-2026-0003"]
+        assert [d.id for d in reg.devices()] == ["phone-42"]
+        member = reg._db.execute(
+            "SELECT count(*) FROM case_devices WHERE case_id='BE-2026-0002'"
+        ).fetchone()
+    assert member == (0,)
+    assert evidence.read_bytes() == before
+    log = EvidenceLog(evidence)
+    assert log.cases() == ["BE-2026-0002"]  # still exportable
+    log.close()
+
+    # A device another case uses keeps its description; --keep-devices keeps the others.
+    assert main(["cases", "remove", "BE-2026-0003", "--db", str(db)]) == 0
+    assert "kept the description(s) of phone-42 (in another case)" in capsys.readouterr().out
+    assert main(["cases", "remove", "BE-2026-0001", "--db", str(db), "--keep-devices"]) == 0
+    assert "kept the description(s) of phone-42 (--keep-devices)" in capsys.readouterr().out
+    with Registry(db) as reg:
+        assert reg.cases() == [] and [d.id for d in reg.devices()] == ["phone-42"]
+
+
+def test_cli_remove_of_an_unknown_case_says_how_to_see_the_ids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _import(tmp_path, GOOD)
+    assert main(["cases", "remove", "BE-2026-9999", "--db", str(db)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: no case 'BE-2026-9999' in {db};"
+        f" 'proximity cases list --db {db}' shows the registered ids\n"
+    )
+    with Registry(db) as reg:
+        assert len(reg.cases()) == 3
+    missing = tmp_path / "none.sqlite"
+    assert main(["cases", "remove", "X", "--db", str(missing)]) == 2
+    assert f"registry {missing} does not exist" in capsys.readouterr().err
+    assert not missing.exists()
