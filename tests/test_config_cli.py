@@ -242,3 +242,31 @@ def test_run_help_lists_every_setting_with_its_description_and_default(
         "--log-level LEVEL",
     ):
         assert flag in text, flag
+
+
+# --- the install ----------------------------------------------------------------------------
+
+
+def test_every_data_directory_is_a_declared_package_with_its_files() -> None:
+    """setuptools warns on install ("Package 'proximity.schemas' is absent from the
+    `packages` configuration") and will leave out a data directory that is importable (a
+    namespace package) but not listed; every such directory is listed, and its package data
+    patterns cover its files."""
+    import fnmatch
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(config["packages"])
+    data = config["package-data"]
+    for top in [p for p in packages if "." not in p]:
+        for directory in (ROOT / top).rglob("*"):
+            if not directory.is_dir() or directory.name == "__pycache__":
+                continue
+            name = ".".join(directory.relative_to(ROOT).parts)
+            assert name in packages, f"{name} is not in [tool.setuptools] packages"
+            if (directory / "__init__.py").exists():
+                continue
+            for f in directory.iterdir():
+                if f.is_file():
+                    patterns = data.get(name, [])
+                    assert any(fnmatch.fnmatch(f.name, p) for p in patterns), (name, f.name)
