@@ -21,6 +21,11 @@ types, empty geometry, rings that are not closed or have fewer than four positio
 coordinates out of range or not numbers, self-intersections and other invalid polygons
 (shapely's reason with its location), and zones too large for the local metric frame
 (:data:`MAX_ZONE_EXTENT_M`, see :mod:`geofence.compiled`) or across the antimeridian.
+
+Coordinates written as ``[lat, lon]`` instead of GeoJSON's ``[lon, lat]`` are the most common
+GeoJSON mistake; :func:`swapped_axes` finds the zones whose coordinates make sense only
+swapped (the rule is in its docstring), and a position out of range as ``[lon, lat]`` that is
+valid swapped says so.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+import numpy as np
 import shapely
 from pyproj import Geod
 
@@ -82,9 +88,15 @@ def _position(pos: object, where: str) -> tuple[float, float]:
     if lon is None or lat is None or not (math.isfinite(lon) and math.isfinite(lat)):
         raise ZoneError(f"{where} must hold numbers [lon, lat], got {pos!r}")
     if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        swapped = ""
+        if -180.0 <= lat <= 180.0 and -90.0 <= lon <= 90.0:
+            swapped = (
+                f"; swapped, [{lat:g}, {lon:g}] would be a valid [lon, lat] (lat {lon:g},"
+                f" lon {lat:g}): were the coordinates written as [lat, lon]?"
+            )
         raise ZoneError(
             f"{where} {list(pos)!r} is out of range (lon in [-180, 180], lat in [-90, 90];"
-            " GeoJSON positions are [lon, lat])"
+            f" GeoJSON positions are [lon, lat]){swapped}"
         )
     return lon, lat
 
@@ -238,6 +250,186 @@ def unknown_properties(collection: Mapping[str, Any]) -> list[str]:
             if extra:
                 out.append(f"{zone_name(feat, i)}: ignored properties {', '.join(extra)}")
     return out
+
+
+#: A swapped zone must lie this far from every reference zone as written...
+SWAP_FAR_KM = 500.0
+#: ...and this near one of them swapped, and that SWAP_RATIO times nearer. The zones of one
+#: court order, or of one deployment, lie in one region (a city, a province: Belgium is
+#: 320 km across), while a swap moves a point by about sqrt(2) * |lat - lon| degrees (6,700 km
+#: for Brussels): only places within about 4 degrees of the lat = lon diagonal cannot be
+#: judged.
+SWAP_NEAR_KM = 400.0
+SWAP_RATIO = 10.0
+_EARTH_KM = 6371.0088  # mean radius (IUGG); the thresholds need no ellipsoid
+
+
+@dataclass(frozen=True, slots=True)
+class NamedZone:
+    """A zone and how messages name it, e.g. ``zone 'school' (zones.features[1])``."""
+
+    name: str
+    zone: Zone
+
+
+def centre(zone: Zone) -> tuple[float, float]:
+    """The zone's centre ``(lon, lat)`` in degrees: a circle's centre, a polygon's centroid
+    (in degrees: the zones are at most 25 km across)."""
+    c = zone.geometry.centroid
+    return float(c.x), float(c.y)
+
+
+def _km(lon1: float, lat1: float, lon2: np.ndarray, lat2: np.ndarray) -> np.ndarray:
+    """Haversine distances (km) from one point to arrays of points, (lon, lat) degrees."""
+    p1, p2 = math.radians(lat1), np.radians(lat2)
+    a = (
+        np.sin((p2 - p1) / 2.0) ** 2
+        + math.cos(p1) * np.cos(p2) * np.sin(np.radians(lon2 - lon1) / 2.0) ** 2
+    )
+    return np.asarray(2.0 * _EARTH_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0))))
+
+
+def _dist(d_km: float) -> str:
+    return f"{d_km:,.0f} km" if d_km >= 10.0 else f"{d_km:.1f} km"
+
+
+def _at(lon: float, lat: float) -> str:
+    return f"lat {lat:.4f}, lon {lon:.4f}"
+
+
+def _swap_fits(given_km: float, swapped_km: float) -> bool:
+    return (
+        given_km > SWAP_FAR_KM
+        and swapped_km <= SWAP_NEAR_KM
+        and given_km >= SWAP_RATIO * swapped_km
+    )
+
+
+def swapped_axes(groups: Sequence[tuple[str, Sequence[NamedZone]]]) -> list[tuple[int, str]]:
+    """Zones whose coordinates look written as ``[lat, lon]``: ``(group index, problem)``.
+
+    ``groups`` are the cases of a file: ``(case id, its zones)``. A zone's *centre* is read
+    as GeoJSON reads it (``[lon, lat]``) and *swapped* (``[lat, lon]``; only when its first
+    value could be a latitude). The rule:
+
+    A zone *fits swapped* a set of reference zones when its centre lies more than
+    :data:`SWAP_FAR_KM` (500 km) from every one of them, while swapped it lies within
+    :data:`SWAP_NEAR_KM` (400 km) of one of them and at least :data:`SWAP_RATIO` (10) times
+    nearer than as written.
+
+    1. Within a case of two or more zones, a zone that fits swapped the case's other zones
+       is reported. When two zones each fit the other (a case of two zones), which of them
+       is swapped cannot be told: one problem names both.
+    2. A case none of whose zones rule 1 reports, each of whose zones fits swapped the
+       zones of the file's other cases (they show the deployment area), has each of its
+       zones reported. When two cases each fit the other (a file of two cases), one problem
+       names both.
+    3. Otherwise nothing is said: a lone zone in a file without other zones, or zones that
+       are plausible both ways (within about 4 degrees of the lat = lon diagonal), cannot
+       be judged without a coastline or a deployment area.
+
+    The thresholds keep legitimate zones silent: the zones of a Belgian case lie within
+    320 km of one another, and no legitimate zone lies at the mirror image of another
+    (Brussels swapped is in the Indian Ocean, 6,700 km away). Since the majority of zones
+    decides, a message says "or the other zones' are" rather than blaming one zone.
+    """
+    flat = [(g, nz, *centre(nz.zone)) for g, (_, zs) in enumerate(groups) for nz in zs]
+    if len(flat) < 2:
+        return []
+    group = np.array([f[0] for f in flat])
+    lon = np.array([f[2] for f in flat])
+    lat = np.array([f[3] for f in flat])
+    can_swap = np.abs(lon) <= 90.0
+    problems: list[tuple[int, str]] = []
+    # Rule 1: within each case. witness[i] = (j, as-written km, swapped km)
+    witness: dict[int, tuple[int, float, float]] = {}
+    for i in range(len(flat)):
+        others = np.flatnonzero((group == group[i]) & (np.arange(len(flat)) != i))
+        if not others.size or not can_swap[i]:
+            continue
+        given = _km(lon[i], lat[i], lon[others], lat[others])
+        swapped = _km(lat[i], lon[i], lon[others], lat[others])
+        k = int(np.argmin(swapped))
+        if _swap_fits(float(given.min()), float(swapped[k])):
+            witness[i] = (int(others[k]), float(given.min()), float(swapped[k]))
+    for i, (j, d_given, d_swapped) in sorted(witness.items()):
+        name, other = flat[i][1].name, flat[j][1].name
+        if j in witness and witness[j][0] == i:  # each the other's mirror image
+            if i < j:
+                problems.append(
+                    (
+                        int(group[i]),
+                        f"{name} and {other} lie {_dist(d_given)} apart ({name} at"
+                        f" {_at(lon[i], lat[i])}, {other} at {_at(lon[j], lat[j])}, their"
+                        " coordinates read as GeoJSON [lon, lat]); with the coordinates of"
+                        f" either one read as [lat, lon] they would lie {_dist(d_swapped)}"
+                        " apart: one of them looks written as [lat, lon]; GeoJSON positions"
+                        " are [lon, lat]",
+                    )
+                )
+            continue
+        problems.append(
+            (
+                int(group[i]),
+                f"{name}: lies at {_at(lon[i], lat[i])} (its coordinates read as GeoJSON"
+                f" [lon, lat]), {_dist(d_given)} from the case's other zones; read as"
+                f" [lat, lon] it would lie at {_at(lat[i], lon[i])}, {_dist(d_swapped)} from"
+                f" {other}: its coordinates look written as [lat, lon] (or the other zones'"
+                " are); GeoJSON positions are [lon, lat]",
+            )
+        )
+    # Rule 2: a case against the file's other cases. found[g]: (zone, witness, km, km)
+    flagged = {int(group[i]) for i in witness}
+    found: dict[int, list[tuple[int, int, float, float]]] = {}
+    for g in range(len(groups)):
+        mine = np.flatnonzero(group == g)
+        others = np.flatnonzero(group != g)
+        if g in flagged or not mine.size or not others.size or not can_swap[mine].all():
+            continue
+        hits = []
+        for i in mine.tolist():
+            given = _km(lon[i], lat[i], lon[others], lat[others])
+            swapped = _km(lat[i], lon[i], lon[others], lat[others])
+            k = int(np.argmin(swapped))
+            if not _swap_fits(float(given.min()), float(swapped[k])):
+                break
+            hits.append((i, int(others[k]), float(given.min()), float(swapped[k])))
+        else:
+            found[g] = hits
+    for g, hits in found.items():
+        cases = {int(group[j]) for _, j, _, _ in hits}
+        h = next(iter(cases)) if len(cases) == 1 else None
+        if h is not None and h in found and {int(group[j]) for _, j, _, _ in found[h]} == {g}:
+            # Two cases, each the other's mirror image: which one is swapped cannot be told.
+            if g > h:
+                i, j, d_given, d_swapped = hits[0]
+                problems.append(
+                    (
+                        g,
+                        f"the zones of this case and of case {groups[h][0]} lie"
+                        f" {_dist(d_given)} apart ({flat[i][1].name} at {_at(lon[i], lat[i])},"
+                        f" {flat[j][1].name} of case {groups[h][0]} at {_at(lon[j], lat[j])},"
+                        " their coordinates read as GeoJSON [lon, lat]); with the coordinates"
+                        " of either case's zones read as [lat, lon] they would lie"
+                        f" {_dist(d_swapped)} apart: one of the two looks written as [lat, lon];"
+                        " GeoJSON positions are [lon, lat]",
+                    )
+                )
+            continue
+        for i, j, d_given, d_swapped in hits:
+            other = f"{flat[j][1].name} of case {groups[int(group[j])][0]}"
+            problems.append(
+                (
+                    g,
+                    f"{flat[i][1].name}: lies at {_at(lon[i], lat[i])} (its coordinates"
+                    f" read as GeoJSON [lon, lat]), {_dist(d_given)} from the zones of"
+                    f" every other case in the file; read as [lat, lon] it would lie at"
+                    f" {_at(lat[i], lon[i])}, {_dist(d_swapped)} from {other}: its"
+                    " coordinates look written as [lat, lon] (or the other cases' are);"
+                    " GeoJSON positions are [lon, lat]",
+                )
+            )
+    return sorted(problems, key=lambda p: p[0])
 
 
 def circle(lon: float, lat: float, radius_m: float, **properties: Any) -> dict[str, Any]:

@@ -10,16 +10,27 @@ Shape (DESIGN.md)::
 
 Validation collects every problem of the file before failing, and names the case and field
 of each, so a file can be corrected in one pass.
+
+Every level is strict (:data:`FIELDS`): a field the engine does not know is an error naming
+its path and the nearest known name (``cases[0].order.warning_distance: unknown field; did you
+mean warning_distance_m?``), since a misspelt field would otherwise be dropped and its default
+used. ``summary`` is free text keyed by the user. The GeoJSON objects of ``zones`` may carry
+members of other tools (RFC 7946 allows them; editors add ``stroke`` or ``name``): there only a
+near miss of a known name (``radius`` for ``radius_m``, ``warning`` for ``warning_m``) is an
+error, other members are ignored with a warning. Zones whose coordinates look written as
+``[lat, lon]`` are errors too (:func:`geofence.model.swapped_axes`).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from geofence.model import parse_zones, unknown_properties
+from geofence.errors import ZoneError
+from geofence.model import NamedZone, parse_zone, swapped_axes, unknown_properties, zone_name
 from proximity.errors import CaseFileError
 from proximity.uncertainty import MOBILITY_MPS
 
@@ -27,6 +38,126 @@ MAX_ORDER_DISTANCE_M = 100_000.0
 #: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.
 FORBIDDEN_ID_CHARS = frozenset("/+#")
 CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones", "mobility"})
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """The fields one object of the file may have; ``nested`` maps a field to the
+    :class:`Fields` of its value (an object, or each item of a list). ``open``: a GeoJSON
+    object, where other members are allowed (ignored with a warning, or silently with
+    ``quiet``) but a near miss of a known name is an error."""
+
+    names: frozenset[str]
+    nested: Mapping[str, Fields] = field(default_factory=dict)
+    open: bool = False
+    quiet: bool = False
+
+
+_SCHEDULE = Fields(
+    frozenset({"timezone", "weekly", "dates"}),
+    {
+        "weekly": Fields(frozenset({"days", "start", "end"})),
+        "dates": Fields(frozenset({"from", "until"})),
+    },
+)
+#: The zone properties; unknown_properties() warns about the other members.
+_PROPERTIES = Fields(
+    frozenset({"kind", "label", "radius_m", "warning_m", "schedule"}),
+    {"schedule": _SCHEDULE},
+    open=True,
+    quiet=True,
+)
+_FEATURE = Fields(
+    frozenset({"type", "id", "geometry", "properties", "bbox"}),
+    {
+        "geometry": Fields(frozenset({"type", "coordinates", "bbox"}), open=True),
+        "properties": _PROPERTIES,
+    },
+    open=True,
+)
+#: Every field of a case file. The device fields are those the engine reads from a device's
+#: description (ingest.owntracks, ingest.osmand, proximity.health, top_speeds) and
+#: alarm_reporting_interval_s, which the evaluation suite writes for devices that report
+#: faster during an alarm (informative: nothing in the engine depends on it).
+FIELDS = Fields(
+    frozenset({"cases", "devices"}),
+    {
+        "cases": Fields(
+            CASE_KEYS,
+            {
+                "order": Fields(
+                    frozenset({"distance_m", "warning_distance_m", "escalation_distance_m"})
+                ),
+                "mobility": Fields(frozenset({"offenders", "protected"})),
+                "zones": Fields(
+                    frozenset({"type", "features", "bbox"}), {"features": _FEATURE}, open=True
+                ),
+            },
+        ),
+        "devices": Fields(
+            frozenset(
+                {
+                    "id",
+                    "owntracks",
+                    "osmand",
+                    "reporting_interval_s",
+                    "signal_grace_s",
+                    "mobility",
+                    "alarm_reporting_interval_s",
+                }
+            ),
+            {
+                "owntracks": Fields(frozenset({"user", "device", "key"})),
+                "osmand": Fields(frozenset({"secret", "id"})),
+            },
+        ),
+    },
+)
+
+
+def _nearest(key: str, names: frozenset[str], cutoff: float) -> str | None:
+    """The known name ``key`` most likely misspells: a close spelling (difflib), or the
+    shortest name that contains it (``grace_s`` for ``signal_grace_s``)."""
+    low = key.lower()
+    close = difflib.get_close_matches(low, sorted(names), n=1, cutoff=cutoff)
+    if close:
+        return close[0]
+    within = sorted((n for n in names if len(low) >= 4 and low in n), key=len)
+    return within[0] if within else None
+
+
+def check_fields(
+    value: object, spec: Fields, path: str, problems: list[str], warnings: list[str]
+) -> object:
+    """Check the field names of ``value`` at every depth against ``spec``; return a copy
+    without the fields that are errors (so that the other checks still run on the rest,
+    and report every other problem of the file too)."""
+    if isinstance(value, list):
+        return [
+            check_fields(v, spec, f"{path}[{i}]", problems, warnings) for i, v in enumerate(value)
+        ]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key in spec.names:
+            sub = spec.nested.get(key)
+            out[key] = item if sub is None else check_fields(item, sub, where, problems, warnings)
+            continue
+        near = _nearest(str(key), spec.names, 0.75 if spec.open else 0.7)
+        if near is not None:
+            problems.append(f"{where}: unknown field; did you mean {near}?")
+        elif not spec.open:
+            known = ", ".join(sorted(spec.names))
+            problems.append(f"{where}: unknown field (known here: {known})")
+        else:
+            if not spec.quiet:
+                warnings.append(f"{where}: ignored (a GeoJSON member the engine does not read)")
+            out[key] = item
+    return out
+
+
 #: Highest top speed a case file may state, m/s (1080 km/h: beyond any ground vehicle).
 MAX_TOP_SPEED_MPS = 300.0
 
@@ -105,12 +236,7 @@ def _check_mobility(
 ) -> tuple[float | None, float | None]:
     if value is None:
         return None, None
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - {"offenders", "protected"})
-        if unknown:
-            problems.append(
-                f"{where}: 'mobility' takes 'offenders' and 'protected', not {unknown!r}"
-            )
+    if isinstance(value, dict):  # its field names are checked by check_fields
         speeds: list[float | None] = []
         for role in ("offenders", "protected"):
             if role not in value:
@@ -173,27 +299,38 @@ def _check_devices(where: str, key: str, value: object, problems: list[str]) -> 
 
 def _check_zones(
     where: str, value: object, problems: list[str], warnings: list[str]
-) -> dict[str, Any]:
-    """The case's zones, checked by :func:`geofence.model.parse_zones` (geometry, kind,
-    label, warning band, schedule); every problem names the zone."""
+) -> tuple[dict[str, Any], list[NamedZone]]:
+    """The case's zones, each checked by :func:`geofence.model.parse_zone` (geometry, kind,
+    label, warning band, schedule), every problem naming the zone; and the valid zones with
+    their names (for :func:`geofence.model.swapped_axes`)."""
     empty: dict[str, Any] = {"type": "FeatureCollection", "features": []}
     if value is None:
-        return empty
-    _, zone_problems = parse_zones(value)
-    problems.extend(f"{where}: {p}" for p in zone_problems)
-    if zone_problems or not isinstance(value, dict):
-        return empty
+        return empty, []
+    if not isinstance(value, dict) or value.get("type") != "FeatureCollection":
+        problems.append(f"{where}: 'zones' must be a GeoJSON FeatureCollection")
+        return empty, []
+    features = value.get("features")
+    if not isinstance(features, list):
+        problems.append(f"{where}: 'zones.features' must be a list")
+        return empty, []
+    named: list[NamedZone] = []
+    bad = False
+    for i, feat in enumerate(features):
+        try:
+            named.append(NamedZone(zone_name(feat, i), parse_zone(feat)))
+        except ZoneError as exc:
+            problems.append(f"{where}: {zone_name(feat, i)}: {exc}")
+            bad = True
+    if bad:
+        return empty, named
     warnings.extend(f"{where}: {w}" for w in unknown_properties(value))
-    return value
+    return value, named
 
 
 def _parse_case(
     where: str, raw: dict[str, Any], problems: list[str], warnings: list[str]
-) -> Case | None:
+) -> tuple[Case | None, list[NamedZone]]:
     before = len(problems)
-    unknown = sorted(set(raw) - CASE_KEYS)
-    if unknown:
-        warnings.append(f"{where}: ignored unknown field(s) {', '.join(map(repr, unknown))}")
     case_id = raw["id"]
     offenders = _check_devices(where, "offenders", raw.get("offenders"), problems)
     protected = _check_devices(where, "protected", raw.get("protected"), problems)
@@ -251,11 +388,11 @@ def _parse_case(
                 )
             else:
                 summary[key] = val
-    zones = _check_zones(where, raw.get("zones"), problems, warnings)
+    zones, named = _check_zones(where, raw.get("zones"), problems, warnings)
     off_speed, prot_speed = _check_mobility(where, raw.get("mobility"), problems)
     if len(problems) > before:
-        return None
-    return Case(
+        return None, named
+    case = Case(
         str(case_id),
         offenders,
         protected,
@@ -267,6 +404,7 @@ def _parse_case(
         prot_speed,
         escalation,
     )
+    return case, named
 
 
 def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
@@ -275,11 +413,16 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
     warnings: list[str] = []
     if not isinstance(doc, dict):
         raise CaseFileError(source, ['the file must be a JSON object with a "cases" list'])
+    checked = check_fields(doc, FIELDS, "", problems, warnings)
+    assert isinstance(checked, dict)
+    doc = checked
     raw_cases = doc.get("cases")
     if not isinstance(raw_cases, list):
-        raise CaseFileError(source, ['"cases" must be a list of case objects'])
+        raise CaseFileError(source, [*problems, '"cases" must be a list of case objects'])
 
     cases: list[Case] = []
+    zones_of: list[tuple[str, list[NamedZone]]] = []
+    where_of: list[str] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_cases):
         if not isinstance(raw, dict):
@@ -294,9 +437,13 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
             problems.append(f"{where}: the id appears more than once in the file")
             continue
         seen.add(case_id)
-        case = _parse_case(where, raw, problems, warnings)
+        case, named = _parse_case(where, raw, problems, warnings)
         if case is not None:
             cases.append(case)
+        zones_of.append((case_id, named))
+        where_of.append(where)
+    for g, message in swapped_axes(zones_of):
+        problems.append(f"{where_of[g]}: {message}")
 
     devices: list[Device] = []
     raw_devices = doc.get("devices", [])
@@ -315,7 +462,11 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         else:
             assert isinstance(raw, dict) and isinstance(dev_id, str)
             seen_dev.add(dev_id)
-            for key, least in (("reporting_interval_s", "> 0"), ("signal_grace_s", ">= 0")):
+            for key, least in (
+                ("reporting_interval_s", "> 0"),
+                ("signal_grace_s", ">= 0"),
+                ("alarm_reporting_interval_s", "> 0"),
+            ):
                 value = raw.get(key)
                 ok = _positive(value) is not None or (least == ">= 0" and value == 0)
                 if key in raw and (not ok or isinstance(value, bool)):
