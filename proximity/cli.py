@@ -45,6 +45,7 @@ PROXIMITY_ALARM_TOPIC, ...: PROXIMITY_ and the upper-case name) or from a TOML c
     margin_min_m = 30
 
 Precedence: command-line flag > environment variable > config file > default.
+'proximity config show' (with the same flags) prints every effective value and its source.
 """
 
 
