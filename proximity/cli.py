@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ingest.model import IngestError
+from ingest.transport import parse_broker_url
 from proximity.cases import Case, Device, parse_case_file, parse_mobility, top_speeds
 from proximity.errors import CaseFileError, ProximityError
 from proximity.registry import Registry
@@ -836,6 +838,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ProximityError("--pairs, --speed and --interval must be positive, --meet in 0..1")
     if args.direct and args.broker:
         raise ProximityError("--direct runs without a broker: give --direct or --broker")
+    if args.broker:
+        try:  # before anything starts
+            parse_broker_url(args.broker)
+        except IngestError as exc:
+            raise ProximityError(f"--broker: {exc}") from exc
     if args.alarm_interval is not None and not 0 < args.alarm_interval <= args.interval:
         raise ProximityError("--alarm-interval must be positive and at most --interval")
     replay = []

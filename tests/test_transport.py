@@ -61,3 +61,12 @@ def test_run_refuses_a_broker_without_scheme_before_connecting(
     err = capsys.readouterr().err
     assert "broker URL '127.0.0.1:1883' has no scheme" in err
     assert "mqtt://127.0.0.1:1883" in err
+
+
+def test_evaluate_refuses_a_broker_without_scheme_before_starting(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["evaluate", "stationary", "--broker", "localhost:1883"]) == 1
+    assert capsys.readouterr().err.startswith(
+        "error: --broker: broker URL 'localhost:1883' has no scheme; use mqtt://HOST:PORT"
+    )
