@@ -34,9 +34,11 @@ fixture's broker URL; what they show is covered by the integration tests.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +162,7 @@ def _run(block: Block, cwd: Path) -> Run:
 def page_runs(page: Path) -> dict[int, Run]:
     """Run the page's runnable blocks in order (files written first); results by line."""
     work = Path(tempfile.mkdtemp(prefix="proximity-docs-"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     for b in blocks(page):
         if "file" in b.marks:
             (work / b.marks["file"]).write_text(b.text, encoding="utf-8")
