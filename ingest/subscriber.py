@@ -4,11 +4,19 @@ Back-pressure policy: the hand-off queue is bounded. When the engine falls behin
 queue is full, the callback blocks, paho's network thread stops reading the socket, and the
 broker holds further messages (QoS 1): nothing is dropped here. Each blocked hand-off is
 counted in :attr:`FixSubscriber.blocked_puts`.
+
+Arrival stamps: each message is stamped with the clock (``t_recv``) and queued under one
+lock, and :meth:`FixSubscriber.drain` reads the clock under the same lock, so everything
+stamped up to the horizon it returns is in its hand-out or an earlier one. The engine
+places its periodic sweeps by these stamps: a sweep at time T comes after every message
+that arrived before T, however late the engine takes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -64,6 +72,7 @@ class FixSubscriber:
         self.items: queue.Queue[tuple[Item, int]] = queue.Queue(maxsize=queue_limit)
         self._drained: list[int] = []
         self.blocked_puts = 0
+        self._stamp = threading.Lock()  # stamping + queueing vs. the horizon of drain()
         self.connected = threading.Event()
         self._clock = clock
         self._session_expiry_s = session_expiry_s
@@ -115,24 +124,39 @@ class FixSubscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
-        if topic.startswith(OWNTRACKS_PREFIX):
-            item: Item = decode_owntracks(
-                topic, msg.payload, self._clock(), self._owntracks, self._owntracks_keys
-            )
-        else:
-            item = decode(topic, msg.payload, self._clock())
-        self._put(item, msg.mid if msg.qos > 0 else 0)
+        mid = msg.mid if msg.qos > 0 else 0
+        with self._stamp:
+            now = self._clock()
+            if topic.startswith(OWNTRACKS_PREFIX):
+                item: Item = decode_owntracks(
+                    topic, msg.payload, now, self._owntracks, self._owntracks_keys
+                )
+            else:
+                item = decode(topic, msg.payload, now)
+            if self._offer(item, mid):
+                return
+        self._wait_put(item, mid)
 
-    def _put(self, item: Item, mid: int) -> None:
+    def _offer(self, item: Item, mid: int) -> bool:
         try:
             self.items.put_nowait((item, mid))
-        except queue.Full:  # back-pressure: the network thread waits for the engine
-            self.blocked_puts += 1
-            self.items.put((item, mid))
+        except queue.Full:
+            return False
+        return True
+
+    def _wait_put(self, item: Item, mid: int) -> None:
+        # Back-pressure: the network thread waits for the engine (outside the lock, which
+        # the engine needs to drain).
+        self.blocked_puts += 1
+        self.items.put((item, mid))
 
     def put_local(self, item: Item) -> None:
-        """Queue an item from another input (the HTTP edge): no acknowledgement to send."""
-        self._put(item, 0)
+        """Queue an item from another input (the HTTP edge, stamped there): no
+        acknowledgement to send."""
+        with self._stamp:
+            if self._offer(item, 0):
+                return
+        self._wait_put(item, 0)
 
     def acknowledge(self) -> int:
         """Acknowledge, to the broker, the messages of everything drained so far (the engine
@@ -142,21 +166,27 @@ class FixSubscriber:
             self._client.ack(mid, SUBSCRIBE_QOS)
         return len(mids)
 
-    def drain(self, timeout: float, limit: int = 100_000) -> list[Item]:
-        """Wait up to ``timeout`` s for one item, then take everything queued (at most ``limit``).
+    def drain(self, timeout: float, limit: int = 100_000) -> tuple[list[Item], float]:
+        """Wait up to ``timeout`` s for one item, then take everything queued (at most
+        ``limit``), in arrival order. Also return the horizon, up to which every stamped
+        message has been handed out: the clock when the queue was emptied (the last item's
+        stamp when the limit stopped the hand-out first).
 
         This is the natural batching of DESIGN.md: a quiet system gets one fix at a time, a
         busy one gets what piled up while the engine was evaluating the previous batch.
         """
-        try:
-            first = self.items.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        pairs = [first]
-        while len(pairs) < limit:
-            try:
-                pairs.append(self.items.get_nowait())
-            except queue.Empty:
-                break
+        pairs = []
+        with contextlib.suppress(queue.Empty):
+            pairs.append(self.items.get(timeout=timeout))
+        horizon = math.nan
+        with self._stamp:
+            while len(pairs) < limit:
+                try:
+                    pairs.append(self.items.get_nowait())
+                except queue.Empty:
+                    horizon = self._clock()
+                    break
+        if math.isnan(horizon):
+            horizon = pairs[-1][0].t_recv
         self._drained.extend(mid for _, mid in pairs if mid)
-        return [item for item, _ in pairs]
+        return [item for item, _ in pairs], horizon

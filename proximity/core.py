@@ -93,14 +93,15 @@ def apply_fixes(
     lon: FloatArray,
     t_fix: FloatArray,
     acc_m: FloatArray,
-    now: float,
+    now: FloatArray,
     unknown_acc_m: float,
     accel_psd: float,
     rows: FloatArray,
     kf: FloatArray,
 ) -> None:
     """Filter fix ``k`` of the inputs into device row ``slots[k]`` (slots distinct, fixes newer
-    than the row's): one constant-velocity Kalman step (see the module docstring)."""
+    than the row's), taken in at time ``now[k]``: one constant-velocity Kalman step (see the
+    module docstring)."""
     q = accel_psd
     for k in range(slots.size):
         i = slots[k]
@@ -162,7 +163,7 @@ def apply_fixes(
         rows[i, X] = x
         rows[i, Y] = y
         rows[i, Z] = z
-        rows[i, R0] = K68 * math.sqrt(ppp) - min(t, now) * rows[i, VMAX]
+        rows[i, R0] = K68 * math.sqrt(ppp) - min(t, now[k]) * rows[i, VMAX]
         known = pvv <= VELOCITY_SIGMA_MAX_MPS * VELOCITY_SIGMA_MAX_MPS
         moving = vx * vx + vy * vy + vz * vz > VELOCITY_SIGNIFICANCE * pvv
         rows[i, VX] = (vx if moving else 0.0) if known else math.nan
@@ -187,7 +188,7 @@ def evaluate_pairs(
     order_m: FloatArray,
     warning_m: FloatArray,
     idx: IntArray,
-    now: float,
+    now: FloatArray,
     gh_y: FloatArray,
     gh_w: FloatArray,
     inv_int: FloatArray,
@@ -199,7 +200,7 @@ def evaluate_pairs(
     ttb: FloatArray,
     approach: bool,
 ) -> None:
-    """Evaluate the pairs ``idx`` at time ``now`` (epoch s); output ``k`` is pair ``idx[k]``.
+    """Evaluate pair ``idx[k]`` at time ``now[k]`` (epoch s) into output ``k``.
 
     ``dist``: geodesic metres; ``unc``: the 99 % radius of the separation's uncertainty (from
     the accuracies widened by age times top speed); ``prob``: P(true separation <= order);
@@ -220,8 +221,9 @@ def evaluate_pairs(
         i = offender[p]
         j = victim[p]
         # rows[i, c], not a row view: a view costs two atomic reference-count updates.
-        rad_i = rows[i, R0] + now * rows[i, VMAX]  # 68 % radii at now: accuracy widened by age
-        rad_j = rows[j, R0] + now * rows[j, VMAX]
+        at = now[k]
+        rad_i = rows[i, R0] + at * rows[i, VMAX]  # 68 % radii then: accuracy widened by age
+        rad_j = rows[j, R0] + at * rows[j, VMAX]
         dx = rows[j, X] - rows[i, X]
         dy = rows[j, Y] - rows[i, Y]
         dz = rows[j, Z] - rows[i, Z]
@@ -451,10 +453,12 @@ class ProximityCore:
         lon: FloatArray,
         t_fix: FloatArray,
         acc_m: FloatArray,
-        now: float,
+        now: float | FloatArray,
     ) -> None:
-        """Take one new fix per slot at time ``now`` (slots distinct; the caller drops late
-        fixes). A fix stamped after ``now`` (device clock ahead) counts as taken at ``now``."""
+        """Take one new fix per slot at time ``now`` (one time, or one per fix: when each
+        arrived; slots distinct; the caller drops late fixes). A fix stamped after its ``now``
+        (device clock ahead) counts as taken then."""
+        now = _times(now, slots.size)
         lat = np.ascontiguousarray(lat, dtype=np.float64)
         lon = np.ascontiguousarray(lon, dtype=np.float64)
         t_fix = np.ascontiguousarray(t_fix, dtype=np.float64)
@@ -485,12 +489,13 @@ class ProximityCore:
     def evaluate(
         self,
         idx: IntArray,
-        now: float,
+        now: float | FloatArray,
         out: PairEvaluation | None = None,
         *,
         approach: bool = True,
     ) -> PairEvaluation:
-        """Evaluate pairs ``idx`` at time ``now`` (UTC epoch seconds).
+        """Evaluate pairs ``idx`` at time ``now`` (UTC epoch seconds: one time for all, or one
+        per pair, parallel to ``idx``).
 
         ``approach=False`` leaves closing speed and time to breach out (NaN), for sweeps.
 
@@ -503,6 +508,7 @@ class ProximityCore:
         elif len(out) < idx.size:
             raise ValueError(f"out holds {len(out)} pairs; {idx.size} needed")
         res = out.head(idx)
+        at = _times(now, idx.size)
         p = self.pairs
         evaluate_pairs(
             self.rows,
@@ -513,7 +519,7 @@ class ProximityCore:
             p.order_m,
             p.warning_m,
             idx,
-            now,
+            at,
             *self._nodes,
             res.distance_m,
             res.uncertainty_m,
@@ -529,7 +535,7 @@ class ProximityCore:
         return res
 
     def evaluate_all(
-        self, now: float, out: PairEvaluation | None = None, *, approach: bool = True
+        self, now: float | FloatArray, out: PairEvaluation | None = None, *, approach: bool = True
     ) -> PairEvaluation:
         """Every pair (the periodic sweep passes ``approach=False``)."""
         return self.evaluate(self._all, now, out, approach=approach)
@@ -538,6 +544,16 @@ class ProximityCore:
         """A device's 68 % radius at ``now``: the estimate's, widened by age times top speed."""
         now = max(now, float(self.t_eff[slot]))
         return float(self.rows[slot, R0] + now * self.rows[slot, VMAX])
+
+
+def _times(now: float | FloatArray, n: int) -> FloatArray:
+    """``now`` as ``n`` contiguous float64 times (a scalar is repeated)."""
+    if np.ndim(now) == 0:
+        return np.full(n, float(now))
+    t = np.ascontiguousarray(now, dtype=np.float64)
+    if t.shape != (n,):
+        raise ValueError(f"now needs one time or {n} (one per item); got shape {t.shape}")
+    return t
 
 
 def _aligned_rows(n: int) -> FloatArray:

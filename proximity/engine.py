@@ -47,7 +47,7 @@ from proximity.events import (
 from proximity.geodesy import geodesic_distance_m
 from proximity.health import DeviceWatch
 from proximity.messages import iso_utc
-from proximity.pairs import PairTable
+from proximity.pairs import PairTable, dependency_rounds
 from proximity.quality import FixFilter
 from proximity.rules import RuleConfig
 from proximity.states import (
@@ -134,22 +134,6 @@ class DeviceTable:
         )
 
 
-def _rounds(batch: FixBatch) -> list[npt.NDArray[np.int64]]:
-    """Row indices of the batch grouped into rounds: round k = k-th fix of each device."""
-    n = len(batch)
-    if n == 0:
-        return []
-    order = np.lexsort((np.arange(n), batch.t_fix, batch.slot))
-    s = batch.slot[order]
-    first = np.ones(n, dtype=bool)
-    first[1:] = s[1:] != s[:-1]
-    group_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-    rank = np.arange(n) - group_start
-    if rank.max() == 0:
-        return [order]
-    return [order[rank == r] for r in range(int(rank.max()) + 1)]
-
-
 class Engine:
     """Applies fix batches and returns the alarm events they cause.
 
@@ -217,10 +201,15 @@ class Engine:
         self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
         self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
+        self._awaiting: set[str] = set()  # open alarms no operator has acknowledged
         #: Rows of the current batch that were used (not late, duplicate or set aside), per
         #: round; reset by each process() call (the evidence record keeps them).
         self.used_rows: list[npt.NDArray[np.int64]] = []
         self._out = PairEvaluation.allocate(len(self.pairs))
+        #: The latest decision time: decisions never go back in time.
+        self._t_last = -math.inf
+        self._round_scratch = np.full(len(ids), -1, dtype=np.int64)  # dependency_rounds
+        self._t_slot = np.full(len(ids), np.nan)  # a round's decision time per device
         self.alarm_ids: dict[int, str] = {}
         self.stats = EngineStats()
         self._clock = clock
@@ -239,6 +228,13 @@ class Engine:
             + len(self.health.alarm_ids)
         )
 
+    def start(self, at: float) -> None:
+        """Intake begins at ``at``: a device never heard counts as silent from then (not from
+        the engine's construction, before its kernels were ready and it was subscribed)."""
+        never = ~np.isfinite(self.devices.t_recv)
+        self.health.last_seen[never] = np.maximum(self.health.last_seen[never], at)
+        self._t_last = max(self._t_last, at)
+
     def warm_up(self) -> float:
         """Compile (or load from cache) every kernel; return the seconds it took."""
         t0 = time.perf_counter()
@@ -246,31 +242,74 @@ class Engine:
         return time.perf_counter() - t0 + warm_up_core() + warm_up_zones()
 
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
-        """Apply a batch of fixes; return the alarm state changes, in decision order."""
+        """Apply a batch of fixes (in arrival order); return the alarm state changes.
+
+        Each fix is decided at its arrival (``t_recv``; never before an earlier decision), and
+        the batch is evaluated in dependency rounds (:func:`proximity.pairs.dependency_rounds`)
+        split at the instants when a zone's schedule changes: the decisions are those of the
+        same fixes given one at a time, however they were batched and however late the engine
+        got to them.
+        """
         st = self.stats
         self.used_rows = []
         st.batches += 1
-        st.fixes_in += len(batch)
-        st.max_batch = max(st.max_batch, len(batch))
+        n = len(batch)
+        st.fixes_in += n
+        st.max_batch = max(st.max_batch, n)
         events: list[AlarmEvent] = []
-        now = self._clock()
-        self.zones.update_schedules(now)
-        for rows in _rounds(batch):
-            touched = self._apply(batch, rows, now)
+        if n == 0:
+            return events
+        t = np.maximum.accumulate(np.fmax(batch.t_recv, self._t_last))
+        self._t_last = float(t[-1])
+        pos = 0
+        while pos < n:
+            end = n
+            if len(self.zones):
+                # The fixes from a schedule's change on see the zone in (or out of) force.
+                self.zones.update_schedules(float(t[pos]))
+                change = float(self.zones.next_change.min())
+                end = max(pos + 1, int(np.searchsorted(t, change, side="left")))
+            events.extend(self._process_rows(batch, t, np.arange(pos, end, dtype=np.int64)))
+            pos = end
+        st.events += len(events)
+        self._remember(events)
+        return events
+
+    def _process_rows(
+        self, batch: FixBatch, t: npt.NDArray[np.float64], rows: npt.NDArray[np.int64]
+    ) -> list[AlarmEvent]:
+        """Rows ``rows`` of ``batch`` (decided at ``t[rows]``), round by round."""
+        slots = batch.slot[rows]
+        p = self.pairs
+        rnd = np.empty(rows.size, dtype=np.int64)
+        n_rounds = dependency_rounds(
+            slots, p.dev_ptr, p.dev_pairs, p.offender, p.victim, self._round_scratch, rnd
+        )
+        groups = (
+            [rows]
+            if n_rounds == 1
+            else np.split(rows[np.argsort(rnd, kind="stable")], np.cumsum(np.bincount(rnd))[:-1])
+        )
+        events: list[AlarmEvent] = []
+        t_slot = self._t_slot
+        for r in groups:
+            touched, t_used = self._apply(batch, r, t[r])
             if touched.size:
+                t_slot[touched] = t_used
                 idx = self.core.pairs_of(touched)
                 if idx.size:
-                    ev = self.core.evaluate(idx, now, self._out)
-                    events.extend(self._decide(ev, now, "fix"))
+                    # Only one device of each pair is in a round: its fix's time.
+                    at = np.fmax(t_slot[p.offender[idx]], t_slot[p.victim[idx]])
+                    ev = self.core.evaluate(idx, at, self._out)
+                    events.extend(self._decide(ev, at, "fix"))
                 if len(self.zones):
                     entries = self.zones.entries_of(touched)
                     self.stats.zones_evaluated += entries.size
-                    events.extend(self.zones.decide(entries, now, "fix"))
-        if len(batch):
+                    at_entry = t_slot[self.zones.slot[entries]]
+                    events.extend(self.zones.decide(entries, at_entry, "fix"))
+                t_slot[touched] = np.nan
             # Any message, even a late or implausible fix, shows the device is alive.
-            events.extend(self.health.seen(batch.slot, batch.t_recv))
-        st.events += len(events)
-        self._remember(events)
+            events.extend(self.health.seen(batch.slot[r], t[r]))
         return events
 
     def handle_events(self, device_events: Sequence[DeviceEvent]) -> list[AlarmEvent]:
@@ -279,16 +318,21 @@ class Engine:
         if not known:
             return []
         slots = np.array([self.slot_of[e.device] for e in known], dtype=np.int64)
-        events = self.health.seen(slots, np.array([e.t_recv for e in known]))
+        t = np.maximum.accumulate(np.fmax([e.t_recv for e in known], self._t_last))
+        self._t_last = float(t[-1])
+        events = self.health.seen(slots, t)
         events.extend(self.health.device_events(known))
         self.stats.events += len(events)
         self._remember(events)
         return events
 
-    def sweep(self) -> list[AlarmEvent]:
-        """Re-evaluate every pair and zone entry at the current time: fix ages grow without
-        new fixes, and zone schedules start and end."""
-        now = self._clock()
+    def sweep(self, at: float | None = None) -> list[AlarmEvent]:
+        """Re-evaluate every pair and zone entry at time ``at`` (default: the clock; never
+        before an earlier decision): fix ages grow without new fixes, and zone schedules
+        start and end. The service sweeps on a fixed grid of its clock, after every message
+        that arrived before the sweep's time (:class:`proximity.timeline.SweepGrid`)."""
+        now = max(self._clock() if at is None else at, self._t_last)
+        self._t_last = now
         self.stats.sweeps += 1
         events: list[AlarmEvent] = []
         if len(self.pairs):
@@ -361,11 +405,22 @@ class Engine:
         over = (AlarmState.ENDED, AlarmState.CLOSED)
         return {e.case_id for e in self.alarms.values() if e.state not in over}
 
+    @property
+    def awaiting_operator(self) -> int:
+        """Open alarms that no operator has acknowledged since they opened or last rose."""
+        return len(self._awaiting)
+
     def _remember(self, events: Sequence[AlarmEvent]) -> None:
-        """Keep the last event of each alarm, for acknowledgement and closing."""
+        """Keep the last event of each alarm, for acknowledgement and closing, and which
+        alarms wait for an operator."""
         for e in events:
             self.alarms[e.alarm_id] = e
             self.alarms.move_to_end(e.alarm_id)
+            rose = e.previous_level is not None and e.previous_level < e.level
+            if e.state == AlarmState.OPEN or (e.state == AlarmState.UPDATE and rose):
+                self._awaiting.add(e.alarm_id)
+            elif e.state in (AlarmState.ACKNOWLEDGED, AlarmState.CLOSED, AlarmState.ENDED):
+                self._awaiting.discard(e.alarm_id)
         while len(self.alarms) > REMEMBERED_ALARMS:
             self.alarms.popitem(last=False)
 
@@ -375,11 +430,12 @@ class Engine:
         return self.core.evaluate_all(now) if idx is None else self.core.evaluate(idx, now)
 
     def _apply(
-        self, batch: FixBatch, rows: npt.NDArray[np.int64], now: float
-    ) -> npt.NDArray[np.int64]:
-        """Write one round's fixes into the device table. Late and duplicate fixes (not newer
-        than the device's last one) never move state back; implausible jumps are set aside
-        (:mod:`proximity.quality`)."""
+        self, batch: FixBatch, rows: npt.NDArray[np.int64], t: npt.NDArray[np.float64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Write one round's fixes (decided at ``t``, parallel to ``rows``) into the device
+        table; return the slots that took a fix and those fixes' times. Late and duplicate
+        fixes (not newer than the device's last one) never move state back; implausible
+        jumps are set aside (:mod:`proximity.quality`)."""
         dev = self.devices
         st = self.stats
         slots = batch.slot[rows]
@@ -392,8 +448,9 @@ class Engine:
         keep = ~(late | duplicate)
         rows = rows[keep]
         slots = slots[keep]
+        t = t[keep]
         if slots.size == 0:
-            return slots
+            return slots, t
         use = self.quality.screen(
             slots,
             batch.lat[rows],
@@ -408,6 +465,7 @@ class Engine:
         st.fixes_implausible += int(slots.size - use.sum())
         rows = rows[use]
         slots = slots[use]
+        t = t[use]
         # A fix that nothing checks: a device's first, or its first after a dropout (more
         # than twice its reporting interval): across the gap, the motion filter's prediction
         # and the jump rule allow almost anything, and a multipath burst passes for a walk.
@@ -420,15 +478,19 @@ class Engine:
         dev.t_recv[slots] = batch.t_recv[rows]
         dev.seq[slots] = batch.seq[rows]
         self.core.apply(
-            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], now
+            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], t
         )
         st.fixes_applied += int(slots.size)
         self.used_rows.append(rows)
-        return slots
+        return slots, t
 
-    def _decide(self, ev: PairEvaluation, now: float, cause: str) -> list[AlarmEvent]:
+    def _decide(
+        self, ev: PairEvaluation, at: float | npt.NDArray[np.float64], cause: str
+    ) -> list[AlarmEvent]:
+        """The pair rules on evaluation ``ev``, decided at ``at`` (one time, or one per pair)."""
         self.stats.pairs_evaluated += len(ev)
         idx = ev.idx
+        now = np.broadcast_to(np.asarray(at, dtype=np.float64), idx.shape)
         pairs = self.pairs
         cls = ev.classification
         d = ev.distance_m
@@ -468,11 +530,12 @@ class Engine:
         if moves:
             # The events' figures: a sweep evaluated without the approach, so the few pairs
             # that changed are evaluated again with it (same time, same fixes).
-            detail = self.core.evaluate(idx[[m.k for m in moves]], now) if cause == "time" else None
+            ks = [m.k for m in moves]
+            detail = self.core.evaluate(idx[ks], now[ks]) if cause == "time" else None
             decided = self._clock()
             for n, m in enumerate(moves):
-                src, at = (ev, m.k) if detail is None else (detail, n)
-                events.append(self._event(src, at, m, now, decided, cause))
+                src, k = (ev, m.k) if detail is None else (detail, n)
+                events.append(self._event(src, k, m, float(now[m.k]), decided, cause))
                 if m.step == Step.OPEN:
                     self._probe_pending[idx[m.k]] = True
         # Boundary probing counts an episode once its best estimate is within the warning
@@ -484,12 +547,13 @@ class Engine:
             decided = self._clock()
             for k in visit.tolist():
                 self._probe_pending[idx[k]] = False
-                events.extend(self._probe(int(idx[k]), ev, k, now, decided, cause))
+                events.extend(self._probe(int(idx[k]), ev, k, float(now[k]), decided, cause))
         if cause == "fix":
             events.extend(self._approach(ev, now))
         else:
-            events.extend(self._approach_superseded(now))
-            events.extend(self._probe_expiry(now))
+            t = float(now[0]) if now.size else self._t_last
+            events.extend(self._approach_superseded(t))
+            events.extend(self._probe_expiry(t))
         return events
 
     def _settled(self, idx: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
@@ -515,7 +579,9 @@ class Engine:
         jt = np.where(jumped, t, -np.inf)
         return np.maximum(jt[: idx.size], jt[idx.size :])
 
-    def _evidence(self, idx: npt.NDArray[np.int64], now: float) -> npt.NDArray[np.float64]:
+    def _evidence(
+        self, idx: npt.NDArray[np.int64], now: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.float64]:
         """Per pair, the time up to which both devices' positions are current: each fix
         stands until the device's next report is due (its reporting interval plus
         EVIDENCE_SLACK_S), and not beyond ``now``. The clock that confirms a likely breach of
@@ -526,7 +592,7 @@ class Engine:
         t, iv = self.devices.t_fix, self.health.interval_s
         return np.fmin(np.minimum(t[o] + iv[o], t[v] + iv[v]) + EVIDENCE_SLACK_S, now)
 
-    def _approach(self, ev: PairEvaluation, now: float) -> list[AlarmEvent]:
+    def _approach(self, ev: PairEvaluation, now: npt.NDArray[np.float64]) -> list[AlarmEvent]:
         """The approach rule on a fix evaluation (which has the closing speed)."""
         r = self.rules
         idx = ev.idx
@@ -574,7 +640,7 @@ class Engine:
         if not moves:
             return []
         decided = self._clock()
-        return [self._approach_event(ev, m, now, decided, "fix") for m in moves]
+        return [self._approach_event(ev, m, float(now[m.k]), decided, "fix") for m in moves]
 
     def _approach_superseded(self, now: float) -> list[AlarmEvent]:
         """On a sweep: approach alarms whose pair has since reached the alarm level end."""

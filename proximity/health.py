@@ -93,16 +93,18 @@ class DeviceWatch:
         self.alarm_ids: dict[tuple[str, int], str] = {}
 
     def seen(self, slots: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
-        """Messages arrived from ``slots`` (at ``t_recv``); end the silence of those devices."""
+        """Messages arrived from ``slots`` (at ``t_recv``); end the silence of those devices,
+        each decided at the arrival of its first message."""
         np.maximum.at(self.last_seen, slots, t_recv)
-        back = np.unique(slots[self.silent[slots]])
-        if back.size == 0:
+        was_silent = self.silent[slots]
+        if not was_silent.any():
             return []
-        now = self._clock()
         events = []
-        for s in back:
-            self.silent[s] = False
-            events.extend(self._silence_events(int(s), AlarmState.ENDED, now))
+        for k in np.flatnonzero(was_silent):
+            s = int(slots[k])
+            if self.silent[s]:
+                self.silent[s] = False
+                events.extend(self._silence_events(s, AlarmState.ENDED, float(t_recv[k])))
         return events
 
     def sweep(self, now: float) -> list[AlarmEvent]:
@@ -150,10 +152,11 @@ class DeviceWatch:
         return out
 
     def device_events(self, events: Sequence[DeviceEvent]) -> list[AlarmEvent]:
-        """Alarms for device events of known devices, in arrival order."""
-        now = self._clock()
+        """Alarms for device events of known devices, in arrival order, each decided at its
+        arrival."""
         out: list[AlarmEvent] = []
         for ev in events:
+            now = ev.t_recv
             slot = self.slot_of[ev.device]
             kind, level = EVENT_ALARMS[ev.kind]
             for case, is_offender in self.cases_of[slot]:

@@ -44,6 +44,44 @@ def gather_pairs(
     return n
 
 
+@kernel
+def dependency_rounds(
+    slots: IntArray,
+    dev_ptr: IntArray,
+    dev_pairs: IntArray,
+    offender: IntArray,
+    victim: IntArray,
+    last: IntArray,
+    out: IntArray,
+) -> int:
+    """Give fix ``k`` (of device ``slots[k]``, in arrival order) the round ``out[k]``: one
+    after the latest round of an earlier fix of the same device or of a device it shares a
+    pair with. Return the number of rounds.
+
+    Evaluated round by round, every pair then sees its fixes one at a time and in arrival
+    order, with both devices as they were after exactly the fixes that arrived before: the
+    same evaluations as one fix per batch. ``last`` is a scratch array of -1, one per
+    device; it is -1 again on return.
+    """
+    rounds = 0
+    for k in range(slots.size):
+        d = slots[k]
+        r = last[d]
+        for q in range(dev_ptr[d], dev_ptr[d + 1]):
+            p = dev_pairs[q]
+            other = victim[p] if offender[p] == d else offender[p]
+            if last[other] > r:
+                r = last[other]
+        r += 1
+        out[k] = r
+        last[d] = r
+        if r + 1 > rounds:
+            rounds = r + 1
+    for k in range(slots.size):
+        last[slots[k]] = -1
+    return rounds
+
+
 @dataclass(frozen=True, slots=True)
 class PairTable:
     """Pairs as parallel arrays, plus the device -> pairs index.

@@ -3,7 +3,9 @@
 One thread runs the loop: take everything the subscriber queued (natural batching), build
 arrays, evaluate, publish the alarms, report rejections, and publish a retained status with
 counters every ``status_interval_s`` (and ``offline`` through the MQTT will if the process
-dies).
+dies). The messages are taken in arrival order, each decided at its arrival stamp, with the
+periodic sweeps placed between them by their due times (:mod:`proximity.timeline`): the
+same messages give the same decisions whatever the batching and the load.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
-from ingest.batch import FixBatch, build_batch
+from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
-from ingest.model import DeviceEvent, Fix, IngestError, OperatorAction, Rejection, RejectReason
+from ingest.model import IngestError, Rejection, RejectReason
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.owntracks import keys as owntracks_keys
@@ -31,13 +33,14 @@ from proximity.cases import Case, Device
 from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
-from proximity.events import AlarmEvent, AlarmState, wire_name
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name
 from proximity.evidence import EvidenceLog
 from proximity.journal import Journal
 from proximity.messages import alarm_message, iso_utc
 from proximity.notice import notices_for
 from proximity.registry import Registry
 from proximity.settings import Settings, rule_config
+from proximity.timeline import Item, SweepGrid, Timeline
 from proximity.uncertainty import MOBILITY_MPS
 
 log = logging.getLogger(__name__)
@@ -50,14 +53,17 @@ STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
 
 
-def scaled_clock(scale: float, epoch: float) -> Callable[[], float]:
-    """A clock that stands at ``epoch`` until the wall clock reaches it, then runs ``scale``
-    times faster: ``epoch + max(0, time.time() - epoch) * scale`` (the wall clock itself when
-    ``scale`` is 1). An evaluation run sets the epoch a little after the engine's start, so
-    that no device has been silent when the first fixes come."""
+def scaled_clock(scale: float, epoch: float, offset_s: float = 0.0) -> Callable[[], float]:
+    """The engine's clock: the wall clock moved by ``offset_s`` (the test suite runs a year
+    ahead with it), standing at ``epoch`` until it reaches it, then running ``scale`` times
+    faster: ``epoch + max(0, time.time() + offset_s - epoch) * scale`` (the moved wall clock
+    itself when ``scale`` is 1). An evaluation run sets the epoch a little after the engine's
+    start, so that no device has been silent when the first fixes come."""
     if scale == 1.0:
-        return time.time
-    return lambda: epoch + max(0.0, time.time() - epoch) * scale
+        if offset_s == 0.0:
+            return time.time
+        return lambda: time.time() + offset_s
+    return lambda: epoch + max(0.0, time.time() + offset_s - epoch) * scale
 
 
 def engine_for(
@@ -74,12 +80,24 @@ def engine_for(
     )
 
 
+def _rises_to_alarm(event: AlarmEvent) -> bool:
+    """An alarm that opens at level ``alarm`` or above, or rises to it: logged as a warning
+    (a pre-alert, an update or an end is information)."""
+    if event.level < AlarmLevel.ALARM:
+        return False
+    if event.state == AlarmState.OPEN:
+        return True
+    before = event.previous_level
+    return event.state == AlarmState.UPDATE and before is not None and before < event.level
+
+
 class EngineService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        epoch = settings.time_epoch if settings.time_epoch is not None else time.time()
+        offset = settings.clock_offset_s
+        epoch = settings.time_epoch if settings.time_epoch is not None else time.time() + offset
         #: The engine's time: the wall clock, or a faster one for evaluation runs.
-        self.clock = scaled_clock(settings.time_scale, epoch)
+        self.clock = scaled_clock(settings.time_scale, epoch, offset)
         try:
             self.broker = parse_broker_url(settings.broker)
         except IngestError as exc:
@@ -89,6 +107,9 @@ class EngineService:
             devices = registry.devices()
         self.devices = devices
         self.engine = engine_for(settings, self.cases, devices, self.clock)
+        #: The sweeps' due times: a fixed grid of the engine's clock (proximity.timeline).
+        self.grid = SweepGrid(settings.sweep_interval_s, self.clock())
+        self.timeline = Timeline(self.engine, self.grid)
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0
@@ -132,7 +153,11 @@ class EngineService:
                 "sweeps": st.sweeps,
                 "rejected": dict(self.reporter.counts),
                 "rejected_total": self.reporter.total,
+                "sweeps_skipped": self.grid.skipped,
                 "alarms_published": self.channel.published,
+                "messages_undelivered": self.channel.unacknowledged,
+                "alarms_awaiting_operator": self.engine.awaiting_operator,
+                # Deprecated alias of messages_undelivered (the README's migration notes).
                 "alarms_unacknowledged": self.channel.unacknowledged,
                 "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
@@ -192,6 +217,11 @@ class EngineService:
                     f" {CONNECT_WAIT_S:.0f} s"
                 )
             self.online_since = time.time()
+            # Sweeps and silence count from here: before, nothing could arrive.
+            start = self.clock()
+            self.engine.start(start)
+            self.grid = SweepGrid(s.sweep_interval_s, start)
+            self.timeline = Timeline(self.engine, self.grid)
             out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             self._loop(stop, out)
@@ -235,21 +265,17 @@ class EngineService:
     def _loop(self, stop: threading.Event, out: Any) -> None:
         s = self.settings
         # Sweeps follow the engine's clock (faster in evaluation runs); status, the wall's.
-        sweep_every = s.sweep_interval_s / s.time_scale
         next_status = time.monotonic() + s.status_interval_s
-        next_sweep = time.monotonic() + sweep_every
         next_purge = time.monotonic()
         while not stop.is_set():
-            wait = max(0.0, min(0.5, next_status - time.monotonic(), next_sweep - time.monotonic()))
-            items = self.subscriber.drain(timeout=wait)
+            due_in = (self.grid.next - self.clock()) / s.time_scale
+            wait = max(0.0, min(0.5, next_status - time.monotonic(), due_in))
+            items, horizon = self.subscriber.drain(timeout=wait)
+            self._step(items, horizon)
             if items:
-                self._handle(items)
                 # Taken into the engine's state: now the broker may forget them.
                 self.subscriber.acknowledge()
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
-            if time.monotonic() >= next_sweep:
-                self._publish(self.engine.sweep())
-                next_sweep = time.monotonic() + sweep_every
             if time.monotonic() >= next_purge:
                 self._purge()
                 next_purge = time.monotonic() + PURGE_INTERVAL_S
@@ -257,38 +283,22 @@ class EngineService:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
 
-    def _handle(self, items: list[Fix | DeviceEvent | OperatorAction | Rejection]) -> None:
-        fixes = [i for i in items if isinstance(i, Fix)]
-        device_events = [i for i in items if isinstance(i, DeviceEvent)]
-        actions = [i for i in items if isinstance(i, OperatorAction)]
-        rejected = [i for i in items if isinstance(i, Rejection)]
+    def _step(self, items: Sequence[Item], horizon: float) -> None:
+        """Take ``items`` (in arrival order) and the sweeps due up to ``horizon``: each sweep
+        after the items stamped at or before its instant (:class:`Timeline`); record and
+        publish what each step decided before the next."""
         self.messages_received += len(items)
-        batch, unknown = build_batch(fixes, self.engine.slot_of)
-        for e in device_events:
-            if e.device not in self.engine.slot_of:
-                unknown.append(
-                    Rejection(
-                        f"devices/{e.device}/event",
-                        e.device,
-                        RejectReason.UNKNOWN_DEVICE,
-                        f"device '{e.device}' is in no case: import a case file that lists it",
-                        e.t_recv,
-                    )
-                )
-        if rejected or unknown:
-            self.reporter.report(rejected + unknown)
-        # Fixes first (a millisecond or so), so that an event's alarm carries the newest
-        # positions of everyone in the case: the team needs where the offender is now.
-        events = self.engine.process(batch)
-        self._record_fixes(batch)
-        self._publish(events)
-        self._publish(self.engine.handle_events(device_events))
-        for a in actions:  # after the fixes: a close acts on the newest state
-            act = self.engine.close if a.action == "close" else self.engine.acknowledge
-            done = act(a.alarm_id, a.operator, a.note)
-            if done:
-                self._publish(done)
-            else:
+        rejected = [i for i in items if isinstance(i, Rejection)]
+        if rejected:
+            self.reporter.report(rejected)
+        skipped = self.grid.skipped
+        for seg in self.timeline.step(items, horizon):
+            if seg.rejected:
+                self.reporter.report(seg.rejected)
+            if seg.batch is not None:
+                self._record_fixes(seg.batch)
+            if seg.action is not None and not seg.alarms:
+                a = seg.action
                 self.reporter.report(
                     [
                         Rejection(
@@ -301,11 +311,18 @@ class EngineService:
                         )
                     ]
                 )
+            self._publish(seg.alarms)
+        if self.grid.skipped > skipped:
+            log.warning(
+                "the engine fell more than %d sweeps behind its clock: skipped the oldest %d",
+                self.grid.max_catch_up,
+                self.grid.skipped - skipped,
+            )
 
     def _purge(self) -> None:
         """Retention: location history older than retention_days leaves the record (its
         hashes stay), except for cases with an open alarm; the purge is recorded."""
-        now = time.time()
+        now = self.clock()
         cutoff = now - self.settings.retention_days * 86_400.0
         removed = self.evidence.purge(cutoff, self.engine.open_case_ids(), now)
         if removed:
@@ -356,10 +373,11 @@ class EngineService:
             self.channel.send(message)
             sent.append((event.case_id, event.t_decided, "alarm", message))
             log.log(
-                logging.WARNING if event.state == AlarmState.OPEN else logging.INFO,
-                "alarm %s %s case %s: %s",
+                logging.WARNING if _rises_to_alarm(event) else logging.INFO,
+                "alarm %s %s %s case %s: %s",
                 event.alarm_id[:8],
                 wire_name(event.state),
+                wire_name(event.level),
                 event.case_id,
                 event.reason,
             )

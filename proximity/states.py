@@ -102,12 +102,12 @@ def _held(
     start: npt.NDArray[np.float64],
     idx: IntArray,
     holds: BoolArray,
-    now: float,
-    clock: float | Float | None = None,
+    now: Float,
+    clock: Float | None = None,
 ) -> Float:
-    """Seconds a condition has held on every evaluation up to ``now`` (NaN where it does not
-    hold now); ``start[idx]`` keeps when each spell began (stamped with ``now``). ``clock``
-    (one time per thing) measures the spell instead of ``now``."""
+    """Seconds a condition has held on every evaluation up to ``now`` (one time per thing;
+    NaN where it does not hold now); ``start[idx]`` keeps when each spell began (stamped with
+    ``now``). ``clock`` (one time per thing) measures the spell instead of ``now``."""
     s = start[idx]
     s = np.where(holds, np.where(np.isnan(s), now, s), np.nan)
     start[idx] = s
@@ -139,9 +139,12 @@ class LevelMachine:
         self.t_likely[idx] = np.nan
 
     def step(
-        self, idx: IntArray, c: Conditions, now: float, evidence: Float | None = None
+        self, idx: IntArray, c: Conditions, now: float | Float, evidence: Float | None = None
     ) -> list[Transition]:
         """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed.
+
+        ``now``: the decision time, one for all or one per thing (parallel to ``idx``: the
+        arrival of the message that caused each evaluation).
 
         ``evidence``: per thing, the time up to which its inputs are current (see
         ``Engine._evidence``). A likely spell starts when it is first seen (``now``) and is
@@ -149,6 +152,7 @@ class LevelMachine:
         not of waiting: a position frozen by a dropout (perhaps the tail of a multipath
         burst) does not confirm itself. None: the clock is the evidence."""
         tm = self.timing
+        now = np.broadcast_to(np.asarray(now, dtype=np.float64), idx.shape)
         before = self.level[idx].astype(np.int64)
 
         likely_for = _held(self.t_likely, idx, c.likely, now, evidence)
@@ -190,6 +194,7 @@ class LevelMachine:
         out: list[Transition] = []
         for k in changed:
             i = int(idx[k])
+            at = float(now[k])
             b = int(before[k])
             a = int(after[k])
             if a == NONE:
@@ -206,7 +211,7 @@ class LevelMachine:
                 step = Step.REMIND
             new_alarm = step == Step.OPEN or (step == Step.RAISE and bool(self.closed[i]))
             if a >= ALARM > b:
-                self.t_alarm[i] = now
+                self.t_alarm[i] = at
             elif a < ALARM:
                 self.t_alarm[i] = math.nan
             if a != b:
@@ -222,7 +227,7 @@ class LevelMachine:
             if a == NONE:
                 self.t_notified[i] = math.nan
             elif not silent:
-                self.t_notified[i] = now
+                self.t_notified[i] = at
             out.append(Transition(int(k), step, b, a, new_alarm, silent))
         return out
 

@@ -151,13 +151,18 @@ class ZoneWatch:
         n = gather_pairs(slots, self.dev_ptr, self.dev_entries, self._mark, self._scratch)
         return self._scratch[:n].copy()
 
-    def decide(self, idx: IntArray, now: float, cause: str) -> list[AlarmEvent]:
-        """Evaluate entries ``idx`` at ``now`` and return their alarm state changes."""
+    def decide(
+        self, idx: IntArray, now: float | npt.NDArray[np.float64], cause: str
+    ) -> list[AlarmEvent]:
+        """Evaluate entries ``idx`` at ``now`` (one time, or one per entry: the entries of one
+        device share the time) and return their alarm state changes."""
         if idx.size == 0:
             return []
         rows = self.core.rows
-        r68 = rows[:, R0] + now * rows[:, VMAX]  # every device's 68 % radius at now
+        now = np.broadcast_to(np.asarray(now, dtype=np.float64), idx.shape)
         slots = self.slot[idx]
+        r68 = np.full(rows.shape[0], np.nan)  # each device's 68 % radius at its entries' time
+        r68[slots] = rows[slots, R0] + now * rows[slots, VMAX]
         zone = self.zone[idx]
         ev = self.set.evaluate_xyz(rows, r68, slots, zone)
         u = U_PER_R68 * r68[slots]
@@ -198,19 +203,20 @@ class ZoneWatch:
         events = []
         for m in moves:
             e = int(idx[m.k])
+            at = float(now[m.k])
             args = (
                 float(s[m.k]),
                 float(u[m.k]),
                 Classification(int(verdict[m.k])),
                 float(p_breach[m.k]),
                 bool(active[m.k]),
-                now,
+                at,
                 decided,
                 cause,
             )
             events.append(self._event(e, m, *args))
             # Boundary probing: repeated entries into an exclusion zone or its warning band.
-            if m.step == Step.OPEN and excl[m.k] and self.probes.enter(e, now):
+            if m.step == Step.OPEN and excl[m.k] and self.probes.enter(e, at):
                 events.append(self._event(e, m, *args, probing=AlarmState.OPEN))
         return events
 

@@ -5,13 +5,14 @@ A false alarm rate of 0.05 per pair-day is shown only by dozens of pair-days wit
 publishing; here the same scenarios, the same :class:`proximity.engine.Engine` with the same
 settings, the same simulated operator and the same scoring run as fast as the engine goes.
 
-What differs from a run through the broker, and why it does not change the verdicts: fixes
-come in batches of :data:`BATCH_S` of scenario time, each taken :data:`RECEIVE_DELAY_S` after
-its newest fix (through the broker a batch is whatever arrived since the last one: at x60,
-some tenths of a second); sweeps come every ``sweep_interval_s`` of scenario time, as the
-service's do. Nothing measures the transport: end-to-end latency is not reported (a run
-through the broker measures it), and stalls of the machine cannot become scenario minutes
-without fixes.
+What differs from a run through the broker, and why it does not change the verdicts: every
+fix arrives :data:`RECEIVE_DELAY_S` after it was taken (through the broker, whatever the
+transport took); the fixes are handed to the engine in chunks of :data:`BATCH_S` of scenario
+time, split, as the service splits what it drains, at the sweeps of the grid and at the
+simulated operator's acknowledgements (:mod:`proximity.timeline`), so the decisions are those
+of the fixes one at a time. Nothing measures the transport: end-to-end latency is not
+reported (a run through the broker measures it), and stalls of the machine cannot become
+scenario minutes without fixes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import numpy as np
 
 from ingest.batch import FixBatch
 from proximity.cases import parse_case_file
+from proximity.clock import now as clock_now
 from proximity.events import AlarmEvent
 from proximity.messages import alarm_message, iso_utc
 from proximity.registry import Registry
 from proximity.service import engine_for
 from proximity.settings import Settings
+from proximity.timeline import SweepGrid
 from simulator.evaluate import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
 from simulator.families import Suite
 
@@ -63,8 +66,9 @@ def run_direct(
         registry.import_file(parse_case_file(doc, str(work / "cases.json")))
         cases = registry.cases()
         devices = registry.devices()
-    # The scenario's clock starts on a whole second of today, like a run through the broker.
-    epoch = float(int(time.time()))
+    # The scenario's clock starts on a whole second of today (on the engine's clock: see
+    # proximity.clock), like a run through the broker.
+    epoch = float(int(clock_now()))
     clock = _Clock(epoch)
     engine = engine_for(conf, cases, devices, clock)
     by_id = {c.id: c for c in cases}
@@ -88,42 +92,53 @@ def run_direct(
     sent = 0
     i = 0
     t_end = suite.duration_s + BATCH_S
-    next_sweep = 0.0
+    # The service's timeline: fixes decided at their arrival, sweeps on the grid of the
+    # clock (the first at the scenario's start) after every fix that arrived before them.
+    grid = SweepGrid(conf.sweep_interval_s, epoch - conf.sweep_interval_s)
     k = 0
+
+    def fixes(rows: np.ndarray) -> None:
+        if rows.size == 0:
+            return
+        t_fix = epoch + sc.t[rows]
+        clock.t = float(t_fix[-1]) + RECEIVE_DELAY_S
+        batch = FixBatch(
+            slot[sc.dev[rows]],
+            sc.lat[rows],
+            sc.lon[rows],
+            sc.acc[rows],
+            t_fix,
+            t_fix + RECEIVE_DELAY_S,
+            sc.seq[rows],
+        )
+        take(engine.process(batch))
+
     while i < n or k * BATCH_S < t_end:
         hi = (k + 1) * BATCH_S
         k += 1
         j = int(np.searchsorted(sc.t, hi, side="right"))
-        if j > i:
-            rows = np.arange(i, j)
-            # Faster reporting only while an alarm of the device's case is open.
-            rows = rows[~sc.fast[rows] | cic.alarm_open[case_of[sc.dev[rows]]]]
-            t_fix = epoch + sc.t[rows]
-            clock.t = epoch + float(sc.t[j - 1]) + RECEIVE_DELAY_S
-            batch = FixBatch(
-                slot[sc.dev[rows]],
-                sc.lat[rows],
-                sc.lon[rows],
-                sc.acc[rows],
-                t_fix,
-                t_fix + RECEIVE_DELAY_S,
-                sc.seq[rows],
-            )
-            take(engine.process(batch))
-            sent += int(rows.size)
-            i = j
-        # Sweeps and acknowledgements due within the batch come after its fixes: the
-        # engine's clock never goes back.
-        while next_sweep <= hi:
-            clock.t = max(clock.t, epoch + next_sweep)
-            take(engine.sweep())
-            next_sweep += conf.sweep_interval_s
-        due = sorted(a for a in acks if a[0] <= hi)
-        if due:
-            acks = [a for a in acks if a[0] > hi]
-            for t_s, aid in due:
-                clock.t = max(clock.t, epoch + t_s)
+        rows = np.arange(i, j)
+        # Faster reporting only while an alarm of the device's case is open.
+        rows = rows[~sc.fast[rows] | cic.alarm_open[case_of[sc.dev[rows]]]]
+        sent += int(rows.size)
+        i = j
+        # Every fix of this chunk has arrived by the horizon, and none of the next.
+        horizon = epoch + hi + RECEIVE_DELAY_S
+        due: list[tuple[float, str]] = [(at, "") for at in grid.take(horizon)]
+        due += [(epoch + t_s, aid) for t_s, aid in acks if epoch + t_s <= horizon]
+        acks = [a for a in acks if epoch + a[0] > horizon]
+        arrived = epoch + sc.t[rows] + RECEIVE_DELAY_S
+        pos = 0
+        for at, aid in sorted(due):
+            end = int(np.searchsorted(arrived, at, side="right"))
+            fixes(rows[pos:end])
+            pos = end
+            clock.t = max(clock.t, at)
+            if aid:
                 take(engine.acknowledge(aid, "evaluation", "simulated operator"))
+            else:
+                take(engine.sweep(at))
+        fixes(rows[pos:])
         if k % 200 == 0:
             progress.show(
                 i / max(n, 1),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -63,10 +64,12 @@ def run(eng: Engine, *fixes: Fix) -> list[tuple[str, AlarmState, float]]:
 
 
 def events_of(eng: Engine, *fixes: Fix, now: float | None = None) -> list[AlarmEvent]:
+    """Process the fixes as arriving at ``now`` (default: the newest fix time)."""
     clock = eng._clock
     assert isinstance(clock, Clock)
     clock.t = max(f.t_fix for f in fixes) if now is None else now
-    batch, rejected = build_batch(list(fixes), eng.slot_of)
+    arrived = [replace(f, t_recv=clock.t) for f in fixes]
+    batch, rejected = build_batch(arrived, eng.slot_of)
     assert rejected == []
     return eng.process(batch)
 
@@ -156,29 +159,33 @@ def test_late_fix_never_moves_state_backwards() -> None:
     assert eng.devices.lat[eng.slot_of["o"]] == pytest.approx(offset(*HOME, 0, 2000)[0])
 
 
-def test_every_fix_of_a_batch_is_evaluated_in_time_order() -> None:
-    # Three fixes of one offender in one batch, out of order: in, out, in. Each counts.
-    # (20 s apart: 800 m in 20 s is fast driving, not a multipath jump; top speed 0 keeps
+def test_every_fix_of_a_batch_is_evaluated_in_arrival_order() -> None:
+    # Three fixes of one offender in one batch: in, out, in. Each counts, as it would alone.
+    # (20 s apart: 500 m in 20 s is fast driving, not a multipath jump; top speed 0 keeps
     # the victim's older fix as certain as it was.)
     # (No dwell, so that leaving the alarm level needs one fix; no confirmation, so that the
     # sudden move back in - a manoeuvre for the motion filter - alarms at once.)
-    eng = engine(
-        [case("C", ("o",), ("v",))],
-        default_top_speed_mps=0.0,
-        rules=RuleConfig(dwell_s=0.0, confirm_s=0.0),
-    )
-    run(eng, fix("v", HOME, 0))
-    events = events_of(
-        eng,
-        fix("o", offset(*HOME, 0, 400), 50),
+    def batched(*fixes: Fix) -> list[list[tuple[AlarmState, AlarmLevel]]]:
+        eng = engine(
+            [case("C", ("o",), ("v",))],
+            default_top_speed_mps=0.0,
+            rules=RuleConfig(dwell_s=0.0, confirm_s=0.0),
+        )
+        run(eng, fix("v", HOME, 0))
+        return [levels(events_of(eng, *fixes)), levels(events_of(eng, *late))]
+
+    moves = (
         fix("o", offset(*HOME, 0, 400), 10),
         fix("o", offset(*HOME, 0, 900), 30),
+        fix("o", offset(*HOME, 0, 400), 50),
     )
-    assert levels(events) == [
+    late = (fix("o", offset(*HOME, 0, 900), 40),)  # arrives after the fix of t=50: late
+    expected = [
         (AlarmState.OPEN, AlarmLevel.ALARM),
         (AlarmState.UPDATE, AlarmLevel.PRE_ALERT),
         (AlarmState.UPDATE, AlarmLevel.ALARM),
     ]
+    assert batched(*moves) == [expected, []]
 
 
 def test_many_to_many_pairs_are_independent() -> None:
@@ -318,7 +325,7 @@ def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it()
     eng = engine([Case("C", ("o",), ("v",), 500.0, 500.0)], clock, devices=devices)
     # He drives in at 20 m/s, then his device falls silent.
     assert events_of(eng, fix("o", offset(*HOME, 200, 900), -5), now=T0 - 5) == []
-    assert events_of(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 200, 800), 0)) == []
+    assert events_of(eng, fix("o", offset(*HOME, 200, 800), 0), fix("v", HOME, 0)) == []
     clock.t = T0 + 2.0  # +80 m for the offender: still clear
     assert eng.sweep() == []
     clock.t = T0 + 30.0  # he may have driven 1200 m: possible

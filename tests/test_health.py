@@ -22,7 +22,7 @@ def test_a_silent_offender_raises_signal_lost_once_and_a_fix_ends_it() -> None:
     # Top speed 0: the old fixes stay as certain as they were (no proximity alarm).
     eng = engine([case("C", ("o",), ("v",))], clock=clock, default_top_speed_mps=0.0)
     events_of(eng, fix("o", offset(*HOME, 0, 3000), 0), fix("v", HOME, 0))
-    clock.t = T0 + 0.1 + 120.0  # interval 60 s + grace 60 s, counted from arrival
+    clock.t = T0 + 120.0  # interval 60 s + grace 60 s, counted from arrival (at T0)
     assert eng.sweep() == []
     clock.t += 1.0
     [lost, silent] = sorted(eng.sweep(), key=lambda e: e.type)

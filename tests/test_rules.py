@@ -11,10 +11,12 @@ from ingest.model import Fix
 from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.rules import RuleConfig
-from proximity.uncertainty import K68
+from proximity.uncertainty import DEFAULT_MOBILITY, K68, MOBILITY_MPS
 from tests.naive import geod_distance_m, offset
 from tests.test_engine import HOME, T0, Clock, case
 
+#: The engine's default top speed (an old fix's radius grows by its age times it).
+DEFAULT_TOP_SPEED = MOBILITY_MPS[DEFAULT_MOBILITY]
 #: Silence has its own tests: these sequences may leave a device quiet for a while.
 QUIET = RuleConfig(reporting_interval_s=1e9)
 
@@ -23,9 +25,17 @@ class Run:
     """An engine fed second by second, as the service does: the fixes of each second as one
     batch, then a sweep; every event is kept."""
 
-    def __init__(self, rules: RuleConfig = QUIET, order: float = 500.0) -> None:
+    def __init__(
+        self, rules: RuleConfig = QUIET, order: float = 500.0, top_speed_mps: float | None = None
+    ) -> None:
         self.clock = Clock(T0)
-        self.eng = Engine([case("C", ("o",), ("v",), order)], rules=rules, clock=self.clock)
+        speed = DEFAULT_TOP_SPEED if top_speed_mps is None else top_speed_mps
+        self.eng = Engine(
+            [case("C", ("o",), ("v",), order)],
+            rules=rules,
+            clock=self.clock,
+            default_top_speed_mps=speed,
+        )
         self.events: list[AlarmEvent] = []
 
     def second(self, t: float, *fixes: Fix) -> list[AlarmEvent]:
@@ -133,14 +143,22 @@ def test_a_2_km_multipath_jump_for_one_fix_raises_nothing() -> None:
 def test_a_long_gap_then_a_far_fix_is_accepted() -> None:
     run = Run()
     run.second(0, Fix("v", T0, T0, *HOME, 5.0), Fix("o", T0, T0, *offset(*HOME, 0, 9000), 5.0))
-    # Two hours later he is 100 m from her: 9 km in 2 h is a walk, not a jump.
+    # Two hours later he is 100 m from her: 9 km in 2 h is a walk, not a jump. Her fix is
+    # still two hours old when his arrives (a possible breach: pre-alert); with hers, an
+    # escalation.
     t = 7200.0
-    [ev] = run.second(
+    [pre, ev] = run.second(
         t,
         Fix("o", T0 + t, T0 + t, *offset(*HOME, 0, 100), 5.0),
         Fix("v", T0 + t, T0 + t, *HOME, 5.0),
     )
-    assert (ev.state, ev.level) == (AlarmState.OPEN, AlarmLevel.ESCALATION)
+    assert (pre.state, pre.level) == (AlarmState.OPEN, AlarmLevel.PRE_ALERT)
+    assert "the protected person's fix is 7200 s old" in pre.reason
+    assert (ev.state, ev.level, ev.previous_level) == (
+        AlarmState.UPDATE,
+        AlarmLevel.ESCALATION,
+        AlarmLevel.PRE_ALERT,
+    )
     assert run.eng.stats.fixes_implausible == 0
 
 
@@ -163,12 +181,14 @@ def test_late_and_duplicate_fixes_change_nothing() -> None:
         return [(e.alarm_id, e.type, e.state, e.level, round(e.distance_m, 6)) for e in events]
 
     assert key(messy.events) == key(clean.events) and len(clean.events) >= 3
-    # Late: his fix of 5 s ago; duplicates: his fix twice, and her previous fix again.
-    assert (messy.eng.stats.fixes_late, messy.eng.stats.fixes_duplicate) == (395, 400 + 395)
+    # In arrival order: his fix again is a duplicate; his fix of 5 s ago and her previous
+    # fix, after her new one, are late.
+    assert (messy.eng.stats.fixes_late, messy.eng.stats.fixes_duplicate) == (2 * 395, 400)
 
 
 def test_repeated_short_entries_into_the_warning_band_are_boundary_probing() -> None:
-    run = Run(RuleConfig(reporting_interval_s=1e9, renotify_s=1e9))
+    # Top speed 0: her fix of 10 s ago, when his arrives, is as certain as it was.
+    run = Run(RuleConfig(reporting_interval_s=1e9, renotify_s=1e9), top_speed_mps=0.0)
     near, away = offset(*HOME, 0.0, 950.0), offset(*HOME, 0.0, 1200.0)
     v = [Fix("v", T0 + t, T0 + t, *HOME, 5.0) for t in range(0, 4000, 60)]
     run.second(0, v[0])
@@ -197,7 +217,9 @@ def test_reminders_stop_on_acknowledgement_and_a_closed_alarm_stays_silent() -> 
     rules = RuleConfig(
         reporting_interval_s=1e9, renotify_s=120.0, escalate_after_s=600.0, confirm_s=0.0
     )
-    run = Run(rules)  # no confirmation time: the first fixes' breach is an alarm at once
+    # No confirmation time: the first fixes' breach is an alarm at once. Top speed 0: her fix
+    # of 10 s ago, when his arrives, is as certain as it was.
+    run = Run(rules, top_speed_mps=0.0)
     at = offset(*HOME, 0.0, 300.0)
 
     def both(t: float) -> list[AlarmEvent]:
