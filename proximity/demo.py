@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
+from proximity.clock import now as clock_now
 from proximity.errors import ProximityError
 from proximity.registry import Registry
 from simulator.broker import LocalBroker
@@ -64,6 +65,40 @@ class _Listener:
                 self.status = body
             elif msg.topic == "cic/alarms":
                 self.alarms.append((arrived, body))
+
+
+#: The headings of the summary's lines, in the order printed ("zones" only with zones).
+SUMMARY_HEADINGS = ("simulated", "fixes", "rejected", "alarms", "ground truth", "zones", "latency")
+
+
+def alarm_line(elapsed_s: float, a: dict[str, Any], latency_ms: float) -> str:
+    """The line the demo prints for alarm message ``a``, received ``elapsed_s`` after the
+    devices started, ``latency_ms`` after the fix that caused it was published (NaN: not
+    known). The README's sample is held to this format by a test."""
+    verdict = str(a.get("classification") or "").replace("_breach", "")
+    cause = (
+        f"latency {latency_ms:.1f} ms"
+        if a["trigger"].get("cause") == "fix"
+        else "(sweep: no new fix)"
+    )
+    p = a["probability"] if a["probability"] is not None else float("nan")
+    if a.get("zone"):
+        inside = a["zone_inside_m"]
+        side = f"{inside:.0f} m inside" if inside >= 0 else f"{-inside:.0f} m outside"
+        where = (
+            f"{a['offender']['device']} {side} {a['zone_kind']} zone"
+            f' "{a["zone"]}" +-{a["uncertainty_m"] or 0:.0f}'
+        )
+    else:
+        where = (
+            f"{a['offender']['device']} -> {a['victim']['device']}"
+            f"  {a['distance_m']:6.0f} m +-{a['uncertainty_m'] or 0:.0f}"
+            f" (order {a['order_distance_m']:.0f} m)"
+        )
+    return (
+        f"  {elapsed_s:6.1f}s  {a['type'].upper():9s} {a['state'].upper():6s}"
+        f" {a['level']:10s} {a['case_id']}  {where} {verdict:8s} p={p:.2f}  {cause}"
+    )
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -127,31 +162,7 @@ def run_demo(opts: DemoOptions) -> int:
                 new = listener.alarms[printed:]
                 printed = len(listener.alarms)
             for arrived, a in new:
-                lat_ms = _latency_ms(fleet, arrived, a)
-                verdict = str(a.get("classification") or "").replace("_breach", "")
-                cause = (
-                    f"latency {lat_ms:.1f} ms"
-                    if a["trigger"].get("cause") == "fix"
-                    else "(sweep: no new fix)"
-                )
-                p = a["probability"] if a["probability"] is not None else float("nan")
-                if a.get("zone"):
-                    inside = a["zone_inside_m"]
-                    side = f"{inside:.0f} m inside" if inside >= 0 else f"{-inside:.0f} m outside"
-                    where = (
-                        f"{a['offender']['device']} {side} {a['zone_kind']} zone"
-                        f' "{a["zone"]}" +-{a["uncertainty_m"] or 0:.0f}'
-                    )
-                else:
-                    where = (
-                        f"{a['offender']['device']} -> {a['victim']['device']}"
-                        f"  {a['distance_m']:6.0f} m +-{a['uncertainty_m'] or 0:.0f}"
-                        f" (order {a['order_distance_m']:.0f} m)"
-                    )
-                say(
-                    f"  {arrived - t0:6.1f}s  {a['type'].upper():9s} {a['state'].upper():6s}"
-                    f" {a['level']:10s} {a['case_id']}  {where} {verdict:8s} p={p:.2f}  {cause}"
-                )
+                say(alarm_line(arrived - t0, a, _latency_ms(fleet, arrived, a)))
             if not injected and now > opts.duration_s / 3:
                 injected = True
                 # Bad input must be rejected with a reason and never stop the engine.
@@ -159,7 +170,7 @@ def run_demo(opts: DemoOptions) -> int:
                 fleet.publish_raw("devices/tag-001/fix", b'{"ts": 1, "lat": 95.0, "lon": 4.3}')
                 fleet.publish_raw(
                     "devices/unknown-99/fix",
-                    orjson.dumps({"ts": time.time(), "lat": 50.8, "lon": 4.3, "acc": 5}),
+                    orjson.dumps({"ts": clock_now(), "lat": 50.8, "lon": 4.3, "acc": 5}),
                 )
                 say(f"  {now:6.1f}s  (published 3 malformed messages: the engine must reject them)")
             if now >= next_progress:

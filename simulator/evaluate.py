@@ -36,6 +36,7 @@ import paho.mqtt.client as mqtt
 
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
+from proximity.clock import now as clock_now
 from proximity.errors import ProximityError
 from proximity.registry import Registry
 from proximity.settings import Settings
@@ -371,7 +372,7 @@ def run_once(
     engine: EngineProcess | None = None
     try:
         for _attempt in range(3):
-            epoch = time.time() + lead
+            epoch = clock_now() + lead  # on the engine's clock (PROXIMITY_CLOCK_OFFSET_S)
             engine = EngineProcess(
                 broker_url,
                 db,
@@ -388,7 +389,7 @@ def run_once(
             )
             started = time.time()
             engine.start()
-            if time.time() < epoch - 0.5:
+            if clock_now() < epoch - 0.5:
                 break
             engine.stop()
             lead = 2 * lead + (time.time() - started)
@@ -448,10 +449,10 @@ def _publish(
     lag_max = 0.0
     acks: list[tuple[float, str]] = []
     wall0 = time.time()
-    while time.time() < epoch:
-        time.sleep(min(0.05, max(0.0, epoch - time.time())))
+    while clock_now() < epoch:
+        time.sleep(min(0.05, max(0.0, epoch - clock_now())))
     while i < n:
-        now_s = (time.time() - epoch) * x
+        now_s = (clock_now() - epoch) * x
         j = int(np.searchsorted(sc.t, now_s, side="right"))
         if j > i:
             open_ = cic.alarm_open[case_of[sc.dev[i:j]]]
@@ -470,7 +471,7 @@ def _publish(
                 pub[r] = time.time()
                 client.publish(topics[sc.dev[r]], payload, qos=FIX_QOS)
                 published += 1
-            lag_max = max(lag_max, (time.time() - epoch) * x - float(sc.t[j - 1]))
+            lag_max = max(lag_max, (clock_now() - epoch) * x - float(sc.t[j - 1]))
             i = j
         # The operator acknowledges each new alarm ack_after_s (scenario time) after it opened.
         with cic.lock:
@@ -504,7 +505,7 @@ def _publish(
                 + engine.log.read_text(errors="replace")[-3000:]
             )
         if i < n:
-            wait = epoch + float(sc.t[i]) / x - time.time()
+            wait = epoch + float(sc.t[i]) / x - clock_now()
             if wait > 0:
                 time.sleep(min(wait, 0.05))
     progress.show(1.0, f"{published:,} fixes published", force=True)

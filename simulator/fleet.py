@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
+from proximity.clock import now as clock_now
 from proximity.messages import iso_utc
 from simulator.scenario import Scenario, noisy_fix
 
@@ -48,7 +49,7 @@ class Fleet:
         devices = sorted(self.scenario.tracks)
         phase = {d: float(self._rng.uniform(0, self.interval_s)) for d in devices}
         seq = dict.fromkeys(devices, 0)
-        start_wall = time.time()
+        start_wall = clock_now()  # the engine's clock (proximity.clock)
         start = time.perf_counter()
         next_due = dict(phase)
         while not stop.is_set():

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -15,10 +16,21 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.clock import now as clock_now
 from simulator.broker import BrokerError, LocalBroker, find_mosquitto
 from simulator.process import EngineProcess
 
 WAIT_S = 20.0
+
+#: scripts/test runs the tests marked ``wallclock`` a second time with this set (and the
+#: engine's clock, through PROXIMITY_CLOCK_OFFSET_S, a year ahead): only they are collected.
+ONLY_WALLCLOCK = "PROXIMITY_TEST_ONLY_WALLCLOCK"
+
+
+def now() -> float:
+    """The test's clock: the wall clock moved as the engine's (PROXIMITY_CLOCK_OFFSET_S). Fix
+    times are taken from it, never written as dates."""
+    return clock_now()
 
 
 def _have_mosquitto() -> bool:
@@ -30,6 +42,10 @@ def _have_mosquitto() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(ONLY_WALLCLOCK):
+        keep = [i for i in items if "wallclock" in i.keywords]
+        config.hook.pytest_deselected(items=[i for i in items if "wallclock" not in i.keywords])
+        items[:] = keep
     if _have_mosquitto():
         return
     skip = pytest.mark.skip(reason="mosquitto is not installed (scripts/test installs it)")
@@ -88,7 +104,7 @@ class Publisher:
         self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
 
     def fix(self, device: str, lat: float, lon: float, acc: float = 5.0, **extra: Any) -> None:
-        body = {"ts": extra.pop("ts", time.time()), "lat": lat, "lon": lon, "acc": acc, **extra}
+        body = {"ts": extra.pop("ts", now()), "lat": lat, "lon": lon, "acc": acc, **extra}
         self.raw(f"devices/{device}/fix", orjson.dumps(body))
 
     def close(self) -> None:

@@ -246,6 +246,7 @@ def test_recorded_tracks_replayed_so_that_they_meet() -> None:
 
 
 @pytest.mark.broker
+@pytest.mark.wallclock
 def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> None:
     with LocalBroker() as broker:
         doc = run_evaluation(
@@ -290,6 +291,7 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
     assert "direct" in (tmp_path / "direct" / "report.html").read_text()
 
 
+@pytest.mark.wallclock
 def test_a_direct_run_reports_faster_while_an_alarm_is_open(tmp_path: Path) -> None:
     def run(alarm_interval_s: float | None) -> dict[str, Any]:
         opts = EvalOptions(

@@ -7,7 +7,6 @@ alarm has arrived, any alarm the earlier fixes caused would already be there.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,11 +17,11 @@ import pytest
 
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, running_engine
+from tests.conftest import Listener, Publisher, now, run_cli, running_engine
 from tests.naive import geod_distance_m, offset
 from tests.test_formats import VALIDATOR
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
 
 #: These tests place a device anywhere at once to set up each situation, which the
 #: implausible-jump filter would set aside; the filter has its own tests. Levels are left
@@ -227,9 +226,9 @@ def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(
     pub.fix("phone-5", *victim)
     pub.raw("devices/tag-5/fix", b"\x00\xff not json")
     pub.raw("devices/tag-5/fix", b"[1, 2, 3]")
-    pub.raw("devices/tag-5/fix", orjson.dumps({"ts": time.time(), "lat": 123.0, "lon": 4.3}))
+    pub.raw("devices/tag-5/fix", orjson.dumps({"ts": now(), "lat": 123.0, "lon": 4.3}))
     pub.raw("devices/tag-5/fix", b'{"lat": 50.0, "lon": 4.3}')
-    pub.raw("devices/nobody/fix", b'{"ts": 1795428000, "lat": 50.0, "lon": 4.3, "acc": 5}')
+    pub.raw("devices/nobody/fix", orjson.dumps({"ts": now(), "lat": 50.0, "lon": 4.3, "acc": 5}))
     pub.fix("tag-5", *offset(*victim, 80.0, 250.0))
     alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0005")
     assert alarm["distance_m"] == pytest.approx(250.0, abs=1.0)

@@ -3,7 +3,6 @@ back, a victim's panic button, a tag's strap removed, and a bad event rejected."
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,10 +11,10 @@ import pytest
 
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, running_engine
+from tests.conftest import Listener, Publisher, now, running_engine
 from tests.naive import offset
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
 
 HOME = (50.8300, 4.4000)
 
@@ -58,7 +57,7 @@ def cic(broker: LocalBroker, setup: EngineProcess) -> Iterator[Listener]:
 
 
 def event(pub: Publisher, device: str, kind: str, **extra: Any) -> None:
-    body = {"ts": time.time(), "type": kind, **extra}
+    body = {"ts": now(), "type": kind, **extra}
     pub.raw(f"devices/{device}/event", orjson.dumps(body))
 
 

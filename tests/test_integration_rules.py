@@ -15,10 +15,10 @@ import pytest
 
 from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, run_cli, running_engine
+from tests.conftest import Listener, Publisher, now, run_cli, running_engine
 from tests.naive import offset
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
 
 HOME = (50.8700, 4.3000)
 SUMMARY = {"offender_name": "K. Claes", "victim_name": "L. Wouters"}
@@ -93,14 +93,14 @@ def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
     # second, is sent at once (only settled estimates predict: a device's first fixes
     # cannot); then one fix every 0.1 s, each stamped as it is sent, until the approach
     # (which must hold for 3 s).
-    t0 = time.time() - 30.0
+    t0 = now() - 30.0
     pub.fix("phone-a", *victim, ts=t0)
     pub.fix("phone-a", *victim, ts=t0 + 20.0)
     start = offset(*victim, 300.0, 2200.0)
     for k in range(30):
         pub.fix("tag-a", *offset(*start, 120.0, 20.0 * k), ts=t0 + k)
     for _ in range(100):
-        t = time.time()
+        t = now()
         pub.fix("tag-a", *offset(*start, 120.0, 20.0 * (t - t0)), ts=t)
         time.sleep(0.1)
         if any(m["type"] == "approach" for m in of(cic, "BE-R-APPROACH")):
@@ -174,7 +174,7 @@ def test_the_cic_acknowledges_and_closes_alarms_on_cic_acks(pub: Publisher, cic:
         "cic/alarms",
         lambda m: m["case_id"] == "BE-R-PROBE" and m["level"] in ("alarm", "escalation"),
     )
-    ack = {"alarm_id": alarm["alarm_id"], "operator": "CIC Brussels, desk 4", "ts": time.time()}
+    ack = {"alarm_id": alarm["alarm_id"], "operator": "CIC Brussels, desk 4", "ts": now()}
     pub.raw("cic/acks", orjson.dumps(ack))
     acked = cic.wait_for(
         "cic/alarms", lambda m: m["alarm_id"] == alarm["alarm_id"] and m["state"] == "acknowledged"
@@ -203,7 +203,7 @@ def test_a_victim_running_owntracks_is_protected_like_any_device(
         "lat": victim[0],
         "lon": victim[1],
         "acc": 8.5,
-        "tst": int(time.time()),
+        "tst": int(now()),
         "tid": "ja",
     }
     pub.raw("owntracks/jane/pixel", orjson.dumps(body))
@@ -225,7 +225,7 @@ def test_an_offender_reporting_by_http_with_his_secret_is_watched(
     victim = (HOME[0] + 0.35, HOME[1])
     pub.fix("phone-o", *victim)
     lat, lon = offset(*victim, 200.0, 120.0)
-    q = f"id=tag-o&timestamp={time.time():.3f}&lat={lat}&lon={lon}&accuracy=6"
+    q = f"id=tag-o&timestamp={now():.3f}&lat={lat}&lon={lon}&accuracy=6"
     base = f"http://127.0.0.1:{HTTP_PORT}/osmand"
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(f"{base}/not-the-secret?{q}", timeout=5)

@@ -3,7 +3,6 @@ and left, and a curfew that starts while the offender is away (no new fix needed
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,10 +14,10 @@ from geofence.model import circle, feature_collection
 from proximity.engine import Engine
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
-from tests.conftest import Listener, Publisher, running_engine
+from tests.conftest import Listener, Publisher, now, running_engine
 from tests.naive import offset
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
 
 #: These tests place a device anywhere at once to set up each situation, which the
 #: implausible-jump filter would set aside; the filter has its own tests.
@@ -71,7 +70,7 @@ def setup(
     # Compile (or load) the kernels here, so the engine's start below is a cache load and
     # the curfew's start can be close.
     Engine([]).warm_up()
-    curfew_start = float(int(time.time() + CURFEW_LEAD_S))
+    curfew_start = float(int(now() + CURFEW_LEAD_S))
     home = circle(
         HOME[1],
         HOME[0],
@@ -134,7 +133,7 @@ def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fi
     pub: Publisher, cic: Listener, setup: tuple[EngineProcess, float]
 ) -> None:
     _, start = setup
-    assert time.time() < start - 1.0, "the engine took too long to start; raise CURFEW_LEAD_S"
+    assert now() < start - 1.0, "the engine took too long to start; raise CURFEW_LEAD_S"
     pub.fix("phone-c", *VICTIM)
     pub.fix("tag-c", *offset(*HOME, 70.0, 3000.0))  # 3 km from home, before the curfew
     alarm = cic.wait_for(
