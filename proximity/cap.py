@@ -47,8 +47,8 @@ _CERTAINTY = {
     "clear": "Unlikely",
 }
 _INSTRUCTION = {
-    "pre_alert": "Contact the offender and tell him to move away; the protected person need"
-    " not be alarmed.",
+    "pre_alert": "Contact the offender and tell the offender to move away; the protected"
+    " person need not be alarmed.",
     "alarm": "Alert the protected person and send an intervention team with the case file.",
     "escalation": "Highest priority: send the nearest intervention team to the protected"
     " person now.",

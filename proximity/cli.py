@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  proximity evaluate\n"
         "  proximity evaluate stationary,indoor-pass --pairs 10 --speed 120\n"
         "  proximity evaluate walk-home,stationary --sweep confirm_s=0,5,15,30\n"
-        "  proximity evaluate none --replay his.gpx:her.csv --speed 10\n"
+        "  proximity evaluate none --replay offender.gpx:protected.csv --speed 10\n"
         "  proximity evaluate stationary,indoor-pass --pairs 400 --direct\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -381,15 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="OFFENDER[:VICTIM]",
-        help="replay recorded tracks (GPX or CSV) as a case: his, and hers moved in time and"
-        " place so that they meet; without hers she stands on his route (repeatable)",
+        help="replay recorded tracks (GPX or CSV) as a case: the offender's, and the protected"
+        " person's moved in time and place so that they meet; without it the protected person"
+        " stands on the offender's route (repeatable)",
     )
     ev.add_argument(
         "--meet",
         type=float,
         default=0.5,
         metavar="F",
-        help="where replayed tracks meet, as a fraction of his recording (default: 0.5)",
+        help="where replayed tracks meet, as a fraction of the offender's recording (default: 0.5)",
     )
     ev.add_argument(
         "--ack-after",

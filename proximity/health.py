@@ -131,9 +131,10 @@ class DeviceWatch:
                 self.alarm_ids[key] = alarm_id
                 who = "offender" if is_offender else "protected person"
                 consequence = (
-                    "his distance to the protected person and his zones cannot be assessed"
+                    "the distance to the protected person and the offender's zones cannot be"
+                    " assessed"
                     if is_offender
-                    else "her distance to the offender cannot be assessed"
+                    else "the distance to the offender cannot be assessed"
                 )
                 reason = (
                     f"no message from {who} device {dev} for {quiet_s:.0f} s ({limit});"

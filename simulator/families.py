@@ -279,7 +279,7 @@ def walk_home(rng: np.random.Generator, duration_s: float) -> Draft:
     stop = _polar(float(rng.uniform(60, 250)), a + float(rng.uniform(-0.6, 0.6)))
     off = Path.at(start).wait_until(float(rng.uniform(60, 300)))
     off.go(rng, grid_route(rng, start, stop), WALK)
-    return _she_is_home(rng, off, "walking", duration_s, "walks to her home")
+    return _she_is_home(rng, off, "walking", duration_s, "walks to the protected person's home")
 
 
 def drive_to_walker(rng: np.random.Generator, duration_s: float) -> Draft:
@@ -310,7 +310,7 @@ def drive_to_walker(rng: np.random.Generator, duration_s: float) -> Draft:
         _street_error(rng),
         _street_error(rng),
         duration_s,
-        note="drives to her while she walks",
+        note="the offender drives to the protected person, who walks",
     )
 
 
@@ -381,7 +381,7 @@ def indoor_pass(rng: np.random.Generator, duration_s: float) -> Draft:
         _street_error(rng),
         home,
         duration_s,
-        note="she is indoors; he passes at a safe distance",
+        note="the protected person is indoors; the offender passes at a safe distance",
     )
 
 
@@ -397,7 +397,11 @@ def silent_approach(rng: np.random.Generator, duration_s: float) -> Draft:
     back = off.t[-1] + float(rng.uniform(60, 300))
     comes_back = bool(rng.random() < 0.5)
     end = back if comes_back and back < duration_s - 120 else duration_s
-    note = "silent, then back on near her" if end < duration_s else "silent to the end"
+    note = (
+        "silent, then back on near the protected person"
+        if end < duration_s
+        else "silent to the end"
+    )
     return _she_is_home(rng, off, "walking", duration_s, note, silent=((t_silent, end),))
 
 
