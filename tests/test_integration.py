@@ -188,7 +188,9 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     assert len(alarms_of(cic, "BE-2026-0001")) == 3
 
 
-def test_offender_at_600_m_raises_only_a_pre_alert(pub: Publisher, cic: Listener) -> None:
+def test_offender_at_600_m_raises_only_a_pre_alert(
+    pub: Publisher, cic: Listener, engine: EngineProcess
+) -> None:
     victim = (HOME[0] + 0.1, HOME[1])
     pub.fix("phone-2", *victim)
     pub.fix("tag-2", *offset(*victim, 135.0, 600.0))  # south-east
@@ -196,6 +198,20 @@ def test_offender_at_600_m_raises_only_a_pre_alert(pub: Publisher, cic: Listener
     barrier(pub, cic)
     [pre] = alarms_of(cic, "BE-2026-0002")
     assert (pre["state"], pre["level"], pre["classification"]) == ("open", "pre_alert", "warning")
+    # The engine's log: a pre-alert is information, a breach alarm (the barrier's) a warning.
+    assert log_levels(engine, pre["alarm_id"]) == ["INFO"]
+    [opened] = [m for m in alarms_of(cic, "BE-2026-SENT") if m["state"] == "open"][-1:]
+    assert opened["level"] in ("alarm", "escalation")
+    assert log_levels(engine, opened["alarm_id"])[0] == "WARNING"
+
+
+def log_levels(engine: EngineProcess, alarm_id: str) -> list[str]:
+    """The levels of the engine's log lines about alarm ``alarm_id``, in order."""
+    return [
+        line.split()[2]
+        for line in engine.log.read_text().splitlines()
+        if f" alarm {alarm_id[:8]} " in line
+    ]
 
 
 def test_victim_protected_from_two_offenders_gets_two_independent_alarms(
