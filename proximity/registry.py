@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -110,6 +112,22 @@ class Registry:
     ) -> None:
         self.close()
 
+    @contextmanager
+    def _transaction(self, failed: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back on any error; a
+        database error becomes a RegistryError that starts with ``failed``."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise RegistryError(f"{failed}: {exc}") from exc
+            raise
+        db.execute("COMMIT")
+
     def import_file(self, case_file: CaseFile) -> ImportReport:
         """Write every case and device of the file in one transaction (all or nothing).
 
@@ -118,9 +136,7 @@ class Registry:
         now = datetime.now(UTC).isoformat()
         created: list[str] = []
         updated: list[str] = []
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self._transaction(f"import into {self.path} failed, nothing written") as db:
             for case in case_file.cases:
                 exists = db.execute("SELECT 1 FROM cases WHERE id=?", (case.id,)).fetchone()
                 (updated if exists else created).append(case.id)
@@ -163,25 +179,15 @@ class Registry:
                     " ON CONFLICT(id) DO UPDATE SET info=excluded.info",
                     (dev.id, json.dumps(dict(dev.info), ensure_ascii=False)),
                 )
-            db.execute("COMMIT")
-        except BaseException as exc:
-            db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise RegistryError(
-                    f"import into {self.path} failed, nothing written: {exc}"
-                ) from exc
-            raise
         return ImportReport(tuple(created), tuple(updated), len(case_file.devices))
 
     def remove_case(self, case_id: str, *, keep_devices: bool = False) -> RemoveReport | None:
         """Remove a case and its device memberships, in one transaction; None if there is no
         such case. The descriptions of its devices that no other case uses go with it, unless
         ``keep_devices``. The evidence record is another file and is not touched."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        failed = f"removing case {case_id} from {self.path} failed, nothing changed"
+        with self._transaction(failed) as db:
             if db.execute("SELECT 1 FROM cases WHERE id=?", (case_id,)).fetchone() is None:
-                db.execute("ROLLBACK")
                 return None
             members = db.execute(
                 "SELECT device_id, role FROM case_devices WHERE case_id=? ORDER BY role, position",
@@ -206,15 +212,6 @@ class Registry:
                 else:
                     db.execute("DELETE FROM devices WHERE id=?", (device_id,))
                     removed.append(device_id)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.DatabaseError):
-                raise RegistryError(
-                    f"removing case {case_id} from {self.path} failed, nothing changed: {exc}"
-                ) from exc
-            raise
         return RemoveReport(
             case_id,
             tuple(d for d, role in members if role == "offender"),
