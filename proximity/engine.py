@@ -75,6 +75,9 @@ ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 APPROACH_NAMESPACE = uuid.UUID("2b8e4f61-7d0c-4a35-b1e9-8c3f5a6d2e47")
 PROBING_NAMESPACE = uuid.UUID("9d4a1c7e-3f28-4b6d-a05e-71c2e8f94b13")
 
+#: A fix stamped more than this after its arrival is counted as from a clock that runs ahead
+#: (``fixes_clock_ahead``); any fix stamped after its arrival counts as taken at its arrival.
+CLOCK_SKEW_S = 1.0
 #: A fix stands as current evidence until its device's next report is due, plus this.
 EVIDENCE_SLACK_S = 3.0
 #: How many alarms (open or ended) are remembered for operator acknowledgement and closing.
@@ -95,6 +98,7 @@ class EngineStats:
     fixes_late: int = 0
     fixes_duplicate: int = 0
     fixes_implausible: int = 0
+    fixes_clock_ahead: int = 0
     pairs_evaluated: int = 0
     zones_evaluated: int = 0
     sweeps: int = 0
@@ -193,6 +197,7 @@ class Engine:
         )
         self._anchor = np.full(len(self.pairs), np.nan)  # see _approach
         self._t_unchecked = np.full(len(ids), np.nan)  # see _apply
+        self._t_stamped = np.full(len(ids), np.nan)  # each device's newest stamp (see _apply)
         self._restarted_t = np.full(len(self.pairs), -np.inf)  # see _decide
         self._probe_pending = np.zeros(len(self.pairs), dtype=bool)  # see _decide
         self._anchor_t = np.full(len(self.pairs), np.nan)
@@ -435,27 +440,37 @@ class Engine:
         """Write one round's fixes (decided at ``t``, parallel to ``rows``) into the device
         table; return the slots that took a fix and those fixes' times. Late and duplicate
         fixes (not newer than the device's last one) never move state back; implausible
-        jumps are set aside (:mod:`proximity.quality`)."""
+        jumps are set aside (:mod:`proximity.quality`).
+
+        A fix stamped after it arrived (its device's clock is ahead) counts as taken when it
+        arrived: a fix from the future would otherwise make every real fix after it "late"
+        until the real clock caught up (up to the 300 s the edge allows), and hide a breach
+        for that long. Its own stamp still tells a repeat of it: a fix stamped ahead of its
+        arrival is new only if its stamp is newer than every stamp its device sent before
+        (a repeat of an earlier one is a duplicate, or late)."""
         dev = self.devices
         st = self.stats
         slots = batch.slot[rows]
-        t_fix = batch.t_fix[rows]
+        stamped = batch.t_fix[rows]
+        t_fix = np.minimum(stamped, batch.t_recv[rows])
+        st.fixes_clock_ahead += int(np.count_nonzero(stamped > batch.t_recv[rows] + CLOCK_SKEW_S))
         # NaN (no fix yet) compares False: a device's first fix is always new.
-        duplicate = t_fix == dev.t_fix[slots]
-        late = t_fix < dev.t_fix[slots]
+        ahead = stamped > batch.t_recv[rows]
+        seen = self._t_stamped[slots]  # the newest stamp of the device so far
+        duplicate = (t_fix == dev.t_fix[slots]) | (ahead & (stamped == seen))
+        late = ~duplicate & ((t_fix < dev.t_fix[slots]) | (ahead & (stamped < seen)))
         st.fixes_late += int(late.sum())
         st.fixes_duplicate += int(duplicate.sum())
         keep = ~(late | duplicate)
-        rows = rows[keep]
-        slots = slots[keep]
-        t = t[keep]
+        rows, slots = rows[keep], slots[keep]
+        t, t_fix, stamped = t[keep], t_fix[keep], stamped[keep]
         if slots.size == 0:
             return slots, t
         use = self.quality.screen(
             slots,
             batch.lat[rows],
             batch.lon[rows],
-            batch.t_fix[rows],
+            t_fix,
             batch.acc_m[rows],
             dev.lat[slots],
             dev.lon[slots],
@@ -463,23 +478,21 @@ class Engine:
             dev.acc_m[slots],
         )
         st.fixes_implausible += int(slots.size - use.sum())
-        rows = rows[use]
-        slots = slots[use]
-        t = t[use]
+        rows, slots = rows[use], slots[use]
+        t, t_fix, stamped = t[use], t_fix[use], stamped[use]
         # A fix that nothing checks: a device's first, or its first after a dropout (more
         # than twice its reporting interval): across the gap, the motion filter's prediction
         # and the jump rule allow almost anything, and a multipath burst passes for a walk.
         # Like a jump, it cannot make a breach certain until confirm_s of later fixes.
-        gap = batch.t_fix[rows] - dev.t_fix[slots]  # NaN: the first fix
+        gap = t_fix - dev.t_fix[slots]  # NaN: the first fix
         unchecked = ~(gap <= 2.0 * self.health.interval_s[slots] + EVIDENCE_SLACK_S)
-        self._t_unchecked[slots[unchecked]] = batch.t_fix[rows][unchecked]
+        self._t_unchecked[slots[unchecked]] = t_fix[unchecked]
         dev.acc_m[slots] = batch.acc_m[rows]
-        dev.t_fix[slots] = batch.t_fix[rows]
+        dev.t_fix[slots] = t_fix
         dev.t_recv[slots] = batch.t_recv[rows]
         dev.seq[slots] = batch.seq[rows]
-        self.core.apply(
-            slots, batch.lat[rows], batch.lon[rows], batch.t_fix[rows], batch.acc_m[rows], t
-        )
+        self._t_stamped[slots] = np.fmax(self._t_stamped[slots], stamped)
+        self.core.apply(slots, batch.lat[rows], batch.lon[rows], t_fix, batch.acc_m[rows], t)
         st.fixes_applied += int(slots.size)
         self.used_rows.append(rows)
         return slots, t

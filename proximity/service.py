@@ -147,6 +147,7 @@ class EngineService:
                 "fixes_late": st.fixes_late,
                 "fixes_duplicate": st.fixes_duplicate,
                 "fixes_implausible": st.fixes_implausible,
+                "fixes_clock_ahead": st.fixes_clock_ahead,
                 "batches": st.batches,
                 "max_batch": st.max_batch,
                 "pairs_evaluated": st.pairs_evaluated,

@@ -298,3 +298,25 @@ def test_entries_closer_than_the_minimum_gap_are_one_visit() -> None:
     assert [c.enter(0, t) for t in (0.0, 60.0, 120.0, 180.0)] == [False] * 4
     # Separate visits (each 400 s after the last entry, flicker or not): the third probes.
     assert [c.enter(0, t) for t in (580.0, 980.0)] == [False, True]
+
+
+def test_a_fix_from_the_future_makes_no_real_fix_late() -> None:
+    # His tag's clock jumps 290 s ahead for one fix (the edge allows up to 300 s). That fix
+    # counts as taken when it arrived; his real fixes after it are used, and his walk in to
+    # 200 m of her is alarmed as if the bad one had never come. A repeat of it is a duplicate.
+    def walk_in(future: bool) -> Run:
+        run = Run(top_speed_mps=3.0)
+        for t in range(90):
+            o = offset(*HOME, 0.0, 800.0 if t < 30 else 200.0)
+            fixes = [Fix("v", T0 + t, T0 + t, *HOME, 5.0), Fix("o", T0 + t, T0 + t, *o, 5.0)]
+            if future and t in (10, 12):  # the same bad fix, sent twice
+                fixes[1] = Fix("o", T0 + 10 + 290, T0 + t, *o, 5.0)
+            run.second(t, *fixes)
+        return run
+
+    clean, poisoned = walk_in(False), walk_in(True)
+    raised = [(e.t_decided, e.level) for e in poisoned.events if rises_to_alarm(e)]
+    assert raised and raised == [(e.t_decided, e.level) for e in clean.events if rises_to_alarm(e)]
+    assert raised[0][0] - T0 <= 30 + RuleConfig().confirm_s + 2  # a jump in: confirmed
+    st = poisoned.eng.stats
+    assert (st.fixes_clock_ahead, st.fixes_duplicate, st.fixes_late) == (2, 1, 0)
