@@ -1,5 +1,12 @@
 """Pure decoders: ``bytes -> Fix | DeviceEvent | Rejection``. They never raise on any input.
 
+Every decoder is total: any bytes, and any JSON value where a field is expected (a list or an
+object instead of a number or a text, a huge number, a deeply nested value), give a
+:class:`~ingest.model.Rejection` with the specific reason (``bad_type``, ``out_of_range``,
+``bad_timestamp``, ...). Details quote input values through :func:`shown`, which never
+renders a container (a value nested 1,000 deep would exhaust the recursion limit) nor more
+than :data:`SHOWN_CHARS` characters of a text.
+
 The native fix format (DESIGN.md) on ``devices/{device_id}/fix`` is a JSON object::
 
     {"ts": "2026-11-23T10:00:00Z" | 1795428000.0, "lat": 50.85, "lon": 4.35, "acc": 8,
@@ -39,6 +46,12 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_FUTURE_S = 300.0
 #: Fix times before 2000-01-01 are a device that has not synchronised its clock.
 MIN_EPOCH_S = 946684800.0
+#: Epoch seconds at or beyond this (year 5138) are not a time but a unit or clock fault.
+MAX_EPOCH_S = 1e11
+#: An ISO 8601 time is at most this long ("2026-11-23T10:00:00.123456+01:00" is 32).
+MAX_ISO_CHARS = 64
+#: How many characters of an input text a rejection's detail quotes.
+SHOWN_CHARS = 40
 #: A fix taken longer than this before it arrived is a broken clock, not a buffered fix (a
 #: phone that was offline delivers hours-old fixes, which are kept for the record).
 MAX_PAST_S = 7 * 86400.0
@@ -68,11 +81,58 @@ EVENT_TOPIC_SUFFIX = "/event"
 ACK_TOPIC = "cic/acks"
 
 
-class _InvalidError(Exception):
+class InvalidInputError(Exception):
+    """A field of a message is wrong: ``reason`` is the rejection's code, ``detail`` its
+    sentence. Raised by :func:`parse_timestamp` and the field readers; the decoders turn it
+    into a :class:`~ingest.model.Rejection`."""
+
     def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+def shown(value: object) -> str:
+    """A short description of an input value for a rejection's detail: numbers and short
+    texts as written, long texts cut, lists and objects by their kind only.
+
+    >>> shown("panic")
+    "'panic'"
+    >>> shown(["panic"])
+    'a list'
+    >>> shown("x" * 100)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100 characters)"
+    """
+    if isinstance(value, str):
+        if len(value) <= SHOWN_CHARS:
+            return repr(value)
+        return f"{value[:SHOWN_CHARS]!r}... ({len(value)} characters)"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's type, for "must be a number, got ..." details."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
 
 
 def device_from_fix_topic(topic: str, suffix: str = FIX_TOPIC_SUFFIX) -> str | None:
@@ -98,17 +158,20 @@ def _number(obj: dict[str, Any], key: str, lo: float, hi: float, required: bool)
     value = obj.get(key)
     if value is None:
         if required:
-            raise _InvalidError(RejectReason.MISSING_FIELD, f"field '{key}' is required")
+            raise InvalidInputError(RejectReason.MISSING_FIELD, f"field '{key}' is required")
         return math.nan
     # bool is an int in Python; true/false is never a coordinate.
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _InvalidError(
-            RejectReason.BAD_TYPE, f"field '{key}' must be a number, got {type(value).__name__}"
+        raise InvalidInputError(
+            RejectReason.BAD_TYPE, f"field '{key}' must be a number, got {_kind(value)}"
         )
-    x = float(value)
+    try:
+        x = float(value)
+    except OverflowError:  # an integer beyond any float
+        x = math.inf
     if not (lo <= x <= hi):  # also rejects NaN and infinities
-        raise _InvalidError(
-            RejectReason.OUT_OF_RANGE, f"field '{key}' = {value!r} is outside [{lo}, {hi}]"
+        raise InvalidInputError(
+            RejectReason.OUT_OF_RANGE, f"field '{key}' = {shown(value)} is outside [{lo}, {hi}]"
         )
     return x
 
@@ -120,34 +183,47 @@ def parse_timestamp(value: object) -> float:
     1795428000.0
     >>> parse_timestamp(1795428000)
     1795428000.0
+
+    Raises :class:`InvalidInputError` (``bad_timestamp``) for anything else, whatever its
+    type: an ISO 8601 text must be ASCII (``datetime`` would read other scripts' digits).
     """
     if isinstance(value, bool):
-        raise _InvalidError(
+        raise InvalidInputError(
             RejectReason.BAD_TIMESTAMP, "field 'ts' must be ISO 8601 or epoch seconds"
         )
     if isinstance(value, int | float):
-        t = float(value)
+        try:
+            t = float(value)
+        except OverflowError:  # an integer beyond any float
+            t = math.inf
     elif isinstance(value, str):
+        if len(value) > MAX_ISO_CHARS or not value.isascii():
+            raise InvalidInputError(
+                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not ISO 8601"
+            )
         try:
             dt = datetime.fromisoformat(value)
         except ValueError as exc:
-            raise _InvalidError(
-                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not ISO 8601"
+            raise InvalidInputError(
+                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not ISO 8601"
             ) from exc
         if dt.tzinfo is None:
-            raise _InvalidError(
+            raise InvalidInputError(
                 RejectReason.BAD_TIMESTAMP,
-                f"field 'ts' = {value!r} has no UTC offset; send e.g. '2026-11-23T10:00:00Z'",
+                f"field 'ts' = {shown(value)} has no UTC offset; send e.g. '2026-11-23T10:00:00Z'",
             )
-        t = dt.timestamp()
+        try:
+            t = dt.timestamp()
+        except (OverflowError, ValueError):  # year 1 or 9999 shifted past the calendar
+            t = math.nan
     else:
-        raise _InvalidError(
+        raise InvalidInputError(
             RejectReason.BAD_TIMESTAMP,
-            f"field 'ts' must be ISO 8601 or epoch seconds, got {type(value).__name__}",
+            f"field 'ts' must be ISO 8601 or epoch seconds, got {_kind(value)}",
         )
-    if not (MIN_EPOCH_S <= t < 1e11):
-        raise _InvalidError(
-            RejectReason.BAD_TIMESTAMP, f"field 'ts' = {value!r} is not a plausible time"
+    if not (MIN_EPOCH_S <= t < MAX_EPOCH_S):  # also NaN and infinities
+        raise InvalidInputError(
+            RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not a plausible time"
         )
     return t
 
@@ -189,31 +265,31 @@ def decode_fix(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | R
             battery_pct=_number(obj, "battery", 0.0, 100.0, required=False),
             seq=seq,
         )
-    except _InvalidError as bad:
+    except InvalidInputError as bad:
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)
 
 
 def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[str, Any], float]:
     """The message's JSON object and its ``ts``, checked against the arrival time."""
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise _InvalidError(
+        raise InvalidInputError(
             RejectReason.TOO_LARGE,
             f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
         )
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise _InvalidError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+        raise InvalidInputError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
-        raise _InvalidError(
-            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        raise InvalidInputError(
+            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {_kind(obj)}"
         )
     if "ts" not in obj:
-        raise _InvalidError(RejectReason.MISSING_FIELD, "field 'ts' is required")
+        raise InvalidInputError(RejectReason.MISSING_FIELD, "field 'ts' is required")
     t = parse_timestamp(obj["ts"])
     problem = time_problem(t, t_recv)
     if problem is not None:
-        raise _InvalidError(*problem)
+        raise InvalidInputError(*problem)
     return obj, t
 
 
@@ -223,7 +299,9 @@ def _seq(obj: dict[str, Any]) -> int:
         return -1
     if isinstance(seq_raw, int) and not isinstance(seq_raw, bool) and 0 <= seq_raw < 2**63:
         return seq_raw
-    raise _InvalidError(RejectReason.BAD_TYPE, f"field 'seq' = {seq_raw!r} must be an integer >= 0")
+    raise InvalidInputError(
+        RejectReason.BAD_TYPE, f"field 'seq' = {shown(seq_raw)} must be an integer >= 0"
+    )
 
 
 def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> DeviceEvent | Rejection:
@@ -237,11 +315,16 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
         obj, t_event = _object_and_time(payload, t_recv)
         kind = obj.get("type")
         if kind is None:
-            raise _InvalidError(RejectReason.MISSING_FIELD, "field 'type' is required")
+            raise InvalidInputError(RejectReason.MISSING_FIELD, "field 'type' is required")
+        # A list or an object is unhashable: test the type before the membership.
+        if not isinstance(kind, str):
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, f"field 'type' must be text, got {_kind(kind)}"
+            )
         if kind not in EVENT_TYPES:
-            raise _InvalidError(
+            raise InvalidInputError(
                 RejectReason.UNKNOWN_EVENT,
-                f"event type {kind!r} is not one of {', '.join(sorted(EVENT_TYPES))}",
+                f"event type {shown(kind)} is not one of {', '.join(sorted(EVENT_TYPES))}",
             )
         has_position = obj.get("lat") is not None or obj.get("lon") is not None
         lat = _number(obj, "lat", -90.0, 90.0, required=has_position)
@@ -257,7 +340,7 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
             acc_m=acc if acc > 0.0 else math.nan,
             seq=_seq(obj),
         )
-    except _InvalidError as bad:
+    except InvalidInputError as bad:
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)
 
 
@@ -271,27 +354,37 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
         for key in ("alarm_id", "operator"):
             value = obj.get(key)
             if value is None:
-                raise _InvalidError(RejectReason.MISSING_FIELD, f"field {key!r} is required")
+                raise InvalidInputError(RejectReason.MISSING_FIELD, f"field {key!r} is required")
             if not isinstance(value, str) or not value.strip():
-                raise _InvalidError(
-                    RejectReason.BAD_TYPE, f"field {key!r} must be a non-empty string"
+                raise InvalidInputError(
+                    RejectReason.BAD_TYPE,
+                    f"field {key!r} must be a non-empty string, got {shown(value)}",
                 )
             texts[key] = value.strip()
         action = obj.get("action", "acknowledge")
+        # A list or an object is unhashable: test the type before the membership.
+        if not isinstance(action, str):
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, f"field 'action' must be text, got {_kind(action)}"
+            )
         if action not in OPERATOR_ACTIONS:
-            raise _InvalidError(
+            raise InvalidInputError(
                 RejectReason.UNKNOWN_ACTION,
-                f"action {action!r} is not one of {', '.join(sorted(OPERATOR_ACTIONS))}",
+                f"action {shown(action)} is not one of {', '.join(sorted(OPERATOR_ACTIONS))}",
             )
         note = obj.get("note", "")
         if not isinstance(note, str):
-            raise _InvalidError(RejectReason.BAD_TYPE, "field 'note' must be text")
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, f"field 'note' must be text, got {_kind(note)}"
+            )
         if action == "close" and not note.strip():
-            raise _InvalidError(RejectReason.MISSING_FIELD, "closing an alarm needs a 'note': why")
+            raise InvalidInputError(
+                RejectReason.MISSING_FIELD, "closing an alarm needs a 'note': why"
+            )
         return OperatorAction(
             texts["alarm_id"], texts["operator"], str(action), note.strip(), t, t_recv
         )
-    except _InvalidError as bad:
+    except InvalidInputError as bad:
         return Rejection(topic, None, bad.reason, bad.detail, t_recv)
 
 

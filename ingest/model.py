@@ -30,6 +30,9 @@ class RejectReason(StrEnum):
     ENCRYPTED = "encrypted"
     NOT_A_POSITION = "not_a_position"
     UNKNOWN_ALARM = "unknown_alarm"
+    #: The input made a decoder fail: a bug of the engine, not of the sender. The message is
+    #: still taken (and acknowledged) as a rejection, so that it cannot come back.
+    INTERNAL_ERROR = "internal_error"
 
 
 #: Device event types (DESIGN.md ``devices/{id}/event``): a victim's panic button, a tag's

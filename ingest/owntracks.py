@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from ingest.codec import MAX_PAYLOAD_BYTES, MIN_EPOCH_S, time_problem
+from ingest.codec import MAX_EPOCH_S, MAX_PAYLOAD_BYTES, MIN_EPOCH_S, shown, time_problem
 from ingest.model import Fix, Rejection, RejectReason
 
 SUBSCRIPTIONS = ("owntracks/+/+", "owntracks/+/+/event")
@@ -90,11 +90,15 @@ def _number(obj: Mapping[str, Any], key: str, lo: float, hi: float) -> float | N
     v = obj.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ValueError(f"field {key!r} = {v!r} must be a number")
-    if not lo <= v <= hi:
-        raise OverflowError(f"field {key!r} = {v!r} is outside [{lo:g}, {hi:g}]")
-    return float(v)
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"field {key!r} = {shown(v)} must be a number")
+    try:
+        x = float(v)
+    except OverflowError:  # an integer beyond any float
+        x = math.inf
+    if not lo <= x <= hi:  # also NaN and infinities
+        raise OverflowError(f"field {key!r} = {shown(v)} is outside [{lo:g}, {hi:g}]")
+    return x
 
 
 def decode_owntracks(
@@ -140,9 +144,7 @@ def decode_owntracks(
     except orjson.JSONDecodeError as exc:
         return reject(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}")
     if not isinstance(obj, dict):
-        return reject(
-            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
-        )
+        return reject(RejectReason.NOT_AN_OBJECT, "expected a JSON object")
     kind = obj.get("_type")
     if kind == "encrypted":
         key = (secrets or {}).get((user, app))
@@ -163,13 +165,14 @@ def decode_owntracks(
     if kind != expected:
         return reject(
             RejectReason.NOT_A_POSITION,
-            f"OwnTracks _type {kind!r} on this topic carries no position (expected {expected!r})",
+            f"OwnTracks _type {shown(kind)} on this topic carries no position"
+            f" (expected {expected!r})",
         )
     try:
         tst = obj.get("tst")
         if tst is None:
             return reject(RejectReason.MISSING_FIELD, "field 'tst' is required")
-        t = _number(obj, "tst", MIN_EPOCH_S, 1e11)
+        t = _number(obj, "tst", MIN_EPOCH_S, MAX_EPOCH_S)
         lat = _number(obj, "lat", -90.0, 90.0)
         lon = _number(obj, "lon", -180.0, 180.0)
         if lat is None or lon is None:

@@ -10,6 +10,12 @@ lock, and :meth:`FixSubscriber.drain` reads the clock under the same lock, so ev
 stamped up to the horizon it returns is in its hand-out or an earlier one. The engine
 places its periodic sweeps by these stamps: a sweep at time T comes after every message
 that arrived before T, however late the engine takes them.
+
+The wall: no input can raise into paho's network thread (an exception there would end it,
+leave the message unacknowledged, and the persistent session would hand the same message to
+every later engine). :func:`decode_message` turns whatever a decoder raises into an
+``internal_error`` rejection (:func:`ingest.rejections.internal_error`), which is queued like
+any other and so acknowledged after its batch: it cannot come back.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.codec import ACK_TOPIC, decode
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection
+from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, RejectReason
 from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
 from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
 from ingest.owntracks import Aliases, Keys, decode_owntracks
+from ingest.rejections import internal_error
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
 
 log = logging.getLogger(__name__)
@@ -41,6 +48,31 @@ SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
 
 Item = Fix | DeviceEvent | OperatorAction | Rejection
+
+
+def decode_message(
+    topic: str,
+    payload: bytes | bytearray,
+    t_recv: float,
+    owntracks: Aliases,
+    owntracks_keys: Keys,
+) -> Item:
+    """One message of any subscribed topic -> its item; never raises (a decoder's exception
+    becomes an ``internal_error`` rejection)."""
+    try:
+        if topic.startswith(OWNTRACKS_PREFIX):
+            return decode_owntracks(topic, payload, t_recv, owntracks, owntracks_keys)
+        return decode(topic, payload, t_recv)
+    except Exception as exc:
+        return internal_error(topic, payload, t_recv, exc)
+
+
+def _topic(msg: mqtt.MQTTMessage) -> str | None:
+    """The message's topic, or None when it is not UTF-8 (paho decodes it on access)."""
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return None
 
 
 class FixSubscriber:
@@ -123,16 +155,19 @@ class FixSubscriber:
             log.warning("lost the broker %s (%s); reconnecting", self.broker, rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic = msg.topic
+        topic = _topic(msg)
         mid = msg.mid if msg.qos > 0 else 0
         with self._stamp:
             now = self._clock()
-            if topic.startswith(OWNTRACKS_PREFIX):
-                item: Item = decode_owntracks(
-                    topic, msg.payload, now, self._owntracks, self._owntracks_keys
+            item: Item
+            if topic is None:
+                item = Rejection(
+                    "?", None, RejectReason.BAD_TOPIC, "the topic is not UTF-8 text", now
                 )
             else:
-                item = decode(topic, msg.payload, now)
+                item = decode_message(
+                    topic, msg.payload, now, self._owntracks, self._owntracks_keys
+                )
             if self._offer(item, mid):
                 return
         self._wait_put(item, mid)
