@@ -124,6 +124,12 @@ class FixSubscriber:
     def stop(self) -> None:
         disconnect(self._client)
 
+    def network_alive(self) -> bool:
+        """Whether the MQTT client's network thread (which receives every message) runs.
+        paho has no public accessor; its loop_start() keeps the thread in ``_thread``."""
+        thread = getattr(self._client, "_thread", None)
+        return isinstance(thread, threading.Thread) and thread.is_alive()
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:

@@ -165,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Subscribe to devices/+/fix, keep the last fix of every device, evaluate"
             " the offender/protected-person pairs of the registered cases, and publish an alarm"
             " on the alarm topic (QoS 1) whenever a pair enters or leaves breach of its order."
-            " Stops cleanly on Ctrl-C or SIGTERM."
+            " Stops cleanly on Ctrl-C or SIGTERM. Exit status: 0 stopped, 1 could not start, 3"
+            " stopped by its watchdog (a stuck decision loop or a dead MQTT network thread: an"
+            " engine_fault alarm went to every case first; let a supervisor restart it)."
         ),
         epilog=_ENV_HELP
         + "\nExample:\n  proximity run --broker mqtt://127.0.0.1:1883 --db cases.sqlite\n",

@@ -74,6 +74,7 @@ from proximity.zones import ZoneWatch
 ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 APPROACH_NAMESPACE = uuid.UUID("2b8e4f61-7d0c-4a35-b1e9-8c3f5a6d2e47")
 PROBING_NAMESPACE = uuid.UUID("9d4a1c7e-3f28-4b6d-a05e-71c2e8f94b13")
+FAULT_NAMESPACE = uuid.UUID("c4f1a2d9-6b3e-4e87-9a05-2d7b8e1f6c34")
 
 #: A fix stamped more than this after its arrival is counted as from a clock that runs ahead
 #: (``fixes_clock_ahead``); any fix stamped after its arrival counts as taken at its arrival.
@@ -404,6 +405,38 @@ class Engine:
         )
         self._remember([event])
         return [event]
+
+    def fault_events(self, reason: str, at: float) -> list[AlarmEvent]:
+        """One ``engine_fault`` alarm per case: the engine has stopped deciding (``reason``),
+        so no case is protected until it is back. Built from the last positions only, without
+        evaluating anything: the watchdog calls it from its own thread while the decision
+        loop may be stuck."""
+        decided = self._clock()
+        out = []
+        for case in self.cases.values():
+            off = self._position(self.slot_of[case.offenders[0]], at)
+            vic = self._position(self.slot_of[case.protected[0]], at)
+            name = f"{case.id}/engine_fault/{at!r}"
+            out.append(
+                AlarmEvent(
+                    alarm_id=str(uuid.uuid5(FAULT_NAMESPACE, name)),
+                    type=AlarmType.ENGINE_FAULT,
+                    level=AlarmLevel.ESCALATION,
+                    state=AlarmState.OPEN,
+                    case_id=case.id,
+                    offender=off,
+                    victim=vic,
+                    distance_m=math.nan,
+                    order_distance_m=case.order_distance_m,
+                    margin_m=math.nan,
+                    reason=f"engine fault: {reason}; the case is not watched until the engine"
+                    " is back (its supervisor restarts it): watch the parties by other means",
+                    t_decided=decided,
+                    cause="time",
+                    device=off.device,
+                )
+            )
+        return out
 
     def open_case_ids(self) -> set[str]:
         """Cases with an alarm that has neither ended nor been closed."""

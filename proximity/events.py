@@ -25,6 +25,7 @@ class AlarmType(IntEnum):
     SEPARATED = 10  # the device is no longer with its wearer
     APPROACH = 11  # a sustained approach, predicted to breach soon
     PROBING = 12  # repeated entries into the warning band
+    ENGINE_FAULT = 13  # the engine stopped deciding: every case's protection is interrupted
 
 
 class AlarmLevel(IntEnum):

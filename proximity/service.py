@@ -11,6 +11,8 @@ same messages give the same decisions whatever the batching and the load.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ from proximity.registry import Registry
 from proximity.settings import Settings, rule_config
 from proximity.timeline import Item, SweepGrid, Timeline
 from proximity.uncertainty import MOBILITY_MPS
+from proximity.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,10 @@ PURGE_INTERVAL_S = 3600.0
 
 STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
+#: The exit status of an engine that stopped on a fault its watchdog found.
+EXIT_FAULT = 3
+#: How long the fault alarms may take to reach the broker before the process exits.
+FAULT_PUBLISH_WAIT_S = 5.0
 
 
 def scaled_clock(scale: float, epoch: float, offset_s: float = 0.0) -> Callable[[], float]:
@@ -92,8 +99,12 @@ def _rises_to_alarm(event: AlarmEvent) -> bool:
 
 
 class EngineService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, exit_process: Callable[[int], None] = os._exit) -> None:
         self.settings = settings
+        #: How the watchdog ends the process on a fault (os._exit: the decision loop may be
+        #: stuck, and a stuck thread must not keep a broken engine alive).
+        self._exit_process = exit_process
+        self._beat = time.monotonic()  # the decision loop's last round
         offset = settings.clock_offset_s
         epoch = settings.time_epoch if settings.time_epoch is not None else time.time() + offset
         #: The engine's time: the wall clock, or a faster one for evaluation runs.
@@ -131,6 +142,8 @@ class EngineService:
 
     def _status(self, state: str) -> bytes:
         st = self.engine.stats
+        heard = self.engine.devices.t_recv
+        last = float(np.nanmax(heard)) if np.isfinite(heard).any() else math.nan
         payload: dict[str, Any] = {
             "state": state,
             "time": iso_utc(time.time()),
@@ -164,6 +177,9 @@ class EngineService:
                 "notices_published": self.notices_published,
                 "open_alarms": self.engine.open_alarms,
                 "queue_blocked": self.subscriber.blocked_puts,
+                "queue_depth": self.subscriber.items.qsize(),
+                "last_fix_processed": iso_utc(last),
+                "last_fix_age_s": round(self.clock() - last, 1) if math.isfinite(last) else None,
             }
         return orjson.dumps(payload)
 
@@ -210,6 +226,7 @@ class EngineService:
         except IngestError as exc:
             raise ProximityError(str(exc)) from exc
         http: HttpServer | None = None
+        watchdog: Watchdog | None = None
         try:
             http = self._start_http()
             if not self.subscriber.connected.wait(CONNECT_WAIT_S):
@@ -225,8 +242,14 @@ class EngineService:
             self.timeline = Timeline(self.engine, self.grid)
             out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
+            if s.watchdog_s > 0:
+                self._beat = time.monotonic()
+                watchdog = Watchdog([self._loop_check, self._client_check], self._fault)
+                watchdog.start()
             self._loop(stop, out)
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             if http is not None:
                 http.stop()
             out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
@@ -239,6 +262,39 @@ class EngineService:
                 log.info("evidence of case %s: %d entries, head %s", case_id, count, head)
             self.evidence.close()
             log.info("stopped")
+
+    def _loop_check(self) -> str | None:
+        """The watchdog's check of the decision loop: it must go round."""
+        age = time.monotonic() - self._beat
+        if age <= self.settings.watchdog_s:
+            return None
+        return (
+            f"the decision loop has not gone round for {age:.0f} s"
+            f" ({self.subscriber.items.qsize()} messages waiting)"
+        )
+
+    def _client_check(self) -> str | None:
+        """The watchdog's check of the intake: the MQTT client's network thread must live."""
+        if self.subscriber.network_alive():
+            return None
+        return "the MQTT client's network thread has stopped: no message is received"
+
+    def _fault(self, reason: str) -> None:
+        """The watchdog found the engine stalled: tell the CIC, for every case, then end the
+        process (non-zero, for the supervisor; the broker then publishes the offline will).
+        The alarms go straight to the broker: the journal belongs to the stuck loop."""
+        s = self.settings
+        sent = []
+        for event in self.engine.fault_events(reason, self.clock()):
+            message = alarm_message(event, self.engine.cases[event.case_id])
+            message["times"]["published"] = iso_utc(self.clock())
+            sent.append(self._out.publish(s.alarm_topic, orjson.dumps(message), qos=1))
+        deadline = time.monotonic() + FAULT_PUBLISH_WAIT_S
+        for info in sent:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+        log.critical("exiting with status %d for a restart: %s", EXIT_FAULT, reason)
+        logging.shutdown()
+        self._exit_process(EXIT_FAULT)
 
     def _start_http(self) -> HttpServer | None:
         """The OsmAnd / Traccar Client HTTP input, when ``http_listen`` is set: its fixes and
@@ -269,6 +325,7 @@ class EngineService:
         next_status = time.monotonic() + s.status_interval_s
         next_purge = time.monotonic()
         while not stop.is_set():
+            self._beat = time.monotonic()
             due_in = (self.grid.next - self.clock()) / s.time_scale
             wait = max(0.0, min(0.5, next_status - time.monotonic(), due_in))
             items, horizon = self.subscriber.drain(timeout=wait)

@@ -230,6 +230,14 @@ class Settings(BaseSettings):
         description="evaluation runs only: the epoch second (UTC) from which the scaled clock"
         " runs (default: the engine's start)",
     )
+    watchdog_s: float = Field(
+        30.0,
+        ge=0,
+        description="seconds the decision loop may go without a round (or the MQTT client's"
+        " network thread be dead) before the engine counts as stalled: it sends an"
+        " engine_fault alarm for every case and exits with status 3, for its supervisor to"
+        " restart it; 0: no watchdog",
+    )
     clock_offset_s: float = Field(
         0.0,
         description="seconds added to the wall clock for the engine's clock (drills and the"
