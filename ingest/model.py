@@ -86,6 +86,17 @@ OPERATOR_ACTIONS = frozenset({"acknowledge", "close"})
 
 
 @dataclass(frozen=True, slots=True)
+class SessionLost:
+    """The broker had no session for the engine when it (re)connected: whatever was sent to
+    the engine while it was not connected may be gone. ``t_lost`` is when the connection was
+    lost (NaN at the first connection of the process: since the engine last ran);
+    ``t_recv`` when the broker said so."""
+
+    t_lost: float
+    t_recv: float
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorAction:
     """An operator's acknowledgement or closing of an alarm, from ``cic/acks``."""
 

@@ -33,7 +33,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.codec import ACK_TOPIC, decode
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, RejectReason
+from ingest.model import (
+    DeviceEvent,
+    Fix,
+    OperatorAction,
+    Rejection,
+    RejectReason,
+    SessionLost,
+)
 from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
 from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
 from ingest.owntracks import Aliases, Keys, decode_owntracks
@@ -47,7 +54,7 @@ EVENT_SUBSCRIPTION = "devices/+/event"
 SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
 
-Item = Fix | DeviceEvent | OperatorAction | Rejection
+Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost
 
 
 def decode_message(
@@ -105,6 +112,8 @@ class FixSubscriber:
         self._drained: list[int] = []
         self.blocked_puts = 0
         self._stamp = threading.Lock()  # stamping + queueing vs. the horizon of drain()
+        self._connected_before = False
+        self._lost_at = math.nan  # when the connection was last lost
         self.connected = threading.Event()
         self._clock = clock
         self._session_expiry_s = session_expiry_s
@@ -136,6 +145,28 @@ class FixSubscriber:
         if rc.is_failure:
             log.error("broker %s refused the fix subscription: %s", self.broker, rc)
             return
+        # A persistent session keeps what is sent while the engine is away; without it (the
+        # broker crashed without persistence, or lost its store) that is gone: say so.
+        if self._session_expiry_s > 0 and not bool(getattr(flags, "session_present", False)):
+            lost_at, self._lost_at = self._lost_at, math.nan
+            with self._stamp:
+                gap = SessionLost(lost_at, self._clock())
+                queued = self._offer(gap, 0)
+            if not queued:
+                self._wait_put(gap, 0)
+            if self._connected_before:
+                log.error(
+                    "the broker %s kept no session for the engine: messages sent since the"
+                    " connection was lost may be gone; subscribing again",
+                    self.broker,
+                )
+            else:
+                log.warning(
+                    "the broker %s has no session for the engine: messages sent while it was"
+                    " not running are not queued (a first start, or the broker lost its state)",
+                    self.broker,
+                )
+        self._connected_before = True
         client.subscribe(
             [
                 (FIX_SUBSCRIPTION, SUBSCRIBE_QOS),
@@ -157,6 +188,8 @@ class FixSubscriber:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
     ) -> None:
         self.connected.clear()
+        if math.isnan(self._lost_at):
+            self._lost_at = self._clock()
         if rc.is_failure:
             log.warning("lost the broker %s (%s); reconnecting", self.broker, rc)
 

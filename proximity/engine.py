@@ -75,6 +75,7 @@ ALARM_ID_NAMESPACE = uuid.UUID("6f1c2d38-52a4-4bde-9a51-3c1f0e8b7d20")
 APPROACH_NAMESPACE = uuid.UUID("2b8e4f61-7d0c-4a35-b1e9-8c3f5a6d2e47")
 PROBING_NAMESPACE = uuid.UUID("9d4a1c7e-3f28-4b6d-a05e-71c2e8f94b13")
 FAULT_NAMESPACE = uuid.UUID("c4f1a2d9-6b3e-4e87-9a05-2d7b8e1f6c34")
+GAP_NAMESPACE = uuid.UUID("7e2b9c41-d853-4f6a-b1e0-93a4c5d8f217")
 
 #: A fix stamped more than this after its arrival is counted as from a clock that runs ahead
 #: (``fixes_clock_ahead``); any fix stamped after its arrival counts as taken at its arrival.
@@ -214,6 +215,9 @@ class Engine:
         self._out = PairEvaluation.allocate(len(self.pairs))
         #: The latest decision time: decisions never go back in time.
         self._t_last = -math.inf
+        #: The newest fix time an earlier run of the engine recorded (NaN: none; set by the
+        #: service from the evidence record): where a data gap begins at the first connection.
+        self.previously_until = math.nan
         self._round_scratch = np.full(len(ids), -1, dtype=np.int64)  # dependency_rounds
         self._t_slot = np.full(len(ids), np.nan)  # a round's decision time per device
         self.alarm_ids: dict[int, str] = {}
@@ -406,22 +410,54 @@ class Engine:
         self._remember([event])
         return [event]
 
+    def data_gap_events(self, lost_at: float, at: float) -> list[AlarmEvent]:
+        """One ``data_gap`` alarm per case: at ``at`` the broker had no session for the
+        engine, so what was sent to it since ``lost_at`` (when the connection was lost; NaN
+        at the first connection: since :attr:`previously_until`, the newest fix an earlier
+        run recorded) may be gone. Nothing at the very first start of a deployment."""
+        since = lost_at if math.isfinite(lost_at) else self.previously_until
+        if not math.isfinite(since):
+            return []
+        span = f"between {iso_utc(since)} and {iso_utc(at)}"
+        return self._engine_alarms(
+            AlarmType.DATA_GAP,
+            AlarmLevel.ALARM,
+            f"data gap: the broker kept no session for the engine, so fixes and events sent"
+            f" {span} may be lost, and with them alarms of this case; the broker's persistence"
+            " needs checking",
+            at,
+            GAP_NAMESPACE,
+        )
+
     def fault_events(self, reason: str, at: float) -> list[AlarmEvent]:
         """One ``engine_fault`` alarm per case: the engine has stopped deciding (``reason``),
         so no case is protected until it is back. Built from the last positions only, without
         evaluating anything: the watchdog calls it from its own thread while the decision
         loop may be stuck."""
+        return self._engine_alarms(
+            AlarmType.ENGINE_FAULT,
+            AlarmLevel.ESCALATION,
+            f"engine fault: {reason}; the case is not watched until the engine is back (its"
+            " supervisor restarts it): watch the parties by other means",
+            at,
+            FAULT_NAMESPACE,
+        )
+
+    def _engine_alarms(
+        self, type_: AlarmType, level: AlarmLevel, reason: str, at: float, ns: uuid.UUID
+    ) -> list[AlarmEvent]:
+        """An alarm about the engine itself, one per case (every case is affected), with the
+        parties' last positions."""
         decided = self._clock()
         out = []
         for case in self.cases.values():
             off = self._position(self.slot_of[case.offenders[0]], at)
             vic = self._position(self.slot_of[case.protected[0]], at)
-            name = f"{case.id}/engine_fault/{at!r}"
             out.append(
                 AlarmEvent(
-                    alarm_id=str(uuid.uuid5(FAULT_NAMESPACE, name)),
-                    type=AlarmType.ENGINE_FAULT,
-                    level=AlarmLevel.ESCALATION,
+                    alarm_id=str(uuid.uuid5(ns, f"{case.id}/{type_.name}/{at!r}")),
+                    type=type_,
+                    level=level,
                     state=AlarmState.OPEN,
                     case_id=case.id,
                     offender=off,
@@ -429,8 +465,7 @@ class Engine:
                     distance_m=math.nan,
                     order_distance_m=case.order_distance_m,
                     margin_m=math.nan,
-                    reason=f"engine fault: {reason}; the case is not watched until the engine"
-                    " is back (its supervisor restarts it): watch the parties by other means",
+                    reason=reason,
                     t_decided=decided,
                     cause="time",
                     device=off.device,

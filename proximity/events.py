@@ -26,6 +26,7 @@ class AlarmType(IntEnum):
     APPROACH = 11  # a sustained approach, predicted to breach soon
     PROBING = 12  # repeated entries into the warning band
     ENGINE_FAULT = 13  # the engine stopped deciding: every case's protection is interrupted
+    DATA_GAP = 14  # the broker lost the engine's session: messages of a time span may be gone
 
 
 class AlarmLevel(IntEnum):

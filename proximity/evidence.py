@@ -174,6 +174,12 @@ class EvidenceLog:
             yield orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n"
         yield orjson.dumps({"head": {"case_id": case_id, "count": count, "hash": last}}) + b"\n"
 
+    def last_fix_time(self) -> float:
+        """The newest time of a fix entry in the record (NaN: none): where an earlier run of
+        the engine stopped taking fixes."""
+        (t,) = self._db.execute("SELECT MAX(t) FROM evidence WHERE kind = 'fix'").fetchone()
+        return float(t) if t is not None else float("nan")
+
     def cases(self) -> list[str]:
         return [str(c) for (c,) in self._db.execute("SELECT DISTINCT case_id FROM evidence")]
 

@@ -128,6 +128,8 @@ class EngineService:
         self.evidence = EvidenceLog(
             settings.evidence or settings.db.with_suffix(".evidence.sqlite")
         )
+        # Where a data gap begins if the broker has lost the session when the engine connects.
+        self.engine.previously_until = self.evidence.last_fix_time()
         # Which cases each device slot takes part in, as CSR arrays (for the evidence record).
         slot_cases = [set[int]() for _ in self.engine.devices.ids]
         case_ids = [c.id for c in self.cases]

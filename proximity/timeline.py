@@ -22,12 +22,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ingest.batch import FixBatch, build_batch
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, RejectReason
+from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, RejectReason, SessionLost
 from proximity.engine import Engine
 from proximity.events import AlarmEvent
 
 #: What the ingest edge hands out.
-Item = Fix | DeviceEvent | OperatorAction | Rejection
+Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost
 
 #: Most sweeps replayed at once by an engine that fell behind (at the default interval of
 #: 1 s, ten minutes of backlog); beyond it the oldest are skipped and counted.
@@ -92,7 +92,8 @@ class Segment:
     ``kind`` is ``fixes`` (``batch`` holds them; ``rejected`` the fixes of unknown devices),
     ``events`` (device events; ``rejected`` those of unknown devices), ``action`` (one
     operator action; ``action`` holds it, ``alarms`` is empty when it names no alarm the
-    engine knows) or ``sweep`` (at time ``at``).
+    engine knows), ``gap`` (the broker lost the engine's session, at ``at``) or ``sweep``
+    (at time ``at``).
     """
 
     kind: str
@@ -153,6 +154,10 @@ class Timeline:
                     if e.device not in eng.slot_of
                 ]
                 yield Segment("events", eng.handle_events(events), rejected=unknown)
+            elif kind is SessionLost:
+                for g in run:
+                    if isinstance(g, SessionLost):
+                        yield Segment("gap", eng.data_gap_events(g.t_lost, g.t_recv), at=g.t_recv)
             else:
                 for a in run:
                     if isinstance(a, OperatorAction):

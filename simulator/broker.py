@@ -37,6 +37,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _private(conf: str) -> str:
+    """A deployment's configuration on the private broker's terms: its listeners become one
+    on the free loopback port, its persistence folder a private one, its log the broker's
+    log file."""
+    out = ["listener {port} 127.0.0.1"]
+    for line in conf.splitlines():
+        word = line.split("#", 1)[0].split()
+        if word and word[0] == "listener":
+            continue
+        if word and word[0] == "persistence_location":
+            line = "persistence_location {store}/"
+        if word and word[0] == "log_dest":
+            line = "log_dest stderr"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 class LocalBroker:
     """Mosquitto on 127.0.0.1 and a free port, with the project's configuration.
 
@@ -45,9 +62,16 @@ class LocalBroker:
     mqtt://127.0.0.1:38811
     """
 
-    def __init__(self, workdir: Path | None = None, *, persistence: bool = False) -> None:
+    def __init__(
+        self, workdir: Path | None = None, *, persistence: bool = False, config: Path | None = None
+    ) -> None:
+        """``persistence``: sessions and queued messages survive a restart. ``config``: a
+        deployment's Mosquitto configuration (deploy/mosquitto.conf) to run instead of the
+        project's private one, on a free loopback port, with its persistence in a private
+        folder and its log to the broker's log file."""
         self._own_dir = workdir is None
-        self.persistence = persistence
+        self.persistence = persistence or config is not None
+        self.config = config
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="proximity-broker-")) if workdir is None else workdir
         )
@@ -67,6 +91,8 @@ class LocalBroker:
         """Start on a free port, or on ``port`` (a restart)."""
         exe = find_mosquitto()
         template = files("simulator").joinpath("mosquitto.conf").read_text()
+        if self.config is not None:
+            template = _private(self.config.read_text())
         if self.persistence:  # sessions and queued messages survive a restart
             if self._store is None:
                 # Mosquitto started as root writes as the mosquitto user, which needs a
@@ -77,7 +103,7 @@ class LocalBroker:
             template = template.replace(
                 "persistence false",
                 f"persistence true\npersistence_location {store}/\nautosave_interval 1",
-            )
+            ).replace("persistence_location {store}/", f"persistence_location {store}/")
         last_error = ""
         for _attempt in range(3):  # the free port can be taken between probe and bind
             self.port = free_port() if port is None else port
@@ -109,6 +135,13 @@ class LocalBroker:
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         stop_process(proc, STOP_TIMEOUT_S)
+
+    def kill(self) -> None:
+        """End it with SIGKILL, as a crash would: no chance to save anything."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(STOP_TIMEOUT_S)
 
     def close(self) -> None:
         self.stop()

@@ -127,6 +127,8 @@ def every_alarm() -> tuple[list[AlarmEvent], Case]:
     night = 12 * 3600.0 + 30 * 60.0  # 22:30 UTC, 23:30 in Brussels
     for k in range(30):
         at(night + k, offset(*OWN_HOME, 90.0, 2000.0), HOME)
+    # The broker lost the engine's session for a minute: a data gap.
+    events.extend(eng.data_gap_events(clock.t - 60.0, clock.t))
     # The watchdog finds the engine stalled: an engine fault for the case.
     events.extend(eng.fault_events("the decision loop has not gone round for 31 s", clock.t))
     return events, case
