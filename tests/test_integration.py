@@ -269,9 +269,11 @@ def test_sweep_raises_a_possible_breach_when_a_silent_offender_could_have_arrive
 ) -> None:
     victim = (HOME[0] + 0.4, HOME[1])
     pub.fix("phone-6", *victim)
-    pub.fix("tag-6", *offset(*victim, 300.0, 2000.0))
-    # No further fix: after about 4 s he could be within 1000 m, and the periodic
-    # sweep (every second) says so without waiting for a fix.
+    pub.fix("tag-6", *offset(*victim, 300.0, 2500.0))
+    # No further fix: after about 7 s the offender could be within 1000 m (the sweep's
+    # uncertainty radius grows 100 m a second), and the periodic sweep (every second) says
+    # so without waiting for a fix; by then the fix is old (5 s and more) whatever the
+    # phase of the sweeps.
     # (A pre-alert: he may be within the warning distance, and later possibly within the
     # order distance, but his best estimate is still 2 km away.)
     alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0006", timeout=30.0)
@@ -279,10 +281,10 @@ def test_sweep_raises_a_possible_breach_when_a_silent_offender_could_have_arrive
     assert alarm["trigger"]["cause"] == "time"
     assert alarm["offender"]["old_fix"] is True
     assert alarm["offender"]["radius_m"] > 10 * alarm["victim"]["radius_m"]
-    assert alarm["distance_m"] == pytest.approx(2000.0, abs=1.0)
+    assert alarm["distance_m"] == pytest.approx(2500.0, abs=1.0)
     assert "offender's fix is" in alarm["reason"]
     # A fresh fix far away ends it.
-    pub.fix("tag-6", *offset(*victim, 300.0, 3000.0))
+    pub.fix("tag-6", *offset(*victim, 300.0, 3500.0))
     pub.fix("phone-6", *victim)
     ended = cic.wait_for(
         "cic/alarms", lambda m: m["case_id"] == "BE-2026-0006" and m["state"] == "ended"
