@@ -137,9 +137,15 @@ def connect(
 
 def disconnect(client: mqtt.Client) -> None:
     """Disconnect, stop the network thread, and close the socket if the thread left it open
-    (paho can stop its loop before it has closed the connection)."""
+    (paho can stop its loop before it has closed the connection), and the socket pair that
+    paho's loop_start() opens to wake its thread: paho closes that pair only when the client
+    is finalized, which in a reference cycle can come after the sockets' own finalizers
+    (an "unclosed socket" warning at exit)."""
     client.disconnect()
     client.loop_stop()
     sock = client.socket()
     if sock is not None:
         sock.close()
+    reset = getattr(client, "_reset_sockets", None)  # no public way to close the pair
+    if callable(reset):
+        reset()
