@@ -57,7 +57,7 @@ def test_severity_follows_the_level_and_curfews_have_their_own_text() -> None:
     assert len({warn.text, viol.text, curfew.text}) == 3
     assert (
         warn.topic == "devices/tag-1/notice"
-        and b'"issued":"2026-11-23T10:00:00.000Z"' in warn.payload
+        and b'"issued":"2026-11-23T10:00:00.000Z"' in warn.payload  # date-ok: T0, as ISO
     )
     assert AlarmLevel.ALARM > AlarmLevel.PRE_ALERT
     assert np.isfinite(warn.issued)
