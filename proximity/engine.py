@@ -419,7 +419,7 @@ class Engine:
         if not math.isfinite(since):
             return []
         span = f"between {iso_utc(since)} and {iso_utc(at)}"
-        return self._engine_alarms(
+        return self.health.case_alarms(
             AlarmType.DATA_GAP,
             AlarmLevel.ALARM,
             f"data gap: the broker kept no session for the engine, so fixes and events sent"
@@ -434,7 +434,7 @@ class Engine:
         so no case is protected until it is back. Built from the last positions only, without
         evaluating anything: the watchdog calls it from its own thread while the decision
         loop may be stuck."""
-        return self._engine_alarms(
+        return self.health.case_alarms(
             AlarmType.ENGINE_FAULT,
             AlarmLevel.ESCALATION,
             f"engine fault: {reason}; the case is not watched until the engine is back (its"
@@ -442,36 +442,6 @@ class Engine:
             at,
             FAULT_NAMESPACE,
         )
-
-    def _engine_alarms(
-        self, type_: AlarmType, level: AlarmLevel, reason: str, at: float, ns: uuid.UUID
-    ) -> list[AlarmEvent]:
-        """An alarm about the engine itself, one per case (every case is affected), with the
-        parties' last positions."""
-        decided = self._clock()
-        out = []
-        for case in self.cases.values():
-            off = self._position(self.slot_of[case.offenders[0]], at)
-            vic = self._position(self.slot_of[case.protected[0]], at)
-            out.append(
-                AlarmEvent(
-                    alarm_id=str(uuid.uuid5(ns, f"{case.id}/{type_.name}/{at!r}")),
-                    type=type_,
-                    level=level,
-                    state=AlarmState.OPEN,
-                    case_id=case.id,
-                    offender=off,
-                    victim=vic,
-                    distance_m=math.nan,
-                    order_distance_m=case.order_distance_m,
-                    margin_m=math.nan,
-                    reason=reason,
-                    t_decided=decided,
-                    cause="time",
-                    device=off.device,
-                )
-            )
-        return out
 
     def open_case_ids(self) -> set[str]:
         """Cases with an alarm that has neither ended nor been closed."""
@@ -520,10 +490,11 @@ class Engine:
         st = self.stats
         slots = batch.slot[rows]
         stamped = batch.t_fix[rows]
-        t_fix = np.minimum(stamped, batch.t_recv[rows])
-        st.fixes_clock_ahead += int(np.count_nonzero(stamped > batch.t_recv[rows] + CLOCK_SKEW_S))
+        lead = stamped - batch.t_recv[rows]  # > 0: stamped after it arrived
+        t_fix = np.where(lead > 0, batch.t_recv[rows], stamped)
+        st.fixes_clock_ahead += int(np.count_nonzero(lead > CLOCK_SKEW_S))
+        ahead = lead > 0
         # NaN (no fix yet) compares False: a device's first fix is always new.
-        ahead = stamped > batch.t_recv[rows]
         seen = self._t_stamped[slots]  # the newest stamp of the device so far
         duplicate = (t_fix == dev.t_fix[slots]) | (ahead & (stamped == seen))
         late = ~duplicate & ((t_fix < dev.t_fix[slots]) | (ahead & (stamped < seen)))

@@ -79,6 +79,7 @@ class DeviceWatch:
         self.grace_s = np.array(
             [_seconds(info.get(d), "signal_grace_s", rules.signal_grace_s) for d in self.ids]
         )
+        self.cases = tuple(cases)
         #: (case, role) of each slot: role True for an offender.
         self.cases_of: list[list[tuple[Case, bool]]] = [[] for _ in range(n)]
         for case in cases:
@@ -188,6 +189,27 @@ class DeviceWatch:
                     )
                 )
         return out
+
+    def case_alarms(
+        self, kind: AlarmType, level: AlarmLevel, reason: str, at: float, ns: uuid.UUID
+    ) -> list[AlarmEvent]:
+        """An alarm about the engine itself (``engine_fault``, ``data_gap``), one per case:
+        every case is affected. Each names the case's first offender device and carries the
+        parties' last positions."""
+        return [
+            self._event(
+                str(uuid.uuid5(ns, f"{case.id}/{kind.name}/{at!r}")),
+                kind,
+                level,
+                AlarmState.OPEN,
+                case,
+                self.slot_of[case.offenders[0]],
+                True,
+                reason,
+                at,
+            )
+            for case in self.cases
+        ]
 
     def _event(
         self,

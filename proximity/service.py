@@ -118,9 +118,6 @@ class EngineService:
             devices = registry.devices()
         self.devices = devices
         self.engine = engine_for(settings, self.cases, devices, self.clock)
-        #: The sweeps' due times: a fixed grid of the engine's clock (proximity.timeline).
-        self.grid = SweepGrid(settings.sweep_interval_s, self.clock())
-        self.timeline = Timeline(self.engine, self.grid)
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0
@@ -237,7 +234,8 @@ class EngineService:
                     f" {CONNECT_WAIT_S:.0f} s"
                 )
             self.online_since = time.time()
-            # Sweeps and silence count from here: before, nothing could arrive.
+            # Sweeps and silence count from here: before, nothing could arrive. The sweeps'
+            # due times are a fixed grid of the engine's clock (proximity.timeline).
             start = self.clock()
             self.engine.start(start)
             self.grid = SweepGrid(s.sweep_interval_s, start)
