@@ -38,6 +38,17 @@ class FixBatch:
         return cls(i, f, f, f, f, f, i)
 
 
+def unknown_device(topic: str, device: str, t_recv: float) -> Rejection:
+    """The rejection of a message from a device that is in no case."""
+    return Rejection(
+        topic,
+        device,
+        RejectReason.UNKNOWN_DEVICE,
+        f"device '{device}' is in no case: import a case file that lists it",
+        t_recv,
+    )
+
+
 def build_batch(
     fixes: Sequence[Fix], slot_of: Mapping[str, int]
 ) -> tuple[FixBatch, list[Rejection]]:
@@ -61,15 +72,7 @@ def build_batch(
     for fix in fixes:
         slot = slot_of.get(fix.device)
         if slot is None:
-            rejected.append(
-                Rejection(
-                    f"devices/{fix.device}/fix",
-                    fix.device,
-                    RejectReason.UNKNOWN_DEVICE,
-                    f"device '{fix.device}' is in no case: import a case file that lists it",
-                    fix.t_recv,
-                )
-            )
+            rejected.append(unknown_device(f"devices/{fix.device}/fix", fix.device, fix.t_recv))
             continue
         known.append(fix)
         slots.append(slot)

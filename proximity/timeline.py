@@ -21,8 +21,8 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from ingest.batch import FixBatch, build_batch
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, RejectReason, SessionLost
+from ingest.batch import FixBatch, build_batch, unknown_device
+from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, SessionLost
 from proximity.engine import Engine
 from proximity.events import AlarmEvent
 
@@ -72,12 +72,7 @@ class SweepGrid:
 def arrival_order(stamps: Sequence[float]) -> list[float]:
     """The stamps as a non-decreasing sequence (each at least the one before): two inputs
     (MQTT and HTTP) stamp in their own threads, and a decision never goes back in time."""
-    out: list[float] = []
-    t = -math.inf
-    for s in stamps:
-        t = s if s > t else t
-        out.append(t)
-    return out
+    return list(itertools.accumulate(stamps, max))
 
 
 def split_at(stamps: Sequence[float], instant: float, lo: int = 0) -> int:
@@ -106,7 +101,8 @@ class Segment:
 
 class Timeline:
     """Feeds an engine its messages in arrival order and its sweeps on the grid, between
-    them by their times: the one code path of the service and the in-process evaluation.
+    them by their times: the service's code path (the in-process evaluation, which hands the
+    engine arrays rather than messages, splits its chunks at the same instants).
 
     :meth:`step` takes the messages handed out together (in arrival order) and the horizon
     up to which every message has been handed out, and yields one :class:`Segment` at a
@@ -143,13 +139,7 @@ class Timeline:
             elif kind is DeviceEvent:
                 events = [i for i in run if isinstance(i, DeviceEvent)]
                 unknown = [
-                    Rejection(
-                        f"devices/{e.device}/event",
-                        e.device,
-                        RejectReason.UNKNOWN_DEVICE,
-                        f"device '{e.device}' is in no case: import a case file that lists it",
-                        e.t_recv,
-                    )
+                    unknown_device(f"devices/{e.device}/event", e.device, e.t_recv)
                     for e in events
                     if e.device not in eng.slot_of
                 ]
