@@ -53,6 +53,11 @@ FIX_SUBSCRIPTION = "devices/+/fix"
 EVENT_SUBSCRIPTION = "devices/+/event"
 SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
+#: How many messages the broker may hand the engine before it has acknowledged them (MQTT 5
+#: Receive Maximum, its largest value): the engine acknowledges a message only once its
+#: effect is on disk, and while the disk refuses writes it goes on deciding on up to this many
+#: (:mod:`proximity.backlog`); the rest waits at the broker.
+RECEIVE_MAXIMUM = 65_535
 
 Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost
 
@@ -128,6 +133,7 @@ class FixSubscriber:
             self.broker,
             clean_start=self._session_expiry_s <= 0,
             session_expiry_s=self._session_expiry_s,
+            receive_maximum=RECEIVE_MAXIMUM,
         )
 
     def stop(self) -> None:
@@ -231,6 +237,11 @@ class FixSubscriber:
             if self._offer(item, 0):
                 return
         self._wait_put(item, 0)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages handed out whose acknowledgement is held (their effect is not on disk)."""
+        return len(self._drained)
 
     def acknowledge(self) -> int:
         """Acknowledge, to the broker, the messages of everything drained so far (the engine

@@ -111,15 +111,21 @@ def connect(
     *,
     clean_start: bool = True,
     session_expiry_s: int = 0,
+    receive_maximum: int = 0,
 ) -> None:
     """Connect (blocking for the TCP part) and start paho's network thread.
 
     With ``clean_start=False`` and a session expiry, the broker keeps the subscriptions and
     queues QoS 1 messages while the client is away (the engine restarting).
+    ``receive_maximum`` (1 to 65535; 0: the broker's own limit, Mosquitto's
+    ``max_inflight_messages``) is how many QoS 1 messages the broker may send before the
+    client has acknowledged them.
     """
     props = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum > 0:
+        props.ReceiveMaximum = receive_maximum
     try:
         client.connect(
             broker.host,

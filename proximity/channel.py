@@ -5,22 +5,31 @@ message, and its CAP 1.2 form, to the outbox journal (:mod:`proximity.journal`) 
 committed transaction, then publishes both with QoS 1; :meth:`MqttAlarmChannel.poll` marks
 them delivered when the broker's acknowledgement has come. :meth:`MqttAlarmChannel.replay`
 publishes, at start, what an earlier run journalled and never saw delivered.
+
+When the journal refuses a write (a storage fault: :mod:`proximity.backlog`), a message is
+published all the same, marked ``"journalled": false``, and kept in memory, in order, with
+the messages after it; :meth:`MqttAlarmChannel.flush` writes them (with their delivery, when
+the broker has acknowledged them meanwhile) once the journal takes writes again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 import paho.mqtt.client as mqtt
 
+from proximity.backlog import Retry
 from proximity.cap import CapFormatter
 from proximity.journal import Journal
 from proximity.messages import iso_utc
+from proximity.store import WRITE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,18 @@ class AlarmSink(Protocol):
     def send(self, message: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Held:
+    """A message published while the journal refused writes, to be journalled later."""
+
+    alarm_id: str
+    topic: str
+    payload: bytes
+    created: float
+    mid: int = 0
+    delivered: float = math.nan  # when the broker acknowledged it; NaN: not yet
 
 
 class MqttAlarmChannel:
@@ -66,6 +87,11 @@ class MqttAlarmChannel:
         self._client = client
         client.on_publish = self._on_publish
         self._cap = CapFormatter()
+        #: The journal's writes: a refusal begins a storage fault (``retry.failing``).
+        self.retry = Retry("the outbox journal")
+        self._held: list[_Held] = []  # published, not journalled yet, in order
+        self._held_pending: dict[int, _Held] = {}  # MQTT message id -> held message
+        self._marks: list[tuple[int, float]] = []  # (seq, delivered) not yet marked
 
     def replay(self) -> int:
         """Publish, in journal order, every message an earlier run did not see delivered;
@@ -84,11 +110,64 @@ class MqttAlarmChannel:
         items = [(message["alarm_id"], self.topic, orjson.dumps(message))]
         if self.cap_topic is not None:
             items.append((message["alarm_id"], self.cap_topic, self._cap.alert(message)))
-        # Journal first: committed before anything leaves the process.
-        seqs = self.journal.append(items, now)
-        for seq, (_, topic, payload) in zip(seqs, items, strict=True):
-            self._publish(seq, now, topic, payload)
         self.published += 1
+        # Journal first: committed before anything leaves the process (behind the messages
+        # a storage fault holds, if any, to keep the journal's order).
+        if not self._held:
+            try:
+                seqs = self.journal.append(items, now)
+            except WRITE_ERRORS as exc:
+                self._refused(exc)
+            else:
+                for seq, (_, topic, payload) in zip(seqs, items, strict=True):
+                    self._publish(seq, now, topic, payload)
+                self.flush()  # deliveries whose marking was refused
+                return
+        # The journal refuses writes: the CIC gets the message all the same, and is told.
+        message["journalled"] = False
+        items[0] = (message["alarm_id"], self.topic, orjson.dumps(message))
+        for alarm_id, topic, payload in items:
+            held = _Held(alarm_id, topic, payload, now)
+            held.mid = self._client.publish(topic, payload, qos=ALARM_QOS).mid
+            self._held.append(held)
+            self._held_pending[held.mid] = held
+        self.flush()
+
+    def _refused(self, exc: BaseException) -> None:
+        if self.retry.failed(exc):
+            log.error("the outbox journal %s refuses writes: %s", self.journal.path, exc)
+
+    @property
+    def held(self) -> int:
+        """Messages (JSON and CAP) published but not journalled yet."""
+        return len(self._held)
+
+    def flush(self) -> None:
+        """Journal what a storage fault held, and mark deliveries the journal refused, when a
+        try is due; the fault ends when everything is written."""
+        if not (self._held or self._marks):
+            if self.retry.succeeded():  # a refused write that held nothing (an append)
+                log.warning("the outbox journal %s takes writes again", self.journal.path)
+            return
+        if not self.retry.due():
+            return
+        try:
+            if self._held:
+                seqs = self.journal.restore(
+                    [(h.alarm_id, h.topic, h.payload, h.created, h.delivered) for h in self._held]
+                )
+                for seq, h in zip(seqs, self._held, strict=True):
+                    if self._held_pending.pop(h.mid, None) is not None:
+                        self._pending[h.mid] = (seq, h.created)  # its PUBACK is still due
+                self._held = []
+            if self._marks:
+                self.journal.mark_delivered(self._marks)
+                self._marks = []
+        except WRITE_ERRORS as exc:
+            self._refused(exc)
+            return
+        if self.retry.succeeded():
+            log.warning("the outbox journal %s takes writes again", self.journal.path)
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
@@ -106,27 +185,39 @@ class MqttAlarmChannel:
     def poll(self) -> int:
         """Mark the messages the broker has acknowledged as delivered; return how many."""
         done = []
+        now = time.time()
         while self._acked:
             # Publishing happens on this thread too, so every alarm's id is known here by
             # now; other ids are the client's other messages (status, notices).
-            entry = self._pending.pop(self._acked.popleft(), None)
+            mid = self._acked.popleft()
+            entry = self._pending.pop(mid, None)
             if entry is not None:
                 done.append(entry)
-        if not done:
-            return 0
-        now = time.time()
-        self.journal.mark_delivered([seq for seq, _ in done], now)
-        self.max_lag_s = max(self.max_lag_s, max(now - created for _, created in done))
+                continue
+            held = self._held_pending.pop(mid, None)
+            if held is not None:  # journalled with its delivery when the fault ends
+                held.delivered = now
+                self.max_lag_s = max(self.max_lag_s, now - held.created)
+        if done:
+            self._marks.extend((seq, now) for seq, _ in done)
+            self.max_lag_s = max(self.max_lag_s, max(now - created for _, created in done))
+            if not self.retry.failing:
+                try:
+                    self.journal.mark_delivered(self._marks)
+                    self._marks = []
+                except WRITE_ERRORS as exc:
+                    self._refused(exc)
+        self.flush()
         return len(done)
 
     @property
     def unacknowledged(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._held_pending)
 
     def close(self) -> None:
         """Wait briefly for outstanding acknowledgements (bounded), then record them."""
         deadline = time.monotonic() + 5.0
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._held_pending) and time.monotonic() < deadline:
             self.poll()
             time.sleep(0.01)
         self.poll()

@@ -208,6 +208,7 @@ class Engine:
         self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
         self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
+        self._storage_faults: list[AlarmEvent] = []  # the open storage fault alarms
         self._awaiting: set[str] = set()  # open alarms no operator has acknowledged
         #: Rows of the current batch that were used (not late, duplicate or set aside), per
         #: round; reset by each process() call (the evidence record keeps them).
@@ -303,6 +304,9 @@ class Engine:
         events: list[AlarmEvent] = []
         t_slot = self._t_slot
         for r in groups:
+            # Gaps in the devices' fix numbers (fixes lost on the way; every arrived fix
+            # counts), with the positions known before the fix after the gap.
+            events.extend(self.health.sequence_gaps(batch.slot[r], batch.seq[r], t[r]))
             touched, t_used = self._apply(batch, r, t[r])
             if touched.size:
                 t_slot[touched] = t_used
@@ -442,6 +446,41 @@ class Engine:
             at,
             FAULT_NAMESPACE,
         )
+
+    def storage_fault_events(self, reason: str | None, at: float) -> list[AlarmEvent]:
+        """The ``engine_fault`` alarm of every case for a storage fault: opened with
+        ``reason`` (the disk refuses the engine's writes; it goes on deciding in memory),
+        ended when ``reason`` is None (everything is written)."""
+        if reason is not None:
+            events = self.health.case_alarms(
+                AlarmType.ENGINE_FAULT,
+                AlarmLevel.ALARM,
+                f"engine fault: {reason}. The engine goes on deciding and sends its alarms"
+                " without the journal; the fixes it could not record stay unacknowledged at"
+                " the broker (a restart gets them again) and everything is written when the"
+                " disk takes it again. If the fault lasts, new fixes wait at the broker and"
+                " the case is not watched: the disk needs attention",
+                at,
+                FAULT_NAMESPACE,
+            )
+            self._storage_faults = events
+        else:
+            events = [
+                replace(
+                    e,
+                    state=AlarmState.ENDED,
+                    t_decided=at,
+                    reason="storage fault over: the journal and the evidence record take"
+                    " writes again, and what the fault held is written",
+                    previous_level=None,
+                )
+                for e in self._storage_faults
+                if e.alarm_id in self.alarms  # closed by an operator meanwhile: forgotten
+                and self.alarms[e.alarm_id].state != AlarmState.CLOSED
+            ]
+            self._storage_faults = []
+        self._remember(events)
+        return events
 
     def open_case_ids(self) -> set[str]:
         """Cases with an alarm that has neither ended nor been closed."""

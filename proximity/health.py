@@ -6,6 +6,10 @@
   silent" pre-alert for a protected person's, in every case of the device: the pairs cannot
   be assessed, and the operator must know. The next message from the device ends it. A
   device that has never reported counts as silent from the engine's start.
+* Sequence gaps: a device that numbers its fixes (``seq``, one more per fix it sends) shows
+  what never arrived: a fix whose number is more than one above the device's last one opens a
+  ``data_gap`` alarm in every case of the device, naming the missing numbers and the span
+  (the broker or the network lost them: :func:`sequence_gaps`).
 * Device events (``devices/{id}/event``): panic, tamper or strap removed, battery low, power
   off and separated from the wearer each become their own alarm type and level, in every case
   of the device. A panic is the highest level (escalation), forwarded at once.
@@ -25,12 +29,16 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.model import DeviceEvent
+from proximity._jit import kernel
 from proximity.cases import Case, Device
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.messages import iso_utc
 from proximity.rules import RuleConfig
 
 HEALTH_ALARM_NAMESPACE = uuid.UUID("3a9d2c71-0f4e-4b8a-a6d5-7e1c9b2f4d60")
+#: A fix numbered this much below its device's last one starts the count again (the device
+#: restarted its counter); closer below, it is a repeat or came out of order.
+SEQ_RESTART = 64
 
 #: Device event type -> (alarm type, level).
 EVENT_ALARMS: dict[str, tuple[AlarmType, AlarmLevel]] = {
@@ -44,6 +52,39 @@ EVENT_ALARMS: dict[str, tuple[AlarmType, AlarmLevel]] = {
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+
+@kernel
+def sequence_gaps(
+    slots: IntArray,
+    seq: IntArray,
+    t_recv: FloatArray,
+    last_seq: IntArray,
+    last_t: FloatArray,
+    missing: IntArray,
+    since: FloatArray,
+) -> int:
+    """Fixes ``k`` (of device ``slots[k]``, numbered ``seq[k]``, -1: none, in arrival order)
+    against each device's last number ``last_seq`` (-1: none yet) and its arrival
+    ``last_t``: ``missing[k]`` is how many numbers were skipped before fix ``k`` (0: none),
+    ``since[k]`` when the last numbered fix before the gap arrived. Updates ``last_seq`` and
+    ``last_t``; returns how many fixes follow a gap."""
+    gaps = 0
+    for k in range(slots.size):
+        missing[k] = 0
+        q = seq[k]
+        if q < 0:
+            continue
+        s = slots[k]
+        prev = last_seq[s]
+        if prev >= 0 and q > prev + 1:
+            missing[k] = q - prev - 1
+            since[k] = last_t[s]
+            gaps += 1
+        if q > prev or q < prev - SEQ_RESTART:
+            last_seq[s] = q
+            last_t[s] = t_recv[k]
+    return gaps
 
 
 def _seconds(info: object, key: str, default: float) -> float:
@@ -92,6 +133,47 @@ class DeviceWatch:
         self.last_seen = np.full(n, clock())  # never heard: silent from the start
         self.silent = np.zeros(n, dtype=bool)
         self.alarm_ids: dict[tuple[str, int], str] = {}
+        self.last_seq = np.full(n, -1, dtype=np.int64)  # the newest fix number of each device
+        self._last_seq_t = np.full(n, np.nan)
+        self.fixes_missing = 0  # fixes the devices' numbers show never arrived
+
+    def sequence_gaps(self, slots: IntArray, seq: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
+        """Fixes of ``slots`` numbered ``seq`` (-1: none), arrived at ``t_recv``, in arrival
+        order: a ``data_gap`` alarm in every case of a device for each gap in its numbers,
+        decided at the arrival of the fix after the gap."""
+        missing = np.empty(slots.size, dtype=np.int64)
+        since = np.empty(slots.size)
+        if not sequence_gaps(slots, seq, t_recv, self.last_seq, self._last_seq_t, missing, since):
+            return []
+        out = []
+        for k in np.flatnonzero(missing):
+            slot, n, q, now = int(slots[k]), int(missing[k]), int(seq[k]), float(t_recv[k])
+            self.fixes_missing += n
+            dev = self.ids[slot]
+            numbers = f"number {q - 1}" if n == 1 else f"numbers {q - n} to {q - 1}"
+            for case, is_offender in self.cases_of[slot]:
+                who = "offender" if is_offender else "protected person"
+                reason = (
+                    f"data gap: {n} fix(es) of {who} device {dev} never arrived ({numbers},"
+                    f" sent between {iso_utc(float(since[k]))} and {iso_utc(now)}): lost on the"
+                    " way (by the broker or the network), so the case was not assessed on them"
+                )
+                alarm_id = str(
+                    uuid.uuid5(HEALTH_ALARM_NAMESPACE, f"{case.id}/{dev}/DATA_GAP/{q}/{now!r}")
+                )
+                event = self._event(
+                    alarm_id,
+                    AlarmType.DATA_GAP,
+                    AlarmLevel.ALARM,
+                    AlarmState.OPEN,
+                    case,
+                    slot,
+                    is_offender,
+                    reason,
+                    now,
+                )
+                out.append(replace(event, cause="fix"))  # the fix after the gap showed it
+        return out
 
     def seen(self, slots: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
         """Messages arrived from ``slots`` (at ``t_recv``); end the silence of those devices,

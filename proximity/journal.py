@@ -14,6 +14,7 @@ Used from the engine's thread only; the broker's acknowledgements are read there
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,31 @@ class Journal:
             ]
         return seqs
 
-    def mark_delivered(self, seqs: list[int], now: float) -> None:
-        if seqs:
-            self._db.executemany(
-                "UPDATE outbox SET delivered=? WHERE seq=? AND delivered IS NULL",
-                [(now, s) for s in seqs],
-            )
+    def restore(self, items: list[tuple[str, str, bytes, float, float]]) -> list[int]:
+        """Commit ``(alarm_id, topic, payload, created, delivered)`` items (``delivered``
+        NaN: not yet) in one transaction, after the fact: messages published while the
+        journal refused writes. Their seqs."""
+        with transaction(self._db) as db:
+            return [
+                int(
+                    db.execute(
+                        "INSERT INTO outbox(alarm_id, topic, payload, created, delivered)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (a, topic, payload, created, None if math.isnan(d) else d),
+                    ).lastrowid
+                    or 0
+                )
+                for a, topic, payload, created, d in items
+            ]
+
+    def mark_delivered(self, marks: list[tuple[int, float]]) -> None:
+        """Record deliveries: ``(seq, when the broker acknowledged it)``."""
+        if marks:
+            with transaction(self._db) as db:
+                db.executemany(
+                    "UPDATE outbox SET delivered=? WHERE seq=? AND delivered IS NULL",
+                    [(t, s) for s, t in marks],
+                )
 
     def undelivered(self) -> list[Entry]:
         """Everything not acknowledged yet, in journal order."""

@@ -31,6 +31,7 @@ from ingest.owntracks import keys as owntracks_keys
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.backlog import Retry
 from proximity.cases import Case, Device
 from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
@@ -42,6 +43,7 @@ from proximity.messages import alarm_message, iso_utc
 from proximity.notice import notices_for
 from proximity.registry import Registry
 from proximity.settings import Settings, rule_config
+from proximity.store import WRITE_ERRORS
 from proximity.timeline import Item, SweepGrid, Timeline
 from proximity.uncertainty import MOBILITY_MPS
 from proximity.watchdog import Watchdog
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 NOTICE_QOS = 1
 #: How often the retention purge runs (and once at start).
 PURGE_INTERVAL_S = 3600.0
+#: When a purge the disk refused is tried again.
+PURGE_RETRY_S = 60.0
 
 STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
@@ -138,6 +142,10 @@ class EngineService:
         self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
         self._device_ids = np.array(self.engine.devices.ids, dtype=object)
         self.notices_published = 0
+        # Evidence entries the disk refused, in order (proximity.backlog), and the fault.
+        self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
+        self._evidence_retry = Retry("the evidence record")
+        self._storage_fault = ""  # what the open storage fault alarm said; "": none
 
     def _status(self, state: str) -> bytes:
         st = self.engine.stats
@@ -160,6 +168,7 @@ class EngineService:
                 "fixes_duplicate": st.fixes_duplicate,
                 "fixes_implausible": st.fixes_implausible,
                 "fixes_clock_ahead": st.fixes_clock_ahead,
+                "fixes_missing": self.engine.health.fixes_missing,
                 "batches": st.batches,
                 "max_batch": st.max_batch,
                 "pairs_evaluated": st.pairs_evaluated,
@@ -175,6 +184,10 @@ class EngineService:
                 "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
                 "open_alarms": self.engine.open_alarms,
+                "storage": "fault" if self._storage_fault else "ok",
+                "storage_error": self._storage_error() or None,
+                "storage_held": len(self._evidence_held) + self.channel.held,
+                "intake_unacknowledged": self.subscriber.unacknowledged,
                 "queue_blocked": self.subscriber.blocked_puts,
                 "queue_depth": self.subscriber.items.qsize(),
                 "last_fix_processed": iso_utc(last),
@@ -254,6 +267,16 @@ class EngineService:
                 http.stop()
             out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
             self.channel.close()
+            self._flush_evidence(now=True)
+            if self._storage_fault:
+                log.error(
+                    "stopping during a storage fault: %d evidence entries and %d messages"
+                    " not written; the %d fixes they hold stay unacknowledged at the broker"
+                    " and come again at the next start",
+                    len(self._evidence_held),
+                    self.channel.held,
+                    self.subscriber.unacknowledged,
+                )
             self.subscriber.stop()
             disconnect(out)
             self.channel.journal.close()
@@ -330,13 +353,17 @@ class EngineService:
             wait = max(0.0, min(0.5, next_status - time.monotonic(), due_in))
             items, horizon = self.subscriber.drain(timeout=wait)
             self._step(items, horizon)
-            if items:
-                # Taken into the engine's state: now the broker may forget them.
-                self.subscriber.acknowledge()
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
+            self._flush_evidence()
+            self._check_storage()
+            if not self._storage_fault and self.subscriber.unacknowledged:
+                # Decided and on disk: now the broker may forget them. (While the disk
+                # refuses writes they stay the broker's: a restart gets them again.)
+                self.subscriber.acknowledge()
             if time.monotonic() >= next_purge:
-                self._purge()
-                next_purge = time.monotonic() + PURGE_INTERVAL_S
+                next_purge = time.monotonic() + (
+                    PURGE_INTERVAL_S if self._purge() else PURGE_RETRY_S
+                )
             if time.monotonic() >= next_status:
                 out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
                 next_status = time.monotonic() + s.status_interval_s
@@ -377,12 +404,64 @@ class EngineService:
                 self.grid.skipped - skipped,
             )
 
-    def _purge(self) -> None:
+    def _record(self, entries: list[tuple[str, float, str, dict[str, Any]]]) -> None:
+        """Entries for the evidence record: written now, or, while the disk refuses writes,
+        kept in order behind the refused ones (:meth:`_flush_evidence`)."""
+        if not entries:
+            return
+        self._evidence_held.extend(entries)
+        self._flush_evidence(now=not self._evidence_retry.failing)
+
+    def _flush_evidence(self, now: bool = False) -> None:
+        """Write the held evidence entries (when a try is due, or ``now``)."""
+        if not self._evidence_held or not (now or self._evidence_retry.due()):
+            return
+        try:
+            self.evidence.append(self._evidence_held)
+        except WRITE_ERRORS as exc:
+            if self._evidence_retry.failed(exc):
+                log.error("the evidence record %s refuses writes: %s", self.evidence.path, exc)
+        else:
+            self._evidence_held = []
+            if self._evidence_retry.succeeded():
+                log.warning("the evidence record %s takes writes again", self.evidence.path)
+        self._check_storage()
+
+    def _storage_error(self) -> str:
+        """What the disk refuses, in words ("" when it refuses nothing)."""
+        files = [(self._evidence_retry, self.evidence.path)]
+        channel = getattr(self, "channel", None)  # made when the engine connects (run)
+        if channel is not None:
+            files.insert(0, (channel.retry, channel.journal.path))
+        return "; ".join(
+            f"{r.what} {path} refuses writes ({r.error})" for r, path in files if r.failing
+        )
+
+    def _check_storage(self) -> None:
+        """Open the storage fault alarm of every case when a write is first refused; end it
+        when everything held is written."""
+        error = self._storage_error()
+        if bool(error) == bool(self._storage_fault):
+            return
+        self._storage_fault = error
+        if error:
+            log.critical("storage fault: %s; deciding on in memory", error)
+            self._publish(self.engine.storage_fault_events(error, self.clock()))
+        else:
+            log.warning("storage fault over: everything held is written")
+            self._publish(self.engine.storage_fault_events(None, self.clock()))
+
+    def _purge(self) -> bool:
         """Retention: location history older than retention_days leaves the record (its
-        hashes stay), except for cases with an open alarm; the purge is recorded."""
+        hashes stay), except for cases with an open alarm; the purge is recorded. False when
+        the disk refused it (it is tried again later)."""
         now = self.clock()
         cutoff = now - self.settings.retention_days * 86_400.0
-        removed = self.evidence.purge(cutoff, self.engine.open_case_ids(), now)
+        try:
+            removed = self.evidence.purge(cutoff, self.engine.open_case_ids(), now)
+        except WRITE_ERRORS as exc:
+            log.error("retention: the evidence record refused the purge (%s); trying later", exc)
+            return False
         if removed:
             log.info(
                 "retention: removed %d fix entries older than %s from %d case(s)",
@@ -390,6 +469,7 @@ class EngineService:
                 iso_utc(cutoff),
                 len(removed),
             )
+        return True
 
     def _record_fixes(self, batch: FixBatch) -> None:
         """The fixes the engine used (not late, duplicate or set aside) go on record: one
@@ -422,10 +502,10 @@ class EngineService:
                 "seq": batch.seq[r].tolist(),  # -1: none
             }
             entries.append((self._case_ids[ci], float(batch.t_fix[r].max()), "fix", body))
-        self.evidence.append(entries)
+        self._record(entries)
 
     def _publish(self, events: list[AlarmEvent]) -> None:
-        sent = []
+        sent: list[tuple[str, float, str, dict[str, Any]]] = []
         for event in events:
             message = alarm_message(event, self.engine.cases[event.case_id])
             self.channel.send(message)
@@ -439,7 +519,8 @@ class EngineService:
                 event.case_id,
                 event.reason,
             )
-        self.evidence.append(sent)
+        self._record(sent)
+        self._check_storage()  # a journal that has just refused this alarm: tell the CIC
         # The offender's "move away" notices: built without any of the victim's data.
         for notice in notices_for(events):
             self._out.publish(notice.topic, notice.payload, qos=NOTICE_QOS)

@@ -1,4 +1,9 @@
-"""Durable SQLite files of the engine (the outbox journal, the evidence record)."""
+"""Durable SQLite files of the engine (the outbox journal, the evidence record).
+
+A write that the disk refuses (full, read-only, failing) raises :class:`sqlite3.Error`
+(:data:`WRITE_ERRORS`) and leaves the file as it was before the transaction; the running
+engine keeps what it could not write in memory and writes it when the disk takes it again
+(:mod:`proximity.backlog`)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from proximity.errors import ProximityError
+
+#: What a write to a SQLite file raises when the disk refuses it.
+WRITE_ERRORS = (sqlite3.Error, OSError)
 
 
 def open_durable(
@@ -36,7 +44,10 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
+        db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        # SQLite rolls back by itself on some errors (a full disk): then there is nothing to
+        # roll back, and trying would hide the error that matters.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
-    db.execute("COMMIT")

@@ -125,7 +125,6 @@ def build_schedule(suite: Suite, seed: int) -> Schedule:
     for i, d in enumerate(suite.devices.values()):
         if d.recorded is not None:  # a replayed recording: as recorded
             t, lat, lon, acc = d.recorded
-            k = np.arange(t.size)
             keep = np.ones(t.size, dtype=bool)
             fast = np.zeros(t.size, dtype=bool)
         else:
@@ -144,7 +143,9 @@ def build_schedule(suite: Suite, seed: int) -> Schedule:
             acc, keep, fast = obs.acc_m, obs.sent, k % ratio != 0
         cols["t"].append(t[keep])
         cols["dev"].append(np.full(int(keep.sum()), i))
-        cols["seq"].append(k[keep])
+        # A device numbers the fixes it sends (a report it could not send takes no number):
+        # the engine reads a gap in the numbers as fixes lost on the way.
+        cols["seq"].append(np.arange(int(keep.sum())))
         cols["lat"].append(lat[keep])
         cols["lon"].append(lon[keep])
         cols["acc"].append(acc[keep])

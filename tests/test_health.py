@@ -146,3 +146,38 @@ def test_case_file_rejects_a_bad_reporting_interval() -> None:
         "devices[0] (o): 'reporting_interval_s' must be a number of seconds > 0, got 0",
         "devices[1] (v): 'signal_grace_s' must be a number of seconds >= 0, got '1m'",
     ]
+
+
+def test_a_gap_in_a_devices_fix_numbers_is_a_data_gap_in_each_of_its_cases() -> None:
+    clock = Clock(T0)
+    eng = engine(
+        [case("A", ("o",), ("v",)), case("B", ("o",), ("w",))],
+        clock=clock,
+        default_top_speed_mps=0.0,
+    )
+    far = offset(*HOME, 0, 3000)
+    assert events_of(eng, fix("o", far, 0, seq=1), fix("o", far, 1, seq=2)) == []
+    # Numbers 3 and 4 never arrived (lost on the way): one alarm per case of the device.
+    gaps = events_of(eng, fix("o", far, 4, seq=5), now=T0 + 4.2)
+    assert sorted(g.case_id for g in gaps) == ["A", "B"]
+    for g in gaps:
+        assert (g.type, g.level, g.state, g.device) == (
+            AlarmType.DATA_GAP,
+            AlarmLevel.ALARM,
+            AlarmState.OPEN,
+            "o",
+        )
+        assert g.reason.startswith("data gap: 2 fix(es) of offender device o never arrived")
+        assert "(numbers 3 to 4, sent between" in g.reason
+    assert eng.health.fixes_missing == 2
+    # A repeat and a fix out of order: no gap.
+    assert events_of(eng, fix("o", far, 4, seq=5), fix("o", far, 5, seq=4)) == []
+    # Fixes without numbers say nothing either way; the count goes on from the last number.
+    assert events_of(eng, fix("o", far, 6), fix("o", far, 7, seq=6)) == []
+    # A device that starts counting again (far below its last number) is no gap, and its new
+    # count is watched from there.
+    assert events_of(eng, fix("o", far, 8, seq=200)) != []  # 7 to 199 are missing
+    assert events_of(eng, fix("o", far, 9, seq=0), fix("o", far, 10, seq=1)) == []
+    [gap, _] = events_of(eng, fix("o", far, 11, seq=3))
+    assert "1 fix(es)" in gap.reason and "(number 2," in gap.reason
+    assert eng.health.fixes_missing == 2 + 193 + 1

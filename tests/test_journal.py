@@ -1,14 +1,20 @@
 """The outbox journal keeps messages, in order, until they are marked delivered, across
-reopening the file."""
+reopening the file; while it refuses writes, the channel publishes all the same and journals
+the messages later."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.channel import MqttAlarmChannel
 from proximity.errors import ProximityError
 from proximity.journal import Journal
+from simulator.broker import LocalBroker
+from tests.conftest import Listener
 
 
 def test_undelivered_messages_survive_reopening_in_order(tmp_path: Path) -> None:
@@ -17,15 +23,15 @@ def test_undelivered_messages_survive_reopening_in_order(tmp_path: Path) -> None
     a = j.append([("A", "cic/alarms", b"1"), ("A", "cic/alarms/cap", b"<1/>")], 10.0)
     b = j.append([("B", "cic/alarms", b"2")], 11.0)
     assert a[0] < a[1] < b[0]
-    j.mark_delivered([a[0]], 12.0)
+    j.mark_delivered([(a[0], 12.0)])
     j.close()
     j = Journal(path)  # a new process
     assert [(e.seq, e.alarm_id, e.topic, e.payload) for e in j.undelivered()] == [
         (a[1], "A", "cic/alarms/cap", b"<1/>"),
         (b[0], "B", "cic/alarms", b"2"),
     ]
-    j.mark_delivered([a[1], b[0]], 13.0)
-    j.mark_delivered([b[0]], 14.0)  # a repeated acknowledgement changes nothing
+    j.mark_delivered([(a[1], 13.0), (b[0], 13.0)])
+    j.mark_delivered([(b[0], 14.0)])  # a repeated acknowledgement changes nothing
     assert j.undelivered() == []
     j.close()
 
@@ -33,3 +39,45 @@ def test_undelivered_messages_survive_reopening_in_order(tmp_path: Path) -> None
 def test_a_journal_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ProximityError, match="does not exist"):
         Journal(tmp_path / "nope" / "j.sqlite")
+
+
+@pytest.mark.broker
+def test_a_journal_that_refuses_writes_holds_the_messages_and_writes_them_when_it_can(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    # A database at its page limit refuses writes as a full disk does (SQLITE_FULL).
+    db = journal._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    cic = Listener(broker.url, ["cic/alarms"])
+    client = make_client("journal-test")
+    connect(client, parse_broker_url(broker.url))
+    channel = MqttAlarmChannel(client, "cic/alarms", journal)
+    try:
+        for i in range(10):
+            channel.send({"alarm_id": f"A{i}", "times": {}, "pad": "x" * 3000})
+        assert channel.retry.failing and 0 < channel.held < 10
+        # Every message reaches the CIC, in order; those the journal refused say so.
+        cic.wait_for("cic/alarms", lambda m: m["alarm_id"] == "A9")
+        got = cic.on("cic/alarms")
+        assert [m["alarm_id"] for m in got] == [f"A{i}" for i in range(10)]
+        refused = [m["alarm_id"] for m in got if m.get("journalled") is False]
+        assert refused == [f"A{i}" for i in range(10 - channel.held, 10)]
+        deadline = time.monotonic() + 10.0
+        while channel.unacknowledged and time.monotonic() < deadline:
+            channel.poll()
+            time.sleep(0.01)
+        assert channel.unacknowledged == 0 and channel.retry.failing
+        db.execute("PRAGMA max_page_count = 1073741823")  # the disk is back
+        while channel.retry.failing and time.monotonic() < deadline:
+            channel.poll()  # tries again when due (backoff)
+            time.sleep(0.01)
+        assert not channel.retry.failing and channel.held == 0
+        # Everything is journalled, in order, and delivered.
+        rows = db.execute("SELECT alarm_id, delivered FROM outbox ORDER BY seq").fetchall()
+        assert [a for a, _ in rows] == [f"A{i}" for i in range(10)]
+        assert all(d is not None for _, d in rows) and journal.undelivered() == []
+    finally:
+        cic.close()
+        disconnect(client)
+        journal.close()
