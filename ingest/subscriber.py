@@ -114,7 +114,9 @@ class FixSubscriber:
         self._owntracks_keys: Keys = owntracks_keys or {}
         # (item, message id) pairs; the id is 0 for items that need no acknowledgement.
         self.items: queue.Queue[tuple[Item, int]] = queue.Queue(maxsize=queue_limit)
+        # Tags (connection << 16 | message id) of the messages handed out, not acknowledged.
         self._drained: list[int] = []
+        self._connection = 0  # counts the connections whose session was new
         self.blocked_puts = 0
         self._stamp = threading.Lock()  # stamping + queueing vs. the horizon of drain()
         self._connected_before = False
@@ -151,9 +153,13 @@ class FixSubscriber:
         if rc.is_failure:
             log.error("broker %s refused the fix subscription: %s", self.broker, rc)
             return
+        session_kept = bool(getattr(flags, "session_present", False))
+        if not session_kept:
+            with self._stamp:  # the ids of messages handed out before mean nothing now
+                self._connection += 1
         # A persistent session keeps what is sent while the engine is away; without it (the
         # broker crashed without persistence, or lost its store) that is gone: say so.
-        if self._session_expiry_s > 0 and not bool(getattr(flags, "session_present", False)):
+        if self._session_expiry_s > 0 and not session_kept:
             lost_at, self._lost_at = self._lost_at, math.nan
             with self._stamp:
                 gap = SessionLost(lost_at, self._clock())
@@ -201,7 +207,9 @@ class FixSubscriber:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         topic = _topic(msg)
-        mid = msg.mid if msg.qos > 0 else 0
+        # The message id, tagged with the connection's session: an id means something only
+        # within the session that gave it (the broker reuses ids once acknowledged).
+        mid = (self._connection << 16 | msg.mid) if msg.qos > 0 else 0
         with self._stamp:
             now = self._clock()
             item: Item
@@ -245,11 +253,17 @@ class FixSubscriber:
 
     def acknowledge(self) -> int:
         """Acknowledge, to the broker, the messages of everything drained so far (the engine
-        has processed it); return how many."""
-        mids, self._drained = self._drained, []
-        for mid in mids:
-            self._client.ack(mid, SUBSCRIBE_QOS)
-        return len(mids)
+        has processed it); return how many. A message the broker sent again (after a
+        reconnect that kept the session) is acknowledged once; one of a session the broker
+        no longer has is not acknowledged at all (its id may name another message now)."""
+        tags, self._drained = dict.fromkeys(self._drained), []
+        sent = 0
+        with self._stamp:  # against a reconnect starting a new session meanwhile
+            for tag in tags:
+                if tag >> 16 == self._connection:
+                    self._client.ack(tag & 0xFFFF, SUBSCRIBE_QOS)
+                    sent += 1
+        return sent
 
     def drain(self, timeout: float, limit: int = 100_000) -> tuple[list[Item], float]:
         """Wait up to ``timeout`` s for one item, then take everything queued (at most

@@ -142,14 +142,14 @@ class MqttAlarmChannel:
         """Messages (JSON and CAP) published but not journalled yet."""
         return len(self._held)
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         """Journal what a storage fault held, and mark deliveries the journal refused, when a
-        try is due; the fault ends when everything is written."""
+        try is due (or ``force``); the fault ends when everything is written."""
         if not (self._held or self._marks):
             if self.retry.succeeded():  # a refused write that held nothing (an append)
                 log.warning("the outbox journal %s takes writes again", self.journal.path)
             return
-        if not self.retry.due():
+        if not (force or self.retry.due()):
             return
         try:
             if self._held:
@@ -157,8 +157,11 @@ class MqttAlarmChannel:
                     [(h.alarm_id, h.topic, h.payload, h.created, h.delivered) for h in self._held]
                 )
                 for seq, h in zip(seqs, self._held, strict=True):
-                    if self._held_pending.pop(h.mid, None) is not None:
-                        self._pending[h.mid] = (seq, h.created)  # its PUBACK is still due
+                    # Its PUBACK is still due (the client reuses message ids: the id may
+                    # belong to a later message by now if this one's PUBACK came).
+                    if math.isnan(h.delivered) and self._held_pending.get(h.mid) is h:
+                        del self._held_pending[h.mid]
+                        self._pending[h.mid] = (seq, h.created)
                 self._held = []
             if self._marks:
                 self.journal.mark_delivered(self._marks)
@@ -215,7 +218,9 @@ class MqttAlarmChannel:
         return len(self._pending) + len(self._held_pending)
 
     def close(self) -> None:
-        """Wait briefly for outstanding acknowledgements (bounded), then record them."""
+        """Journal what a storage fault held (one last try), wait briefly for outstanding
+        acknowledgements (bounded), then record them."""
+        self.flush(force=True)
         deadline = time.monotonic() + 5.0
         while (self._pending or self._held_pending) and time.monotonic() < deadline:
             self.poll()

@@ -45,7 +45,7 @@ from proximity.events import (
     Position,
 )
 from proximity.geodesy import geodesic_distance_m
-from proximity.health import DeviceWatch
+from proximity.health import DeviceWatch, sequence_steps
 from proximity.messages import iso_utc
 from proximity.pairs import PairTable, dependency_rounds
 from proximity.quality import FixFilter
@@ -250,6 +250,8 @@ class Engine:
         """Compile (or load from cache) every kernel; return the seconds it took."""
         t0 = time.perf_counter()
         geodesic_distance_m([50.0], [4.0], [50.1], [4.1])  # the fix filter's jump rule
+        one = np.zeros(1, dtype=np.int64)  # the devices' fix numbers
+        sequence_steps(one, one, np.zeros(1), np.full(1, -1), np.zeros(1), np.zeros(1, bool))
         return time.perf_counter() - t0 + warm_up_core() + warm_up_zones()
 
     def process(self, batch: FixBatch) -> list[AlarmEvent]:
@@ -305,8 +307,8 @@ class Engine:
         t_slot = self._t_slot
         for r in groups:
             # Gaps in the devices' fix numbers (fixes lost on the way; every arrived fix
-            # counts), with the positions known before the fix after the gap.
-            events.extend(self.health.sequence_gaps(batch.slot[r], batch.seq[r], t[r]))
+            # counts, a device at most once per round).
+            self.health.numbers(batch.slot[r], batch.seq[r], t[r])
             touched, t_used = self._apply(batch, r, t[r])
             if touched.size:
                 t_slot[touched] = t_used

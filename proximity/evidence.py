@@ -20,7 +20,8 @@ compared with what the engine recorded at the time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,14 @@ class EvidenceLog:
 
     def append(self, entries: Iterable[tuple[str, float, str, dict[str, Any]]]) -> int:
         """Append ``(case_id, t, kind, body)`` entries in one transaction; return how many."""
+        return self._write(entries)
+
+    def _write(
+        self,
+        entries: Iterable[tuple[str, float, str, dict[str, Any]]],
+        before: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> int:
+        """Chain and insert ``entries`` in one transaction, after ``before`` (run in it)."""
         rows = []
         heads = dict(self._heads)
         for case_id, t, kind, body in entries:
@@ -109,10 +118,12 @@ class EvidenceLog:
             h = entry_hash(prev, case_id, seq, t, kind, body_hash)
             rows.append((case_id, seq, t, kind, data, body_hash, prev, h))
             heads[case_id] = (seq, h)
-        if not rows:
+        if not rows and before is None:
             return 0
         try:
             with transaction(self._db) as db:
+                if before is not None:
+                    before(db)
                 db.executemany(
                     "INSERT INTO evidence(case_id, seq, t, kind, body, body_hash, prev, hash)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -141,14 +152,22 @@ class EvidenceLog:
             )
             if c not in keep_cases
         }
-        for case_id in counts:
-            self._db.execute(
-                "UPDATE evidence SET body=NULL WHERE case_id=? AND kind='fix' AND t < ?",
-                (case_id, older_than),
-            )
-        self.append(
-            (c, now, "purge", {"fix_entries_removed": n, "taken_before": older_than})
-            for c, n in counts.items()
+
+        def remove(db: sqlite3.Connection) -> None:
+            for case_id in counts:
+                db.execute(
+                    "UPDATE evidence SET body=NULL WHERE case_id=? AND kind='fix' AND t < ?",
+                    (case_id, older_than),
+                )
+
+        # The bodies go and the purge is recorded in one transaction: a disk that refuses
+        # it leaves both as they were (tried again later).
+        self._write(
+            (
+                (c, now, "purge", {"fix_entries_removed": n, "taken_before": older_than})
+                for c, n in counts.items()
+            ),
+            remove if counts else None,
         )
         return counts
 

@@ -7,9 +7,10 @@
   be assessed, and the operator must know. The next message from the device ends it. A
   device that has never reported counts as silent from the engine's start.
 * Sequence gaps: a device that numbers its fixes (``seq``, one more per fix it sends) shows
-  what never arrived: a fix whose number is more than one above the device's last one opens a
-  ``data_gap`` alarm in every case of the device, naming the missing numbers and the span
-  (the broker or the network lost them: :func:`sequence_gaps`).
+  what never arrived: numbers skipped by a later fix that have not come
+  :data:`GAP_SETTLE_S` later (a device may send stored fixes after its live ones) open a
+  ``data_gap`` alarm in every case of the device at the next sweep, naming the missing
+  numbers and the span (the broker or the network lost them: :meth:`DeviceWatch.numbers`).
 * Device events (``devices/{id}/event``): panic, tamper or strap removed, battery low, power
   off and separated from the wearer each become their own alarm type and level, in every case
   of the device. A panic is the highest level (escalation), forwarded at once.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +37,12 @@ from proximity.messages import iso_utc
 from proximity.rules import RuleConfig
 
 HEALTH_ALARM_NAMESPACE = uuid.UUID("3a9d2c71-0f4e-4b8a-a6d5-7e1c9b2f4d60")
-#: A fix numbered this much below its device's last one starts the count again (the device
-#: restarted its counter); closer below, it is a repeat or came out of order.
+#: A fix numbered this much below its device's last one (and in no gap) starts the count
+#: again (the device restarted its counter); closer below, it is a repeat.
 SEQ_RESTART = 64
+#: How long missing numbers may take to come after all (a device that sends what it stored
+#: while out of coverage after its live fixes) before they are a data gap.
+GAP_SETTLE_S = 30.0
 
 #: Device event type -> (alarm type, level).
 EVENT_ALARMS: dict[str, tuple[AlarmType, AlarmLevel]] = {
@@ -52,39 +56,59 @@ EVENT_ALARMS: dict[str, tuple[AlarmType, AlarmLevel]] = {
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 @kernel
-def sequence_gaps(
+def sequence_steps(
     slots: IntArray,
     seq: IntArray,
     t_recv: FloatArray,
     last_seq: IntArray,
     last_t: FloatArray,
-    missing: IntArray,
-    since: FloatArray,
+    odd: BoolArray,
 ) -> int:
-    """Fixes ``k`` (of device ``slots[k]``, numbered ``seq[k]``, -1: none, in arrival order)
-    against each device's last number ``last_seq`` (-1: none yet) and its arrival
-    ``last_t``: ``missing[k]`` is how many numbers were skipped before fix ``k`` (0: none),
-    ``since[k]`` when the last numbered fix before the gap arrived. Updates ``last_seq`` and
-    ``last_t``; returns how many fixes follow a gap."""
-    gaps = 0
+    """Fixes ``k`` (of device ``slots[k]``, numbered ``seq[k]``, -1: none, in arrival order;
+    a device at most once) against each device's last number ``last_seq`` (-1: none yet):
+    the usual fix (the next number, or a device's first) moves ``last_seq`` and its arrival
+    ``last_t`` on here; the others (a skip, a repeat, one out of order, a new count) are
+    marked in ``odd`` for :class:`DeviceWatch` to sort out. Returns how many are odd."""
+    n = 0
     for k in range(slots.size):
-        missing[k] = 0
+        odd[k] = False
         q = seq[k]
         if q < 0:
             continue
         s = slots[k]
         prev = last_seq[s]
-        if prev >= 0 and q > prev + 1:
-            missing[k] = q - prev - 1
-            since[k] = last_t[s]
-            gaps += 1
-        if q > prev or q < prev - SEQ_RESTART:
+        if prev < 0 or q == prev + 1:
             last_seq[s] = q
             last_t[s] = t_recv[k]
-    return gaps
+        else:
+            odd[k] = True
+            n += 1
+    return n
+
+
+@dataclass(slots=True)
+class _Gap:
+    """Numbers ``lo`` to ``hi`` of a device that had not arrived when a later one did."""
+
+    lo: int
+    hi: int
+    since: float  # arrival of the fix before the gap
+    until: float  # arrival of the fix after it (when the gap was seen)
+    filled: set[int] = field(default_factory=set)  # those of them that came after all
+
+    @property
+    def missing(self) -> int:
+        return self.hi - self.lo + 1 - len(self.filled)
+
+    def fill(self, q: int) -> bool:
+        if self.lo <= q <= self.hi and q not in self.filled:
+            self.filled.add(q)
+            return True
+        return False
 
 
 def _seconds(info: object, key: str, default: float) -> float:
@@ -136,43 +160,75 @@ class DeviceWatch:
         self.last_seq = np.full(n, -1, dtype=np.int64)  # the newest fix number of each device
         self._last_seq_t = np.full(n, np.nan)
         self.fixes_missing = 0  # fixes the devices' numbers show never arrived
+        self._gaps: dict[int, list[_Gap]] = {}  # slot -> its open gaps
 
-    def sequence_gaps(self, slots: IntArray, seq: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
+    def numbers(self, slots: IntArray, seq: IntArray, t_recv: FloatArray) -> None:
         """Fixes of ``slots`` numbered ``seq`` (-1: none), arrived at ``t_recv``, in arrival
-        order: a ``data_gap`` alarm in every case of a device for each gap in its numbers,
-        decided at the arrival of the fix after the gap."""
-        missing = np.empty(slots.size, dtype=np.int64)
-        since = np.empty(slots.size)
-        if not sequence_gaps(slots, seq, t_recv, self.last_seq, self._last_seq_t, missing, since):
-            return []
+        order (a device at most once): note the gaps in each device's numbers, and fill them
+        with numbers that come late. A gap still open :data:`GAP_SETTLE_S` after it was seen
+        is a ``data_gap`` alarm at the next sweep (:meth:`sweep`)."""
+        odd = np.empty(slots.size, dtype=np.bool_)
+        if not sequence_steps(slots, seq, t_recv, self.last_seq, self._last_seq_t, odd):
+            return
+        for k in np.flatnonzero(odd):  # rare: Python work only for these
+            slot, q, now = int(slots[k]), int(seq[k]), float(t_recv[k])
+            prev = int(self.last_seq[slot])
+            gaps = self._gaps.setdefault(slot, [])
+            if q > prev + 1:
+                gaps.append(_Gap(prev + 1, q - 1, float(self._last_seq_t[slot]), now))
+            elif any(g.fill(q) for g in gaps):
+                gaps[:] = [g for g in gaps if g.missing]
+                continue
+            elif q >= prev - SEQ_RESTART:
+                continue  # a repeat
+            self.last_seq[slot] = q  # past a gap, or a new count
+            self._last_seq_t[slot] = now
+
+    def _gap_events(self, now: float) -> list[AlarmEvent]:
+        """``data_gap`` alarms, in every case of the device, for the gaps that stayed open
+        :data:`GAP_SETTLE_S`."""
         out = []
-        for k in np.flatnonzero(missing):
-            slot, n, q, now = int(slots[k]), int(missing[k]), int(seq[k]), float(t_recv[k])
-            self.fixes_missing += n
+        for slot in sorted(self._gaps):
+            due = [g for g in self._gaps[slot] if now - g.until >= GAP_SETTLE_S]
+            if not due:
+                continue
+            self._gaps[slot] = [g for g in self._gaps[slot] if now - g.until < GAP_SETTLE_S]
+            if not self._gaps[slot]:
+                del self._gaps[slot]
             dev = self.ids[slot]
-            numbers = f"number {q - 1}" if n == 1 else f"numbers {q - n} to {q - 1}"
-            for case, is_offender in self.cases_of[slot]:
-                who = "offender" if is_offender else "protected person"
-                reason = (
-                    f"data gap: {n} fix(es) of {who} device {dev} never arrived ({numbers},"
-                    f" sent between {iso_utc(float(since[k]))} and {iso_utc(now)}): lost on the"
-                    " way (by the broker or the network), so the case was not assessed on them"
-                )
-                alarm_id = str(
-                    uuid.uuid5(HEALTH_ALARM_NAMESPACE, f"{case.id}/{dev}/DATA_GAP/{q}/{now!r}")
-                )
-                event = self._event(
-                    alarm_id,
-                    AlarmType.DATA_GAP,
-                    AlarmLevel.ALARM,
-                    AlarmState.OPEN,
-                    case,
-                    slot,
-                    is_offender,
-                    reason,
-                    now,
-                )
-                out.append(replace(event, cause="fix"))  # the fix after the gap showed it
+            for g in due:
+                n = g.missing
+                self.fixes_missing += n
+                span = f"numbers {g.lo} to {g.hi}" if g.hi > g.lo else f"number {g.lo}"
+                if g.filled:
+                    span = f"{n} of the {span}"
+                for case, is_offender in self.cases_of[slot]:
+                    who = "offender" if is_offender else "protected person"
+                    reason = (
+                        f"data gap: {n} fix(es) of {who} device {dev} never arrived ({span};"
+                        f" the fixes before and after them arrived at {iso_utc(g.since)} and"
+                        f" {iso_utc(g.until)}): lost on the way (by the broker or the network)"
+                        " or rejected on arrival, so the case was not assessed on them"
+                    )
+                    alarm_id = str(
+                        uuid.uuid5(
+                            HEALTH_ALARM_NAMESPACE,
+                            f"{case.id}/{dev}/DATA_GAP/{g.lo}/{g.until!r}",
+                        )
+                    )
+                    out.append(
+                        self._event(
+                            alarm_id,
+                            AlarmType.DATA_GAP,
+                            AlarmLevel.ALARM,
+                            AlarmState.OPEN,
+                            case,
+                            slot,
+                            is_offender,
+                            reason,
+                            now,
+                        )
+                    )
         return out
 
     def seen(self, slots: IntArray, t_recv: FloatArray) -> list[AlarmEvent]:
@@ -197,6 +253,8 @@ class DeviceWatch:
         for s in np.flatnonzero(quiet):
             self.silent[s] = True
             events.extend(self._silence_events(int(s), AlarmState.OPEN, now))
+        if self._gaps:
+            events.extend(self._gap_events(now))
         return events
 
     def _silence_events(self, slot: int, state: AlarmState, now: float) -> list[AlarmEvent]:

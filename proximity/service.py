@@ -55,6 +55,8 @@ NOTICE_QOS = 1
 PURGE_INTERVAL_S = 3600.0
 #: When a purge the disk refused is tried again.
 PURGE_RETRY_S = 60.0
+#: A storage fault's alarm ends when no write has been refused for this long.
+STORAGE_SETTLE_S = 10.0
 
 STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
@@ -146,6 +148,8 @@ class EngineService:
         self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
         self._evidence_retry = Retry("the evidence record")
         self._storage_fault = ""  # what the open storage fault alarm said; "": none
+        self._storage_busy = False  # sending the fault's own alarms
+        self._storage_clear_since = math.nan  # when the open fault stopped refusing writes
 
     def _status(self, state: str) -> bytes:
         st = self.engine.stats
@@ -184,7 +188,7 @@ class EngineService:
                 "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
                 "open_alarms": self.engine.open_alarms,
-                "storage": "fault" if self._storage_fault else "ok",
+                "storage": "fault" if self._storage_error() else "ok",
                 "storage_error": self._storage_error() or None,
                 "storage_held": len(self._evidence_held) + self.channel.held,
                 "intake_unacknowledged": self.subscriber.unacknowledged,
@@ -266,9 +270,15 @@ class EngineService:
             if http is not None:
                 http.stop()
             out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
-            self.channel.close()
+            # One last try of what a storage fault holds; what is then on disk is
+            # acknowledged (and the fault's end sent) before the channel closes.
             self._flush_evidence(now=True)
-            if self._storage_fault:
+            self.channel.flush(force=True)
+            self._check_storage(final=True)
+            if not self._storage_error():
+                self.subscriber.acknowledge()
+            self.channel.close()
+            if self._storage_error():
                 log.error(
                     "stopping during a storage fault: %d evidence entries and %d messages"
                     " not written; the %d fixes they hold stay unacknowledged at the broker"
@@ -356,7 +366,7 @@ class EngineService:
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             self._flush_evidence()
             self._check_storage()
-            if not self._storage_fault and self.subscriber.unacknowledged:
+            if self.subscriber.unacknowledged and not self._storage_error():
                 # Decided and on disk: now the broker may forget them. (While the disk
                 # refuses writes they stay the broker's: a restart gets them again.)
                 self.subscriber.acknowledge()
@@ -437,19 +447,36 @@ class EngineService:
             f"{r.what} {path} refuses writes ({r.error})" for r, path in files if r.failing
         )
 
-    def _check_storage(self) -> None:
+    def _check_storage(self, final: bool = False) -> None:
         """Open the storage fault alarm of every case when a write is first refused; end it
-        when everything held is written."""
+        when everything held is written and no write has been refused for
+        :data:`STORAGE_SETTLE_S` (at once when ``final``), so that a disk on the edge of full
+        does not open and end it at every try."""
+        if self._storage_busy:  # the fault's own alarms are being sent
+            return
         error = self._storage_error()
+        if error:
+            self._storage_clear_since = math.nan
         if bool(error) == bool(self._storage_fault):
             return
-        self._storage_fault = error
-        if error:
-            log.critical("storage fault: %s; deciding on in memory", error)
-            self._publish(self.engine.storage_fault_events(error, self.clock()))
-        else:
-            log.warning("storage fault over: everything held is written")
-            self._publish(self.engine.storage_fault_events(None, self.clock()))
+        if not error:
+            if math.isnan(self._storage_clear_since):
+                self._storage_clear_since = time.monotonic()
+            if not final and time.monotonic() - self._storage_clear_since < STORAGE_SETTLE_S:
+                return
+        self._storage_busy = True
+        try:
+            if error:
+                self._storage_fault = error
+                log.critical("storage fault: %s; deciding on in memory", error)
+                self._publish(self.engine.storage_fault_events(error, self.clock()))
+            else:
+                log.warning("storage fault over: everything held is written")
+                self._publish(self.engine.storage_fault_events(None, self.clock()))
+                self._storage_fault = ""
+        finally:
+            self._storage_busy = False
+        self._check_storage()  # the end refused again as it was sent: a new fault
 
     def _purge(self) -> bool:
         """Retention: location history older than retention_days leaves the record (its

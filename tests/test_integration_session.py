@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from proximity.health import GAP_SETTLE_S
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
 from tests.conftest import Listener, Publisher, import_cases, now
@@ -107,7 +108,7 @@ def test_with_the_deployment_configuration_a_killed_broker_loses_no_fix_unnamed(
                 lambda m: (
                     m.get("state") == "online" and m["fixes_processed"] + m["fixes_missing"] >= sent
                 ),
-                timeout=60.0,
+                timeout=60.0 + GAP_SETTLE_S,  # a gap is named when it stayed open that long
             )
             # Every fix was processed, or is named as lost by a data_gap alarm of its case.
             assert done["fixes_processed"] + done["fixes_missing"] == sent
