@@ -161,3 +161,21 @@ def test_a_batch_whose_every_fix_is_set_aside_records_nothing(tmp_path: Path) ->
     service._record_fixes(jump)
     assert len(lines_of(service.evidence, "A")) == 2  # the first fix's entry and the head
     service.evidence.close()
+
+
+def test_a_purge_the_file_refuses_removes_nothing_and_can_be_done_later(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    # The purge's record is refused (as a full disk would refuse it) after its bodies were
+    # removed in the same transaction: neither may stay.
+    log._db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON evidence WHEN NEW.kind = 'purge'"
+        " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(sqlite3.Error):
+        log.purge(T0 + 2.5, keep_cases=set(), now=T0 + 100)
+    entries = [orjson.loads(x) for x in lines_of(log, "A")[:-1]]
+    assert all(e["body"] is not None for e in entries) and entries[-1]["kind"] != "purge"
+    log._db.execute("DROP TRIGGER refuse")  # the disk is back
+    assert log.purge(T0 + 2.5, keep_cases=set(), now=T0 + 100)["A"] == 3
+    n, _, problems = verify_lines(lines_of(log, "A"))
+    assert (n, problems) == (7, [])
