@@ -84,6 +84,11 @@ class LocalBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     @property
+    def persistence_dir(self) -> Path | None:
+        """Where Mosquitto keeps its store (None: no persistence, or not started yet)."""
+        return self._store
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "mosquitto.log"
 

@@ -6,11 +6,15 @@ with a data_gap alarm."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ingest.model import Fix
+from ingest.subscriber import FixSubscriber
+from ingest.transport import parse_broker_url
 from proximity.health import GAP_SETTLE_S
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
@@ -131,3 +135,54 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_held_acknowledgements_are_sent_once_and_never_into_a_new_session() -> None:
+    """Messages the engine holds unacknowledged (a storage fault) keep their meaning: a message
+    the broker sends again after a reconnect is acknowledged once, and none is acknowledged
+    into a session the broker started afresh (its ids name other messages there)."""
+    with LocalBroker(config=ROOT / "deploy" / "mosquitto.conf") as broker:
+        sub = FixSubscriber(parse_broker_url(broker.url), "held-acks", session_expiry_s=600)
+        sub.start()
+        try:
+            assert sub.connected.wait(30.0)
+            pub = Publisher(broker.url)
+            for k in range(3):
+                pub.fix("tag-s1", *HOME, ts=now() - 10 + k, seq=k)
+            pub.close()
+            items = _drain(sub, 3)
+            assert [i.seq for i in items] == [0, 1, 2] and sub.unacknowledged == 3
+            # The broker restarts with the session on disk: it sends the three again.
+            broker.stop()
+            sub.connected.clear()
+            broker.start(broker.port)
+            assert sub.connected.wait(30.0)
+            again = _drain(sub, 3)
+            assert [i.seq for i in again] == [0, 1, 2] and sub.unacknowledged == 6
+            assert sub.acknowledge() == 3  # each once
+            # Held again, then the broker loses everything: nothing goes into the new session.
+            pub = Publisher(broker.url)
+            pub.fix("tag-s1", *HOME, ts=now(), seq=3)
+            pub.close()
+            assert [i.seq for i in _drain(sub, 1)] == [3]
+            broker.kill()
+            assert broker.persistence_dir is not None
+            for saved in broker.persistence_dir.iterdir():  # its store is lost
+                saved.unlink()
+            sub.connected.clear()
+            broker.start(broker.port)
+            assert sub.connected.wait(30.0)
+            assert sub.acknowledge() == 0
+        finally:
+            sub.stop()
+
+
+def _drain(sub: FixSubscriber, n: int) -> list[Fix]:
+    """The next ``n`` fixes the subscriber queues (other items, such as a session loss, are
+    skipped); bounded."""
+    fixes: list[Fix] = []
+    deadline = time.monotonic() + 30.0
+    while len(fixes) < n and time.monotonic() < deadline:
+        items, _ = sub.drain(timeout=0.2)
+        fixes.extend(i for i in items if isinstance(i, Fix))
+    return fixes
