@@ -230,14 +230,10 @@ class Engine:
 
     @property
     def open_alarms(self) -> int:
-        return (
-            len(self.alarm_ids)
-            + len(self.approach_ids)
-            + len(self.probe_ids)
-            + len(self.zones.alarm_ids)
-            + len(self.zones.probes.alarm_ids)
-            + len(self.health.alarm_ids)
-        )
+        """Alarms that have neither ended nor been closed (those that only an operator ends,
+        such as a panic, a data gap or an engine fault, included)."""
+        over = (AlarmState.ENDED, AlarmState.CLOSED)
+        return sum(e.state not in over for e in self.alarms.values())
 
     def start(self, at: float) -> None:
         """Intake begins at ``at``: a device never heard counts as silent from then (not from
@@ -449,22 +445,36 @@ class Engine:
             FAULT_NAMESPACE,
         )
 
-    def storage_fault_events(self, reason: str | None, at: float) -> list[AlarmEvent]:
+    def storage_fault_events(
+        self, reason: str | None, at: float, journal: bool = True
+    ) -> list[AlarmEvent]:
         """The ``engine_fault`` alarm of every case for a storage fault: opened with
-        ``reason`` (the disk refuses the engine's writes; it goes on deciding in memory),
+        ``reason`` (the disk refuses the engine's writes, the journal's too when ``journal``;
+        it goes on deciding in memory), updated when the reason changes while it is open,
         ended when ``reason`` is None (everything is written)."""
         if reason is not None:
-            events = self.health.case_alarms(
-                AlarmType.ENGINE_FAULT,
-                AlarmLevel.ALARM,
-                f"engine fault: {reason}. The engine goes on deciding and sends its alarms"
-                " without the journal; the fixes it could not record stay unacknowledged at"
-                " the broker (a restart gets them again) and everything is written when the"
-                " disk takes it again. If the fault lasts, new fixes wait at the broker and"
-                " the case is not watched: the disk needs attention",
-                at,
-                FAULT_NAMESPACE,
+            alarms = (
+                "sends its alarms without the journal"
+                if journal
+                else "journals and sends its alarms as usual"
             )
+            text = (
+                f"engine fault: {reason}. The engine goes on deciding and {alarms}; the fixes"
+                " it could not record stay unacknowledged at the broker (a restart gets them"
+                " again) and everything is written when the disk takes it again. If the fault"
+                " lasts, new fixes wait at the broker and the case is not watched: the disk"
+                " needs attention"
+            )
+            if self._storage_faults:  # open already: the same alarms say what changed
+                events = [
+                    replace(e, state=AlarmState.UPDATE, reason=text, t_decided=at)
+                    for e in self._storage_faults
+                    if self._still_open(e.alarm_id)
+                ]
+            else:
+                events = self.health.case_alarms(
+                    AlarmType.ENGINE_FAULT, AlarmLevel.ALARM, text, at, FAULT_NAMESPACE
+                )
             self._storage_faults = events
         else:
             events = [
@@ -472,17 +482,21 @@ class Engine:
                     e,
                     state=AlarmState.ENDED,
                     t_decided=at,
-                    reason="storage fault over: the journal and the evidence record take"
-                    " writes again, and what the fault held is written",
+                    reason="storage fault over: the engine's files take writes again, and what"
+                    " the fault held is written",
                     previous_level=None,
                 )
                 for e in self._storage_faults
-                if e.alarm_id in self.alarms  # closed by an operator meanwhile: forgotten
-                and self.alarms[e.alarm_id].state != AlarmState.CLOSED
+                if self._still_open(e.alarm_id)
             ]
             self._storage_faults = []
         self._remember(events)
         return events
+
+    def _still_open(self, alarm_id: str) -> bool:
+        """Whether an alarm is remembered and no operator has closed it."""
+        last = self.alarms.get(alarm_id)
+        return last is not None and last.state != AlarmState.CLOSED
 
     def open_case_ids(self) -> set[str]:
         """Cases with an alarm that has neither ended nor been closed."""

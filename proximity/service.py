@@ -24,7 +24,7 @@ import orjson
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
-from ingest.model import IngestError, Rejection, RejectReason
+from ingest.model import IngestError, Rejection, RejectReason, SessionLost
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.owntracks import keys as owntracks_keys
@@ -149,6 +149,7 @@ class EngineService:
         self._evidence_retry = Retry("the evidence record")
         self._storage_fault = ""  # what the open storage fault alarm said; "": none
         self._storage_busy = False  # sending the fault's own alarms
+        self._storage_failing = (False, False)  # which files the open fault alarm names
         self._storage_clear_since = math.nan  # when the open fault stopped refusing writes
 
     def _status(self, state: str) -> bytes:
@@ -382,7 +383,8 @@ class EngineService:
         """Take ``items`` (in arrival order) and the sweeps due up to ``horizon``: each sweep
         after the items stamped at or before its instant (:class:`Timeline`); record and
         publish what each step decided before the next."""
-        self.messages_received += len(items)
+        # What came from the inputs (not the subscriber's own session-loss marker).
+        self.messages_received += sum(not isinstance(i, SessionLost) for i in items)
         rejected = [i for i in items if isinstance(i, Rejection)]
         if rejected:
             self.reporter.report(rejected)
@@ -447,6 +449,11 @@ class EngineService:
             f"{r.what} {path} refuses writes ({r.error})" for r, path in files if r.failing
         )
 
+    def _failing_files(self) -> tuple[bool, bool]:
+        """Whether the journal, and the evidence record, refuse writes now."""
+        channel = getattr(self, "channel", None)
+        return (channel is not None and channel.retry.failing, self._evidence_retry.failing)
+
     def _check_storage(self, final: bool = False) -> None:
         """Open the storage fault alarm of every case when a write is first refused; end it
         when everything held is written and no write has been refused for
@@ -457,6 +464,20 @@ class EngineService:
         error = self._storage_error()
         if error:
             self._storage_clear_since = math.nan
+        failing = self._failing_files()
+        if error and self._storage_fault and failing != self._storage_failing:
+            self._storage_busy = True  # another file refuses too, or one is back: say so
+            try:
+                self._storage_fault, self._storage_failing = error, failing
+                log.critical("storage fault: %s", error)
+                self._publish(
+                    self.engine.storage_fault_events(
+                        error, self.clock(), self.channel.retry.failing
+                    )
+                )
+            finally:
+                self._storage_busy = False
+            return
         if bool(error) == bool(self._storage_fault):
             return
         if not error:
@@ -467,13 +488,17 @@ class EngineService:
         self._storage_busy = True
         try:
             if error:
-                self._storage_fault = error
+                self._storage_fault, self._storage_failing = error, failing
                 log.critical("storage fault: %s; deciding on in memory", error)
-                self._publish(self.engine.storage_fault_events(error, self.clock()))
+                self._publish(
+                    self.engine.storage_fault_events(
+                        error, self.clock(), self.channel.retry.failing
+                    )
+                )
             else:
                 log.warning("storage fault over: everything held is written")
                 self._publish(self.engine.storage_fault_events(None, self.clock()))
-                self._storage_fault = ""
+                self._storage_fault, self._storage_failing = "", (False, False)
         finally:
             self._storage_busy = False
         self._check_storage()  # the end refused again as it was sent: a new fault
