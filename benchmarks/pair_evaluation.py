@@ -19,7 +19,7 @@ and the ratio against ``pyproj.Geod.inv`` and the numpy haversine measured in th
 - ``core: ... + approach``: the same plus closing speed and time to breach, as run for the
   pairs of the devices a batch of fixes touched (every device here has a velocity).
 - ``core apply``: filtering N fixes into device rows (ECEF, Kalman step), once per fix.
-- ``numba geodesic on lat/lon``: :func:`proximity.geodesy.geodesic_distance_m` on gathered
+- ``numba geodesic on lat/lon``: :func:`numerics.geodesy.geodesic_distance_m` on gathered
   arrays (trigonometry per pair; what the core avoids with per-device rows).
 - ``numpy haversine``, ``pyproj Geod.inv``, ``shapely distance (EPSG:31370)``: vectorised, on
   pre-gathered arrays (their gathers are not timed, which favours them); shapely gets points
@@ -264,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.use_cache:
         os.environ["PROXIMITY_NUMBA_CACHE"] = "0"  # before the kernels are imported
 
+    from numerics.geodesy import geodesic_distance_m
     from proximity.core import warm_up
-    from proximity.geodesy import geodesic_distance_m
 
     print(f"machine: {machine()}")
     t0 = time.perf_counter()
@@ -300,8 +300,8 @@ def run_size(n: int, args: Any) -> list[str]:
     import shapely
     from pyproj import Geod, Transformer
 
+    from numerics.geodesy import geodesic_distance_m
     from proximity.core import PairEvaluation, ProximityCore
-    from proximity.geodesy import geodesic_distance_m
     from proximity.pairs import PairTable
 
     geod = Geod(ellps="WGS84")

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from geofence import kernels as k
 from geofence.compiled import ZoneSet
-from proximity._jit import kernel
+from numerics.jit import kernel
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

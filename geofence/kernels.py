@@ -25,8 +25,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import inline, kernel
-from proximity.geodesy import surface_xyz
+from numerics.geodesy import surface_xyz
+from numerics.jit import inline, kernel
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -42,7 +42,7 @@ INCLUSION = 2.0
 # Classification codes (geofence.uncertainty.ZoneClass); array logic needs them as numbers.
 UNKNOWN, OUTSIDE, WARNING, POSSIBLY_INSIDE, CERTAIN_INSIDE = 0, 1, 2, 3, 4
 
-#: 68 % and 99 % radii of a circular 2-D Gaussian, in sigmas (as proximity.uncertainty).
+#: 68 % and 99 % radii of a circular 2-D Gaussian, in sigmas (as numerics.uncertainty).
 K68 = math.sqrt(2.0 * math.log(1.0 / 0.32))
 K99 = math.sqrt(2.0 * math.log(100.0))
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

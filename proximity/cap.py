@@ -29,7 +29,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any
 
-from proximity.uncertainty import K68, K99
+from numerics.uncertainty import K68, K99
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 SENDER = "proximity-engine"

@@ -31,8 +31,8 @@ from typing import Any
 
 from geofence.errors import ZoneError
 from geofence.model import NamedZone, parse_zone, swapped_axes, unknown_properties, zone_name
+from numerics.uncertainty import MOBILITY_MPS
 from proximity.errors import CaseFileError
-from proximity.uncertainty import MOBILITY_MPS
 
 MAX_ORDER_DISTANCE_M = 100_000.0
 #: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.

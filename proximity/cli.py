@@ -20,6 +20,7 @@ from typing import Any
 
 from ingest.model import IngestError
 from ingest.transport import parse_broker_url
+from numerics.uncertainty import MOBILITY_MPS
 from proximity.cases import Case, Device, parse_case_file, parse_mobility, top_speeds
 from proximity.errors import CaseFileError, ProximityError
 from proximity.registry import Registry
@@ -31,7 +32,6 @@ from proximity.settings import (
     flag_name,
     resolve_settings,
 )
-from proximity.uncertainty import MOBILITY_MPS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

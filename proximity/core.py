@@ -3,8 +3,8 @@
 Per fix (once per device, not per pair) :func:`apply_fixes` places the fix on the
 ellipsoid (ECEF), resolves its accuracy (unknown -> default), and filters it into the
 device's estimate of position and velocity. Per pair, :func:`evaluate_pairs` then needs
-no trigonometry: distance (:func:`proximity.geodesy.chord_arc_m`), combined uncertainty,
-classification and probability (:mod:`proximity.uncertainty`), closing speed and time to
+no trigonometry: distance (:func:`numerics.geodesy.chord_arc_m`), combined uncertainty,
+classification and probability (:mod:`numerics.uncertainty`), closing speed and time to
 breach.
 
 Device geometry is one row of :data:`ROW` float64 per device, 64-byte aligned (one cache line),
@@ -40,11 +40,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import kernel
-from proximity.cases import Case
-from proximity.geodesy import CHORD_MAX_M, chord_arc_inv, long_geodesic_m, surface_xyz
-from proximity.pairs import PairTable, gather_pairs
-from proximity.uncertainty import (
+from numerics.geodesy import CHORD_MAX_M, chord_arc_inv, long_geodesic_m, surface_xyz
+from numerics.jit import kernel
+from numerics.uncertainty import (
     K68,
     K99,
     UNKNOWN_ACCURACY_M,
@@ -53,6 +51,8 @@ from proximity.uncertainty import (
     rice_cdf,
     rice_tail,
 )
+from proximity.cases import Case
+from proximity.pairs import PairTable, gather_pairs
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -365,7 +365,7 @@ class ProximityCore:
     pairs : PairTable
         Who must stay away from whom.
     top_speed_mps : array_like, shape (n_devices,)
-        Plausible top speed of each device, m/s (see :data:`proximity.uncertainty.MOBILITY_MPS`).
+        Plausible top speed of each device, m/s (see :data:`numerics.uncertainty.MOBILITY_MPS`).
     unknown_accuracy_m : float
         68 % radius assumed for a fix without a usable accuracy.
     accel_psd : float

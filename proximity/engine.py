@@ -33,6 +33,13 @@ import numpy.typing as npt
 from geofence.compiled import warm_up as warm_up_zones
 from ingest.batch import FixBatch
 from ingest.model import DeviceEvent
+from numerics.geodesy import geodesic_distance_m
+from numerics.uncertainty import (
+    DEFAULT_MOBILITY,
+    MOBILITY_MPS,
+    UNKNOWN_ACCURACY_M,
+    Classification,
+)
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
@@ -44,7 +51,6 @@ from proximity.events import (
     Motion,
     Position,
 )
-from proximity.geodesy import geodesic_distance_m
 from proximity.health import DeviceWatch, sequence_steps
 from proximity.messages import iso_utc
 from proximity.pairs import PairTable, dependency_rounds
@@ -60,12 +66,6 @@ from proximity.states import (
     Timing,
     Transition,
     audible,
-)
-from proximity.uncertainty import (
-    DEFAULT_MOBILITY,
-    MOBILITY_MPS,
-    UNKNOWN_ACCURACY_M,
-    Classification,
 )
 from proximity.zones import ZoneWatch
 

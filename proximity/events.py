@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
-from proximity.uncertainty import Classification
+from numerics.uncertainty import Classification
 
 
 class AlarmType(IntEnum):

@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.model import DeviceEvent
-from proximity._jit import kernel
+from numerics.jit import kernel
 from proximity.cases import Case, Device
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.messages import iso_utc

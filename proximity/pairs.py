@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import kernel
+from numerics.jit import kernel
 from proximity.cases import Case
 
 IntArray = npt.NDArray[np.int64]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from proximity.geodesy import geodesic_distance_m
+from numerics.geodesy import geodesic_distance_m
+from numerics.uncertainty import K68, K99
 from proximity.rules import RuleConfig
-from proximity.uncertainty import K68, K99
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

@@ -31,6 +31,7 @@ from ingest.owntracks import keys as owntracks_keys
 from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from numerics.uncertainty import MOBILITY_MPS
 from proximity.backlog import Retry
 from proximity.cases import Case, Device
 from proximity.channel import MqttAlarmChannel
@@ -45,7 +46,6 @@ from proximity.registry import Registry
 from proximity.settings import Settings, rule_config
 from proximity.store import WRITE_ERRORS
 from proximity.timeline import Item, SweepGrid, Timeline
-from proximity.uncertainty import MOBILITY_MPS
 from proximity.watchdog import Watchdog
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from pydantic_settings import (
 
 from ingest.model import IngestError
 from ingest.transport import parse_broker_url
+from numerics.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 from proximity.errors import ConfigError
 from proximity.rules import RuleConfig
-from proximity.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 
 #: Defaults of the rule settings live in RuleConfig alone.
 RULES = RuleConfig()

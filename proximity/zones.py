@@ -35,6 +35,7 @@ import numpy.typing as npt
 from geofence import kernels as gk
 from geofence.compiled import ZoneSet
 from geofence.model import Zone, ZoneKind, parse_zones
+from numerics.uncertainty import Classification
 from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
 from proximity.errors import RegistryError
@@ -54,7 +55,6 @@ from proximity.states import (
     Transition,
     audible,
 )
-from proximity.uncertainty import Classification
 
 IntArray = npt.NDArray[np.int64]
 

@@ -32,8 +32,8 @@ from proximity.registry import Registry
 from proximity.service import engine_for
 from proximity.settings import Settings
 from proximity.timeline import SweepGrid
-from simulator.evaluate import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
 from simulator.families import Suite
+from simulator.runs import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
 
 #: Scenario seconds of fixes per batch.
 BATCH_S = 0.5

@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import paho.mqtt.client as mqtt
 
@@ -43,74 +39,31 @@ from proximity.settings import Settings
 from simulator.broker import LocalBroker
 from simulator.families import Suite, build_suite
 from simulator.gnss import observe
-from simulator.metrics import (
-    AlarmRecord,
-    CaseWindow,
-    collect_alarms,
-    percentiles_ms,
-    score,
-    totals,
-)
-from simulator.metrics import epoch as iso_to_epoch
 from simulator.process import EngineProcess
+from simulator.runs import (
+    DEVICE_SETTINGS,
+    STATUS_TOPIC,
+    Cic,
+    EvalOptions,
+    Progress,
+    RunResult,
+    Schedule,
+    hms,
+)
 from simulator.scenario import to_latlon
 
 FIX_QOS = 1
 ALARM_TOPIC = "cic/alarms"
 ACK_TOPIC = "cic/acks"
-STATUS_TOPIC = "proximity/status"
 #: The engine must be online this long before its clock starts (else the run restarts it
 #: with a longer lead): the first start on a machine compiles the kernels.
 FIRST_LEAD_S = 10.0
 DRAIN_TIMEOUT_S = 60.0
 #: Session expiry of the evaluation's own MQTT clients.
 SESSION_S = 600
-#: Settings a sweep may vary besides the engine's: the devices' reporting interval.
-DEVICE_SETTINGS = ("interval_s",)
-
-
-@dataclass
-class EvalOptions:
-    scenarios: list[str]
-    pairs: int = 5
-    speed: float = 60.0
-    interval_s: float = 1.0
-    alarm_interval_s: float | None = None
-    seed: int = 7
-    out: Path = Path("evaluation")
-    broker: str | None = None
-    #: Engine settings for every run (name -> value), e.g. {"confirm_s": 15}.
-    settings: dict[str, str] = field(default_factory=dict)
-    #: Sweep: setting name -> values; every combination is one run.
-    sweep: dict[str, list[str]] = field(default_factory=dict)
-    ack_after_s: float = 60.0
-    quiet: bool = False
-    #: Replayed tracks (simulator.replay.ReplayPair), added to the generated cases.
-    replay: list[Any] = field(default_factory=list)
-    #: An in-process engine fed the fixes as fast as it goes, without broker and latency
-    #: (simulator.direct): for long false-alarm runs.
-    direct: bool = False
 
 
 # --- the devices' reports -------------------------------------------------------------------
-
-
-@dataclass
-class Schedule:
-    """Every report of every device, in time order (scenario seconds)."""
-
-    t: npt.NDArray[np.float64]
-    dev: npt.NDArray[np.int64]
-    seq: npt.NDArray[np.int64]
-    lat: npt.NDArray[np.float64]
-    lon: npt.NDArray[np.float64]
-    acc: npt.NDArray[np.float64]
-    #: Sent only while an alarm of the device's case is open (faster reporting).
-    fast: npt.NDArray[np.bool_]
-    devices: list[str]
-    case_of: list[int]  # device -> index of its case
-    #: device -> its reports' positions in the arrays, indexed by seq (-1: not sent).
-    index: list[npt.NDArray[np.int64]]
 
 
 def build_schedule(suite: Suite, seed: int) -> Schedule:
@@ -172,166 +125,6 @@ def build_schedule(suite: Suite, seed: int) -> Schedule:
         [of_device[d] for d in devices],
         index,
     )
-
-
-# --- the CIC side ---------------------------------------------------------------------------
-
-
-class Cic:
-    """Collects the alarm messages and the engine's status; knows which cases have an open
-    alarm (for faster reporting)."""
-
-    def __init__(self, case_ids: Sequence[str]) -> None:
-        self.messages: list[tuple[float, dict[str, Any]]] = []
-        self.status: dict[str, Any] = {}
-        self.lock = threading.Lock()
-        self._case = {c: i for i, c in enumerate(case_ids)}
-        self.open_alarms: dict[str, int] = {}  # alarm id -> case index
-        self.alarm_open = np.zeros(len(case_ids), dtype=bool)
-        self.new_alarms: list[tuple[str, float]] = []  # (alarm id, decided epoch)
-        self.disconnects = 0
-
-    def on_disconnect(self, client: mqtt.Client, userdata: Any, *args: Any) -> None:
-        self.disconnects += 1
-
-    def on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        arrived = time.time()
-        try:
-            body = orjson.loads(msg.payload)
-        except orjson.JSONDecodeError:
-            return
-        if msg.topic == STATUS_TOPIC:
-            self.status = body
-            return
-        self.take(body, arrived)
-
-    def take(self, body: dict[str, Any], arrived: float) -> None:
-        """An alarm message has arrived: keep it, and follow which cases have an alarm open
-        and which alarms the operator is to acknowledge."""
-        with self.lock:
-            self.messages.append((arrived, body))
-            ci = self._case.get(body.get("case_id", ""))
-            if ci is None:
-                return
-            aid = body["alarm_id"]
-            if body["state"] in ("ended", "closed"):
-                self.open_alarms.pop(aid, None)
-            else:
-                # The operator acknowledges each new alarm, and each rise of its level.
-                prev = body.get("previous_level")
-                if body["state"] == "open" or (
-                    body["state"] == "update" and prev and prev != body["level"]
-                ):
-                    self.new_alarms.append((aid, iso_to_epoch(body["times"]["decided"])))
-                self.open_alarms[aid] = ci
-            self.alarm_open[:] = False
-            for c in self.open_alarms.values():
-                self.alarm_open[c] = True
-
-
-# --- one run --------------------------------------------------------------------------------
-
-
-@dataclass
-class RunResult:
-    settings: dict[str, str]
-    suite: Suite
-    schedule: Schedule
-    messages: list[tuple[float, dict[str, Any]]]
-    published_wall: npt.NDArray[np.float64]
-    epoch: float
-    speed: float
-    wall_s: float
-    published: int
-    engine_status: dict[str, Any]
-    lag_max_s: float
-    disconnects: int = 0
-    #: "broker": published through MQTT to 'proximity run'; "direct": an in-process engine
-    #: fed the fixes (simulator.direct), without transport and latency.
-    mode: str = "broker"
-
-    def alarms(self) -> list[AlarmRecord]:
-        return collect_alarms((m for _, m in self.messages), self.epoch)
-
-    def latencies_s(self) -> list[float]:
-        """Fix published -> alarm received, for alarms a fix caused (wall seconds)."""
-        out = []
-        dev = {d: i for i, d in enumerate(self.schedule.devices)}
-        for arrived, m in self.messages:
-            trig = m.get("trigger") or {}
-            if trig.get("cause") != "fix" or trig.get("seq") is None:
-                continue
-            i = dev.get(str(trig.get("device")))
-            if i is None or trig["seq"] >= self.schedule.index[i].size:
-                continue
-            j = self.schedule.index[i][trig["seq"]]
-            if j >= 0 and math.isfinite(self.published_wall[j]):
-                out.append(arrived - float(self.published_wall[j]))
-        return out
-
-    def summary(self) -> dict[str, Any]:
-        windows = [
-            CaseWindow(c.id, c.family, c.start_s, c.end_s, tuple(c.truth), c.parallel)
-            for c in self.suite.cases
-        ]
-        fams, outcomes = score(windows, self.alarms())
-        return {
-            "settings": self.settings,
-            "mode": self.mode,
-            "speed": self.speed if self.mode == "broker" else None,
-            "wall_s": round(self.wall_s, 1),
-            "scenario_s": self.suite.duration_s,
-            "fixes_published": self.published,
-            "fixes_processed": self.engine_status.get("fixes_processed"),
-            # Set aside by the engine (multipath jumps), and late or duplicate: not lost.
-            "fixes_set_aside": self.engine_status.get("fixes_implausible"),
-            "fixes_late_or_duplicate": (self.engine_status.get("fixes_late") or 0)
-            + (self.engine_status.get("fixes_duplicate") or 0),
-            "messages": len(self.messages),
-            "publish_lag_max_s": round(self.lag_max_s, 3),
-            "mqtt_disconnects": self.disconnects,
-            "epoch": self.epoch,
-            "latency_ms": percentiles_ms(self.latencies_s()),
-            "families": [f.row() for f in fams.values()],
-            "total": totals(fams).row(),
-            "missed": [
-                {"case_id": o.case_id, "kind": o.kind, "start_s": round(o.start_s, 1)}
-                for o in outcomes
-                if not o.detected
-            ],
-        }
-
-
-class Progress:
-    """A one-line progress bar on a terminal, a line every 10 s otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self._last = 0.0
-
-    def show(self, frac: float, text: str, force: bool = False) -> None:
-        if self.quiet:
-            return
-        now = time.monotonic()
-        if not force and now - self._last < (0.5 if self.tty else 10.0):
-            return
-        self._last = now
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        line = f"  [{bar}] {100 * frac:5.1f} %  {text}"
-        if self.tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    def done(self) -> None:
-        if self.tty and not self.quiet:
-            print(file=sys.stderr)
-
-
-def hms(s: float) -> str:
-    s = max(0, int(s))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def _flag(name: str) -> str:

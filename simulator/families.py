@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from proximity.geodesy import geodesic_distance_m
+from numerics.geodesy import geodesic_distance_m
 from simulator.gnss import ErrorModel
 from simulator.scenario import BRUSSELS, Track
 

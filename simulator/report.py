@@ -28,7 +28,7 @@ from simulator.scenario import _radii
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from simulator.evaluate import RunResult
+    from simulator.runs import RunResult
 
 #: Alarm types drawn on the map sketch (where the offender was).
 PAIR_TYPES = frozenset({"proximity", "approach", "probing"})

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from proximity.geodesy import WGS84_A, WGS84_F, geodesic_distance_m
+from numerics.geodesy import WGS84_A, WGS84_F, geodesic_distance_m
 
 #: Brussels (Grand-Place), the default city centre.
 BRUSSELS = (50.8467, 4.3525)

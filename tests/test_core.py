@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numerics.geodesy import surface_xyz
+from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case
 from proximity.core import MAX_GAP_S, ProximityCore
-from proximity.geodesy import surface_xyz
 from proximity.pairs import PairTable
-from proximity.uncertainty import K68, K99, Classification
 from tests.naive import geod_distance_m, offset
 
 T0 = 1795428000.0

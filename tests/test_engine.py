@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ingest.batch import FixBatch, build_batch
 from ingest.model import Fix
+from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case, Device
 from proximity.core import MAX_GAP_S
 from proximity.engine import Engine
@@ -17,7 +18,6 @@ from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.messages import alarm_message
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
-from proximity.uncertainty import K68, K99, Classification
 from tests.naive import geod_distance_m, offset, pairs_of_slots
 
 HOME = (50.85, 4.35)

@@ -10,13 +10,13 @@ import pytest
 
 from geofence.model import circle, feature_collection
 from ingest.model import Fix
+from numerics.uncertainty import Classification
 from proximity.cases import Case
 from proximity.engine import Engine
 from proximity.errors import RegistryError
 from proximity.events import AlarmLevel, AlarmState, AlarmType
 from proximity.messages import alarm_message
 from proximity.rules import RuleConfig
-from proximity.uncertainty import Classification
 from tests.naive import offset
 from tests.test_engine import GAP, T0, Clock, engine, events_of, fix
 

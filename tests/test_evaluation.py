@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from proximity.geodesy import geodesic_distance_m
+from numerics.geodesy import geodesic_distance_m
 from simulator.broker import LocalBroker
 from simulator.evaluate import EvalOptions, build_schedule, run_evaluation
 from simulator.families import (

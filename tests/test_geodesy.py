@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proximity.geodesy import geodesic_distance_m
+from numerics.geodesy import geodesic_distance_m
 from tests.naive import GEOD, geod_distance_m
 
 lats = st.floats(-90.0, 90.0, allow_nan=False)

@@ -8,10 +8,10 @@ import numpy as np
 
 from ingest.batch import build_batch
 from ingest.model import Fix
+from numerics.uncertainty import DEFAULT_MOBILITY, K68, MOBILITY_MPS
 from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.rules import RuleConfig
-from proximity.uncertainty import DEFAULT_MOBILITY, K68, MOBILITY_MPS
 from tests.naive import geod_distance_m, offset
 from tests.test_engine import HOME, T0, Clock, case
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from proximity.uncertainty import K68, K99, probability_within
+from numerics.uncertainty import K68, K99, probability_within
 
 
 def scipy_rice_cdf(nu: np.ndarray, sigma: np.ndarray, radius: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ CACHE = os.environ.get("PROXIMITY_NUMBA_CACHE", "1") not in {"0", "false", "no"}
 ERROR_MODEL: Final = "numpy"
 
 
-#: The folder holding the ``proximity`` and ``geofence`` packages.
+#: The folder holding the ``numerics``, ``proximity`` and ``geofence`` packages.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,7 +47,7 @@ def fingerprint(root: Path = SOURCE_ROOT) -> str:
     directory on all of them makes any such change a fresh compile instead.
     """
     h = hashlib.sha256(repr((sorted(FASTMATH), ERROR_MODEL, numba.__version__)).encode())
-    for package in ("proximity", "geofence"):
+    for package in ("numerics", "proximity", "geofence"):
         for path in sorted((root / package).glob("*.py")):
             h.update(path.name.encode())
             h.update(path.read_bytes())

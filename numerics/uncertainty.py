@@ -28,7 +28,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import inline, kernel, scalar
+from numerics.jit import inline, kernel, scalar
 
 FloatArray = npt.NDArray[np.float64]
 

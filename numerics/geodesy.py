@@ -32,7 +32,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from proximity._jit import inline, kernel, scalar
+from numerics.jit import inline, kernel, scalar
 
 #: WGS84 semi-major axis (m) and flattening (NIMA TR8350.2).
 WGS84_A = 6378137.0
