@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,6 +39,7 @@ from numerics.uncertainty import (
     UNKNOWN_ACCURACY_M,
     Classification,
 )
+from proximity.alarms import APPROACH, PAIR, PROBING, ZONE, AlarmBook
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
@@ -82,9 +82,6 @@ GAP_NAMESPACE = uuid.UUID("7e2b9c41-d853-4f6a-b1e0-93a4c5d8f217")
 CLOCK_SKEW_S = 1.0
 #: A fix stands as current evidence until its device's next report is due, plus this.
 EVIDENCE_SLACK_S = 3.0
-#: How many alarms (open or ended) are remembered for operator acknowledgement and closing.
-REMEMBERED_ALARMS = 10_000
-
 DEFAULT_RULES = RuleConfig()
 
 #: A fix is called old in an alarm's reason when it is at least this old and its age, times
@@ -203,13 +200,18 @@ class Engine:
         self._restarted_t = np.full(len(self.pairs), -np.inf)  # see _decide
         self._probe_pending = np.zeros(len(self.pairs), dtype=bool)  # see _decide
         self._anchor_t = np.full(len(self.pairs), np.nan)
-        self.approach_ids: dict[int, str] = {}
-        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s, rules.probe_min_gap_s)
+        #: Every alarm of every rule (proximity.alarms): the rules name theirs through it.
+        self.book = AlarmBook()
+        self.approach_ids = self.book.ids(APPROACH)
+        self.probes = EntryCounter(
+            rules.probe_entries,
+            rules.probe_window_s,
+            rules.probe_min_gap_s,
+            alarm_ids=self.book.ids(PROBING),
+        )
         self.probe_ids = self.probes.alarm_ids
         self._opened: dict[int, float] = {}
-        self.alarms: OrderedDict[str, AlarmEvent] = OrderedDict()  # last event of each alarm
         self._storage_faults: list[AlarmEvent] = []  # the open storage fault alarms
-        self._awaiting: set[str] = set()  # open alarms no operator has acknowledged
         #: Rows of the current batch that were used (not late, duplicate or set aside), per
         #: round; reset by each process() call (the evidence record keeps them).
         self.used_rows: list[npt.NDArray[np.int64]] = []
@@ -221,19 +223,22 @@ class Engine:
         self.previously_until = math.nan
         self._round_scratch = np.full(len(ids), -1, dtype=np.int64)  # dependency_rounds
         self._t_slot = np.full(len(ids), np.nan)  # a round's decision time per device
-        self.alarm_ids: dict[int, str] = {}
+        self.alarm_ids = self.book.ids(PAIR)
         self.stats = EngineStats()
         self._clock = clock
-        self.zones = ZoneWatch(cases, self.slot_of, self.core, rules, self._position, clock)
+        self.zones = ZoneWatch(
+            cases, self.slot_of, self.core, rules, self._position, clock, self.book
+        )
         self.quality = FixFilter(len(ids), rules, unknown_accuracy_m)
-        self.health = DeviceWatch(cases, self.slot_of, devices, rules, self._position, clock)
+        self.health = DeviceWatch(
+            cases, self.slot_of, devices, rules, self._position, clock, self.book
+        )
 
     @property
     def open_alarms(self) -> int:
         """Alarms that have neither ended nor been closed (those that only an operator ends,
         such as a panic, a data gap or an engine fault, included)."""
-        over = (AlarmState.ENDED, AlarmState.CLOSED)
-        return sum(e.state not in over for e in self.alarms.values())
+        return self.book.open_count
 
     def start(self, at: float) -> None:
         """Intake begins at ``at``: a device never heard counts as silent from then (not from
@@ -376,29 +381,24 @@ class Engine:
     def _operator(
         self, alarm_id: str, operator: str, note: str, state: AlarmState
     ) -> list[AlarmEvent]:
-        last = self.alarms.get(alarm_id)
+        last = self.book.last(alarm_id)
         if last is None or last.state == AlarmState.CLOSED:
             return []
         # Alarms of a level machine: acknowledged or closed there (reminders stop; a closed
-        # one stays silent until its episode ends). The others (probing, device alarms) are
-        # never re-notified, and closing ends them.
-        machines = {
-            AlarmType.PROXIMITY: (self.levels, self.alarm_ids),
-            AlarmType.APPROACH: (self.approach, self.approach_ids),
-            AlarmType.ZONE: (self.zones.levels, self.zones.alarm_ids),
-            AlarmType.CURFEW: (self.zones.levels, self.zones.alarm_ids),
-        }
-        if last.type in machines:
-            machine, ids = machines[last.type]
-            for i in [i for i, a in ids.items() if a == alarm_id]:
+        # one stays silent until its episode ends). The others (probing, silence) are never
+        # re-notified, and closing ends them; alarms without a subject (device events, data
+        # gaps, engine faults) end with the close.
+        machines = {PAIR: self.levels, APPROACH: self.approach, ZONE: self.zones.levels}
+        subject = self.book.subject(alarm_id)
+        if subject is not None:
+            rule, key = subject
+            if rule in machines:
                 if state == AlarmState.CLOSED:
-                    machine.close(i)
+                    machines[rule].close(key)  # type: ignore[arg-type]
                 else:
-                    machine.acknowledge(i)
-        elif state == AlarmState.CLOSED:
-            for ids_ in (self.probe_ids, self.zones.probes.alarm_ids, self.health.alarm_ids):
-                for key in [k for k, a in ids_.items() if a == alarm_id]:
-                    del ids_[key]  # type: ignore[arg-type]
+                    machines[rule].acknowledge(key)  # type: ignore[arg-type]
+            elif state == AlarmState.CLOSED:
+                del self.book.ids(rule)[key]
         what = "acknowledged" if state == AlarmState.ACKNOWLEDGED else "closed"
         event = replace(
             last,
@@ -469,7 +469,7 @@ class Engine:
                 events = [
                     replace(e, state=AlarmState.UPDATE, reason=text, t_decided=at)
                     for e in self._storage_faults
-                    if self._still_open(e.alarm_id)
+                    if self.book.still_open(e.alarm_id)
                 ]
             else:
                 events = self.health.case_alarms(
@@ -487,40 +487,24 @@ class Engine:
                     previous_level=None,
                 )
                 for e in self._storage_faults
-                if self._still_open(e.alarm_id)
+                if self.book.still_open(e.alarm_id)
             ]
             self._storage_faults = []
         self._remember(events)
         return events
 
-    def _still_open(self, alarm_id: str) -> bool:
-        """Whether an alarm is remembered and no operator has closed it."""
-        last = self.alarms.get(alarm_id)
-        return last is not None and last.state != AlarmState.CLOSED
-
     def open_case_ids(self) -> set[str]:
         """Cases with an alarm that has neither ended nor been closed."""
-        over = (AlarmState.ENDED, AlarmState.CLOSED)
-        return {e.case_id for e in self.alarms.values() if e.state not in over}
+        return self.book.open_case_ids()
 
     @property
     def awaiting_operator(self) -> int:
         """Open alarms that no operator has acknowledged since they opened or last rose."""
-        return len(self._awaiting)
+        return self.book.awaiting
 
     def _remember(self, events: Sequence[AlarmEvent]) -> None:
-        """Keep the last event of each alarm, for acknowledgement and closing, and which
-        alarms wait for an operator."""
-        for e in events:
-            self.alarms[e.alarm_id] = e
-            self.alarms.move_to_end(e.alarm_id)
-            rose = e.previous_level is not None and e.previous_level < e.level
-            if e.state == AlarmState.OPEN or (e.state == AlarmState.UPDATE and rose):
-                self._awaiting.add(e.alarm_id)
-            elif e.state in (AlarmState.ACKNOWLEDGED, AlarmState.CLOSED, AlarmState.ENDED):
-                self._awaiting.discard(e.alarm_id)
-        while len(self.alarms) > REMEMBERED_ALARMS:
-            self.alarms.popitem(last=False)
+        """Every alarm event the engine decides goes into the book, in order."""
+        self.book.write(events)
 
     def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
         """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from ingest.model import DeviceEvent
 from numerics.jit import kernel
+from proximity.alarms import SILENCE, AlarmBook
 from proximity.cases import Case, Device
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.messages import iso_utc
@@ -130,6 +131,7 @@ class DeviceWatch:
         rules: RuleConfig,
         position: Callable[[int, float], Position],
         clock: Callable[[], float],
+        book: AlarmBook,
     ) -> None:
         self.slot_of = slot_of
         self.ids = sorted(slot_of, key=slot_of.__getitem__)
@@ -156,7 +158,7 @@ class DeviceWatch:
         self._clock = clock
         self.last_seen = np.full(n, clock())  # never heard: silent from the start
         self.silent = np.zeros(n, dtype=bool)
-        self.alarm_ids: dict[tuple[str, int], str] = {}
+        self.alarm_ids = book.ids(SILENCE)  # (case id, slot) -> its open silence alarm
         self.last_seq = np.full(n, -1, dtype=np.int64)  # the newest fix number of each device
         self._last_seq_t = np.full(n, np.nan)
         self.fixes_missing = 0  # fixes the devices' numbers show never arrived

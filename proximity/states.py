@@ -26,6 +26,7 @@ Conditions are evaluated per position of ``idx``; the Python work is per transit
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -253,13 +254,20 @@ class EntryCounter:
     entry for a whole window: their probing alarm ends.
     """
 
-    def __init__(self, count: int, window_s: float, min_gap_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        count: int,
+        window_s: float,
+        min_gap_s: float = 0.0,
+        alarm_ids: MutableMapping[int, str] | None = None,
+    ) -> None:
         self.count = count
         self.window_s = window_s
         self.min_gap_s = min_gap_s
         self.entries: dict[int, list[float]] = {}
         self.last: dict[int, float] = {}
-        self.alarm_ids: dict[int, str] = {}
+        #: Thing -> its open alarm's id (the alarm book's map, proximity.alarms).
+        self.alarm_ids: MutableMapping[int, str] = {} if alarm_ids is None else alarm_ids
 
     def enter(self, i: int, now: float) -> bool:
         previous = self.last.get(i)
@@ -275,7 +283,9 @@ class EntryCounter:
         return [i for i in self.alarm_ids if now - self.entries[i][-1] > self.window_s]
 
 
-def audible(moves: list[Transition], idx: IntArray, alarm_ids: dict[int, str]) -> list[Transition]:
+def audible(
+    moves: list[Transition], idx: IntArray, alarm_ids: MutableMapping[int, str]
+) -> list[Transition]:
     """The transitions that make a message; a silent one (its alarm closed by an operator)
     that ends its episode removes the alarm's id from ``alarm_ids`` (keyed by thing)."""
     out = []

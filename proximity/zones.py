@@ -36,6 +36,7 @@ from geofence import kernels as gk
 from geofence.compiled import ZoneSet
 from geofence.model import Zone, ZoneKind, parse_zones
 from numerics.uncertainty import Classification
+from proximity.alarms import ZONE, ZONE_PROBING, AlarmBook
 from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
 from proximity.errors import RegistryError
@@ -80,6 +81,7 @@ class ZoneWatch:
         rules: RuleConfig,
         position: Callable[[int, float], Position],
         clock: Callable[[], float],
+        book: AlarmBook,
     ) -> None:
         zones: list[Zone] = []
         owner: list[int] = []
@@ -123,8 +125,13 @@ class ZoneWatch:
         self.rules = rules
         timing = Timing(rules.confirm_s, rules.dwell_s, rules.escalate_after_s, rules.renotify_s)
         self.levels = LevelMachine(len(self), timing)
-        self.probes = EntryCounter(rules.probe_entries, rules.probe_window_s, rules.probe_min_gap_s)
-        self.alarm_ids: dict[int, str] = {}
+        self.probes = EntryCounter(
+            rules.probe_entries,
+            rules.probe_window_s,
+            rules.probe_min_gap_s,
+            alarm_ids=book.ids(ZONE_PROBING),
+        )
+        self.alarm_ids = book.ids(ZONE)  # zone entry -> its open zone or curfew alarm
         self._opened: dict[int, float] = {}
         self.active = np.ones(len(zones), dtype=bool)
         self.next_change = np.array(
