@@ -1,10 +1,14 @@
-"""The one door out: alarm messages to the CIC, journalled before they are published.
+"""The one door out: everything the engine publishes goes through :class:`MqttAlarmChannel`.
 
-Sinks share a tiny protocol (``send``, ``close``). :class:`MqttAlarmChannel` writes each
+Alarm messages to the CIC are journalled before they are published: the channel writes each
 message, and its CAP 1.2 form, to the outbox journal (:mod:`proximity.journal`) in one
 committed transaction, then publishes both with QoS 1; :meth:`MqttAlarmChannel.poll` marks
 them delivered when the broker's acknowledgement has come. :meth:`MqttAlarmChannel.replay`
-publishes, at start, what an earlier run journalled and never saw delivered.
+publishes, at start, what an earlier run journalled and never saw delivered. The rest goes
+out through the same door, each with its own guarantee: the retained status (QoS 1, and the
+``offline`` will), the offender's notices (QoS 1), the rejections (QoS 0), and the alarms of
+an engine whose decision loop is stuck (:meth:`MqttAlarmChannel.send_straight`: QoS 1, no
+journal).
 
 When the journal refuses a write (a storage fault: :mod:`proximity.backlog`), a message is
 published all the same, marked ``"journalled": false``, and kept in memory, in order, with
@@ -20,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -34,12 +38,10 @@ from proximity.store import WRITE_ERRORS
 log = logging.getLogger(__name__)
 
 ALARM_QOS = 1
-
-
-class AlarmSink(Protocol):
-    def send(self, message: dict[str, Any]) -> None: ...
-
-    def close(self) -> None: ...
+STATUS_QOS = 1
+NOTICE_QOS = 1
+#: Rejections are information for whoever watches the devices: lost ones are not repeated.
+REJECTION_QOS = 0
 
 
 @dataclass(slots=True)
@@ -132,6 +134,30 @@ class MqttAlarmChannel:
             self._held.append(held)
             self._held_pending[held.mid] = held
         self.flush()
+
+    def send_straight(self, message: dict[str, Any]) -> mqtt.MQTTMessageInfo:
+        """Publish an alarm message without the journal (marked ``"journalled": false``): the
+        watchdog's, while the decision loop that owns the journal is stuck."""
+        message["times"]["published"] = iso_utc(self._clock())
+        message["journalled"] = False
+        self.published += 1
+        return self._client.publish(self.topic, orjson.dumps(message), qos=ALARM_QOS)
+
+    def will(self, topic: str, payload: bytes) -> None:
+        """The retained status the broker publishes if the engine dies (before connecting)."""
+        self._client.will_set(topic, payload, qos=STATUS_QOS, retain=True)
+
+    def status(self, topic: str, payload: bytes) -> None:
+        """The engine's retained status."""
+        self._client.publish(topic, payload, qos=STATUS_QOS, retain=True)
+
+    def notice(self, topic: str, payload: bytes) -> None:
+        """A notice to a device (the offender's "move away")."""
+        self._client.publish(topic, payload, qos=NOTICE_QOS)
+
+    def rejection(self, topic: str, payload: bytes) -> None:
+        """A rejected input message, with its reason."""
+        self._client.publish(topic, payload, qos=REJECTION_QOS)
 
     def _refused(self, exc: BaseException) -> None:
         if self.retry.failed(exc):

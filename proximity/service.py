@@ -50,7 +50,6 @@ from proximity.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
-NOTICE_QOS = 1
 #: How often the retention purge runs (and once at start).
 PURGE_INTERVAL_S = 3600.0
 #: When a purge the disk refused is tried again.
@@ -58,7 +57,6 @@ PURGE_RETRY_S = 60.0
 #: A storage fault's alarm ends when no write has been refused for this long.
 STORAGE_SETTLE_S = 10.0
 
-STATUS_QOS = 1
 CONNECT_WAIT_S = 15.0
 #: The exit status of an engine that stopped on a fault its watchdog found.
 EXIT_FAULT = 3
@@ -216,15 +214,15 @@ class EngineService:
         log.info("kernels ready in %.2f s", self.engine.warm_up())
 
         out = make_client(f"{s.client_id}-out")
-        out.will_set(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
         journal_path = s.journal or s.db.with_suffix(".journal.sqlite")
+        # The one door out: alarms, status, notices and rejections alike.
         self.channel = MqttAlarmChannel(
             out, s.alarm_topic, Journal(journal_path), s.cap_topic or None, clock=self.clock
         )
-        self._out = out
+        self.channel.will(s.status_topic, self._offline())
 
         def publish_rejection(r: Rejection) -> None:
-            out.publish(s.rejected_topic, orjson.dumps(r.to_dict()), qos=0)
+            self.channel.rejection(s.rejected_topic, orjson.dumps(r.to_dict()))
 
         self.reporter = RejectionReporter(publish_rejection)
         self.subscriber = FixSubscriber(
@@ -258,19 +256,19 @@ class EngineService:
             self.engine.start(start)
             self.grid = SweepGrid(s.sweep_interval_s, start)
             self.timeline = Timeline(self.engine, self.grid)
-            out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
+            self.channel.status(s.status_topic, self._status("online"))
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             if s.watchdog_s > 0:
                 self._beat = time.monotonic()
                 watchdog = Watchdog([self._loop_check, self._client_check], self._fault)
                 watchdog.start()
-            self._loop(stop, out)
+            self._loop(stop)
         finally:
             if watchdog is not None:
                 watchdog.stop()
             if http is not None:
                 http.stop()
-            out.publish(s.status_topic, self._offline(), qos=STATUS_QOS, retain=True)
+            self.channel.status(s.status_topic, self._offline())
             # One last try of what a storage fault holds; what is then on disk is
             # acknowledged (and the fault's end sent) before the channel closes.
             self._flush_evidence(now=True)
@@ -317,12 +315,10 @@ class EngineService:
         """The watchdog found the engine stalled: tell the CIC, for every case, then end the
         process (non-zero, for the supervisor; the broker then publishes the offline will).
         The alarms go straight to the broker: the journal belongs to the stuck loop."""
-        s = self.settings
-        sent = []
-        for event in self.engine.fault_events(reason, self.clock()):
-            message = alarm_message(event, self.engine.cases[event.case_id])
-            message["times"]["published"] = iso_utc(self.clock())
-            sent.append(self._out.publish(s.alarm_topic, orjson.dumps(message), qos=1))
+        sent = [
+            self.channel.send_straight(alarm_message(event, self.engine.cases[event.case_id]))
+            for event in self.engine.fault_events(reason, self.clock())
+        ]
         deadline = time.monotonic() + FAULT_PUBLISH_WAIT_S
         for info in sent:
             info.wait_for_publish(max(0.0, deadline - time.monotonic()))
@@ -353,7 +349,7 @@ class EngineService:
     def _offline(self) -> bytes:
         return orjson.dumps({"state": "offline"})
 
-    def _loop(self, stop: threading.Event, out: Any) -> None:
+    def _loop(self, stop: threading.Event) -> None:
         s = self.settings
         # Sweeps follow the engine's clock (faster in evaluation runs); status, the wall's.
         next_status = time.monotonic() + s.status_interval_s
@@ -376,7 +372,7 @@ class EngineService:
                     PURGE_INTERVAL_S if self._purge() else PURGE_RETRY_S
                 )
             if time.monotonic() >= next_status:
-                out.publish(s.status_topic, self._status("online"), qos=STATUS_QOS, retain=True)
+                self.channel.status(s.status_topic, self._status("online"))
                 next_status = time.monotonic() + s.status_interval_s
 
     def _step(self, items: Sequence[Item], horizon: float) -> None:
@@ -575,5 +571,5 @@ class EngineService:
         self._check_storage()  # a journal that has just refused this alarm: tell the CIC
         # The offender's "move away" notices: built without any of the victim's data.
         for notice in notices_for(events):
-            self._out.publish(notice.topic, notice.payload, qos=NOTICE_QOS)
+            self.channel.notice(notice.topic, notice.payload)
             self.notices_published += 1

@@ -142,7 +142,9 @@ def test_held_acknowledgements_are_sent_once_and_never_into_a_new_session() -> N
     the broker sends again after a reconnect is acknowledged once, and none is acknowledged
     into a session the broker started afresh (its ids name other messages there)."""
     with LocalBroker(config=ROOT / "deploy" / "mosquitto.conf") as broker:
-        sub = FixSubscriber(parse_broker_url(broker.url), "held-acks", session_expiry_s=600)
+        sub = FixSubscriber(
+            parse_broker_url(broker.url), "held-acks", session_expiry_s=600, clock=now
+        )
         sub.start()
         try:
             assert sub.connected.wait(30.0)
