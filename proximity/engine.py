@@ -39,6 +39,7 @@ from numerics.uncertainty import (
     UNKNOWN_ACCURACY_M,
     Classification,
 )
+from proximity import reasons
 from proximity.alarms import APPROACH, PAIR, PROBING, ZONE, AlarmBook
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
@@ -58,7 +59,6 @@ from proximity.quality import FixFilter
 from proximity.rules import RuleConfig
 from proximity.states import (
     ALARM,
-    ESCALATION,
     Conditions,
     EntryCounter,
     LevelMachine,
@@ -404,7 +404,7 @@ class Engine:
             last,
             state=state,
             t_decided=self._clock(),
-            reason=f"{what} by {operator}" + (f": {note}" if note else ""),
+            reason=reasons.operator(what, operator, note),
             operator=operator,
             cause="operator",
             previous_level=None,
@@ -420,13 +420,10 @@ class Engine:
         since = lost_at if math.isfinite(lost_at) else self.previously_until
         if not math.isfinite(since):
             return []
-        span = f"between {iso_utc(since)} and {iso_utc(at)}"
         return self.health.case_alarms(
             AlarmType.DATA_GAP,
             AlarmLevel.ALARM,
-            f"data gap: the broker kept no session for the engine, so fixes and events sent"
-            f" {span} may be lost, and with them alarms of this case; the broker's persistence"
-            " needs checking",
+            reasons.session_lost(iso_utc(since), iso_utc(at)),
             at,
             GAP_NAMESPACE,
         )
@@ -439,8 +436,7 @@ class Engine:
         return self.health.case_alarms(
             AlarmType.ENGINE_FAULT,
             AlarmLevel.ESCALATION,
-            f"engine fault: {reason}; the case is not watched until the engine is back (its"
-            " supervisor restarts it): watch the parties by other means",
+            reasons.engine_stuck(reason),
             at,
             FAULT_NAMESPACE,
         )
@@ -453,18 +449,7 @@ class Engine:
         it goes on deciding in memory), updated when the reason changes while it is open,
         ended when ``reason`` is None (everything is written)."""
         if reason is not None:
-            alarms = (
-                "sends its alarms without the journal"
-                if journal
-                else "journals and sends its alarms as usual"
-            )
-            text = (
-                f"engine fault: {reason}. The engine goes on deciding and {alarms}; the fixes"
-                " it could not record stay unacknowledged at the broker (a restart gets them"
-                " again) and everything is written when the disk takes it again. If the fault"
-                " lasts, new fixes wait at the broker and the case is not watched: the disk"
-                " needs attention"
-            )
+            text = reasons.storage_fault(reason, journal)
             if self._storage_faults:  # open already: the same alarms say what changed
                 events = [
                     replace(e, state=AlarmState.UPDATE, reason=text, t_decided=at)
@@ -482,8 +467,7 @@ class Engine:
                     e,
                     state=AlarmState.ENDED,
                     t_decided=at,
-                    reason="storage fault over: the engine's files take writes again, and what"
-                    " the fault held is written",
+                    reason=reasons.STORAGE_FAULT_OVER,
                     previous_level=None,
                 )
                 for e in self._storage_faults
@@ -796,12 +780,7 @@ class Engine:
         p = int(ev.idx[k])
         motion = self._motion(p)
         if motion.parallel and state in (AlarmState.OPEN, AlarmState.UPDATE):
-            reason += (
-                f"; both travel the same way (offender {motion.offender_speed_mps:.0f} m/s,"
-                f" protected person {motion.victim_speed_mps:.0f} m/s, headings"
-                f" {motion.heading_difference_deg:.0f} deg apart): parallel travel, perhaps a"
-                " coincidental encounter"
-            )
+            reason += reasons.parallel(motion)
         return AlarmEvent(
             motion=motion,
             alarm_id=alarm_id,
@@ -851,28 +830,24 @@ class Engine:
         vic = self.devices.ids[int(pairs.victim[p])]
         return f"{pairs.case_ids[int(pairs.case[p])]}/{off}/{vic}"
 
-    def _where(self, ev: PairEvaluation, k: int, now: float) -> str:
-        """ "offender o is 480 m (+-14 m) from protected person v"."""
+    def _where(self, ev: PairEvaluation, k: int) -> str:
+        """Where pair ``ev.idx[k]`` stands, in words (:func:`proximity.reasons.where`)."""
         pairs = self.pairs
         p = int(ev.idx[k])
-        off = self.devices.ids[int(pairs.offender[p])]
-        vic = self.devices.ids[int(pairs.victim[p])]
-        return (
-            f"offender {off} is {float(ev.distance_m[k]):.0f} m"
-            f" (+-{float(ev.uncertainty_m[k]):.0f} m) from protected person {vic}"
+        return reasons.where(
+            self.devices.ids[int(pairs.offender[p])],
+            float(ev.distance_m[k]),
+            float(ev.uncertainty_m[k]),
+            self.devices.ids[int(pairs.victim[p])],
         )
 
     def _old_fixes(self, ev: PairEvaluation, k: int, now: float) -> str:
-        """ "; the protected person's fix is 600 s old (+-1808 m)", or "" when both are fresh."""
         p = int(ev.idx[k])
-        off = self._position(int(self.pairs.offender[p]), now)
-        vic = self._position(int(self.pairs.victim[p]), now)
-        old = [
-            f"the {role} fix is {now - p_.t_fix:.0f} s old (+-{p_.radius_m:.0f} m)"
-            for role, p_ in (("offender's", off), ("protected person's", vic))
-            if p_.old
-        ]
-        return f"; {' and '.join(old)}" if old else ""
+        return reasons.old_fixes(
+            self._position(int(self.pairs.offender[p]), now),
+            self._position(int(self.pairs.victim[p]), now),
+            now,
+        )
 
     def _event(
         self, ev: PairEvaluation, k: int, m: Transition, now: float, decided: float, cause: str
@@ -883,7 +858,7 @@ class Engine:
         order = float(pairs.order_m[p])
         warning = float(pairs.warning_m[p])
         margin = float(pairs.margin_m[p])
-        where = self._where(ev, k, now)
+        where = self._where(ev, k)
         certain = int(ev.classification[k]) == Classification.CERTAIN_BREACH
         if m.new_alarm:
             t_fix = self.devices.t_fix
@@ -895,39 +870,22 @@ class Engine:
         alarm_id = self.alarm_ids[p]
         if m.step == Step.END:
             del self.alarm_ids[p]
-            reason = (
-                f"{where}: beyond the warning distance plus margin ({warning:.0f} + {margin:.0f} m)"
-                f" for {r.dwell_s:.0f} s"
-            )
-        elif m.step == Step.REMIND:
-            since = iso_utc(self._opened.get(p, now))
-            reason = f"reminder: open since {since}, not acknowledged; {where}"
-        elif m.step == Step.LOWER:
-            reason = (
-                f"{where}: beyond the order distance plus margin ({order:.0f} + {margin:.0f} m)"
-                f" for {r.dwell_s:.0f} s; pre-alert"
-            )
-        elif m.step == Step.CERTAIN:
-            reason = f"breach now certain: {where}, order distance {order:.0f} m"
-        elif m.level == ESCALATION:
-            esc = float(pairs.escalation_m[p])
-            if float(ev.distance_m[k]) + float(ev.uncertainty_m[k]) <= esc:
-                reason = f"escalation: {where}, certainly within {esc:.0f} m"
-            else:
-                reason = f"escalation: the breach has lasted {r.escalate_after_s:.0f} s; {where}"
-        elif m.level == ALARM:
-            if certain:
-                reason = f"certain breach: {where}, order distance {order:.0f} m"
-            else:
-                reason = (
-                    f"breach confirmed (inside the order distance {order:.0f} m on the best"
-                    f" estimate for {r.confirm_s:.0f} s): {where}"
-                )
-        else:
-            reason = (
-                f"pre-alert: {where}, within the warning distance {warning:.0f} m"
-                f" (order distance {order:.0f} m)"
-            )
+        esc = float(pairs.escalation_m[p])
+        reason = reasons.proximity(
+            m.step,
+            m.level,
+            where,
+            certain=certain,
+            order_m=order,
+            warning_m=warning,
+            margin_m=margin,
+            escalation_m=esc,
+            within_escalation=float(ev.distance_m[k]) + float(ev.uncertainty_m[k]) <= esc,
+            opened=iso_utc(self._opened.get(p, now)),
+            dwell_s=r.dwell_s,
+            confirm_s=r.confirm_s,
+            escalate_after_s=r.escalate_after_s,
+        )
         if m.step != Step.END:
             reason += self._old_fixes(ev, k, now)
         state = {
@@ -954,31 +912,27 @@ class Engine:
     ) -> AlarmEvent:
         k = m.k
         p = int(ev.idx[k])
-        where = self._where(ev, k, now)
+        where = self._where(ev, k)
         if m.new_alarm:
             name = f"{self._pair_name(p)}/{self.devices.t_fix[self.pairs.offender[p]]!r}"
             self.approach_ids[p] = str(uuid.uuid5(APPROACH_NAMESPACE, name))
         alarm_id = self.approach_ids[p]
-        order = float(self.pairs.order_m[p])
+        reason = reasons.approach(
+            m.step,
+            where,
+            superseded=bool(self.levels.level[p] >= ALARM),
+            quiet_s=self.rules.approach_horizon_s,
+            closing_mps=float(ev.closing_mps[k]),
+            closed_m=float(self._anchor[p]) - float(ev.distance_m[k]),
+            order_m=float(self.pairs.order_m[p]),
+            time_to_breach_s=float(ev.time_to_breach_s[k]),
+        )
         if m.step == Step.END:
             del self.approach_ids[p]
-            if self.levels.level[p] >= ALARM:
-                reason = f"superseded by the breach alarm: {where}"
-            else:
-                quiet = self.rules.approach_horizon_s
-                reason = f"no sustained approach for {quiet:.0f} s: {where}"
             state = AlarmState.ENDED
         elif m.step == Step.REMIND:
-            reason = f"reminder: still approaching, not acknowledged; {where}"
             state = AlarmState.UPDATE
         else:
-            closing = float(ev.closing_mps[k])
-            ttb = float(ev.time_to_breach_s[k])
-            closed = float(self._anchor[p]) - float(ev.distance_m[k])
-            reason = (
-                f"approach: {where}, closing at {closing:.1f} m/s ({closed:.0f} m closer than"
-                f" lately); the order distance ({order:.0f} m) in about {ttb:.0f} s at this speed"
-            )
             state = AlarmState.OPEN if m.new_alarm else AlarmState.UPDATE
         return self._pair_event(
             ev,
@@ -1005,18 +959,17 @@ class Engine:
     ) -> AlarmEvent:
         p = int(ev.idx[k])
         r = self.rules
-        where = self._where(ev, k, now)
+        where = self._where(ev, k)
         warning = float(self.pairs.warning_m[p])
-        if state == AlarmState.OPEN:
+        opened = state == AlarmState.OPEN
+        if opened:
             name = f"{self._pair_name(p)}/{self.probes.entries[p][0]!r}"
             self.probe_ids[p] = alarm_id = str(uuid.uuid5(PROBING_NAMESPACE, name))
-            reason = (
-                f"boundary probing: {count} entries within the warning distance"
-                f" ({warning:.0f} m) in {r.probe_window_s / 60:.0f} min; now {where}"
-            )
         else:
             alarm_id = self.probe_ids.pop(p)
-            reason = f"no entry within the warning distance for {r.probe_window_s / 60:.0f} min"
+        reason = reasons.probing(
+            opened, where, count=count, warning_m=warning, window_s=r.probe_window_s
+        )
         m = Transition(k, Step.OPEN, ALARM, ALARM, False)
         return self._pair_event(
             ev, k, AlarmType.PROBING, m, state, alarm_id, reason, now, decided, cause

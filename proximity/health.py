@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from ingest.model import DeviceEvent
 from numerics.jit import kernel
+from proximity import reasons
 from proximity.alarms import SILENCE, AlarmBook
 from proximity.cases import Case, Device
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
@@ -199,18 +200,17 @@ class DeviceWatch:
                 del self._gaps[slot]
             dev = self.ids[slot]
             for g in due:
-                n = g.missing
-                self.fixes_missing += n
-                span = f"numbers {g.lo} to {g.hi}" if g.hi > g.lo else f"number {g.lo}"
-                if g.filled:
-                    span = f"{n} of the {span}"
+                self.fixes_missing += g.missing
                 for case, is_offender in self.cases_of[slot]:
-                    who = "offender" if is_offender else "protected person"
-                    reason = (
-                        f"data gap: {n} fix(es) of {who} device {dev} never arrived ({span};"
-                        f" the fixes before and after them arrived at {iso_utc(g.since)} and"
-                        f" {iso_utc(g.until)}): lost on the way (by the broker or the network)"
-                        " or rejected on arrival, so the case was not assessed on them"
+                    reason = reasons.sequence_gap(
+                        dev,
+                        is_offender,
+                        missing=g.missing,
+                        lo=g.lo,
+                        hi=g.hi,
+                        partly=bool(g.filled),
+                        since=iso_utc(g.since),
+                        until=iso_utc(g.until),
                     )
                     alarm_id = str(
                         uuid.uuid5(
@@ -262,7 +262,6 @@ class DeviceWatch:
     def _silence_events(self, slot: int, state: AlarmState, now: float) -> list[AlarmEvent]:
         dev = self.ids[slot]
         quiet_s = now - float(self.last_seen[slot])
-        limit = f"expected every {self.interval_s[slot]:.0f} s + {self.grace_s[slot]:.0f} s grace"
         out = []
         for case, is_offender in self.cases_of[slot]:
             kind = AlarmType.SIGNAL_LOST if is_offender else AlarmType.VICTIM_SILENT
@@ -272,22 +271,18 @@ class DeviceWatch:
                     uuid.uuid5(HEALTH_ALARM_NAMESPACE, f"{case.id}/{dev}/{kind.name}/{now!r}")
                 )
                 self.alarm_ids[key] = alarm_id
-                who = "offender" if is_offender else "protected person"
-                consequence = (
-                    "the distance to the protected person and the offender's zones cannot be"
-                    " assessed"
-                    if is_offender
-                    else "the distance to the offender cannot be assessed"
-                )
-                reason = (
-                    f"no message from {who} device {dev} for {quiet_s:.0f} s ({limit});"
-                    f" {consequence}"
+                reason = reasons.silence(
+                    dev,
+                    is_offender,
+                    quiet_s=quiet_s,
+                    interval_s=float(self.interval_s[slot]),
+                    grace_s=float(self.grace_s[slot]),
                 )
             else:
                 if key not in self.alarm_ids:  # closed by an operator meanwhile: silent
                     continue
                 alarm_id = self.alarm_ids.pop(key)
-                reason = f"device {dev} reports again"
+                reason = reasons.silence_over(dev)
             out.append(
                 self._event(
                     alarm_id, kind, _level(kind), state, case, slot, is_offender, reason, now
@@ -309,13 +304,7 @@ class DeviceWatch:
                         HEALTH_ALARM_NAMESPACE, f"{case.id}/{ev.device}/{ev.kind}/{ev.t_event!r}"
                     )
                 )
-                who = "offender" if is_offender else "protected person"
-                reason = (
-                    f"{ev.kind.replace('_', ' ')} reported by {who} device {ev.device}"
-                    f" at {iso_utc(ev.t_event)}"
-                )
-                if ev.kind == "panic" and not is_offender:
-                    reason = f"PANIC button pressed by the protected person ({ev.device})"
+                reason = reasons.device_event(ev.kind, ev.device, is_offender, iso_utc(ev.t_event))
                 out.append(
                     self._event(
                         alarm_id,

@@ -36,6 +36,7 @@ from geofence import kernels as gk
 from geofence.compiled import ZoneSet
 from geofence.model import Zone, ZoneKind, parse_zones
 from numerics.uncertainty import Classification
+from proximity import reasons
 from proximity.alarms import ZONE, ZONE_PROBING, AlarmBook
 from proximity.cases import Case
 from proximity.core import R0, VMAX, ProximityCore
@@ -46,7 +47,6 @@ from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
 from proximity.states import (
     ALARM,
-    ESCALATION,
     NONE,
     Conditions,
     EntryCounter,
@@ -64,10 +64,6 @@ ZONE_ALARM_NAMESPACE = uuid.UUID("0b6f7a4e-3c59-4f0e-9d61-5d2b8f1c7a93")
 ZONE_PROBING_NAMESPACE = uuid.UUID("5e2d8b71-9a46-4c03-b8f7-1d6e3a9c4f25")
 
 U_PER_R68 = gk.K99 / gk.K68  # 99 % radius per 68 % radius of a 2-D Gaussian
-
-
-def _metres(d: float) -> str:
-    return f"{d / 1000:.1f} km" if abs(d) >= 1000 else f"{d:.0f} m"
 
 
 class ZoneWatch:
@@ -279,66 +275,52 @@ class ZoneWatch:
         # The protected person's last position tells the team whether she is there too.
         vic = self._position(self.slot_of[case.protected[0]], now)
         excl = zone.kind == ZoneKind.EXCLUSION
-        name = f'{"exclusion" if excl else "inclusion"} zone "{zone.label}"'
-        side = f"{_metres(-s)} inside" if s <= 0 else f"{_metres(s)} outside"
-        where = f"offender {off.device} is {side} {name} (+-{u:.0f} m)"
-        margin = float(self.margin_m[zi])
+        name = reasons.zone_name(zone.label, excl)
+        where = reasons.zone_where(off.device, s, u, name)
         r = self.rules
+        figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
         if probing is not None:
-            window = f"{r.probe_window_s / 60:.0f} min"
             if probing == AlarmState.OPEN:
                 first = self.probes.entries[e][0]
                 key = f"{case.id}/{off.device}/{zi}/{first!r}"
-                self.probes.alarm_ids[e] = str(uuid.uuid5(ZONE_PROBING_NAMESPACE, key))
-                n = len(self.probes.entries[e])
-                reason = f"boundary probing: {n} entries near {name} in {window}; now {where}"
-                alarm_id = self.probes.alarm_ids[e]
+                self.probes.alarm_ids[e] = alarm_id = str(uuid.uuid5(ZONE_PROBING_NAMESPACE, key))
             else:
                 alarm_id = self.probes.alarm_ids.pop(e)
-                reason = f"no entry near {name} for {window}"
-            figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
+            reason = reasons.zone_probing(
+                probing == AlarmState.OPEN,
+                where,
+                count=len(self.probes.entries.get(e, ())),
+                name=name,
+                window_s=r.probe_window_s,
+            )
             return self._zone_event(
                 e, AlarmType.PROBING, ALARM, 0, probing, alarm_id, reason, *figures
             )
         if m.new_alarm:
             again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
-            name = f"{case.id}/{off.device}/{zi}/{off.t_fix!r}{again}"
-            self.alarm_ids[e] = str(uuid.uuid5(ZONE_ALARM_NAMESPACE, name))
+            key = f"{case.id}/{off.device}/{zi}/{off.t_fix!r}{again}"
+            self.alarm_ids[e] = str(uuid.uuid5(ZONE_ALARM_NAMESPACE, key))
             self._opened[e] = now
         alarm_id = self.alarm_ids[e]
-        certain = verdict == Classification.CERTAIN_BREACH
         if m.step == Step.END:
             del self.alarm_ids[e]
-            if not active:
-                reason = f"{name} is no longer in force (schedule); {where}"
-            elif excl:
-                reason = f"{where}, beyond the margin ({margin:.0f} m) for {r.dwell_s:.0f} s"
-            else:
-                reason = f"back inside: {where}"
-        elif m.step == Step.REMIND:
-            since = iso_utc(self._opened.get(e, now))
-            reason = f"reminder: open since {since}, not acknowledged; {where}"
-        elif m.step == Step.LOWER:
-            reason = f"{where}, beyond the margin ({margin:.0f} m) for {r.dwell_s:.0f} s"
-        elif m.step == Step.CERTAIN:
-            reason = f"now certain: {where}"
-        elif m.level == ESCALATION:
-            reason = f"escalation: the violation has lasted {r.escalate_after_s:.0f} s; {where}"
-        elif m.level == ALARM:
-            what = "certain" if certain else f"confirmed ({r.confirm_s:.0f} s)"
-            if excl:
-                reason = f"{what} entry: {where}"
-            else:
-                started = " (the curfew began)" if cause == "time" else ""
-                reason = f"{what} curfew violation{started}: {where} while it is in force"
-        elif excl and s - u <= 0.0:
-            reason = f"possible entry, confirming: {where}"
-        elif excl:
-            reason = (
-                f"pre-alert: {where}, within its warning band ({float(self.warning_m[zi]):.0f} m)"
-            )
-        else:
-            reason = f"possible curfew violation, confirming: {where}"
+        reason = reasons.zone(
+            m.step,
+            m.level,
+            where,
+            name=name,
+            exclusion=excl,
+            in_force=bool(active),
+            certain=verdict == Classification.CERTAIN_BREACH,
+            possibly_inside=s - u <= 0.0,
+            warning_m=float(self.warning_m[zi]),
+            margin_m=float(self.margin_m[zi]),
+            opened=iso_utc(self._opened.get(e, now)),
+            curfew_began=cause == "time",
+            dwell_s=r.dwell_s,
+            confirm_s=r.confirm_s,
+            escalate_after_s=r.escalate_after_s,
+        )
         state = (
             AlarmState.OPEN
             if m.new_alarm
@@ -348,7 +330,6 @@ class ZoneWatch:
         )
         kind = AlarmType.ZONE if excl else AlarmType.CURFEW
         before = m.before if m.level else 0
-        figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
         return self._zone_event(
             e, kind, m.level or m.before, before, state, alarm_id, reason, *figures
         )

@@ -3,8 +3,11 @@ gender: every alarm reason the engine writes, the CAP alerts' texts and the noti
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
+import proximity.reasons
 from proximity.cap import CapFormatter
 from proximity.messages import alarm_message, iso_utc
 from proximity.notice import TEXT
@@ -27,4 +30,16 @@ def test_no_alarm_text_assumes_a_gender() -> None:
     # The corpus covers pair, zone, curfew, probing, silence and device alarms.
     assert {"proximity", "approach", "zone", "curfew", "probing", "signal_lost", "panic"} <= kinds
     for text in TEXT.values():
+        assert not GENDERED.search(text), text
+
+
+def test_no_sentence_in_the_reasons_module_assumes_a_gender() -> None:
+    """Every operator sentence is worded in proximity/reasons.py: none of its texts, including
+    those the corpus above does not reach, assumes a gender."""
+    tree = ast.parse(Path(proximity.reasons.__file__).read_text())
+    texts = [
+        n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+    assert len(texts) > 50
+    for text in texts:
         assert not GENDERED.search(text), text
