@@ -460,12 +460,15 @@ class EngineService:
         error = self._storage_error()
         if error:
             self._storage_clear_since = math.nan
-        failing = self._failing_files()
-        if error and self._storage_fault and failing != self._storage_failing:
-            self._storage_busy = True  # another file refuses too, or one is back: say so
+            failing = self._failing_files()
+            if self._storage_fault and failing == self._storage_failing:
+                return  # the fault goes on as its alarm says
+            # It begins, or another file refuses too, or one is back: the alarm says so.
+            first = not self._storage_fault
+            self._storage_busy = True
             try:
                 self._storage_fault, self._storage_failing = error, failing
-                log.critical("storage fault: %s", error)
+                log.critical("storage fault: %s%s", error, "; deciding on in memory" * first)
                 self._publish(
                     self.engine.storage_fault_events(
                         error, self.clock(), self.channel.retry.failing
@@ -474,27 +477,17 @@ class EngineService:
             finally:
                 self._storage_busy = False
             return
-        if bool(error) == bool(self._storage_fault):
+        if not self._storage_fault:
             return
-        if not error:
-            if math.isnan(self._storage_clear_since):
-                self._storage_clear_since = time.monotonic()
-            if not final and time.monotonic() - self._storage_clear_since < STORAGE_SETTLE_S:
-                return
+        if math.isnan(self._storage_clear_since):
+            self._storage_clear_since = time.monotonic()
+        if not final and time.monotonic() - self._storage_clear_since < STORAGE_SETTLE_S:
+            return
         self._storage_busy = True
         try:
-            if error:
-                self._storage_fault, self._storage_failing = error, failing
-                log.critical("storage fault: %s; deciding on in memory", error)
-                self._publish(
-                    self.engine.storage_fault_events(
-                        error, self.clock(), self.channel.retry.failing
-                    )
-                )
-            else:
-                log.warning("storage fault over: everything held is written")
-                self._publish(self.engine.storage_fault_events(None, self.clock()))
-                self._storage_fault, self._storage_failing = "", (False, False)
+            log.warning("storage fault over: everything held is written")
+            self._publish(self.engine.storage_fault_events(None, self.clock()))
+            self._storage_fault, self._storage_failing = "", (False, False)
         finally:
             self._storage_busy = False
         self._check_storage()  # the end refused again as it was sent: a new fault
