@@ -3,8 +3,9 @@ the alarm messages that name the zone."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -59,8 +60,14 @@ def zengine(cases: list[Case], **kw: Any) -> Engine:
     return engine(cases, **kw)
 
 
-def utc(s: str) -> float:
-    return datetime.fromisoformat(s).replace(tzinfo=UTC).timestamp()
+BRUSSELS = ZoneInfo("Europe/Brussels")
+
+
+def local(clock_time: str, day: int = 0) -> float:
+    """UTC epoch seconds of ``clock_time`` ("21:00", "20:59:59") in Brussels, on the day of
+    the tests' epoch T0 plus ``day``: times a test controls, whatever today is."""
+    d = datetime.fromtimestamp(T0, BRUSSELS).date() + timedelta(days=day)
+    return datetime.combine(d, time.fromisoformat(clock_time), BRUSSELS).timestamp()
 
 
 def at(dev: str, pos: tuple[float, float], t: float) -> Fix:
@@ -122,14 +129,14 @@ def test_offender_walking_into_the_workplace_raises_and_ends_a_zone_alarm() -> N
 
 def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fix() -> None:
     home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="offender's home", schedule=CURFEW)
-    clock = Clock(utc("2026-11-23T20:00:00"))  # 21:00 in Brussels
+    clock = Clock(local("21:00"))
     eng = zengine([zone_case(home)], clock=clock, default_top_speed_mps=3.0)
     # 2 km from home at 21:00 and at 21:59: no curfew yet.
     assert events_of(eng, at("o", offset(*HOME, 30, 2000), clock.t)) == []
-    assert events_of(eng, at("o", offset(*HOME, 35, 2000), utc("2026-11-23T20:59:00"))) == []
-    clock.t = utc("2026-11-23T20:59:59")
+    assert events_of(eng, at("o", offset(*HOME, 35, 2000), local("21:59"))) == []
+    clock.t = local("21:59:59")
     assert eng.sweep() == []
-    clock.t = utc("2026-11-23T21:00:00")  # 22:00 in Brussels
+    clock.t = local("22:00")  # the curfew begins
     [ev] = eng.sweep()
     assert (ev.type, ev.state, ev.cause) == (AlarmType.CURFEW, AlarmState.OPEN, "time")
     assert ev.classification == Classification.CERTAIN_BREACH
@@ -148,11 +155,11 @@ def test_curfew_starting_while_the_offender_is_away_raises_an_alarm_without_a_fi
 
 def test_curfew_alarm_ends_when_the_curfew_ends() -> None:
     home = circle(HOME[1], HOME[0], 80, kind="inclusion", label="home", schedule=CURFEW)
-    clock = Clock(utc("2026-11-24T04:00:00"))  # 05:00 in Brussels
+    clock = Clock(local("05:00", day=1))
     eng = zengine([zone_case(home)], clock=clock)
     [ev] = events_of(eng, at("o", offset(*HOME, 0, 500), clock.t))
     assert ev.state == AlarmState.OPEN and ev.cause == "fix"
-    clock.t = utc("2026-11-24T05:00:00")  # 06:00
+    clock.t = local("06:00", day=1)  # the curfew ends
     [ev] = eng.sweep()
     assert ev.state == AlarmState.ENDED and "no longer in force" in ev.reason
     assert ev.zone is not None and not ev.zone.in_force
@@ -166,8 +173,8 @@ def test_a_zone_outside_its_validity_dates_raises_nothing() -> None:
         label="school",
         schedule={"dates": [{"from": "2025-01-01", "until": "2025-12-31"}]},
     )
-    eng = zengine([zone_case(school)], clock=Clock(utc("2026-11-23T12:00")))
-    assert events_of(eng, at("o", WORK, utc("2026-11-23T12:00"))) == []
+    eng = zengine([zone_case(school)], clock=Clock(local("12:00")))
+    assert events_of(eng, at("o", WORK, local("12:00"))) == []
 
 
 def test_only_the_offenders_own_cases_zones_apply() -> None:
@@ -182,7 +189,7 @@ def test_only_the_offenders_own_cases_zones_apply() -> None:
 
 def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
     c = zone_case(square(WORK, 150, kind="exclusion", label="workplace"))
-    clock = Clock(utc("2026-11-23T12:00"))
+    clock = Clock(local("12:00"))
     eng = zengine([c], clock=clock, default_top_speed_mps=3.0)
     assert events_of(eng, at("o", offset(*WORK, 90, 250), clock.t)) == []
     clock.t += 60.0  # 100 m outside; after a minute at walking speed he may be inside
