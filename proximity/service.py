@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import orjson
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
-from ingest.model import IngestError, Rejection, RejectReason, SessionLost
+from ingest.model import IngestError, Rejection, RejectReason
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.owntracks import keys as owntracks_keys
@@ -147,7 +148,7 @@ class EngineService:
         self._evidence_retry = Retry("the evidence record")
         self._storage_fault = ""  # what the open storage fault alarm said; "": none
         self._storage_busy = False  # sending the fault's own alarms
-        self._storage_failing = (False, False)  # which files the open fault alarm names
+        self._storage_failing: tuple[Path, ...] = ()  # the files the open fault alarm names
         self._storage_clear_since = math.nan  # when the open fault stopped refusing writes
 
     def _status(self, state: str) -> bytes:
@@ -379,13 +380,14 @@ class EngineService:
         """Take ``items`` (in arrival order) and the sweeps due up to ``horizon``: each sweep
         after the items stamped at or before its instant (:class:`Timeline`); record and
         publish what each step decided before the next."""
-        # What came from the inputs (not the subscriber's own session-loss marker).
-        self.messages_received += sum(not isinstance(i, SessionLost) for i in items)
+        self.messages_received += len(items)
         rejected = [i for i in items if isinstance(i, Rejection)]
         if rejected:
             self.reporter.report(rejected)
         skipped = self.grid.skipped
         for seg in self.timeline.step(items, horizon):
+            if seg.kind == "gap":  # the subscriber's own session-loss marker: no message
+                self.messages_received -= 1
             if seg.rejected:
                 self.reporter.report(seg.rejected)
             if seg.batch is not None:
@@ -435,20 +437,24 @@ class EngineService:
                 log.warning("the evidence record %s takes writes again", self.evidence.path)
         self._check_storage()
 
+    def _storage_files(self) -> list[tuple[Retry, Path]]:
+        """The files the engine writes, each with its retry schedule: the journal (once the
+        channel is made, in run()) and the evidence record."""
+        channel = getattr(self, "channel", None)
+        journal = [] if channel is None else [(channel.retry, channel.journal.path)]
+        return [*journal, (self._evidence_retry, self.evidence.path)]
+
     def _storage_error(self) -> str:
         """What the disk refuses, in words ("" when it refuses nothing)."""
-        files = [(self._evidence_retry, self.evidence.path)]
-        channel = getattr(self, "channel", None)  # made when the engine connects (run)
-        if channel is not None:
-            files.insert(0, (channel.retry, channel.journal.path))
         return "; ".join(
-            f"{r.what} {path} refuses writes ({r.error})" for r, path in files if r.failing
+            f"{r.what} {path} refuses writes ({r.error})"
+            for r, path in self._storage_files()
+            if r.failing
         )
 
-    def _failing_files(self) -> tuple[bool, bool]:
-        """Whether the journal, and the evidence record, refuse writes now."""
-        channel = getattr(self, "channel", None)
-        return (channel is not None and channel.retry.failing, self._evidence_retry.failing)
+    def _failing_files(self) -> tuple[Path, ...]:
+        """The files that refuse writes now."""
+        return tuple(path for r, path in self._storage_files() if r.failing)
 
     def _check_storage(self, final: bool = False) -> None:
         """Open the storage fault alarm of every case when a write is first refused; end it
@@ -487,7 +493,7 @@ class EngineService:
         try:
             log.warning("storage fault over: everything held is written")
             self._publish(self.engine.storage_fault_events(None, self.clock()))
-            self._storage_fault, self._storage_failing = "", (False, False)
+            self._storage_fault, self._storage_failing = "", ()
         finally:
             self._storage_busy = False
         self._check_storage()  # the end refused again as it was sent: a new fault
