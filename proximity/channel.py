@@ -171,12 +171,8 @@ class MqttAlarmChannel:
     def flush(self, force: bool = False) -> None:
         """Journal what a storage fault held, and mark deliveries the journal refused, when a
         try is due (or ``force``); the fault ends when everything is written."""
-        if not (self._held or self._marks):
-            if self.retry.succeeded():  # a refused write that held nothing (an append)
-                log.warning("the outbox journal %s takes writes again", self.journal.path)
-            return
-        if not (force or self.retry.due()):
-            return
+        if not (self._held or self._marks) or not (force or self.retry.due()):
+            return  # (a refusal always leaves something held: nothing held, no fault)
         try:
             if self._held:
                 seqs = self.journal.restore(
