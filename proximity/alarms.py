@@ -54,10 +54,14 @@ class RuleIds(MutableMapping[K, str], Generic[K]):
             self._book._subjects.pop(old, None)
         self._ids[key] = alarm_id
         self._book._subjects[alarm_id] = (self._rule, key)
+        self._book.dirty.add(alarm_id)
+        if old is not None:
+            self._book.dirty.add(old)
 
     def __delitem__(self, key: K) -> None:
         alarm_id = self._ids.pop(key)
         self._book._subjects.pop(alarm_id, None)
+        self._book.dirty.add(alarm_id)
 
     def __iter__(self) -> Iterator[K]:
         return iter(self._ids)
@@ -76,6 +80,11 @@ class AlarmBook:
         self._awaiting: set[str] = set()
         self._subjects: dict[str, tuple[str, Hashable]] = {}
         self._rules: dict[str, RuleIds[Any]] = {}
+        #: Alarms changed (or forgotten) since the book was last saved (proximity.memory).
+        self.dirty: set[str] = set()
+        self._written = 0
+        #: Each remembered alarm's place in the book (its last write): saved with it.
+        self.order: dict[str, int] = {}
 
     def ids(self, rule: str) -> RuleIds[Any]:
         """The map of ``rule``'s open alarms, subject -> alarm id (one per rule)."""
@@ -94,6 +103,9 @@ class AlarmBook:
         for e in events:
             self._last[e.alarm_id] = e
             self._last.move_to_end(e.alarm_id)
+            self._written += 1
+            self.order[e.alarm_id] = self._written
+            self.dirty.add(e.alarm_id)
             rose = e.previous_level is not None and e.previous_level < e.level
             if e.state == AlarmState.OPEN or (e.state == AlarmState.UPDATE and rose):
                 self._awaiting.add(e.alarm_id)
@@ -102,6 +114,36 @@ class AlarmBook:
         while len(self._last) > self._remembered:
             forgotten, _ = self._last.popitem(last=False)
             self._awaiting.discard(forgotten)
+            self.order.pop(forgotten, None)
+            self.dirty.add(forgotten)
+
+    def restore(
+        self,
+        event: AlarmEvent,
+        order: int,
+        awaiting: bool,
+        subject: tuple[str, Hashable] | None,
+    ) -> None:
+        """Put back an alarm saved by an earlier run (in the book's order, ``order`` its
+        place there): its last event, whether it waits for an operator, and its rule's
+        subject while its episode is open."""
+        self.write([event])
+        self.order[event.alarm_id] = order
+        self._written = max(self._written, order)
+        if awaiting:
+            self._awaiting.add(event.alarm_id)
+        else:
+            self._awaiting.discard(event.alarm_id)
+        if subject is not None:
+            self.ids(subject[0])[subject[1]] = event.alarm_id
+
+    def is_awaiting(self, alarm_id: str) -> bool:
+        """Whether no operator has acknowledged the alarm since it opened or last rose."""
+        return alarm_id in self._awaiting
+
+    def clean(self, alarm_ids: Sequence[str]) -> None:
+        """These alarms are saved as they are now."""
+        self.dirty.difference_update(alarm_ids)
 
     def last(self, alarm_id: str) -> AlarmEvent | None:
         """The alarm's last event (None: never raised, or forgotten)."""

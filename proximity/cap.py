@@ -72,6 +72,21 @@ class CapFormatter:
         self.sender = sender
         self._first: OrderedDict[str, str] = OrderedDict()  # alarm id -> "sender,id,sent"
 
+    def recall(self, first_alerts: dict[str, bytes]) -> int:
+        """Remember the first alerts of alarms an earlier run raised (alarm id -> its first
+        CAP alert, from the journal), so that later alerts reference them; how many."""
+        n = 0
+        for alarm_id, payload in first_alerts.items():
+            try:
+                root = ET.fromstring(payload)
+            except ET.ParseError:
+                continue
+            parts = [root.findtext(f"{{{CAP_NS}}}{k}") for k in ("sender", "identifier", "sent")]
+            if all(parts):
+                self._first[alarm_id] = ",".join(p for p in parts if p)
+                n += 1
+        return n
+
     def alert(self, message: dict[str, Any]) -> bytes:
         """The CAP 1.2 XML of one alarm message (``times.published`` must be set)."""
         m = message

@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from proximity.backlog import Retry
 from proximity.cap import CapFormatter
 from proximity.journal import Journal
+from proximity.memory import Delta
 from proximity.messages import iso_utc
 from proximity.store import WRITE_ERRORS
 
@@ -107,33 +108,74 @@ class MqttAlarmChannel:
         return len(entries)
 
     def send(self, message: dict[str, Any]) -> None:
+        """Journal, then publish, one alarm message."""
+        self.send_all([message])
+
+    def send_all(self, messages: list[dict[str, Any]], state: Delta | None = None) -> bool:
+        """Journal ``messages`` (in order) and what changed in the engine's state with them
+        (``state``) in one transaction, then publish them; return whether ``state`` was
+        written (False while the journal refuses writes: the messages are then published all
+        the same, and held)."""
         now = time.time()
-        message["times"]["published"] = iso_utc(self._clock())
-        items = [(message["alarm_id"], self.topic, orjson.dumps(message))]
-        if self.cap_topic is not None:
-            items.append((message["alarm_id"], self.cap_topic, self._cap.alert(message)))
-        self.published += 1
+        items = []
+        for message in messages:
+            message["times"]["published"] = iso_utc(self._clock())
+            items.append((message["alarm_id"], self.topic, orjson.dumps(message)))
+            if self.cap_topic is not None:
+                items.append((message["alarm_id"], self.cap_topic, self._cap.alert(message)))
+        self.published += len(messages)
         # Journal first: committed before anything leaves the process (behind the messages
         # a storage fault holds, if any, to keep the journal's order).
         if not self._held:
             try:
-                seqs = self.journal.append(items, now)
+                seqs = self.journal.append(items, now, state)
             except WRITE_ERRORS as exc:
                 self._refused(exc)
             else:
                 for seq, (_, topic, payload) in zip(seqs, items, strict=True):
                     self._publish(seq, now, topic, payload)
                 self.flush()  # deliveries whose marking was refused
-                return
-        # The journal refuses writes: the CIC gets the message all the same, and is told.
-        message["journalled"] = False
-        items[0] = (message["alarm_id"], self.topic, orjson.dumps(message))
+                return True
+        # The journal refuses writes: the CIC gets the messages all the same, and is told.
+        for message in messages:
+            message["journalled"] = False
+        k = 0
+        for message in messages:
+            items[k] = (message["alarm_id"], self.topic, orjson.dumps(message))
+            k += 1 if self.cap_topic is None else 2
         for alarm_id, topic, payload in items:
             held = _Held(alarm_id, topic, payload, now)
             held.mid = self._client.publish(topic, payload, qos=ALARM_QOS).mid
             self._held.append(held)
             self._held_pending[held.mid] = held
         self.flush()
+        return False
+
+    def save_state(self, state: Delta) -> bool:
+        """Write what changed in the engine's state, behind what a storage fault holds;
+        whether it is written (False: the journal refuses writes, or holds messages that
+        must go first)."""
+        if self._held or self._marks:
+            self.flush()
+            if self._held or self._marks:
+                return False
+        if self.retry.failing and not self.retry.due():
+            return False
+        try:
+            self.journal.save_state(state)
+        except WRITE_ERRORS as exc:
+            self._refused(exc)
+            return False
+        if self.retry.succeeded():
+            log.warning("the outbox journal %s takes writes again", self.journal.path)
+        return True
+
+    def recall(self, alarm_ids: list[str]) -> int:
+        """After a restart: the first CAP alerts of ``alarm_ids`` (alarms an earlier run
+        opened), from the journal, so that later alerts reference them; how many."""
+        if self.cap_topic is None or not alarm_ids:
+            return 0
+        return self._cap.recall(self.journal.first_messages(alarm_ids, self.cap_topic))
 
     def send_straight(self, message: dict[str, Any]) -> mqtt.MQTTMessageInfo:
         """Publish an alarm message without the journal (marked ``"journalled": false``): the

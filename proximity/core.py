@@ -480,6 +480,13 @@ class ProximityCore:
             self.kf,
         )
 
+    def keep_speeds(self) -> None:
+        """After rows saved with other top speeds were put back (a restart with a changed
+        case file): the configured speeds, each row's 68 % radius unchanged."""
+        r = self.rows
+        r[:, R0] += self.t_eff * (r[:, VMAX] - self.top_speed_mps)
+        r[:, VMAX] = self.top_speed_mps
+
     def pairs_of(self, slots: IntArray) -> IntArray:
         """The distinct pairs in which any of ``slots`` takes part."""
         p = self.pairs

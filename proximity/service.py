@@ -40,7 +40,8 @@ from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name
 from proximity.evidence import EvidenceLog
-from proximity.journal import Journal
+from proximity.journal import Journal, StateError
+from proximity.memory import EngineMemory
 from proximity.messages import alarm_message, iso_utc
 from proximity.notice import notices_for
 from proximity.registry import Registry
@@ -57,6 +58,9 @@ PURGE_INTERVAL_S = 3600.0
 PURGE_RETRY_S = 60.0
 #: A storage fault's alarm ends when no write has been refused for this long.
 STORAGE_SETTLE_S = 10.0
+#: The engine's state is saved at most this often when no alarm changed (with an alarm, at
+#: once, in the alarm's transaction); the fixes it took are acknowledged once it is saved.
+STATE_SAVE_S = 0.1
 
 CONNECT_WAIT_S = 15.0
 #: The exit status of an engine that stopped on a fault its watchdog found.
@@ -123,6 +127,9 @@ class EngineService:
             devices = registry.devices()
         self.devices = devices
         self.engine = engine_for(settings, self.cases, devices, self.clock)
+        #: What the engine must not forget: saved with each batch, restored at start.
+        self.memory = EngineMemory(self.engine)
+        self._next_save = 0.0  # time.monotonic() of the next save when nothing is urgent
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0
@@ -221,6 +228,7 @@ class EngineService:
             out, s.alarm_topic, Journal(journal_path), s.cap_topic or None, clock=self.clock
         )
         self.channel.will(s.status_topic, self._offline())
+        self._restore()
 
         def publish_rejection(r: Rejection) -> None:
             self.channel.rejection(s.rejected_topic, orjson.dumps(r.to_dict()))
@@ -275,7 +283,7 @@ class EngineService:
             self._flush_evidence(now=True)
             self.channel.flush(force=True)
             self._check_storage(final=True)
-            if not self._storage_error():
+            if self._save_state(now=True) and not self._storage_error():
                 self.subscriber.acknowledge()
             self.channel.close()
             if self._storage_error():
@@ -295,6 +303,56 @@ class EngineService:
                 log.info("evidence of case %s: %d entries, head %s", case_id, count, head)
             self.evidence.close()
             log.info("stopped")
+
+    def _restore(self) -> None:
+        """What an earlier run saved (the alarm book, the rules' and the devices' state) is
+        put back before any fix is taken in: its episodes go on under their ids."""
+        try:
+            saved = self.channel.journal.load_state()
+        except StateError as exc:
+            log.error("%s; starting without it", exc)
+            return
+        if saved is None:
+            return
+        try:
+            alarms = self.memory.restore(saved)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            log.error(
+                "the saved engine state in %s does not fit this engine (%s: %s); starting"
+                " without it",
+                self.channel.journal.path,
+                type(exc).__name__,
+                exc,
+            )
+            # A half-restored engine is no engine: start again from the case file.
+            self.engine = engine_for(self.settings, self.cases, self.devices, self.clock)
+            self.engine.previously_until = self.evidence.last_fix_time()
+            self.memory = EngineMemory(self.engine)
+            return
+        book = self.engine.book
+        still = [a for a in book.order if book.still_open(a)]
+        self.channel.recall(still)
+        log.info(
+            "restored the engine's state: %d alarm(s) remembered, %d still open, %d pair(s)"
+            " at a level",
+            alarms,
+            len(still),
+            int(np.count_nonzero(self.engine.levels.level)),
+        )
+
+    def _save_state(self, now: bool = False) -> bool:
+        """Save what changed in the engine's state, when a save is due (or ``now``); return
+        whether everything decided so far is saved (the fixes may then be acknowledged)."""
+        if not now and time.monotonic() < self._next_save:
+            return False
+        self._next_save = time.monotonic() + STATE_SAVE_S
+        delta = self.memory.delta()
+        if not delta:
+            return True
+        if not self.channel.save_state(delta):
+            return False
+        self.memory.saved(delta)
+        return True
 
     def _loop_check(self) -> str | None:
         """The watchdog's check of the decision loop: it must go round."""
@@ -364,9 +422,9 @@ class EngineService:
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             self._flush_evidence()
             self._check_storage()
-            if self.subscriber.unacknowledged and not self._storage_error():
-                # Decided and on disk: now the broker may forget them. (While the disk
-                # refuses writes they stay the broker's: a restart gets them again.)
+            if self._save_state() and self.subscriber.unacknowledged and not self._storage_error():
+                # Decided, and their effect on disk: now the broker may forget them. (While
+                # the disk refuses writes they stay the broker's: a restart gets them again.)
                 self.subscriber.acknowledge()
             if time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + (
@@ -552,10 +610,15 @@ class EngineService:
         self._record(entries)
 
     def _publish(self, events: list[AlarmEvent]) -> None:
+        if not events:
+            return
         sent: list[tuple[str, float, str, dict[str, Any]]] = []
-        for event in events:
-            message = alarm_message(event, self.engine.cases[event.case_id])
-            self.channel.send(message)
+        messages = [alarm_message(e, self.engine.cases[e.case_id]) for e in events]
+        # The messages and the state that raised them, in one transaction.
+        state = self.memory.delta()
+        if self.channel.send_all(messages, state):
+            self.memory.saved(state)
+        for event, message in zip(events, messages, strict=True):
             sent.append((event.case_id, event.t_decided, "alarm", message))
             log.log(
                 logging.WARNING if _rises_to_alarm(event) else logging.INFO,

@@ -115,6 +115,20 @@ def _held(
     return (now if clock is None else clock) - s
 
 
+#: The arrays of a LevelMachine that hold its state (what a restart must keep).
+LEVEL_FIELDS = (
+    "level",
+    "certain",
+    "t_likely",
+    "t_leave_alarm",
+    "t_leave_pre",
+    "t_alarm",
+    "t_notified",
+    "acked",
+    "closed",
+)
+
+
 class LevelMachine:
     """Levels, timers and notification state of ``n`` watched things."""
 

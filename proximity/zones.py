@@ -83,6 +83,7 @@ class ZoneWatch:
         owner: list[int] = []
         entry_slot: list[int] = []
         entry_zone: list[int] = []
+        names: list[str] = []  # each entry's stable name (what a restart keeps it by)
         for ci, case in enumerate(cases):
             parsed, problems = parse_zones(case.zones)
             if problems:  # validated on import, but a registry may predate a rule
@@ -90,13 +91,15 @@ class ZoneWatch:
                     f"case {case.id} in the registry has zones this version rejects:"
                     f" {'; '.join(problems)}. Correct the case file and import it again."
                 )
-            for z in parsed:
+            for n, z in enumerate(parsed):
                 zi = len(zones)
                 zones.append(z)
                 owner.append(ci)
                 for o in case.offenders:
                     entry_slot.append(slot_of[o])
                     entry_zone.append(zi)
+                    names.append(f"{case.id}/{n}/{z.label}/{o}")
+        self._names = names
         self.cases = tuple(cases)
         self.core = core
         self.slot_of = slot_of
@@ -133,6 +136,10 @@ class ZoneWatch:
         self.next_change = np.array(
             [-math.inf if z.schedule is not None else math.inf for z in zones]
         )
+
+    def entry_names(self) -> list[str]:
+        """``case/zone number/label/offender`` of each entry: what a restart keeps it by."""
+        return list(self._names)
 
     def __len__(self) -> int:
         return int(self.slot.size)
