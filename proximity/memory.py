@@ -123,10 +123,9 @@ class EngineMemory:
             **_attrs(
                 "health", DEVICE, e.health, ("last_seen", "silent", "last_seq", "_last_seq_t")
             ),
-            **_attrs("engine", DEVICE, e, ("_t_unchecked", "_t_stamped")),
-            **_attrs(
-                "engine", PAIR_AXIS, e, ("_anchor", "_anchor_t", "_restarted_t", "_probe_pending")
-            ),
+            **_attrs("intake", DEVICE, e.intake, ("t_unchecked", "t_stamped")),
+            **_attrs("approach", PAIR_AXIS, e.approach_rule, ("anchor", "anchor_t")),
+            **_attrs("proximity", PAIR_AXIS, e.proximity, ("restarted_t", "probe_pending")),
             **_levels("levels", PAIR_AXIS, e.levels),
             **_levels("approach", PAIR_AXIS, e.approach),
             **_levels("zones", ENTRY, e.zones.levels),
@@ -180,8 +179,8 @@ class EngineMemory:
         return {
             "engine": {
                 "t_last": e._t_last,
-                "opened": {pair[p]: t for p, t in sorted(e._opened.items())},
-                "storage_faults": [x.alarm_id for x in e._storage_faults],
+                "opened": {pair[p]: t for p, t in sorted(e.proximity.opened.items())},
+                "storage_faults": [x.alarm_id for x in e.faults.storage],
             },
             "probes": _counter(e.probes, pair),
             "zones": {
@@ -239,7 +238,7 @@ class EngineMemory:
         pair_ix, entry_ix, dev_ix = self._index[PAIR_AXIS], self._index[ENTRY], self._index[DEVICE]
         eng = r.get("engine", {})
         e._t_last = max(e._t_last, float(eng.get("t_last", -math.inf)))
-        e._opened = _keyed(eng.get("opened", {}), pair_ix)
+        e.proximity.opened = _keyed(eng.get("opened", {}), pair_ix)
         _restore_counter(e.probes, r.get("probes", {}), pair_ix)
         z = r.get("zones", {})
         e.zones._opened = _keyed(z.get("opened", {}), entry_ix)
@@ -263,7 +262,7 @@ class EngineMemory:
                 rule_key = None if key is None else (str(subject[0]), key)
             book.restore(event, int(body["order"]), bool(body.get("awaiting")), rule_key)
         faults = set(eng.get("storage_faults", []))
-        e._storage_faults = [x for a in faults if (x := book.last(a)) is not None]
+        e.faults.storage = [x for a in faults if (x := book.last(a)) is not None]
         if same:
             self._shadow = {n: arr.reshape(-1).copy() for n, (_, arr) in self.arrays.items()}
             self._records = self._current_records()

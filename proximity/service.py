@@ -138,7 +138,7 @@ class EngineService:
             settings.evidence or settings.db.with_suffix(".evidence.sqlite")
         )
         # Where a data gap begins if the broker has lost the session when the engine connects.
-        self.engine.previously_until = self.evidence.last_fix_time()
+        self.engine.faults.previously_until = self.evidence.last_fix_time()
         # Which cases each device slot takes part in, as CSR arrays (for the evidence record).
         slot_cases = [set[int]() for _ in self.engine.devices.ids]
         case_ids = [c.id for c in self.cases]
@@ -326,7 +326,7 @@ class EngineService:
             )
             # A half-restored engine is no engine: start again from the case file.
             self.engine = engine_for(self.settings, self.cases, self.devices, self.clock)
-            self.engine.previously_until = self.evidence.last_fix_time()
+            self.engine.faults.previously_until = self.evidence.last_fix_time()
             self.memory = EngineMemory(self.engine)
             return
         book = self.engine.book
@@ -580,9 +580,9 @@ class EngineService:
         """The fixes the engine used (not late, duplicate or set aside) go on record: one
         entry per case and batch, its fixes as columns (times in epoch seconds), so the
         record costs little per fix."""
-        if not self.engine.used_rows:
+        if not self.engine.intake.used_rows:
             return
-        rows = np.concatenate(self.engine.used_rows)
+        rows = np.concatenate(self.engine.intake.used_rows)
         if rows.size == 0:  # every fix of the batch late, duplicate or set aside
             return
         # Each used fix once per case of its device, grouped by case: array work per batch.

@@ -162,7 +162,7 @@ class LevelMachine:
         arrival of the message that caused each evaluation).
 
         ``evidence``: per thing, the time up to which its inputs are current (see
-        ``Engine._evidence``). A likely spell starts when it is first seen (``now``) and is
+        ``ProximityRule.step``). A likely spell starts when it is first seen (``now``) and is
         measured on the evidence, so it is confirmed by ``confirm_s`` of current fixes,
         not of waiting: a position frozen by a dropout (perhaps the tail of a multipath
         burst) does not confirm itself. None: the clock is the evidence."""
@@ -206,45 +206,55 @@ class LevelMachine:
         if changed.size == 0:
             return []
 
-        out: list[Transition] = []
-        for k in changed:
-            i = int(idx[k])
-            at = float(now[k])
-            b = int(before[k])
-            a = int(after[k])
-            if a == NONE:
-                step = Step.END
-            elif b == NONE:
-                step = Step.OPEN
-            elif a > b:
-                step = Step.RAISE
-            elif a < b:
-                step = Step.LOWER
-            elif newly_certain[k]:
-                step = Step.CERTAIN
-            else:
-                step = Step.REMIND
-            new_alarm = step == Step.OPEN or (step == Step.RAISE and bool(self.closed[i]))
-            if a >= ALARM > b:
-                self.t_alarm[i] = at
-            elif a < ALARM:
-                self.t_alarm[i] = math.nan
-            if a != b:
-                self.certain[i] = bool(c.certain[k]) and a >= ALARM
-            elif newly_certain[k]:
-                self.certain[i] = True
-            silent = bool(self.closed[i]) and not new_alarm  # the operator closed it
-            if step in (Step.OPEN, Step.RAISE, Step.END):
-                self.acked[i] = False
-            if new_alarm or step == Step.END:
-                self.closed[i] = False
-            self.level[i] = a
-            if a == NONE:
-                self.t_notified[i] = math.nan
-            elif not silent:
-                self.t_notified[i] = at
-            out.append(Transition(int(k), step, b, a, new_alarm, silent))
-        return out
+        return [
+            self._move(
+                int(k),
+                int(idx[k]),
+                float(now[k]),
+                int(before[k]),
+                int(after[k]),
+                bool(newly_certain[k]),
+                bool(c.certain[k]),
+            )
+            for k in changed
+        ]
+
+    def _move(
+        self, k: int, i: int, at: float, b: int, a: int, newly_certain: bool, certain: bool
+    ) -> Transition:
+        """Thing ``i`` (the ``k``-th of a step) goes from level ``b`` to ``a`` at ``at``."""
+        if a == NONE:
+            step = Step.END
+        elif b == NONE:
+            step = Step.OPEN
+        elif a > b:
+            step = Step.RAISE
+        elif a < b:
+            step = Step.LOWER
+        elif newly_certain:
+            step = Step.CERTAIN
+        else:
+            step = Step.REMIND
+        new_alarm = step == Step.OPEN or (step == Step.RAISE and bool(self.closed[i]))
+        if a >= ALARM > b:
+            self.t_alarm[i] = at
+        elif a < ALARM:
+            self.t_alarm[i] = math.nan
+        if a != b:
+            self.certain[i] = certain and a >= ALARM
+        elif newly_certain:
+            self.certain[i] = True
+        silent = bool(self.closed[i]) and not new_alarm  # the operator closed it
+        if step in (Step.OPEN, Step.RAISE, Step.END):
+            self.acked[i] = False
+        if new_alarm or step == Step.END:
+            self.closed[i] = False
+        self.level[i] = a
+        if a == NONE:
+            self.t_notified[i] = math.nan
+        elif not silent:
+            self.t_notified[i] = at
+        return Transition(k, step, b, a, new_alarm, silent)
 
     def acknowledge(self, i: int) -> None:
         """The operator has the alarm of thing ``i``: no more reminders until it rises."""

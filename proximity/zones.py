@@ -287,19 +287,7 @@ class ZoneWatch:
         r = self.rules
         figures = (s, u, verdict, p_breach, active, decided, cause, off, vic)
         if probing is not None:
-            if probing == AlarmState.OPEN:
-                first = self.probes.entries[e][0]
-                key = f"{case.id}/{off.device}/{zi}/{first!r}"
-                self.probes.alarm_ids[e] = alarm_id = str(uuid.uuid5(ZONE_PROBING_NAMESPACE, key))
-            else:
-                alarm_id = self.probes.alarm_ids.pop(e)
-            reason = reasons.zone_probing(
-                probing == AlarmState.OPEN,
-                where,
-                count=len(self.probes.entries.get(e, ())),
-                name=name,
-                window_s=r.probe_window_s,
-            )
+            alarm_id, reason = self._probing(e, probing == AlarmState.OPEN, where, name, off.device)
             return self._zone_event(
                 e, AlarmType.PROBING, ALARM, 0, probing, alarm_id, reason, *figures
             )
@@ -340,6 +328,25 @@ class ZoneWatch:
         return self._zone_event(
             e, kind, m.level or m.before, before, state, alarm_id, reason, *figures
         )
+
+    def _probing(self, e: int, opened: bool, where: str, name: str, device: str) -> tuple[str, str]:
+        """The id and the reason of entry ``e``'s boundary-probing alarm, as it opens (or
+        ends: its id then leaves the book's open alarms)."""
+        zi = int(self.zone[e])
+        if opened:
+            case = self.cases[int(self.set.owner[zi])]
+            key = f"{case.id}/{device}/{zi}/{self.probes.entries[e][0]!r}"
+            self.probes.alarm_ids[e] = alarm_id = str(uuid.uuid5(ZONE_PROBING_NAMESPACE, key))
+        else:
+            alarm_id = self.probes.alarm_ids.pop(e)
+        reason = reasons.zone_probing(
+            opened,
+            where,
+            count=len(self.probes.entries.get(e, ())),
+            name=name,
+            window_s=self.rules.probe_window_s,
+        )
+        return alarm_id, reason
 
     def _zone_event(
         self,
