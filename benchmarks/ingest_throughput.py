@@ -39,9 +39,9 @@ import orjson
 
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
-from proximity.registry import Registry
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
+from storage.registry import Registry
 
 HOME = (50.85, 4.35)
 BARE_ID = "bench-bare-subscriber"

@@ -56,7 +56,7 @@ QUEUE_LIMIT = 200_000
 #: How many messages the broker may hand the engine before it has acknowledged them (MQTT 5
 #: Receive Maximum, its largest value): the engine acknowledges a message only once its
 #: effect is on disk, and while the disk refuses writes it goes on deciding on up to this many
-#: (:mod:`proximity.backlog`); the rest waits at the broker.
+#: (:mod:`storage.backlog`); the rest waits at the broker.
 RECEIVE_MAXIMUM = 65_535
 
 Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost

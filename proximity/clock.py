@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from datetime import UTC, datetime
 
 from proximity.errors import ConfigError
 
@@ -38,3 +39,14 @@ def offset_s() -> float:
 def now() -> float:
     """UTC epoch seconds on the moved clock: ``time.time()`` plus :func:`offset_s`."""
     return time.time() + offset_s()
+
+
+def iso_utc(t: float) -> str | None:
+    """Epoch seconds -> ISO 8601 UTC with milliseconds and ``Z``; NaN -> None.
+
+    >>> iso_utc(1795428000.25)
+    '2026-11-23T10:00:00.250Z'
+    """
+    if not math.isfinite(t):
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,7 +1,7 @@
 """What the engine decides: alarm events as plain values (no JSON, no MQTT).
 
 Codes are ``IntEnum`` inside the engine and become strings only at the JSON edge
-(:mod:`proximity.messages`), through their lower-case ``name``.
+(:mod:`cic.messages`), through their lower-case ``name``.
 """
 
 from __future__ import annotations

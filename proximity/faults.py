@@ -14,9 +14,9 @@ from dataclasses import replace
 
 from proximity import reasons
 from proximity.alarms import AlarmBook
+from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.health import DeviceWatch
-from proximity.messages import iso_utc
 
 FAULT_NAMESPACE = uuid.UUID("c4f1a2d9-6b3e-4e87-9a05-2d7b8e1f6c34")
 GAP_NAMESPACE = uuid.UUID("7e2b9c41-d853-4f6a-b1e0-93a4c5d8f217")

@@ -34,8 +34,8 @@ from numerics.jit import kernel
 from proximity import reasons
 from proximity.alarms import SILENCE, AlarmBook
 from proximity.cases import Case, Device
+from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
-from proximity.messages import iso_utc
 from proximity.rules import RuleConfig
 
 HEALTH_ALARM_NAMESPACE = uuid.UUID("3a9d2c71-0f4e-4b8a-a6d5-7e1c9b2f4d60")

@@ -12,7 +12,7 @@ saved state back, row by row by name (device id, ``case/offender/victim``,
 ``case/zone/offender``), so a case file changed between two runs keeps the state of
 everything that is still there.
 
-The storage (:mod:`proximity.journal`) writes a delta in the same transaction as the alarm
+The storage (:mod:`cic.journal`) writes a delta in the same transaction as the alarm
 messages it goes with; the engine's loop acknowledges fixes to the broker only once their
 effect is saved. This module holds plain values only (arrays, numbers, strings, lists and
 dicts): no file, no JSON.

@@ -25,10 +25,10 @@ import numpy.typing as npt
 from numerics.uncertainty import Classification
 from proximity import reasons
 from proximity.alarms import APPROACH, PAIR, PROBING, AlarmBook
+from proximity.clock import iso_utc
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Motion
 from proximity.intake import FixIntake
-from proximity.messages import iso_utc
 from proximity.pairs import PairTable
 from proximity.rules import RuleConfig
 from proximity.states import (

@@ -39,10 +39,10 @@ from numerics.uncertainty import Classification
 from proximity import reasons
 from proximity.alarms import ZONE, ZONE_PROBING, AlarmBook
 from proximity.cases import Case
+from proximity.clock import iso_utc
 from proximity.core import R0, VMAX, ProximityCore
 from proximity.errors import RegistryError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position, ZoneRef
-from proximity.messages import iso_utc
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
 from proximity.states import (

@@ -23,17 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cic.messages import alarm_message, iso_utc
 from ingest.batch import FixBatch
 from proximity.cases import parse_case_file
 from proximity.clock import now as clock_now
 from proximity.events import AlarmEvent
-from proximity.messages import alarm_message, iso_utc
-from proximity.registry import Registry
-from proximity.service import engine_for
-from proximity.settings import Settings
 from proximity.timeline import SweepGrid
+from service.run import engine_for
+from service.settings import Settings
 from simulator.families import Suite
 from simulator.runs import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
+from storage.registry import Registry
 
 #: Scenario seconds of fixes per batch.
 BATCH_S = 0.5

@@ -2,7 +2,7 @@
 
 One run: a Mosquitto (private on a free port, or ``--broker``), a fresh SQLite registry with
 the scenario cases, ``proximity run`` as its own process with a clock ``--speed`` times faster
-than the wall's (:func:`proximity.service.scaled_clock`), and this process as both the
+than the wall's (:func:`service.run.scaled_clock`), and this process as both the
 devices (publishing every fix on its device's schedule, QoS 1, as the engine's clock reaches
 its time) and the CIC (collecting every alarm message, acknowledging each alarm as an
 operator would after ``ack_after_s``). The alarms are then scored against the ground truth
@@ -34,8 +34,7 @@ from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
 from proximity.clock import now as clock_now
 from proximity.errors import ProximityError
-from proximity.registry import Registry
-from proximity.settings import Settings
+from service.settings import Settings
 from simulator.broker import LocalBroker
 from simulator.families import Suite, build_suite
 from simulator.gnss import observe
@@ -51,6 +50,7 @@ from simulator.runs import (
     hms,
 )
 from simulator.scenario import to_latlon
+from storage.registry import Registry
 
 FIX_QOS = 1
 ALARM_TOPIC = "cic/alarms"

@@ -73,7 +73,7 @@ class EngineProcess:
                     [
                         sys.executable,
                         "-m",
-                        "proximity",
+                        "cli",
                         "run",
                         "--broker",
                         self.broker_url,

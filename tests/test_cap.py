@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from proximity.cap import CAP_NS, CapFormatter, cap_time
+from cic.cap import CAP_NS, CapFormatter, cap_time
 from proximity.events import AlarmEvent
 from tests.test_formats import corpus  # noqa: F401  (the fixture)
 

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cli.main import main
 from geofence.model import circle, feature_collection
 from proximity.cases import parse_case_file
-from proximity.cli import main
 from proximity.errors import CaseFileError
 
 SCHOOL_HOURS = {"weekly": [{"days": ["mon", "fri"], "start": "07:30", "end": "17:00"}]}

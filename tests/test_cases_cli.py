@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from cli.main import main
 from proximity.cases import parse_case_file, top_speeds
-from proximity.cli import main
 from proximity.errors import CaseFileError
-from proximity.registry import Registry
-from proximity.settings import load_settings
+from service.settings import load_settings
+from storage.registry import Registry
 from tests.conftest import run_cli
 
 GOOD: dict[str, Any] = {
@@ -358,7 +358,7 @@ def test_cli_list_shows_devices_mappings_intervals_and_mobility_with_secrets_red
 def test_cli_remove_ends_a_case_and_keeps_its_evidence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from proximity.evidence import EvidenceLog
+    from storage.evidence import EvidenceLog
 
     db = _import(tmp_path, _with_devices())
     evidence = db.with_suffix(".evidence.sqlite")

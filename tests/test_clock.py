@@ -8,8 +8,8 @@ import pytest
 
 from proximity.clock import OFFSET_VARIABLE, now, offset_s
 from proximity.errors import ConfigError
-from proximity.service import scaled_clock
-from proximity.settings import load_settings
+from service.run import scaled_clock
+from service.settings import load_settings
 
 YEAR = 366 * 86400.0
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from proximity.cli import build_parser, main
-from proximity.settings import Settings, flag_name
+from cli.main import build_parser, main
+from service.settings import Settings, flag_name
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOTSTRAP = ROOT / "scripts" / "bootstrap"
@@ -248,7 +248,7 @@ def test_run_help_lists_every_setting_with_its_description_and_default(
 
 
 def test_every_data_directory_is_a_declared_package_with_its_files() -> None:
-    """setuptools warns on install ("Package 'proximity.schemas' is absent from the
+    """setuptools warns on install ("Package 'cic.schemas' is absent from the
     `packages` configuration") and will leave out a data directory that is importable (a
     namespace package) but not listed; every such directory is listed, and its package data
     patterns cover its files."""

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from proximity.demo import SUMMARY_HEADINGS, alarm_line
+from cli.demo import SUMMARY_HEADINGS, alarm_line
 from tests.conftest import run_cli
 from tests.test_docs import _alarm_of, _demo_sample, _is_alarm_line, _shape, summary_headings
 

@@ -52,10 +52,10 @@ from typing import Any
 import jsonschema
 import pytest
 
-import proximity.demo as demo
+import cli.demo as demo
+from cic.messages import ALARM_SCHEMA_PATH
 from proximity.cases import parse_case_file
 from proximity.errors import CaseFileError
-from proximity.messages import ALARM_SCHEMA_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -391,7 +391,7 @@ def _shape(line: str) -> str:
 
 def test_the_readme_shows_the_demo_output_of_today() -> None:
     """Each alarm line of the README's sample is exactly what the demo prints for that alarm
-    (:func:`proximity.demo.alarm_line`), and the summary's headings are the demo's, in its
+    (:func:`cli.demo.alarm_line`), and the summary's headings are the demo's, in its
     order. (tests/test_demo.py runs the demo and holds its real output to the same format
     and the sample's other lines.)"""
     sample = _demo_sample()

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cic.messages import alarm_message
 from ingest.batch import FixBatch, build_batch
 from ingest.model import Fix
 from numerics.uncertainty import K68, K99, Classification
@@ -15,7 +16,6 @@ from proximity.cases import Case, Device
 from proximity.core import MAX_GAP_S
 from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
-from proximity.messages import alarm_message
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
 from tests.naive import geod_distance_m, offset, pairs_of_slots

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from cic.messages import alarm_message
 from geofence.model import circle, feature_collection
 from ingest.model import Fix
 from numerics.uncertainty import Classification
@@ -16,7 +17,6 @@ from proximity.cases import Case
 from proximity.engine import Engine
 from proximity.errors import RegistryError
 from proximity.events import AlarmLevel, AlarmState, AlarmType
-from proximity.messages import alarm_message
 from proximity.rules import RuleConfig
 from tests.naive import offset
 from tests.test_engine import GAP, T0, Clock, engine, events_of, fix

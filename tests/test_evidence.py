@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proximity.evidence import EvidenceLog, verify_lines
+from storage.evidence import EvidenceLog, verify_lines
 from tests.conftest import run_cli
 
 T0 = 1795428000.0
@@ -111,8 +111,8 @@ def test_the_record_is_append_only(tmp_path: Path) -> None:
 def test_the_engine_records_each_used_fix_in_every_case_of_its_device(tmp_path: Path) -> None:
     from ingest.batch import build_batch
     from ingest.model import Fix
-    from proximity.service import EngineService
-    from proximity.settings import load_settings
+    from service.run import EngineService
+    from service.settings import load_settings
     from tests.conftest import import_cases
 
     cases = [
@@ -144,8 +144,8 @@ def test_a_batch_whose_every_fix_is_set_aside_records_nothing(tmp_path: Path) ->
     # It used to stop the engine (an index error on an empty selection).
     from ingest.batch import build_batch
     from ingest.model import Fix
-    from proximity.service import EngineService
-    from proximity.settings import load_settings
+    from service.run import EngineService
+    from service.settings import load_settings
     from tests.conftest import import_cases
 
     cases = [{"id": "A", "offenders": ["o"], "protected": ["v"], "order": {"distance_m": 500}}]

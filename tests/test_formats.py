@@ -9,8 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from cic.messages import ALARM_SCHEMA_PATH, alarm_message, iso_utc
 from proximity.events import AlarmEvent, AlarmType
-from proximity.messages import ALARM_SCHEMA_PATH, alarm_message, iso_utc
 from tests.alarm_corpus import every_alarm
 
 SCHEMA = json.loads(ALARM_SCHEMA_PATH.read_text())

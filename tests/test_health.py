@@ -7,13 +7,13 @@ import math
 import orjson
 import pytest
 
+from cic.messages import alarm_message
 from ingest.codec import decode_event
 from ingest.model import DeviceEvent, Rejection, RejectReason
 from proximity.cases import Case, Device
 from proximity.engine import Engine
 from proximity.events import AlarmLevel, AlarmState, AlarmType
 from proximity.health import GAP_SETTLE_S
-from proximity.messages import alarm_message
 from proximity.rules import RuleConfig
 from tests.naive import offset
 from tests.test_engine import HOME, T0, Clock, case, engine, events_of, fix

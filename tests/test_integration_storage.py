@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from proximity.evidence import EvidenceLog, verify_lines
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
+from storage.evidence import EvidenceLog, verify_lines
 from tests.conftest import Listener, Publisher, import_cases, now
 from tests.naive import offset
 

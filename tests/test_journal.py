@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from cic.channel import MqttAlarmChannel
+from cic.journal import Journal
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
-from proximity.channel import MqttAlarmChannel
 from proximity.errors import ProximityError
-from proximity.journal import Journal
 from simulator.broker import LocalBroker
 from tests.conftest import Listener
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cic.journal import Journal, StateError
 from ingest.model import Fix
 from proximity.cases import Case, Device
 from proximity.engine import Engine
 from proximity.events import AlarmLevel, AlarmState
-from proximity.journal import Journal, StateError
 from proximity.memory import EngineMemory, to_plain
 from proximity.rules import RuleConfig
 from tests.naive import offset

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import orjson
 
+from cic.notice import TEXT, NoticeKind, Severity, notices_for, offender_notice
 from ingest.model import Fix
 from proximity.events import AlarmLevel
-from proximity.notice import TEXT, NoticeKind, Severity, notices_for, offender_notice
 from tests.naive import offset
 from tests.test_engine import HOME, T0
 from tests.test_rules import QUIET, Run

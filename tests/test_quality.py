@@ -92,7 +92,7 @@ def test_unknown_accuracy_is_not_perfect_for_the_jump_rule() -> None:
 
 
 def test_every_rule_threshold_is_a_setting_with_the_same_default() -> None:
-    from proximity.settings import Settings, rule_config
+    from service.settings import Settings, rule_config
 
     assert rule_config(Settings.model_validate({})) == RuleConfig()
     changed = rule_config(

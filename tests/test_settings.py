@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from proximity.errors import ConfigError
-from proximity.settings import (
+from service.settings import (
     Origin,
     Settings,
     env_name,

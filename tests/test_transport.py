@@ -5,9 +5,9 @@ import doctest
 import pytest
 
 import ingest.transport
+from cli.main import main
 from ingest.model import IngestError
 from ingest.transport import BrokerAddress, parse_broker_url
-from proximity.cli import main
 
 
 @pytest.mark.parametrize(

@@ -15,11 +15,11 @@ from typing import Any
 import jsonschema
 import pytest
 
+from cic.messages import ALARM_SCHEMA_PATH
 from ingest.batch import FixBatch
 from proximity.events import AlarmEvent
-from proximity.messages import ALARM_SCHEMA_PATH
-from proximity.service import EXIT_FAULT, EngineService
-from proximity.settings import load_settings
+from service.run import EXIT_FAULT, EngineService
+from service.settings import load_settings
 from simulator.broker import LocalBroker
 from tests.conftest import Listener, Publisher, import_cases
 

@@ -8,9 +8,9 @@ import re
 from pathlib import Path
 
 import proximity.reasons
-from proximity.cap import CapFormatter
-from proximity.messages import alarm_message, iso_utc
-from proximity.notice import TEXT
+from cic.cap import CapFormatter
+from cic.messages import alarm_message, iso_utc
+from cic.notice import TEXT
 from tests.alarm_corpus import every_alarm
 
 GENDERED = re.compile(r"\b(he|him|his|himself|she|her|hers|herself)\b", re.IGNORECASE)

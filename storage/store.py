@@ -3,7 +3,7 @@
 A write that the disk refuses (full, read-only, failing) raises :class:`sqlite3.Error`
 (:data:`WRITE_ERRORS`) and leaves the file as it was before the transaction; the running
 engine keeps what it could not write in memory and writes it when the disk takes it again
-(:mod:`proximity.backlog`)."""
+(:mod:`storage.backlog`)."""
 
 from __future__ import annotations
 

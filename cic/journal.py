@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from proximity.memory import VERSION, Delta, Saved
-from proximity.store import open_durable, transaction
+from storage.store import open_durable, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

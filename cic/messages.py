@@ -23,11 +23,11 @@ differently); null for other alarms.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from proximity.cases import Case
+from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, Position, wire_name
 
 CATEGORY = "stalking"
@@ -35,17 +35,6 @@ SOURCE = "proximity-engine"
 
 #: JSON Schema (draft 2020-12) of the alarm message: the documented contract of cic/alarms.
 ALARM_SCHEMA_PATH = Path(__file__).parent / "schemas" / "alarm-message.schema.json"
-
-
-def iso_utc(t: float) -> str | None:
-    """Epoch seconds -> ISO 8601 UTC with milliseconds and ``Z``; NaN -> None.
-
-    >>> iso_utc(1795428000.25)
-    '2026-11-23T10:00:00.250Z'
-    """
-    if not math.isfinite(t):
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _num(x: float, ndigits: int) -> float | None:

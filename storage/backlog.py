@@ -2,7 +2,7 @@
 
 The engine writes two files while it runs: the outbox journal (every message to the CIC,
 before it is published) and the evidence record (the fixes used, the alarms sent). When the
-disk refuses a write (full, read-only, failing: :data:`proximity.store.WRITE_ERRORS`), the
+disk refuses a write (full, read-only, failing: :data:`storage.store.WRITE_ERRORS`), the
 engine does not stop: it goes on deciding in memory, publishes its alarms without the journal
 (marked ``"journalled": false``), keeps every refused write in order, and tries again after
 0.25 s, then twice as long each time, up to :data:`MAX_DELAY_S`. The messages of the fixes it

@@ -22,8 +22,8 @@ from enum import IntEnum
 
 import orjson
 
+from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
-from proximity.messages import iso_utc
 
 NOTICE_TOPIC = "devices/{device}/notice"
 

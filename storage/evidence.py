@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from proximity.store import open_durable, transaction
+from storage.store import open_durable, transaction
 
 GENESIS = "0" * 64
 KINDS = frozenset({"fix", "alarm", "purge"})

@@ -28,11 +28,11 @@ from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
 from proximity.clock import now as clock_now
 from proximity.errors import ProximityError
-from proximity.registry import Registry
 from simulator.broker import LocalBroker
 from simulator.fleet import Fleet
 from simulator.process import EngineProcess
 from simulator.scenario import generate
+from storage.registry import Registry
 
 PROGRESS_EVERY_S = 10.0
 

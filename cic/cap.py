@@ -1,6 +1,6 @@
 """The alarm messages as OASIS CAP 1.2 (Common Alerting Protocol) XML, for ``cic/alarms/cap``.
 
-One CAP ``alert`` per alarm message (:func:`proximity.messages.alarm_message`), built from the
+One CAP ``alert`` per alarm message (:func:`cic.messages.alarm_message`), built from the
 JSON message so the two can never disagree:
 
 * ``status`` Actual, ``scope`` Restricted (with the ``restriction`` CAP then requires: the

@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from cic.channel import MqttAlarmChannel
+from cic.journal import Journal, StateError
+from cic.messages import alarm_message, iso_utc
+from cic.notice import notices_for
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
@@ -33,22 +37,18 @@ from ingest.rejections import RejectionReporter
 from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
-from proximity.backlog import Retry
 from proximity.cases import Case, Device
-from proximity.channel import MqttAlarmChannel
 from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name
-from proximity.evidence import EvidenceLog
-from proximity.journal import Journal, StateError
 from proximity.memory import EngineMemory
-from proximity.messages import alarm_message, iso_utc
-from proximity.notice import notices_for
-from proximity.registry import Registry
-from proximity.settings import Settings, rule_config
-from proximity.store import WRITE_ERRORS
 from proximity.timeline import Item, SweepGrid, Timeline
-from proximity.watchdog import Watchdog
+from service.settings import Settings, rule_config
+from service.watchdog import Watchdog
+from storage.backlog import Retry
+from storage.evidence import EvidenceLog
+from storage.registry import Registry
+from storage.store import WRITE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class EngineService:
         self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
         self._device_ids = np.array(self.engine.devices.ids, dtype=object)
         self.notices_published = 0
-        # Evidence entries the disk refused, in order (proximity.backlog), and the fault.
+        # Evidence entries the disk refused, in order (storage.backlog), and the fault.
         self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
         self._evidence_retry = Retry("the evidence record")
         self._storage_fault = ""  # what the open storage fault alarm said; "": none

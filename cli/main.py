@@ -23,8 +23,7 @@ from ingest.transport import parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
 from proximity.cases import Case, Device, parse_case_file, parse_mobility, top_speeds
 from proximity.errors import CaseFileError, ProximityError
-from proximity.registry import Registry
-from proximity.settings import (
+from service.settings import (
     CONFIG_ENV,
     ENV_PREFIX,
     ResolvedSettings,
@@ -32,6 +31,7 @@ from proximity.settings import (
     flag_name,
     resolve_settings,
 )
+from storage.registry import Registry
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -447,7 +447,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proximity.service import EngineService
+    from service.run import EngineService
 
     settings = _settings(args)
     logging.basicConfig(
@@ -762,7 +762,7 @@ def _cmd_cases_remove(args: argparse.Namespace) -> int:
 
 
 def _cmd_evidence(args: argparse.Namespace) -> int:
-    from proximity.evidence import EvidenceLog, verify_lines
+    from storage.evidence import EvidenceLog, verify_lines
 
     if args.evidence_command == "verify":
         try:
@@ -800,7 +800,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from proximity.demo import DemoOptions, run_demo
+    from cli.demo import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

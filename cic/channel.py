@@ -1,7 +1,7 @@
 """The one door out: everything the engine publishes goes through :class:`MqttAlarmChannel`.
 
 Alarm messages to the CIC are journalled before they are published: the channel writes each
-message, and its CAP 1.2 form, to the outbox journal (:mod:`proximity.journal`) in one
+message, and its CAP 1.2 form, to the outbox journal (:mod:`cic.journal`) in one
 committed transaction, then publishes both with QoS 1; :meth:`MqttAlarmChannel.poll` marks
 them delivered when the broker's acknowledgement has come. :meth:`MqttAlarmChannel.replay`
 publishes, at start, what an earlier run journalled and never saw delivered. The rest goes
@@ -10,7 +10,7 @@ out through the same door, each with its own guarantee: the retained status (QoS
 an engine whose decision loop is stuck (:meth:`MqttAlarmChannel.send_straight`: QoS 1, no
 journal).
 
-When the journal refuses a write (a storage fault: :mod:`proximity.backlog`), a message is
+When the journal refuses a write (a storage fault: :mod:`storage.backlog`), a message is
 published all the same, marked ``"journalled": false``, and kept in memory, in order, with
 the messages after it; :meth:`MqttAlarmChannel.flush` writes them (with their delivery, when
 the broker has acknowledged them meanwhile) once the journal takes writes again.
@@ -29,12 +29,12 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from proximity.backlog import Retry
-from proximity.cap import CapFormatter
-from proximity.journal import Journal
+from cic.cap import CapFormatter
+from cic.journal import Journal
+from proximity.clock import iso_utc
 from proximity.memory import Delta
-from proximity.messages import iso_utc
-from proximity.store import WRITE_ERRORS
+from storage.backlog import Retry
+from storage.store import WRITE_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,0 @@
-from proximity.cli import main
-
-raise SystemExit(main())
