@@ -407,6 +407,59 @@ def _parse_case(
     return case, named
 
 
+def _check_device(
+    where: str,
+    raw: dict[str, Any],
+    dev_id: str,
+    seen_apps: dict[tuple[str, str], str],
+    problems: list[str],
+) -> None:
+    """The problems of one device entry of a case file (its timings, mobility, OwnTracks and
+    OsmAnd settings); ``seen_apps`` holds the OwnTracks topics taken so far."""
+    for key, least in (
+        ("reporting_interval_s", "> 0"),
+        ("signal_grace_s", ">= 0"),
+        ("alarm_reporting_interval_s", "> 0"),
+    ):
+        value = raw.get(key)
+        ok = _positive(value) is not None or (least == ">= 0" and value == 0)
+        if key in raw and (not ok or isinstance(value, bool)):
+            problems.append(f"{where}: '{key}' must be a number of seconds {least}, got {value!r}")
+    if "mobility" in raw:
+        got = parse_mobility(raw["mobility"])
+        if isinstance(got, str):
+            problems.append(f"{where}: 'mobility' {got}, got {raw['mobility']!r}")
+    if "owntracks" in raw:
+        ot = raw["owntracks"]
+        names = (ot.get("user"), ot.get("device")) if isinstance(ot, dict) else (None, None)
+        if not all(isinstance(n, str) and n and not any(c in n for c in "/+#") for n in names):
+            problems.append(
+                f"{where}: 'owntracks' must be"
+                f' {{"user": ..., "device": ...}} (the app\'s topic owntracks/USER/DEVICE),'
+                f" got {ot!r}"
+            )
+        elif "key" in ot and not (isinstance(ot["key"], str) and 0 < len(ot["key"]) <= 32):
+            problems.append(
+                f"{where}: 'owntracks.key' must be the app's encryption secret, 1 to 32 characters"
+            )
+        elif (app := (str(names[0]), str(names[1]))) in seen_apps:
+            problems.append(
+                f"{where}: OwnTracks {app[0]}/{app[1]} is already device {seen_apps[app]}"
+            )
+        else:
+            seen_apps[app] = dev_id
+    if "osmand" in raw:
+        o = raw["osmand"]
+        ok = isinstance(o, dict) and isinstance(o.get("secret"), str)
+        ok = ok and len(o["secret"]) >= 8 and "/" not in o["secret"]
+        if not ok or ("id" in o and not (isinstance(o["id"], str) and o["id"])):
+            problems.append(
+                f"{where}: 'osmand' must be"
+                ' {"secret": "at least 8 characters, no /", "id": "the id the app'
+                ' sends (default: the device id)"}'
+            )
+
+
 def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
     """Validate a decoded case file; raise :class:`CaseFileError` listing every problem."""
     problems: list[str] = []
@@ -462,57 +515,7 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
         else:
             assert isinstance(raw, dict) and isinstance(dev_id, str)
             seen_dev.add(dev_id)
-            for key, least in (
-                ("reporting_interval_s", "> 0"),
-                ("signal_grace_s", ">= 0"),
-                ("alarm_reporting_interval_s", "> 0"),
-            ):
-                value = raw.get(key)
-                ok = _positive(value) is not None or (least == ">= 0" and value == 0)
-                if key in raw and (not ok or isinstance(value, bool)):
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): '{key}' must be a number of seconds"
-                        f" {least}, got {value!r}"
-                    )
-            if "mobility" in raw:
-                got = parse_mobility(raw["mobility"])
-                if isinstance(got, str):
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): 'mobility' {got}, got {raw['mobility']!r}"
-                    )
-            if "owntracks" in raw:
-                ot = raw["owntracks"]
-                names = (ot.get("user"), ot.get("device")) if isinstance(ot, dict) else (None, None)
-                if not all(
-                    isinstance(n, str) and n and not any(c in n for c in "/+#") for n in names
-                ):
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): 'owntracks' must be"
-                        f' {{"user": ..., "device": ...}} (the app\'s topic owntracks/USER/DEVICE),'
-                        f" got {ot!r}"
-                    )
-                elif "key" in ot and not (isinstance(ot["key"], str) and 0 < len(ot["key"]) <= 32):
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): 'owntracks.key' must be the app's encryption"
-                        " secret, 1 to 32 characters"
-                    )
-                elif (app := (str(names[0]), str(names[1]))) in seen_apps:
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): OwnTracks {app[0]}/{app[1]} is already"
-                        f" device {seen_apps[app]}"
-                    )
-                else:
-                    seen_apps[app] = dev_id
-            if "osmand" in raw:
-                o = raw["osmand"]
-                ok = isinstance(o, dict) and isinstance(o.get("secret"), str)
-                ok = ok and len(o["secret"]) >= 8 and "/" not in o["secret"]
-                if not ok or ("id" in o and not (isinstance(o["id"], str) and o["id"])):
-                    problems.append(
-                        f"devices[{i}] ({dev_id}): 'osmand' must be"
-                        ' {"secret": "at least 8 characters, no /", "id": "the id the app'
-                        ' sends (default: the device id)"}'
-                    )
+            _check_device(f"devices[{i}] ({dev_id})", raw, dev_id, seen_apps, problems)
             devices.append(Device(dev_id, {k: v for k, v in raw.items() if k != "id"}))
 
     if problems:

@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from numerics.geodesy import CHORD_MAX_M, chord_arc_inv, long_geodesic_m, surface_xyz
-from numerics.jit import kernel
+from numerics.jit import inline, kernel
 from numerics.uncertainty import (
     K68,
     K99,
@@ -86,6 +86,62 @@ VELOCITY_SIGNIFICANCE = 4.0
 _UNKNOWN = np.int8(Classification.UNKNOWN)
 
 
+@inline
+def _kalman_step(
+    rows: FloatArray,
+    kf: FloatArray,
+    i: int,
+    zx: float,
+    zy: float,
+    zz: float,
+    t: float,
+    r: float,
+    q: float,
+) -> tuple[float, float, float, float, float, float, float, float, float]:
+    """Device ``i``'s filter after a fix at ``(zx, zy, zz)`` taken at ``t`` with variance
+    ``r`` per axis: position, velocity and the covariance ``(ppp, ppv, pvv)``."""
+    dt = t - kf[i, T_LAST]
+    if not dt <= MAX_GAP_S:  # the first fix (NaN gap), or a gap too long to predict across
+        pvv0 = INITIAL_VELOCITY_SIGMA_MPS * INITIAL_VELOCITY_SIGMA_MPS
+        return zx, zy, zz, 0.0, 0.0, 0.0, r, 0.0, pvv0  # start afresh
+    dt = max(dt, 0.0)
+    vx = kf[i, FVX]
+    vy = kf[i, FVY]
+    vz = kf[i, FVZ]
+    # Predict.
+    px = rows[i, X] + vx * dt
+    py = rows[i, Y] + vy * dt
+    pz = rows[i, Z] + vz * dt
+    ppp = kf[i, PPP] + dt * (2.0 * kf[i, PPV] + dt * kf[i, PVV]) + q * dt * dt * dt / 3.0
+    ppv = kf[i, PPV] + dt * kf[i, PVV] + q * dt * dt / 2.0
+    pvv = kf[i, PVV] + q * dt
+    # Innovation. A manoeuvre (or a real jump that the fix filter let through) fails the
+    # gate: the prediction is then trusted less, by the factor that would just pass it, so
+    # the estimate follows within a fix or two while a single outlier of ordinary noise
+    # moves it little.
+    ex = zx - px
+    ey = zy - py
+    ez = zz - pz
+    s = ppp + r
+    nis = (ex * ex + ey * ey + ez * ez) / s
+    if nis > GATE:
+        kf[i, T_GATE] = t  # a manoeuvre or a jump: breaches wait to be confirmed
+        f = nis / GATE
+        ppp *= f
+        ppv *= f
+        pvv *= f
+        s = ppp + r
+    kp = ppp / s
+    kv = ppv / s
+    vx += kv * ex
+    vy += kv * ey
+    vz += kv * ez
+    pvv -= kv * ppv
+    ppv *= 1.0 - kp
+    ppp *= 1.0 - kp
+    return px + kp * ex, py + kp * ey, pz + kp * ez, vx, vy, vz, ppp, ppv, pvv
+
+
 @kernel
 def apply_fixes(
     slots: IntArray,
@@ -102,7 +158,6 @@ def apply_fixes(
     """Filter fix ``k`` of the inputs into device row ``slots[k]`` (slots distinct, fixes newer
     than the row's), taken in at time ``now[k]``: one constant-velocity Kalman step (see the
     module docstring)."""
-    q = accel_psd
     for k in range(slots.size):
         i = slots[k]
         zx, zy, zz = surface_xyz(lat[k], lon[k])
@@ -110,56 +165,7 @@ def apply_fixes(
         a = acc_m[k]
         a = a if a > 0.0 else unknown_acc_m  # NaN and 0 are "unknown", never "perfect"
         r = (a / K68) * (a / K68)  # the fix's variance per axis
-        dt = t - kf[i, T_LAST]
-        if dt <= MAX_GAP_S:
-            dt = max(dt, 0.0)
-            vx = kf[i, FVX]
-            vy = kf[i, FVY]
-            vz = kf[i, FVZ]
-            # Predict.
-            px = rows[i, X] + vx * dt
-            py = rows[i, Y] + vy * dt
-            pz = rows[i, Z] + vz * dt
-            ppp = kf[i, PPP] + dt * (2.0 * kf[i, PPV] + dt * kf[i, PVV]) + q * dt * dt * dt / 3.0
-            ppv = kf[i, PPV] + dt * kf[i, PVV] + q * dt * dt / 2.0
-            pvv = kf[i, PVV] + q * dt
-            # Innovation. A manoeuvre (or a real jump that the fix filter let through) fails
-            # the gate: the prediction is then trusted less, by the factor that would just
-            # pass it, so the estimate follows within a fix or two while a single outlier of
-            # ordinary noise moves it little.
-            ex = zx - px
-            ey = zy - py
-            ez = zz - pz
-            s = ppp + r
-            nis = (ex * ex + ey * ey + ez * ez) / s
-            if nis > GATE:
-                kf[i, T_GATE] = t  # a manoeuvre or a jump: breaches wait to be confirmed
-                f = nis / GATE
-                ppp *= f
-                ppv *= f
-                pvv *= f
-                s = ppp + r
-            kp = ppp / s
-            kv = ppv / s
-            x = px + kp * ex
-            y = py + kp * ey
-            z = pz + kp * ez
-            vx += kv * ex
-            vy += kv * ey
-            vz += kv * ez
-            pvv -= kv * ppv
-            ppv *= 1.0 - kp
-            ppp *= 1.0 - kp
-        else:  # the first fix (NaN gap), or a gap too long to predict across: start afresh
-            x = zx
-            y = zy
-            z = zz
-            vx = 0.0
-            vy = 0.0
-            vz = 0.0
-            ppp = r
-            ppv = 0.0
-            pvv = INITIAL_VELOCITY_SIGMA_MPS * INITIAL_VELOCITY_SIGMA_MPS
+        x, y, z, vx, vy, vz, ppp, ppv, pvv = _kalman_step(rows, kf, i, zx, zy, zz, t, r, accel_psd)
         rows[i, X] = x
         rows[i, Y] = y
         rows[i, Z] = z
@@ -215,6 +221,62 @@ def evaluate_pairs(
     # in the loop, so the compiler keeps it tight (25 % faster than one pass with branches).
     # The second fixes up the few pairs the first could not finish: a device without a fix,
     # a chord beyond CHORD_MAX_M, a probability near the boundary.
+    _first_pass(
+        rows,
+        offender,
+        victim,
+        order_m,
+        warning_m,
+        idx,
+        now,
+        dist,
+        unc,
+        prob,
+        cls,
+        closing,
+        ttb,
+        approach,
+    )
+    _fix_up(
+        rows,
+        lat,
+        lon,
+        offender,
+        victim,
+        order_m,
+        warning_m,
+        idx,
+        gh_y,
+        gh_w,
+        inv_int,
+        dist,
+        unc,
+        prob,
+        cls,
+        closing,
+        ttb,
+        approach,
+    )
+
+
+@kernel
+def _first_pass(
+    rows: FloatArray,
+    offender: IntArray,
+    victim: IntArray,
+    order_m: FloatArray,
+    warning_m: FloatArray,
+    idx: IntArray,
+    now: FloatArray,
+    dist: FloatArray,
+    unc: FloatArray,
+    prob: FloatArray,
+    cls: Int8Array,
+    closing: FloatArray,
+    ttb: FloatArray,
+    approach: bool,
+) -> None:
+    """The straight-line pass of :func:`evaluate_pairs` over every pair."""
     inv_k68 = 1.0 / K68
     for k in range(idx.size):
         p = idx[k]
@@ -272,6 +334,29 @@ def evaluate_pairs(
             t = t if known else math.nan
             ttb[k] = 0.0 if d <= order else t
 
+
+@kernel
+def _fix_up(
+    rows: FloatArray,
+    lat: FloatArray,
+    lon: FloatArray,
+    offender: IntArray,
+    victim: IntArray,
+    order_m: FloatArray,
+    warning_m: FloatArray,
+    idx: IntArray,
+    gh_y: FloatArray,
+    gh_w: FloatArray,
+    inv_int: FloatArray,
+    dist: FloatArray,
+    unc: FloatArray,
+    prob: FloatArray,
+    cls: Int8Array,
+    closing: FloatArray,
+    ttb: FloatArray,
+    approach: bool,
+) -> None:
+    """The second pass of :func:`evaluate_pairs`: the pairs the first could not finish."""
     chord_max2 = CHORD_MAX_M * CHORD_MAX_M
     for k in range(idx.size):
         if not (prob[k] < 0.0 or dist[k] > CHORD_MAX_M):

@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -28,10 +28,8 @@ from ingest.model import IngestError
 from ingest.transport import parse_broker_url
 from numerics.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 from proximity.errors import ConfigError
-from proximity.rules import RuleConfig
+from proximity.rules import RuleConfig, rule_settings
 
-#: Defaults of the rule settings live in RuleConfig alone.
-RULES = RuleConfig()
 ENV_PREFIX = "PROXIMITY_"
 #: The environment variable naming the config file (not a setting itself).
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
@@ -89,118 +87,15 @@ class Settings(BaseSettings):
     rejected_topic: str = Field("proximity/rejected", description="topic of rejected input")
     status_topic: str = Field("proximity/status", description="retained engine status and counters")
     status_interval_s: float = Field(5.0, gt=0, description="seconds between status messages")
-    margin_fraction: float = Field(
-        RULES.margin_fraction,
-        ge=0,
-        le=1,
-        description="hysteresis margin as a fraction of the order distance",
+    # The rules' settings, one per RuleConfig field, described there alone (their flags,
+    # environment variables and config keys are their names, as for every setting).
+    locals().update(
+        {n: Field(default, **spec) for n, (_, default, spec) in rule_settings().items()}
     )
-    margin_min_m: float = Field(
-        RULES.margin_min_m, ge=0, description="smallest hysteresis margin, metres"
-    )
-    implausible_speed_mps: float = Field(
-        RULES.implausible_speed_mps,
-        gt=0,
-        description="a fix implying a faster move from the last accepted one (plus both"
-        " accuracies and jump_slack_m) is set aside as a multipath jump",
-    )
-    motion_accel_psd: float = Field(
-        RULES.motion_accel_psd,
-        gt=0,
-        description="white-acceleration spectral density (m^2/s^3) of the per-device motion"
-        " filter: larger follows manoeuvres faster, smaller averages more GPS jitter",
-    )
-    jump_slack_m: float = Field(
-        RULES.jump_slack_m, ge=0, description="metres added to the implausible-jump allowance"
-    )
-    reporting_interval_s: float = Field(
-        RULES.reporting_interval_s,
-        gt=0,
-        description="expected seconds between fixes of a device that the case file's devices"
-        " list does not describe (silence beyond it plus the grace is signal lost)",
-    )
-    signal_grace_s: float = Field(
-        RULES.signal_grace_s,
-        ge=0,
-        description="seconds of grace after a missed report before a device counts as silent",
-    )
-    max_rejected: int = Field(
-        RULES.max_rejected,
-        ge=0,
-        description="after this many fixes set aside in a row, the next fix is used whatever"
-        " it says (a device is never frozen at an old position)",
-    )
-    confirm_s: float = Field(
-        RULES.confirm_s,
-        ge=0,
-        description="seconds a likely (best estimate inside, not certain) breach must hold"
-        " before it raises the alarm; a certain breach raises it at once",
-    )
-    dwell_s: float = Field(
-        RULES.dwell_s,
-        ge=0,
-        description="seconds a level's leave condition (beyond its distance plus the margin)"
-        " must hold before the level is left",
-    )
-    escalation_fraction: float = Field(
-        RULES.escalation_fraction,
-        gt=0,
-        le=1,
-        description="escalation distance as a fraction of the order distance, for cases that"
-        " do not set order.escalation_distance_m",
-    )
-    escalate_after_s: float = Field(
-        RULES.escalate_after_s, gt=0, description="an alarm lasting this long escalates"
-    )
-    renotify_s: float = Field(
-        RULES.renotify_s,
-        gt=0,
-        description="an unchanged alarm is announced again this often until acknowledged",
-    )
-    approach_horizon_s: float = Field(
-        RULES.approach_horizon_s,
-        gt=0,
-        description="approach alarm when the order distance is predicted within this time",
-    )
-    approach_hold_s: float = Field(
-        RULES.approach_hold_s,
-        ge=0,
-        description="an approach must be predicted this long before it is an alarm",
-    )
-    approach_min_speed_mps: float = Field(
-        RULES.approach_min_speed_mps, gt=0, description="smallest closing speed of an approach"
-    )
-    approach_min_m: float = Field(
-        RULES.approach_min_m,
-        ge=0,
-        description="metres an approach must already have closed before it alarms",
-    )
-    parallel_min_speed_mps: float = Field(
-        RULES.parallel_min_speed_mps,
-        gt=0,
-        description="a pair alarm is labelled parallel travel when both move at least this"
-        " fast, the same way (perhaps a coincidental encounter)",
-    )
-    parallel_max_angle_deg: float = Field(
-        RULES.parallel_max_angle_deg,
-        gt=0,
-        le=90,
-        description="largest heading difference of parallel travel, degrees",
-    )
-    probe_entries: int = Field(
-        RULES.probe_entries,
-        ge=2,
-        description="entries into the warning band within probe_window_s that make a probing alarm",
-    )
-    probe_window_s: float = Field(
-        RULES.probe_window_s, gt=0, description="window of the boundary-probing count, seconds"
-    )
-    probe_min_gap_s: float = Field(
-        RULES.probe_min_gap_s,
-        ge=0,
-        description="entries closer together than this (seconds) count as one visit for"
-        " boundary probing (uncertainty flickering at the band's edge is not a probe)",
-    )
+    __annotations__.update({n: kind for n, (kind, _, _) in rule_settings().items()})
+    if TYPE_CHECKING:  # the type checker cannot see those: settings.confirm_s and the like
+
+        def __getattr__(self, name: str) -> Any: ...
     default_mobility: Literal["walking", "cycling", "driving"] = Field(
         DEFAULT_MOBILITY,
         description="top-speed profile of a device that neither its case nor its own entry"
