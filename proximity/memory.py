@@ -132,6 +132,8 @@ class EngineMemory:
         }
         self._shadow: dict[str, npt.NDArray[Any]] | None = None  # as last saved; None: nothing
         self._records: dict[str, Any] = {}
+        #: Saved alarms of cases no longer in the registry, not restored (restore()).
+        self.dropped = 0
 
     # -- saving -------------------------------------------------------------------------
 
@@ -222,8 +224,9 @@ class EngineMemory:
 
     def restore(self, s: Saved) -> int:
         """Put a saved state back (what is still in the case file); return the alarms
-        restored. The next save writes only what changes from here, unless the layout
-        changed (then everything)."""
+        restored (those of cases no longer in the registry are not: :attr:`dropped`). The
+        next save writes only what changes from here, unless the layout changed (then
+        everything)."""
         e = self.engine
         same = s.axes == self.axes
         maps = {a: _rows(s.axes.get(a, []), self._index[a]) for a in self.axes}
@@ -253,8 +256,15 @@ class EngineMemory:
             if d in dev_ix
         }
         book = e.book
+        restored = 0
         for body in s.alarms:
             event = from_plain(AlarmEvent, body["event"])
+            if event.case_id not in e.cases:
+                # The case is no longer in the registry: nothing of it can be decided,
+                # acknowledged or published again (its summary is gone). Forgotten.
+                self.dropped += 1
+                continue
+            restored += 1
             subject = body.get("subject")
             rule_key = None
             if subject is not None:
@@ -267,7 +277,7 @@ class EngineMemory:
             self._shadow = {n: arr.reshape(-1).copy() for n, (_, arr) in self.arrays.items()}
             self._records = self._current_records()
             book.clean(list(book.dirty))
-        return len(s.alarms)
+        return restored
 
 
 def _changed_chunks(flat: npt.NDArray[Any], shadow: npt.NDArray[Any]) -> list[int]:

@@ -339,6 +339,13 @@ class EngineService:
             len(still),
             int(np.count_nonzero(self.engine.levels.level)),
         )
+        if self.memory.dropped:
+            log.warning(
+                "forgot %d alarm(s) of cases no longer in the registry %s (close them at the"
+                " CIC if they are open there)",
+                self.memory.dropped,
+                self.settings.db,
+            )
 
     def _save_state(self, now: bool = False) -> bool:
         """Save what changed in the engine's state, when a save is due (or ``now``); return

@@ -187,3 +187,26 @@ def test_levels_survive_at_their_level(tmp_path: Path) -> None:
     b = _restored(tmp_path / "j.sqlite", Clock(clock.t))
     assert b.levels.level.tolist() == a.levels.level.tolist()
     assert b._t_last >= T0
+
+
+def test_the_alarms_of_a_removed_case_are_not_restored(tmp_path: Path) -> None:
+    clock = Clock()
+    a = _engine(clock)
+    memory = EngineMemory(a)
+    journal = Journal(tmp_path / "j.sqlite")
+    events = []
+    for t in range(0, 20):
+        events += events_of(a, *_approach(float(t), 100.0, "o2", "v2"))
+        events += events_of(a, *_approach(float(t), 100.0))
+    assert {e.case_id for e in events} == {"C", "D"}
+    _save(a, memory, journal)
+    journal.close()
+    b = _engine(Clock(clock.t), [CASES[0]])  # case D removed
+    saved = Journal(tmp_path / "j.sqlite").load_state()
+    assert saved is not None
+    restored = EngineMemory(b)
+    assert restored.restore(saved) == len({e.alarm_id for e in events if e.case_id == "C"})
+    assert restored.dropped == len({e.alarm_id for e in events if e.case_id == "D"}) > 0
+    assert b.open_case_ids() == {"C"}
+    d_alarm = next(e.alarm_id for e in events if e.case_id == "D")
+    assert b.acknowledge(d_alarm, "desk-1") == []  # unknown here: rejected, not raised
