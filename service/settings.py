@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     if TYPE_CHECKING:  # the type checker cannot see those: settings.confirm_s and the like
 
         def __getattr__(self, name: str) -> Any: ...
+
     default_mobility: Literal["walking", "cycling", "driving"] = Field(
         DEFAULT_MOBILITY,
         description="top-speed profile of a device that neither its case nor its own entry"
