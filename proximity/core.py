@@ -87,59 +87,40 @@ _UNKNOWN = np.int8(Classification.UNKNOWN)
 
 
 @inline
-def _kalman_step(
+def _store(
     rows: FloatArray,
     kf: FloatArray,
     i: int,
-    zx: float,
-    zy: float,
-    zz: float,
     t: float,
-    r: float,
-    q: float,
-) -> tuple[float, float, float, float, float, float, float, float, float]:
-    """Device ``i``'s filter after a fix at ``(zx, zy, zz)`` taken at ``t`` with variance
-    ``r`` per axis: position, velocity and the covariance ``(ppp, ppv, pvv)``."""
-    dt = t - kf[i, T_LAST]
-    if not dt <= MAX_GAP_S:  # the first fix (NaN gap), or a gap too long to predict across
-        pvv0 = INITIAL_VELOCITY_SIGMA_MPS * INITIAL_VELOCITY_SIGMA_MPS
-        return zx, zy, zz, 0.0, 0.0, 0.0, r, 0.0, pvv0  # start afresh
-    dt = max(dt, 0.0)
-    vx = kf[i, FVX]
-    vy = kf[i, FVY]
-    vz = kf[i, FVZ]
-    # Predict.
-    px = rows[i, X] + vx * dt
-    py = rows[i, Y] + vy * dt
-    pz = rows[i, Z] + vz * dt
-    ppp = kf[i, PPP] + dt * (2.0 * kf[i, PPV] + dt * kf[i, PVV]) + q * dt * dt * dt / 3.0
-    ppv = kf[i, PPV] + dt * kf[i, PVV] + q * dt * dt / 2.0
-    pvv = kf[i, PVV] + q * dt
-    # Innovation. A manoeuvre (or a real jump that the fix filter let through) fails the
-    # gate: the prediction is then trusted less, by the factor that would just pass it, so
-    # the estimate follows within a fix or two while a single outlier of ordinary noise
-    # moves it little.
-    ex = zx - px
-    ey = zy - py
-    ez = zz - pz
-    s = ppp + r
-    nis = (ex * ex + ey * ey + ez * ez) / s
-    if nis > GATE:
-        kf[i, T_GATE] = t  # a manoeuvre or a jump: breaches wait to be confirmed
-        f = nis / GATE
-        ppp *= f
-        ppv *= f
-        pvv *= f
-        s = ppp + r
-    kp = ppp / s
-    kv = ppv / s
-    vx += kv * ex
-    vy += kv * ey
-    vz += kv * ez
-    pvv -= kv * ppv
-    ppv *= 1.0 - kp
-    ppp *= 1.0 - kp
-    return px + kp * ex, py + kp * ey, pz + kp * ez, vx, vy, vz, ppp, ppv, pvv
+    t_eff: float,
+    x: float,
+    y: float,
+    z: float,
+    vx: float,
+    vy: float,
+    vz: float,
+    ppp: float,
+    ppv: float,
+    pvv: float,
+) -> None:
+    """Write device ``i``'s filtered state after its fix at ``t`` (``t_eff``: the fix time,
+    or when it was taken in if that is earlier) into its row and its filter."""
+    rows[i, X] = x
+    rows[i, Y] = y
+    rows[i, Z] = z
+    rows[i, R0] = K68 * math.sqrt(ppp) - t_eff * rows[i, VMAX]
+    known = pvv <= VELOCITY_SIGMA_MAX_MPS * VELOCITY_SIGMA_MAX_MPS
+    moving = vx * vx + vy * vy + vz * vz > VELOCITY_SIGNIFICANCE * pvv
+    rows[i, VX] = (vx if moving else 0.0) if known else math.nan
+    rows[i, VY] = (vy if moving else 0.0) if known else math.nan
+    rows[i, VZ] = (vz if moving else 0.0) if known else math.nan
+    kf[i, PPP] = ppp
+    kf[i, PPV] = ppv
+    kf[i, PVV] = pvv
+    kf[i, T_LAST] = t
+    kf[i, FVX] = vx
+    kf[i, FVY] = vy
+    kf[i, FVZ] = vz
 
 
 @kernel
@@ -158,6 +139,7 @@ def apply_fixes(
     """Filter fix ``k`` of the inputs into device row ``slots[k]`` (slots distinct, fixes newer
     than the row's), taken in at time ``now[k]``: one constant-velocity Kalman step (see the
     module docstring)."""
+    q = accel_psd
     for k in range(slots.size):
         i = slots[k]
         zx, zy, zz = surface_xyz(lat[k], lon[k])
@@ -165,23 +147,57 @@ def apply_fixes(
         a = acc_m[k]
         a = a if a > 0.0 else unknown_acc_m  # NaN and 0 are "unknown", never "perfect"
         r = (a / K68) * (a / K68)  # the fix's variance per axis
-        x, y, z, vx, vy, vz, ppp, ppv, pvv = _kalman_step(rows, kf, i, zx, zy, zz, t, r, accel_psd)
-        rows[i, X] = x
-        rows[i, Y] = y
-        rows[i, Z] = z
-        rows[i, R0] = K68 * math.sqrt(ppp) - min(t, now[k]) * rows[i, VMAX]
-        known = pvv <= VELOCITY_SIGMA_MAX_MPS * VELOCITY_SIGMA_MAX_MPS
-        moving = vx * vx + vy * vy + vz * vz > VELOCITY_SIGNIFICANCE * pvv
-        rows[i, VX] = (vx if moving else 0.0) if known else math.nan
-        rows[i, VY] = (vy if moving else 0.0) if known else math.nan
-        rows[i, VZ] = (vz if moving else 0.0) if known else math.nan
-        kf[i, PPP] = ppp
-        kf[i, PPV] = ppv
-        kf[i, PVV] = pvv
-        kf[i, T_LAST] = t
-        kf[i, FVX] = vx
-        kf[i, FVY] = vy
-        kf[i, FVZ] = vz
+        dt = t - kf[i, T_LAST]
+        if dt <= MAX_GAP_S:
+            dt = max(dt, 0.0)
+            vx = kf[i, FVX]
+            vy = kf[i, FVY]
+            vz = kf[i, FVZ]
+            # Predict.
+            px = rows[i, X] + vx * dt
+            py = rows[i, Y] + vy * dt
+            pz = rows[i, Z] + vz * dt
+            ppp = kf[i, PPP] + dt * (2.0 * kf[i, PPV] + dt * kf[i, PVV]) + q * dt * dt * dt / 3.0
+            ppv = kf[i, PPV] + dt * kf[i, PVV] + q * dt * dt / 2.0
+            pvv = kf[i, PVV] + q * dt
+            # Innovation. A manoeuvre (or a real jump that the fix filter let through) fails
+            # the gate: the prediction is then trusted less, by the factor that would just
+            # pass it, so the estimate follows within a fix or two while a single outlier of
+            # ordinary noise moves it little.
+            ex = zx - px
+            ey = zy - py
+            ez = zz - pz
+            s = ppp + r
+            nis = (ex * ex + ey * ey + ez * ez) / s
+            if nis > GATE:
+                kf[i, T_GATE] = t  # a manoeuvre or a jump: breaches wait to be confirmed
+                f = nis / GATE
+                ppp *= f
+                ppv *= f
+                pvv *= f
+                s = ppp + r
+            kp = ppp / s
+            kv = ppv / s
+            x = px + kp * ex
+            y = py + kp * ey
+            z = pz + kp * ez
+            vx += kv * ex
+            vy += kv * ey
+            vz += kv * ez
+            pvv -= kv * ppv
+            ppv *= 1.0 - kp
+            ppp *= 1.0 - kp
+        else:  # the first fix (NaN gap), or a gap too long to predict across: start afresh
+            x = zx
+            y = zy
+            z = zz
+            vx = 0.0
+            vy = 0.0
+            vz = 0.0
+            ppp = r
+            ppv = 0.0
+            pvv = INITIAL_VELOCITY_SIGMA_MPS * INITIAL_VELOCITY_SIGMA_MPS
+        _store(rows, kf, i, t, min(t, now[k]), x, y, z, vx, vy, vz, ppp, ppv, pvv)
 
 
 @kernel
