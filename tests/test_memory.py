@@ -16,7 +16,7 @@ from cic.journal import Journal, StateError
 from ingest.model import Fix
 from proximity.cases import Case, Device
 from proximity.engine import Engine
-from proximity.events import AlarmLevel, AlarmState
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState
 from proximity.memory import EngineMemory, to_plain
 from proximity.rules import RuleConfig
 from tests.naive import offset
@@ -58,22 +58,36 @@ def _approach(t: float, d: float, dev: str = "o", victim: str = "v") -> list[Fix
     return [fix(victim, HOME, t), fix(dev, offset(*HOME, 0.0, d), t)]
 
 
-def test_a_restored_engine_goes_on_with_the_same_alarm(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
+def _ran(
+    tmp_path: Path, *walks: tuple[float, str, str]
+) -> tuple[Engine, list[AlarmEvent], EngineMemory]:
+    """An engine that took 20 s of fixes, each second one per ``(distance, offender,
+    victim)`` walk, and saved its state in ``tmp_path/j.sqlite``; what it raised."""
+    a = _engine(Clock())
     memory = EngineMemory(a)
     journal = Journal(tmp_path / "j.sqlite")
-    opened = []
+    events: list[AlarmEvent] = []
     for t in range(0, 20):
-        opened += events_of(a, *_approach(float(t), 200.0))
+        for d, off, vic in walks:
+            events += events_of(a, *_approach(float(t), d, off, vic))
+    _save(a, memory, journal)
+    journal.close()
+    return a, events, memory
+
+
+def _now(engine: Engine) -> Clock:
+    """A clock for a restored engine, at the time the saved one stopped."""
+    clock = engine._clock
+    assert isinstance(clock, Clock)
+    return Clock(clock.t)
+
+
+def test_a_restored_engine_goes_on_with_the_same_alarm(tmp_path: Path) -> None:
+    a, opened, memory = _ran(tmp_path, (200.0, "o", "v"))
     assert [e.state for e in opened][:1] == [AlarmState.OPEN]
     alarm_id = opened[0].alarm_id
-    _save(a, memory, journal)
-    # Nothing changed: nothing to write.
-    assert not memory.delta()
-    journal.close()
-
-    b = _restored(tmp_path / "j.sqlite", Clock(clock.t))
+    assert not memory.delta()  # nothing changed since the save: nothing to write
+    b = _restored(tmp_path / "j.sqlite", _now(a))
     assert _same(b.book.last(alarm_id), a.book.last(alarm_id))
     assert b.open_alarms == a.open_alarms == 1
     for name in ("level", "t_likely", "t_alarm", "t_notified", "acked"):
@@ -95,17 +109,9 @@ def test_a_restored_engine_goes_on_with_the_same_alarm(tmp_path: Path) -> None:
 
 
 def test_an_operator_acknowledges_an_alarm_raised_before_the_restart(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
-    memory = EngineMemory(a)
-    journal = Journal(tmp_path / "j.sqlite")
-    events = []
-    for t in range(0, 20):
-        events += events_of(a, *_approach(float(t), 100.0))
+    a, events, _ = _ran(tmp_path, (100.0, "o", "v"))
     alarm_id = events[0].alarm_id
-    _save(a, memory, journal)
-    journal.close()
-    b = _restored(tmp_path / "j.sqlite", Clock(clock.t))
+    b = _restored(tmp_path / "j.sqlite", _now(a))
     assert b.awaiting_operator == 1
     acked = b.acknowledge(alarm_id, "desk-1", "seen")
     assert [(e.alarm_id, e.state) for e in acked] == [(alarm_id, AlarmState.ACKNOWLEDGED)]
@@ -132,20 +138,12 @@ def test_a_save_writes_what_the_batch_changed_not_everything(tmp_path: Path) -> 
 
 
 def test_a_changed_case_file_keeps_the_state_of_what_is_still_there(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
-    memory = EngineMemory(a)
-    journal = Journal(tmp_path / "j.sqlite")
-    events = []
-    for t in range(0, 20):
-        events += events_of(a, *_approach(float(t), 100.0, "o2", "v2"))
+    a, events, _ = _ran(tmp_path, (100.0, "o2", "v2"))
     alarm_id = events[0].alarm_id
     assert events[0].case_id == "D"
-    _save(a, memory, journal)
-    journal.close()
     # Case C is gone and a new case E of two pairs comes first: D's rows move.
     changed = [case("E", ("o3", "o4"), ("v3",)), CASES[1]]
-    b = _restored(tmp_path / "j.sqlite", Clock(clock.t), changed)
+    b = _restored(tmp_path / "j.sqlite", _now(a), changed)
     here, there = b.book.subject(alarm_id), a.book.subject(alarm_id)
     assert here is not None and there is not None and here[0] == "pair"
     assert here[1] != there[1]  # its row moved
@@ -161,12 +159,7 @@ def test_a_changed_case_file_keeps_the_state_of_what_is_still_there(tmp_path: Pa
 
 
 def test_an_unreadable_saved_state_is_an_error_with_a_reason(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
-    memory = EngineMemory(a)
-    journal = Journal(tmp_path / "j.sqlite")
-    _save(a, memory, journal)
-    journal.close()
+    _ran(tmp_path)
     with sqlite3.connect(tmp_path / "j.sqlite") as db:
         db.execute("UPDATE state_chunk SET data = x'00' WHERE name = 'core.rows'")
     with pytest.raises(StateError, match=r"core\.rows"):
@@ -174,34 +167,17 @@ def test_an_unreadable_saved_state_is_an_error_with_a_reason(tmp_path: Path) -> 
 
 
 def test_levels_survive_at_their_level(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
-    memory = EngineMemory(a)
-    journal = Journal(tmp_path / "j.sqlite")
-    events = []
-    for t in range(0, 20):
-        events += events_of(a, *_approach(float(t), 200.0))
+    a, events, _ = _ran(tmp_path, (200.0, "o", "v"))
     assert max(e.level for e in events) >= AlarmLevel.ALARM
-    _save(a, memory, journal)
-    journal.close()
-    b = _restored(tmp_path / "j.sqlite", Clock(clock.t))
+    b = _restored(tmp_path / "j.sqlite", _now(a))
     assert b.levels.level.tolist() == a.levels.level.tolist()
     assert b._t_last >= T0
 
 
 def test_the_alarms_of_a_removed_case_are_not_restored(tmp_path: Path) -> None:
-    clock = Clock()
-    a = _engine(clock)
-    memory = EngineMemory(a)
-    journal = Journal(tmp_path / "j.sqlite")
-    events = []
-    for t in range(0, 20):
-        events += events_of(a, *_approach(float(t), 100.0, "o2", "v2"))
-        events += events_of(a, *_approach(float(t), 100.0))
+    a, events, _ = _ran(tmp_path, (100.0, "o2", "v2"), (100.0, "o", "v"))
     assert {e.case_id for e in events} == {"C", "D"}
-    _save(a, memory, journal)
-    journal.close()
-    b = _engine(Clock(clock.t), [CASES[0]])  # case D removed
+    b = _engine(_now(a), [CASES[0]])  # case D removed
     saved = Journal(tmp_path / "j.sqlite").load_state()
     assert saved is not None
     restored = EngineMemory(b)
