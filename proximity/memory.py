@@ -132,8 +132,10 @@ class EngineMemory:
         }
         self._shadow: dict[str, npt.NDArray[Any]] | None = None  # as last saved; None: nothing
         self._records: dict[str, Any] = {}
-        #: Saved alarms of cases no longer in the registry, not restored (restore()).
+        #: Saved alarms of cases no longer in the registry, not restored (restore()), and
+        #: (case id, alarm id) of those among them that were still open.
         self.dropped = 0
+        self.dropped_open: list[tuple[str, str]] = []
 
     # -- saving -------------------------------------------------------------------------
 
@@ -263,6 +265,8 @@ class EngineMemory:
                 # The case is no longer in the registry: nothing of it can be decided,
                 # acknowledged or published again (its summary is gone). Forgotten.
                 self.dropped += 1
+                if event.state not in (AlarmState.ENDED, AlarmState.CLOSED):
+                    self.dropped_open.append((event.case_id, event.alarm_id))
                 continue
             restored += 1
             subject = body.get("subject")

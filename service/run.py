@@ -341,10 +341,12 @@ class EngineService:
         )
         if self.memory.dropped:
             log.warning(
-                "forgot %d alarm(s) of cases no longer in the registry %s (close them at the"
-                " CIC if they are open there)",
+                "forgot %d alarm(s) of cases no longer in the registry %s, %d of them open"
+                " (the engine sends nothing more about them: close them at the CIC)%s",
                 self.memory.dropped,
                 self.settings.db,
+                len(self.memory.dropped_open),
+                "".join(f"\n  case {c}: alarm {a}" for c, a in self.memory.dropped_open),
             )
 
     def _save_state(self, now: bool = False) -> bool:

@@ -63,7 +63,8 @@ class Settings(BaseSettings):
     )
     journal: Path | None = Field(
         None,
-        description="SQLite outbox journal of the messages to the CIC (default: next to the"
+        description="SQLite outbox journal of the messages to the CIC, and the engine's saved state"
+        " (default: next to the"
         " registry, DB with the suffix .journal.sqlite)",
     )
     client_id: str = Field(

@@ -183,6 +183,7 @@ def test_the_alarms_of_a_removed_case_are_not_restored(tmp_path: Path) -> None:
     restored = EngineMemory(b)
     assert restored.restore(saved) == len({e.alarm_id for e in events if e.case_id == "C"})
     assert restored.dropped == len({e.alarm_id for e in events if e.case_id == "D"}) > 0
+    assert [c for c, _ in restored.dropped_open] == ["D"]  # the log names it, to close
     assert b.open_case_ids() == {"C"}
     d_alarm = next(e.alarm_id for e in events if e.case_id == "D")
     assert b.acknowledge(d_alarm, "desk-1") == []  # unknown here: rejected, not raised
