@@ -22,6 +22,12 @@ from simulator.process import EngineProcess
 
 WAIT_S = 20.0
 
+#: Where the tests' injected clocks start (2026-11-23T10:00Z, a Monday morning in Brussels):
+#: the tests that take it give every time to the code themselves and never compare it with
+#: the wall clock, so it does not age; one fixed instant keeps their curfew weekdays and ids
+#: reproducible. Tests on the wall clock use now() instead.
+T0 = 1795428000.0  # date-ok: the injected clocks' fixed start, not a fix time
+
 #: scripts/test runs the tests marked ``wallclock`` a second time with this set (and the
 #: engine's clock, through PROXIMITY_CLOCK_OFFSET_S, a year ahead): only they are collected.
 ONLY_WALLCLOCK = "PROXIMITY_TEST_ONLY_WALLCLOCK"

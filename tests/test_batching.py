@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -27,11 +26,11 @@ from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmState
 from proximity.rules import RuleConfig
 from proximity.timeline import Item, SweepGrid, Timeline
+from tests.conftest import T0
 from tests.naive import offset
 from tests.test_engine import HOME, Clock
 
-#: 2026-11-23 10:00 UTC (11:00 in Brussels): the curfew below starts 90 s into the stream.
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC).timestamp()
+# T0 is 11:00 in Brussels: the curfew below starts 90 s into the stream.
 SWEEP_S = 2.0
 RULES = RuleConfig(
     confirm_s=5.0,

@@ -10,9 +10,9 @@ from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case
 from proximity.core import MAX_GAP_S, ProximityCore
 from proximity.pairs import PairTable
+from tests.conftest import T0
 from tests.naive import geod_distance_m, offset
 
-T0 = 1795428000.0
 HOME = (50.85, 4.35)
 
 

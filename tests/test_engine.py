@@ -18,10 +18,10 @@ from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.pairs import gather_pairs
 from proximity.rules import RuleConfig
+from tests.conftest import T0
 from tests.naive import geod_distance_m, offset, pairs_of_slots
 
 HOME = (50.85, 4.35)
-T0 = 1795428000.0
 #: 99 % uncertainty radius of a pair of fresh fixes with 5 m accuracy each.
 U5 = K99 * np.hypot(5.0, 5.0) / K68
 #: Fixes of one device this far apart are taken as they are (the motion filter starts afresh).

@@ -10,9 +10,7 @@ import orjson
 import pytest
 
 from storage.evidence import EvidenceLog, verify_lines
-from tests.conftest import run_cli
-
-T0 = 1795428000.0
+from tests.conftest import T0, run_cli
 
 
 def record(tmp_path: Path) -> EvidenceLog:
