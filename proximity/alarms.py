@@ -8,7 +8,8 @@ operator's acknowledgement goes straight to the right rule). The rules keep thei
 decision state (level machines, counters) and no alarm bookkeeping of their own.
 
 :meth:`AlarmBook.write` takes every alarm event the engine decides: the book keeps each
-alarm's last event (the newest :data:`REMEMBERED` alarms), which alarms no operator has yet
+alarm's last event (the newest :data:`REMEMBERED` alarms, and every alarm whose episode a
+rule holds open), which alarms no operator has yet
 acknowledged since they opened or last rose, and answers the queries (open alarms, cases with
 an open alarm). Alarms without a subject (device events, data gaps, engine faults) are only
 written, and end when an operator closes them.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, MutableMapping, Sequence
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from proximity.events import AlarmEvent, AlarmState
@@ -79,7 +81,7 @@ class AlarmBook:
         self._last: OrderedDict[str, AlarmEvent] = OrderedDict()
         self._awaiting: set[str] = set()
         self._subjects: dict[str, tuple[str, Hashable]] = {}
-        self._rules: dict[str, RuleIds[Any]] = {}
+        self._rules: dict[str, RuleIds[Any]] = {r: RuleIds(self, r) for r in RULES}
         #: Alarms changed (or forgotten) since the book was last saved (proximity.memory).
         self.dirty: set[str] = set()
         self._written = 0
@@ -88,10 +90,8 @@ class AlarmBook:
 
     def ids(self, rule: str) -> RuleIds[Any]:
         """The map of ``rule``'s open alarms, subject -> alarm id (one per rule)."""
-        if rule not in RULES:
-            raise ValueError(f"unknown rule {rule!r}")
         if rule not in self._rules:
-            self._rules[rule] = RuleIds(self, rule)
+            raise ValueError(f"unknown rule {rule!r}")
         return self._rules[rule]
 
     def subject(self, alarm_id: str) -> tuple[str, Hashable] | None:
@@ -101,18 +101,30 @@ class AlarmBook:
     def write(self, events: Sequence[AlarmEvent]) -> None:
         """Take alarm events, in order: each alarm's last event, and who waits."""
         for e in events:
-            self._last[e.alarm_id] = e
-            self._last.move_to_end(e.alarm_id)
             self._written += 1
-            self.order[e.alarm_id] = self._written
-            self.dirty.add(e.alarm_id)
+            self._put(e, self._written)
             rose = e.previous_level is not None and e.previous_level < e.level
             if e.state == AlarmState.OPEN or (e.state == AlarmState.UPDATE and rose):
                 self._awaiting.add(e.alarm_id)
             elif e.state in (AlarmState.ACKNOWLEDGED, AlarmState.CLOSED, AlarmState.ENDED):
                 self._awaiting.discard(e.alarm_id)
-        while len(self._last) > self._remembered:
-            forgotten, _ = self._last.popitem(last=False)
+        self._forget()
+
+    def _put(self, e: AlarmEvent, order: int) -> None:
+        self._last[e.alarm_id] = e
+        self._last.move_to_end(e.alarm_id)
+        self.order[e.alarm_id] = order
+        self.dirty.add(e.alarm_id)
+
+    def _forget(self) -> None:
+        """Beyond the alarms it remembers, the book forgets the oldest, but never one whose
+        episode a rule still holds open (its rule would name an alarm the book has lost)."""
+        over = len(self._last) - self._remembered
+        if over <= 0:
+            return
+        old = list(islice((a for a in self._last if a not in self._subjects), over))
+        for forgotten in old:
+            del self._last[forgotten]
             self._awaiting.discard(forgotten)
             self.order.pop(forgotten, None)
             self.dirty.add(forgotten)
@@ -127,8 +139,7 @@ class AlarmBook:
         """Put back an alarm saved by an earlier run (in the book's order, ``order`` its
         place there): its last event, whether it waits for an operator, and its rule's
         subject while its episode is open."""
-        self.write([event])
-        self.order[event.alarm_id] = order
+        self._put(event, order)
         self._written = max(self._written, order)
         if awaiting:
             self._awaiting.add(event.alarm_id)
@@ -136,6 +147,7 @@ class AlarmBook:
             self._awaiting.discard(event.alarm_id)
         if subject is not None:
             self.ids(subject[0])[subject[1]] = event.alarm_id
+        self._forget()
 
     def is_awaiting(self, alarm_id: str) -> bool:
         """Whether no operator has acknowledged the alarm since it opened or last rose."""

@@ -9,8 +9,9 @@ import pytest
 
 from proximity.alarms import PAIR, SILENCE, ZONE, AlarmBook
 from proximity.events import AlarmState
+from tests.conftest import T0
 from tests.naive import offset
-from tests.test_engine import HOME, T0, Clock, case, engine, events_of, fix
+from tests.test_engine import HOME, Clock, case, engine, events_of, fix
 
 
 def test_an_alarm_id_leads_to_its_rule_and_subject_while_its_episode_is_open() -> None:
@@ -52,3 +53,19 @@ def test_an_acknowledgement_reaches_the_rule_through_the_book() -> None:
     assert closed.state == AlarmState.CLOSED and eng.book.subject(opened.alarm_id) == (PAIR, 0)
     assert eng.close(opened.alarm_id, "desk 4", "again") == []  # closed already
     assert eng.book.ids(ZONE) == {}
+
+
+def test_the_book_never_forgets_an_alarm_whose_episode_is_open() -> None:
+    eng = engine([case("C", ("o",), ("v",))], clock=Clock(T0))
+    [first] = events_of(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 0, 100), 0))
+    book = AlarmBook(remembered=1)
+    book.ids(PAIR)[0] = first.alarm_id
+    book.write([first])
+    later = replace(first, alarm_id="other")
+    book.write([later])
+    # Over the limit, but the pair's open episode keeps its alarm (an operator can still
+    # acknowledge it, and a restart saves it with its subject).
+    assert book.last(first.alarm_id) == first and book.subject(first.alarm_id) == (PAIR, 0)
+    del book.ids(PAIR)[0]  # the episode ended: now it may be forgotten
+    book.write([replace(later, alarm_id="third")])
+    assert book.last(first.alarm_id) is None and len(book) == 1
