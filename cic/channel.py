@@ -117,12 +117,10 @@ class MqttAlarmChannel:
         written (False while the journal refuses writes: the messages are then published all
         the same, and held)."""
         now = time.time()
-        items = []
         for message in messages:
             message["times"]["published"] = iso_utc(self._clock())
-            items.append((message["alarm_id"], self.topic, orjson.dumps(message)))
-            if self.cap_topic is not None:
-                items.append((message["alarm_id"], self.cap_topic, self._cap.alert(message)))
+        caps = [self._cap.alert(m) if self.cap_topic is not None else None for m in messages]
+        items = self._items(messages, caps)
         self.published += len(messages)
         # Journal first: committed before anything leaves the process (behind the messages
         # a storage fault holds, if any, to keep the journal's order).
@@ -139,10 +137,7 @@ class MqttAlarmChannel:
         # The journal refuses writes: the CIC gets the messages all the same, and is told.
         for message in messages:
             message["journalled"] = False
-        k = 0
-        for message in messages:
-            items[k] = (message["alarm_id"], self.topic, orjson.dumps(message))
-            k += 1 if self.cap_topic is None else 2
+        items = self._items(messages, caps)
         for alarm_id, topic, payload in items:
             held = _Held(alarm_id, topic, payload, now)
             held.mid = self._client.publish(topic, payload, qos=ALARM_QOS).mid
@@ -150,6 +145,17 @@ class MqttAlarmChannel:
             self._held_pending[held.mid] = held
         self.flush()
         return False
+
+    def _items(
+        self, messages: list[dict[str, Any]], caps: list[bytes | None]
+    ) -> list[tuple[str, str, bytes]]:
+        """``(alarm id, topic, payload)`` of each message, and of its CAP form if any."""
+        items = []
+        for message, cap in zip(messages, caps, strict=True):
+            items.append((message["alarm_id"], self.topic, orjson.dumps(message)))
+            if cap is not None and self.cap_topic is not None:
+                items.append((message["alarm_id"], self.cap_topic, cap))
+        return items
 
     def save_state(self, state: Delta) -> bool:
         """Write what changed in the engine's state, behind what a storage fault holds;

@@ -93,7 +93,7 @@ def sequence_steps(
 
 
 @dataclass(slots=True)
-class _Gap:
+class Gap:
     """Numbers ``lo`` to ``hi`` of a device that had not arrived when a later one did."""
 
     lo: int
@@ -161,9 +161,9 @@ class DeviceWatch:
         self.silent = np.zeros(n, dtype=bool)
         self.alarm_ids = book.ids(SILENCE)  # (case id, slot) -> its open silence alarm
         self.last_seq = np.full(n, -1, dtype=np.int64)  # the newest fix number of each device
-        self._last_seq_t = np.full(n, np.nan)
+        self.last_seq_t = np.full(n, np.nan)
         self.fixes_missing = 0  # fixes the devices' numbers show never arrived
-        self._gaps: dict[int, list[_Gap]] = {}  # slot -> its open gaps
+        self.gaps: dict[int, list[Gap]] = {}  # slot -> its open gaps
 
     def numbers(self, slots: IntArray, seq: IntArray, t_recv: FloatArray) -> None:
         """Fixes of ``slots`` numbered ``seq`` (-1: none), arrived at ``t_recv``, in arrival
@@ -171,33 +171,33 @@ class DeviceWatch:
         with numbers that come late. A gap still open :data:`GAP_SETTLE_S` after it was seen
         is a ``data_gap`` alarm at the next sweep (:meth:`sweep`)."""
         odd = np.empty(slots.size, dtype=np.bool_)
-        if not sequence_steps(slots, seq, t_recv, self.last_seq, self._last_seq_t, odd):
+        if not sequence_steps(slots, seq, t_recv, self.last_seq, self.last_seq_t, odd):
             return
         for k in np.flatnonzero(odd):  # rare: Python work only for these
             slot, q, now = int(slots[k]), int(seq[k]), float(t_recv[k])
             prev = int(self.last_seq[slot])
-            gaps = self._gaps.setdefault(slot, [])
+            gaps = self.gaps.setdefault(slot, [])
             if q > prev + 1:
-                gaps.append(_Gap(prev + 1, q - 1, float(self._last_seq_t[slot]), now))
+                gaps.append(Gap(prev + 1, q - 1, float(self.last_seq_t[slot]), now))
             elif any(g.fill(q) for g in gaps):
                 gaps[:] = [g for g in gaps if g.missing]
                 continue
             elif q >= prev - SEQ_RESTART:
                 continue  # a repeat
             self.last_seq[slot] = q  # past a gap, or a new count
-            self._last_seq_t[slot] = now
+            self.last_seq_t[slot] = now
 
     def _gap_events(self, now: float) -> list[AlarmEvent]:
         """``data_gap`` alarms, in every case of the device, for the gaps that stayed open
         :data:`GAP_SETTLE_S`."""
         out = []
-        for slot in sorted(self._gaps):
-            due = [g for g in self._gaps[slot] if now - g.until >= GAP_SETTLE_S]
+        for slot in sorted(self.gaps):
+            due = [g for g in self.gaps[slot] if now - g.until >= GAP_SETTLE_S]
             if not due:
                 continue
-            self._gaps[slot] = [g for g in self._gaps[slot] if now - g.until < GAP_SETTLE_S]
-            if not self._gaps[slot]:
-                del self._gaps[slot]
+            self.gaps[slot] = [g for g in self.gaps[slot] if now - g.until < GAP_SETTLE_S]
+            if not self.gaps[slot]:
+                del self.gaps[slot]
             dev = self.ids[slot]
             for g in due:
                 self.fixes_missing += g.missing
@@ -255,7 +255,7 @@ class DeviceWatch:
         for s in np.flatnonzero(quiet):
             self.silent[s] = True
             events.extend(self._silence_events(int(s), AlarmState.OPEN, now))
-        if self._gaps:
+        if self.gaps:
             events.extend(self._gap_events(now))
         return events
 

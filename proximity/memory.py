@@ -39,7 +39,7 @@ from proximity.events import (
     Position,
     ZoneRef,
 )
-from proximity.health import _Gap
+from proximity.health import Gap
 from proximity.states import LEVEL_FIELDS, EntryCounter, LevelMachine
 
 if TYPE_CHECKING:
@@ -99,15 +99,9 @@ class EngineMemory:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = e = engine
-        pairs = e.pairs
-        names = e.devices.ids
         self.axes: dict[str, list[str]] = {
-            DEVICE: list(names),
-            PAIR_AXIS: [
-                f"{pairs.case_ids[int(pairs.case[p])]}/{names[int(pairs.offender[p])]}"
-                f"/{names[int(pairs.victim[p])]}"
-                for p in range(len(pairs))
-            ],
+            DEVICE: list(e.devices.ids),
+            PAIR_AXIS: [e.proximity.describe.name(p) for p in range(len(e.pairs))],
             ENTRY: e.zones.entry_names(),
         }
         self._index = {a: {k: i for i, k in enumerate(keys)} for a, keys in self.axes.items()}
@@ -120,9 +114,7 @@ class EngineMemory:
                 e.quality,
                 ("pend_lat", "pend_lon", "pend_t", "pend_acc", "n_rejected", "jumped_t"),
             ),
-            **_attrs(
-                "health", DEVICE, e.health, ("last_seen", "silent", "last_seq", "_last_seq_t")
-            ),
+            **_attrs("health", DEVICE, e.health, ("last_seen", "silent", "last_seq", "last_seq_t")),
             **_attrs("intake", DEVICE, e.intake, ("t_unchecked", "t_stamped")),
             **_attrs("approach", PAIR_AXIS, e.approach_rule, ("anchor", "anchor_t")),
             **_attrs("proximity", PAIR_AXIS, e.proximity, ("restarted_t", "probe_pending")),
@@ -188,7 +180,7 @@ class EngineMemory:
             },
             "probes": _counter(e.probes, pair),
             "zones": {
-                "opened": {entry[i]: t for i, t in sorted(e.zones._opened.items())},
+                "opened": {entry[i]: t for i, t in sorted(e.zones.opened.items())},
                 "probes": _counter(e.zones.probes, entry),
             },
             "health": {
@@ -197,7 +189,7 @@ class EngineMemory:
                     self.axes[DEVICE][s]: [
                         [g.lo, g.hi, g.since, g.until, sorted(g.filled)] for g in gs
                     ]
-                    for s, gs in sorted(e.health._gaps.items())
+                    for s, gs in sorted(e.health.gaps.items())
                 },
             },
         }
@@ -246,14 +238,12 @@ class EngineMemory:
         e.proximity.opened = _keyed(eng.get("opened", {}), pair_ix)
         _restore_counter(e.probes, r.get("probes", {}), pair_ix)
         z = r.get("zones", {})
-        e.zones._opened = _keyed(z.get("opened", {}), entry_ix)
+        e.zones.opened = _keyed(z.get("opened", {}), entry_ix)
         _restore_counter(e.zones.probes, z.get("probes", {}), entry_ix)
         h = r.get("health", {})
         e.health.fixes_missing = int(h.get("fixes_missing", 0))
-        e.health._gaps = {
-            dev_ix[d]: [
-                _Gap(int(lo), int(hi), float(a), float(b), set(f)) for lo, hi, a, b, f in gs
-            ]
+        e.health.gaps = {
+            dev_ix[d]: [Gap(int(lo), int(hi), float(a), float(b), set(f)) for lo, hi, a, b, f in gs]
             for d, gs in h.get("gaps", {}).items()
             if d in dev_ix
         }
@@ -275,7 +265,7 @@ class EngineMemory:
                 key = self._subject_key(subject[0], subject[1])
                 rule_key = None if key is None else (str(subject[0]), key)
             book.restore(event, int(body["order"]), bool(body.get("awaiting")), rule_key)
-        faults = set(eng.get("storage_faults", []))
+        faults = eng.get("storage_faults", [])
         e.faults.storage = [x for a in faults if (x := book.last(a)) is not None]
         if same:
             self._shadow = {n: arr.reshape(-1).copy() for n, (_, arr) in self.arrays.items()}

@@ -131,7 +131,7 @@ class ZoneWatch:
             alarm_ids=book.ids(ZONE_PROBING),
         )
         self.alarm_ids = book.ids(ZONE)  # zone entry -> its open zone or curfew alarm
-        self._opened: dict[int, float] = {}
+        self.opened: dict[int, float] = {}
         self.active = np.ones(len(zones), dtype=bool)
         self.next_change = np.array(
             [-math.inf if z.schedule is not None else math.inf for z in zones]
@@ -295,7 +295,7 @@ class ZoneWatch:
             again = "" if m.step == Step.OPEN else f"/reopened/{now!r}"
             key = f"{case.id}/{off.device}/{zi}/{off.t_fix!r}{again}"
             self.alarm_ids[e] = str(uuid.uuid5(ZONE_ALARM_NAMESPACE, key))
-            self._opened[e] = now
+            self.opened[e] = now
         alarm_id = self.alarm_ids[e]
         if m.step == Step.END:
             del self.alarm_ids[e]
@@ -310,7 +310,7 @@ class ZoneWatch:
             possibly_inside=s - u <= 0.0,
             warning_m=float(self.warning_m[zi]),
             margin_m=float(self.margin_m[zi]),
-            opened=iso_utc(self._opened.get(e, now)),
+            opened=iso_utc(self.opened.get(e, now)),
             curfew_began=cause == "time",
             dwell_s=r.dwell_s,
             confirm_s=r.confirm_s,

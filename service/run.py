@@ -126,19 +126,15 @@ class EngineService:
             self.cases = registry.cases()
             devices = registry.devices()
         self.devices = devices
-        self.engine = engine_for(settings, self.cases, devices, self.clock)
-        #: What the engine must not forget: saved with each batch, restored at start.
-        self.memory = EngineMemory(self.engine)
-        self._next_save = 0.0  # time.monotonic() of the next save when nothing is urgent
-        self.started = time.time()
-        self.online_since = float("nan")  # subscribed: fixes flow from here on
-        self.messages_received = 0
         # The evidence record: the fixes used and the alarm messages sent, per case.
         self.evidence = EvidenceLog(
             settings.evidence or settings.db.with_suffix(".evidence.sqlite")
         )
-        # Where a data gap begins if the broker has lost the session when the engine connects.
-        self.engine.faults.previously_until = self.evidence.last_fix_time()
+        self._fresh_engine()
+        self._next_save = 0.0  # time.monotonic() of the next save when nothing is urgent
+        self.started = time.time()
+        self.online_since = float("nan")  # subscribed: fixes flow from here on
+        self.messages_received = 0
         # Which cases each device slot takes part in, as CSR arrays (for the evidence record).
         slot_cases = [set[int]() for _ in self.engine.devices.ids]
         case_ids = [c.id for c in self.cases]
@@ -304,6 +300,14 @@ class EngineService:
             self.evidence.close()
             log.info("stopped")
 
+    def _fresh_engine(self) -> None:
+        """The engine of the case file, as if it had never run, and what it must not forget
+        (saved with each batch, restored at start)."""
+        self.engine = engine_for(self.settings, self.cases, self.devices, self.clock)
+        self.memory = EngineMemory(self.engine)
+        # Where a data gap begins if the broker has lost the session when the engine connects.
+        self.engine.faults.previously_until = self.evidence.last_fix_time()
+
     def _restore(self) -> None:
         """What an earlier run saved (the alarm book, the rules' and the devices' state) is
         put back before any fix is taken in: its episodes go on under their ids."""
@@ -324,10 +328,7 @@ class EngineService:
                 type(exc).__name__,
                 exc,
             )
-            # A half-restored engine is no engine: start again from the case file.
-            self.engine = engine_for(self.settings, self.cases, self.devices, self.clock)
-            self.engine.faults.previously_until = self.evidence.last_fix_time()
-            self.memory = EngineMemory(self.engine)
+            self._fresh_engine()  # a half-restored engine is no engine
             return
         book = self.engine.book
         still = [a for a in book.order if book.still_open(a)]

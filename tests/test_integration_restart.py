@@ -71,6 +71,14 @@ class Devices:
         disconnect(self.client)
 
 
+def close_all(devices: Devices, engine: EngineProcess, cic: Listener) -> int | None:
+    """Stop what a test started; the engine's exit status."""
+    devices.close()
+    stopped = engine.stop()
+    cic.close()
+    return stopped
+
+
 def kill(engine: EngineProcess) -> None:
     assert engine.proc is not None
     os.kill(engine.proc.pid, signal.SIGKILL)
@@ -180,9 +188,7 @@ def test_a_killed_engine_goes_on_with_the_same_alarms(tmp_path: Path, moment: st
 
             wait(all_ended, "every alarm to end", tick=lambda: devices.report(3000.0))
         finally:
-            devices.close()
-            stopped = engine.stop()
-            cic.close()
+            stopped = close_all(devices, engine, cic)
         assert stopped == 0, engine.log.read_text()[-3000:]
         alarms = proximity_alarms(cic)
         assert len(alarms) == N, f"{len(alarms)} alarm ids for {N} episodes"
@@ -222,9 +228,7 @@ def test_a_breach_that_ended_while_the_engine_was_down_is_ended(tmp_path: Path) 
                 "every alarm to end without a new fix",
             )
         finally:
-            devices.close()
-            stopped = engine.stop()
-            cic.close()
+            stopped = close_all(devices, engine, cic)
         assert stopped == 0, engine.log.read_text()[-3000:]
         alarms = proximity_alarms(cic)
         assert len(alarms) == 20
@@ -256,8 +260,6 @@ def test_no_acknowledged_first_fix_is_forgotten_by_a_kill(tmp_path: Path) -> Non
                 except AssertionError:
                     failures.append((run, N - len(at_alarm(cic))))
             finally:
-                devices.close()
-                stopped = engine.stop()
-                cic.close()
+                stopped = close_all(devices, engine, cic)
             assert stopped == 0, engine.log.read_text()[-3000:]
     assert failures == [], f"(run, cases that never alarmed): {failures}"
