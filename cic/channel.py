@@ -130,6 +130,7 @@ class MqttAlarmChannel:
             except WRITE_ERRORS as exc:
                 self._refused(exc)
             else:
+                self._wrote()
                 for seq, (_, topic, payload) in zip(seqs, items, strict=True):
                     self._publish(seq, now, topic, payload)
                 self.flush()  # deliveries whose marking was refused
@@ -172,8 +173,7 @@ class MqttAlarmChannel:
         except WRITE_ERRORS as exc:
             self._refused(exc)
             return False
-        if self.retry.succeeded():
-            log.warning("the outbox journal %s takes writes again", self.journal.path)
+        self._wrote()
         return True
 
     def recall(self, alarm_ids: list[str]) -> int:
@@ -220,7 +220,9 @@ class MqttAlarmChannel:
         """Journal what a storage fault held, and mark deliveries the journal refused, when a
         try is due (or ``force``); the fault ends when everything is written."""
         if not (self._held or self._marks) or not (force or self.retry.due()):
-            return  # (a refusal always leaves something held: nothing held, no fault)
+            # (Nothing held: a fault, if any, is a refused state save, which the next
+            # state save or message ends.)
+            return
         try:
             if self._held:
                 seqs = self.journal.restore(
@@ -239,6 +241,10 @@ class MqttAlarmChannel:
         except WRITE_ERRORS as exc:
             self._refused(exc)
             return
+        self._wrote()
+
+    def _wrote(self) -> None:
+        """A write went through: a storage fault of the journal, if any, is over."""
         if self.retry.succeeded():
             log.warning("the outbox journal %s takes writes again", self.journal.path)
 

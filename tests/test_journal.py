@@ -7,12 +7,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cic.channel import MqttAlarmChannel
 from cic.journal import Journal
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.errors import ProximityError
+from proximity.memory import Delta
 from simulator.broker import LocalBroker
 from tests.conftest import Listener
 
@@ -79,5 +81,28 @@ def test_a_journal_that_refuses_writes_holds_the_messages_and_writes_them_when_i
         assert all(d is not None for _, d in rows) and journal.undelivered() == []
     finally:
         cic.close()
+        disconnect(client)
+        journal.close()
+
+
+@pytest.mark.broker
+def test_a_refused_state_save_ends_with_the_next_write_that_goes_through(
+    tmp_path: Path, broker: LocalBroker
+) -> None:
+    journal = Journal(tmp_path / "j.sqlite")
+    db = journal._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0] + 2}")
+    client = make_client("journal-state-test")
+    connect(client, parse_broker_url(broker.url))
+    channel = MqttAlarmChannel(client, "cic/alarms", journal)
+    big = Delta(full=True, layout={"x": ("device", "<f8", (100_000,))})
+    big.chunks = [("x", 0, np.zeros(100_000))]
+    try:
+        assert not channel.save_state(big)  # too big for the disk: refused, nothing held
+        assert channel.retry.failing and channel.held == 0
+        db.execute("PRAGMA max_page_count = 1073741823")  # the disk is back
+        channel.send({"alarm_id": "A", "times": {}})  # a message goes through: fault over
+        assert not channel.retry.failing
+    finally:
         disconnect(client)
         journal.close()
