@@ -30,14 +30,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from numerics.uncertainty import K68, K99
+from proximity.alarms import REMEMBERED
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 SENDER = "proximity-engine"
 CAP_ID_NAMESPACE = uuid.UUID("8a1f5c3e-2d74-4b96-a0e8-6c9d3b7f1e52")
 RESTRICTION = "CIC operators and intervention teams only: personal data of a protection order"
-#: How many alarms' first messages are remembered for ``references``.
-REMEMBERED = 10_000
-
 _SEVERITY = {"pre_alert": "Moderate", "alarm": "Severe", "escalation": "Extreme"}
 _URGENCY = {"pre_alert": "Expected", "alarm": "Immediate", "escalation": "Immediate"}
 _CERTAINTY = {
@@ -104,7 +102,7 @@ class CapFormatter:
             # (An alarm whose first alert this process has not seen, after a restart, is
             # referenced from here on by its first alert seen.)
             self._first[m["alarm_id"]] = f"{self.sender},{identifier},{sent}"
-            while len(self._first) > REMEMBERED:
+            while len(self._first) > REMEMBERED:  # as many as the alarm book remembers
                 self._first.popitem(last=False)
         if msg_type == "Alert" and first is not None:
             msg_type = "Update"  # the same alarm opened again after an operator closed it

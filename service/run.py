@@ -24,7 +24,7 @@ import orjson
 
 from cic.channel import MqttAlarmChannel
 from cic.journal import Journal, StateError
-from cic.messages import alarm_message, iso_utc
+from cic.messages import alarm_message
 from cic.notice import notices_for
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
@@ -38,6 +38,7 @@ from ingest.subscriber import FixSubscriber
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
 from proximity.cases import Case, Device
+from proximity.clock import iso_utc
 from proximity.engine import Engine
 from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name

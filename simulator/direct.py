@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cic.messages import alarm_message, iso_utc
+from cic.messages import alarm_message
 from ingest.batch import FixBatch
 from proximity.cases import parse_case_file
+from proximity.clock import iso_utc
 from proximity.clock import now as clock_now
 from proximity.events import AlarmEvent
 from proximity.timeline import SweepGrid

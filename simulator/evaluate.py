@@ -38,10 +38,9 @@ from service.settings import Settings
 from simulator.broker import LocalBroker
 from simulator.families import Suite, build_suite
 from simulator.gnss import observe
-from simulator.process import EngineProcess
+from simulator.process import STATUS_TOPIC, EngineProcess
 from simulator.runs import (
     DEVICE_SETTINGS,
-    STATUS_TOPIC,
     Cic,
     EvalOptions,
     Progress,

@@ -9,8 +9,8 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 
-from cic.messages import iso_utc
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
+from proximity.clock import iso_utc
 from proximity.clock import now as clock_now
 from simulator.scenario import Scenario, noisy_fix
 

@@ -29,8 +29,8 @@ from simulator.metrics import (
     totals,
 )
 from simulator.metrics import epoch as iso_to_epoch
+from simulator.process import STATUS_TOPIC
 
-STATUS_TOPIC = "proximity/status"
 #: Settings a sweep may vary besides the engine's: the devices' reporting interval.
 DEVICE_SETTINGS = ("interval_s",)
 

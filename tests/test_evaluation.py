@@ -181,7 +181,7 @@ def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
     t0 = 1_800_000_000.0
 
     def msg(aid: str, level: str, at: float, parallel: bool = False) -> dict[str, Any]:
-        from cic.messages import iso_utc
+        from proximity.clock import iso_utc
 
         return {
             "alarm_id": aid,

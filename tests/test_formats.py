@@ -9,7 +9,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from cic.messages import ALARM_SCHEMA_PATH, alarm_message, iso_utc
+from cic.messages import ALARM_SCHEMA_PATH, alarm_message
+from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, AlarmType
 from tests.alarm_corpus import every_alarm
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import proximity.reasons
 from cic.cap import CapFormatter
-from cic.messages import alarm_message, iso_utc
+from cic.messages import alarm_message
 from cic.notice import TEXT
+from proximity.clock import iso_utc
 from tests.alarm_corpus import every_alarm
 
 GENDERED = re.compile(r"\b(he|him|his|himself|she|her|hers|herself)\b", re.IGNORECASE)
