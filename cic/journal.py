@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered REAL             -- when the broker acknowledged it; NULL: not yet
 );
 CREATE INDEX IF NOT EXISTS outbox_undelivered ON outbox(seq) WHERE delivered IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_alarm ON outbox(alarm_id, seq);
 -- The engine's state (proximity.memory): its layout, its arrays in chunks, its records and
 -- the alarm book.
 CREATE TABLE IF NOT EXISTS state_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,16 +149,15 @@ class Journal:
             raise StateError(f"the saved engine state in {self.path} is unreadable: {exc}") from exc
 
     def first_messages(self, alarm_ids: list[str], topic: str) -> dict[str, bytes]:
-        """The first message on ``topic`` of each of ``alarm_ids`` that has one."""
-        out: dict[str, bytes] = {}
-        for alarm_id in alarm_ids:
-            row = self._db.execute(
-                "SELECT payload FROM outbox WHERE alarm_id=? AND topic=? ORDER BY seq LIMIT 1",
-                (alarm_id, topic),
-            ).fetchone()
-            if row is not None:
-                out[alarm_id] = bytes(row[0])
-        return out
+        """The first message on ``topic`` of each of ``alarm_ids`` that has one (one pass
+        over the journal, at start)."""
+        wanted = set(alarm_ids)
+        rows = self._db.execute(
+            "SELECT alarm_id, payload FROM outbox WHERE seq IN"
+            " (SELECT MIN(seq) FROM outbox WHERE topic=? GROUP BY alarm_id)",
+            (topic,),
+        )
+        return {a: bytes(payload) for a, payload in rows if a in wanted}
 
     def close(self) -> None:
         self._db.close()

@@ -1,8 +1,9 @@
 """The operator's sentences: what each alarm's ``reason`` says, in one place.
 
 The rules decide; these functions only word the decision, from plain values, so the wording
-can be read (and changed) without reading the rules. Distances are whole metres, ``+-`` the
-99 % radius; times are ISO 8601 UTC.
+can be read (and changed) without reading the rules. Distances are whole metres (kilometres
+to one decimal where :func:`metres` words them), ``+-`` the 99 % radius; times are ISO 8601
+UTC.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def proximity(
             f" for {dwell_s:.0f} s"
         )
     if step == Step.REMIND:
-        return f"reminder: open since {opened}, not acknowledged; {here}"
+        return reminder(opened, here)
     if step == Step.LOWER:
         return (
             f"{here}: beyond the order distance plus margin ({order_m:.0f} + {margin_m:.0f} m)"
@@ -124,6 +125,11 @@ def probing(opened: bool, here: str, *, count: int, warning_m: float, window_s: 
     return f"no entry within the warning distance for {window_s / 60:.0f} min"
 
 
+def reminder(opened: str | None, here: str) -> str:
+    """The reminder of an open alarm that no operator has acknowledged."""
+    return f"reminder: open since {opened}, not acknowledged; {here}"
+
+
 def metres(d: float) -> str:
     """ "1.2 km" from 1000 m on, else "480 m"."""
     return f"{d / 1000:.1f} km" if abs(d) >= 1000 else f"{d:.0f} m"
@@ -171,13 +177,12 @@ def zone(
     if step == Step.END:
         if not in_force:
             return f"{name} is no longer in force (schedule); {here}"
-        if exclusion:
-            return f"{here}, beyond the margin ({margin_m:.0f} m) for {dwell_s:.0f} s"
-        return f"back inside: {here}"
-    if step == Step.REMIND:
-        return f"reminder: open since {opened}, not acknowledged; {here}"
-    if step == Step.LOWER:
+        if not exclusion:
+            return f"back inside: {here}"
+    if step in (Step.END, Step.LOWER):  # out of an exclusion zone by the margin, held
         return f"{here}, beyond the margin ({margin_m:.0f} m) for {dwell_s:.0f} s"
+    if step == Step.REMIND:
+        return reminder(opened, here)
     if step == Step.CERTAIN:
         return f"now certain: {here}"
     if level == AlarmLevel.ESCALATION:
