@@ -52,7 +52,10 @@ DEFAULT_SEED = 17
 SHOW_ESCAPED = 5
 
 OWNTRACKS_APP = ("jane", "pixel")
-OWNTRACKS_KNOWN = {OWNTRACKS_APP: "phone-42"}
+#: An app without a key, whose plaintext payloads are fuzzed (an app with a key has them
+#: rejected as not_encrypted).
+OWNTRACKS_PLAIN = ("joe", "nokia")
+OWNTRACKS_KNOWN = {OWNTRACKS_APP: "phone-42", OWNTRACKS_PLAIN: "phone-43"}
 OWNTRACKS_SECRET = b"correct horse battery".ljust(32, b"\0")
 OWNTRACKS_KEYS = {OWNTRACKS_APP: OWNTRACKS_SECRET}
 
@@ -346,10 +349,10 @@ def targets(t_recv: float) -> list[Target]:
         Target("fix", lambda p: decode("devices/tag-17/fix", p, t_recv), fixes, "json", mqtt),
         Target("event", lambda p: decode("devices/tag-17/event", p, t_recv), events, "json", mqtt),
         Target("ack", lambda p: decode("cic/acks", p, t_recv), acks, "json", mqtt),
-        Target("owntracks_location", owntracks("owntracks/jane/pixel"), (location,), "json", http),
+        Target("owntracks_location", owntracks("owntracks/joe/nokia"), (location,), "json", http),
         Target(
             "owntracks_transition",
-            owntracks("owntracks/jane/pixel/event"),
+            owntracks("owntracks/joe/nokia/event"),
             (transition,),
             "json",
             http,

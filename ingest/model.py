@@ -28,6 +28,9 @@ class RejectReason(StrEnum):
     UNKNOWN_EVENT = "unknown_event"
     UNKNOWN_ACTION = "unknown_action"
     ENCRYPTED = "encrypted"
+    #: A plaintext payload from an app that has an encryption key: whoever sent it does not
+    #: hold the key (a device that encrypts stays encrypted).
+    NOT_ENCRYPTED = "not_encrypted"
     NOT_A_POSITION = "not_a_position"
     UNKNOWN_ALARM = "unknown_alarm"
     #: The input made a decoder fail: a bug of the engine, not of the sender. The message is

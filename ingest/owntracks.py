@@ -14,7 +14,8 @@ engine counts the second as a duplicate. An encrypted payload (``_type: encrypte
 apps' libsodium secret box: ``data`` is base64 of the 24-byte nonce and the box, the key the
 app's secret padded with zero bytes to 32) is opened with the key the devices list gives
 (``"owntracks": {..., "key": "..."}``); without a key, or with the wrong one, it is rejected
-with a reason saying so. Other types (cards, waypoints, status, ...) and the last will are
+with a reason saying so; and a plaintext payload for an app that has a key is rejected
+(``not_encrypted``): only the app holds the key, anyone on the broker can send plaintext. Other types (cards, waypoints, status, ...) and the last will are
 not positions and are rejected as such.
 
 :func:`decode_owntracks` never raises.
@@ -146,8 +147,16 @@ def decode_owntracks(
     if not isinstance(obj, dict):
         return reject(RejectReason.NOT_AN_OBJECT, "expected a JSON object")
     kind = obj.get("_type")
+    key = (secrets or {}).get((user, app))
+    if kind != "encrypted" and key is not None:
+        # Anyone who can publish on the app's topic can send plaintext; only the app holds
+        # its key.
+        return reject(
+            RejectReason.NOT_ENCRYPTED,
+            f"plaintext OwnTracks payload (_type {shown(kind)}) from an app that encrypts:"
+            " its devices-list entry has a key, so only encrypted payloads are taken",
+        )
     if kind == "encrypted":
-        key = (secrets or {}).get((user, app))
         if key is None:
             return reject(
                 RejectReason.ENCRYPTED,

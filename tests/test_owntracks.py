@@ -164,3 +164,14 @@ def test_an_encrypted_payload_opens_with_the_apps_key_and_only_with_it() -> None
     garbled = orjson.dumps({"_type": "encrypted", "data": "%%%"})
     out = decode_owntracks(JANE, garbled, NOW, known, keys_)
     assert isinstance(out, Rejection) and "base64" in out.detail
+
+
+def test_an_app_with_a_key_has_its_plaintext_rejected() -> None:
+    # Whoever publishes plaintext on the app's topic does not hold its key.
+    devices = [("phone-42", {"owntracks": {"user": "jane", "device": "pixel", "key": "s3cret"}})]
+    out = decode_owntracks(JANE, ANDROID, NOW, aliases(devices), keys(devices))
+    assert isinstance(out, Rejection) and out.reason == R.NOT_ENCRYPTED
+    assert (out.device, "plaintext") == ("phone-42", out.detail.split()[0])
+    # The same payload from an app without a key is a fix.
+    plain = [("phone-42", {"owntracks": {"user": "jane", "device": "pixel"}})]
+    assert isinstance(decode_owntracks(JANE, ANDROID, NOW, aliases(plain), keys(plain)), Fix)
