@@ -15,8 +15,9 @@ apps' libsodium secret box: ``data`` is base64 of the 24-byte nonce and the box,
 app's secret padded with zero bytes to 32) is opened with the key the devices list gives
 (``"owntracks": {..., "key": "..."}``); without a key, or with the wrong one, it is rejected
 with a reason saying so; and a plaintext payload for an app that has a key is rejected
-(``not_encrypted``): only the app holds the key, anyone on the broker can send plaintext. Other types (cards, waypoints, status, ...) and the last will are
-not positions and are rejected as such.
+(``not_encrypted``): only the app holds the key, anyone on the broker can send plaintext.
+Other types (cards, waypoints, status, ...) and the last will are not positions and are
+rejected as such.
 
 :func:`decode_owntracks` never raises.
 """
