@@ -381,6 +381,7 @@ def targets(t_recv: float) -> list[Target]:
                 b"devices/tag-17/fix",
                 b"devices/tag-17/event",
                 b"cic/acks",
+                b"cic/acks/desk-4",
                 b"owntracks/jane/pixel",
                 b"owntracks/jane/pixel/event",
             ),

@@ -5,7 +5,8 @@ message, and its CAP 1.2 form, to the outbox journal (:mod:`cic.journal`) in one
 committed transaction, then publishes both with QoS 1; :meth:`MqttAlarmChannel.poll` marks
 them delivered when the broker's acknowledgement has come. :meth:`MqttAlarmChannel.replay`
 publishes, at start, what an earlier run journalled and never saw delivered. The rest goes
-out through the same door, each with its own guarantee: the retained status (QoS 1, and the
+out through the same door, each with its own guarantee: the evidence anchors (journalled and
+delivered as alarms are: :meth:`MqttAlarmChannel.send_records`), the retained status (QoS 1, and the
 ``offline`` will), the offender's notices (QoS 1), the rejections (QoS 0), and the alarms of
 an engine whose decision loop is stuck (:meth:`MqttAlarmChannel.send_straight`: QoS 1, no
 journal).
@@ -182,6 +183,27 @@ class MqttAlarmChannel:
         if self.cap_topic is None or not alarm_ids:
             return 0
         return self._cap.recall(self.journal.first_messages(alarm_ids, self.cap_topic))
+
+    def send_records(self, topic: str, records: list[dict[str, Any]]) -> bool:
+        """Journal, then publish (QoS 1), messages that are not alarms (the evidence
+        anchors), delivered and replayed as alarms are; False, and nothing sent, while the
+        journal refuses writes or holds messages that must go first (the caller tries again
+        later)."""
+        if not records:
+            return True
+        if self._held or (self.retry.failing and not self.retry.due()):
+            return False
+        now = time.time()
+        items = [("", topic, orjson.dumps(r)) for r in records]
+        try:
+            seqs = self.journal.append(items, now)
+        except WRITE_ERRORS as exc:
+            self._refused(exc)
+            return False
+        self._wrote()
+        for seq, (_, t, payload) in zip(seqs, items, strict=True):
+            self._publish(seq, now, t, payload)
+        return True
 
     def send_straight(self, message: dict[str, Any]) -> mqtt.MQTTMessageInfo:
         """Publish an alarm message without the journal (marked ``"journalled": false``): the

@@ -159,6 +159,16 @@ class Journal:
         )
         return {a: bytes(payload) for a, payload in rows if a in wanted}
 
+    def payloads(self, topic: str) -> list[bytes]:
+        """Every message journalled on ``topic``, in journal order (the evidence anchors, for
+        an export)."""
+        return [
+            bytes(payload)
+            for (payload,) in self._db.execute(
+                "SELECT payload FROM outbox WHERE topic=? ORDER BY seq", (topic,)
+            )
+        ]
+
     def close(self) -> None:
         self._db.close()
 

@@ -116,7 +116,10 @@ def run_demo(opts: DemoOptions) -> int:
     monitor = make_client("")
     try:
         broker.start()
-        say(f"broker     Mosquitto at {broker.url} (private, loopback)")
+        say(
+            f"broker     Mosquitto at {broker.url} (private, loopback, no TLS or accounts: a"
+            " deployment secures it with 'proximity broker config', docs/security.md)"
+        )
 
         scenario = generate(opts.pairs, opts.duration_s, seed=opts.seed)
         case_path = work / "cases.json"

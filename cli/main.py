@@ -1,6 +1,6 @@
 """Command line: ``proximity run``, ``proximity config show``, ``proximity cases
-import|list|remove``, ``proximity evidence export|verify``, ``proximity demo``,
-``proximity evaluate``."""
+import|list|remove``, ``proximity evidence export|verify|key``, ``proximity demo``,
+``proximity evaluate``, ``proximity broker config``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cli import broker as broker_cli
 from ingest.model import IngestError
 from ingest.transport import parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
@@ -409,36 +410,82 @@ def build_parser() -> argparse.ArgumentParser:
         " runs, dozens of pair-days in minutes",
     )
     ev.add_argument("--quiet", action="store_true", help="print only the summary")
+    broker_conf = broker_cli.add_parser(sub, _para)
+    _add_setting_flags(
+        broker_conf,
+        ["broker_username", "alarm_topic", "cap_topic", "anchor_topic", "status_topic"],
+    )
+    _add_db(broker_conf)
+    _add_config(broker_conf)
     evidence = sub.add_parser(
         "evidence",
-        help="export and verify a case's tamper-evident evidence record",
+        help="export, verify and sign a case's tamper-evident evidence record",
         description=_para(
             "The engine records, per case, the fixes it used and every alarm message it sent,"
-            " in a hash-chained log. 'export' writes a case's record as JSON Lines for a court;"
-            " 'verify' checks that an export is complete and unaltered: any edited, removed or"
-            " reordered entry breaks the chain."
+            " in a hash-chained log whose entries it signs with the deployment's evidence key"
+            " (Ed25519). 'export' writes a case's record as JSON Lines for a court, with the"
+            " case's anchors (signed head hashes the engine published to the CIC); 'verify'"
+            " checks that an export is complete and unaltered, and, given the deployment's"
+            " public key, that the deployment signed it; 'key' prints that public key."
         ),
     )
     ev_sub = evidence.add_subparsers(dest="evidence_command", required=True, metavar="ACTION")
     exp = ev_sub.add_parser(
         "export",
-        help="write a case's evidence record as JSON Lines",
-        epilog="Example:\n  proximity evidence export BE-2026-0001 --db cases.sqlite"
+        help="write a case's evidence record as JSON Lines, signed",
+        description=_para(
+            "Writes the case's entries, then the case's anchors found in the outbox journal"
+            " (a journal that does not exist is not created: the export then holds no"
+            " anchors), then a head line signed with the evidence key. The key must exist:"
+            " the engine makes it when it first starts."
+        ),
+        epilog="Example:\n  proximity evidence export BE-2026-0001 --db registry.sqlite"
         " --out BE-2026-0001.jsonl\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     exp.add_argument("case", metavar="CASE", help="case id")
     exp.add_argument("--out", type=Path, metavar="FILE", help="output file (default: stdout)")
-    _add_setting_flags(exp, ["evidence"])
+    _add_setting_flags(exp, ["evidence", "evidence_key", "journal", "anchor_topic"])
     _add_db(exp)
     _add_config(exp)
     ver = ev_sub.add_parser(
         "verify",
-        help="check an exported evidence record (exit 0: intact, 1: altered)",
-        epilog="Example:\n  proximity evidence verify BE-2026-0001.jsonl\n",
+        help="check an exported evidence record (exit 0: intact, 1: altered or unsigned)",
+        description=_para(
+            "Checks the chain, every signature, that the last entry is signed, the head line,"
+            " each anchor against the chain (one beyond the end shows a cut end, one whose"
+            " hash differs an edit) and that every removed body is a fix body a later purge"
+            " covers. Without --public-key the export is checked against the key it names"
+            " itself: that shows it is consistent, not who signed it."
+        ),
+        epilog="Examples:\n"
+        "  proximity evidence verify BE-2026-0001.jsonl --public-key registry.evidence.pub\n"
+        '  proximity evidence verify BE-2026-0001.jsonl --public-key "$(proximity evidence'
+        ' key --db registry.sqlite)"\n',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ver.add_argument("file", type=Path, metavar="FILE", help="an export (JSON Lines)")
+    ver.add_argument(
+        "--public-key",
+        metavar="HEX|FILE",
+        help="the deployment's public key: 64 hex digits, or a file holding them (the .pub"
+        " file next to the key; 'proximity evidence key' prints it)",
+    )
+    key = ev_sub.add_parser(
+        "key",
+        help="print the public key of the deployment's evidence key (64 hex digits)",
+        description=_para(
+            "Prints the public half of the key that signs the evidence record, for whoever"
+            " verifies exports (it is also in the .pub file next to the key). It never makes a"
+            " key: the engine makes it when it first starts, so a missing key means another"
+            " --db, --evidence or --evidence-key than the engine's (exit 2)."
+        ),
+        epilog="Example:\n  proximity evidence key --db registry.sqlite\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_setting_flags(key, ["evidence", "evidence_key"])
+    _add_db(key)
+    _add_config(key)
     return parser
 
 
@@ -761,41 +808,127 @@ def _cmd_cases_remove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evidence_paths(settings: Settings) -> tuple[Path, Path]:
+    """The evidence record and its key, as the engine finds them."""
+    record = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
+    return record, settings.evidence_key or record.with_suffix(".key")
+
+
+def _public_key(text: str) -> str | None:
+    """A --public-key value: 64 hex digits, or a file holding them; None: neither."""
+    from storage.signing import is_key_hex
+
+    if is_key_hex(text.strip()):
+        return text.strip().lower()
+    try:
+        written = Path(text).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return written.lower() if is_key_hex(written) else None
+
+
+def _cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from storage.evidence import verify_export
+
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    key = None
+    if args.public_key is not None:
+        key = _public_key(args.public_key)
+        if key is None:
+            print(
+                f"error: --public-key {args.public_key!r} is neither 64 hex digits nor a file"
+                " holding them ('proximity evidence key' prints the deployment's)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD_INPUT
+    found = verify_export(data.splitlines(), key)
+    for p in found.problems:
+        print(f"{args.file}:{p.line}: {p.what}")
+    if found.problems:
+        if not found.signed and len(found.problems) == 1:
+            print(
+                f"UNSIGNED: its {found.entries} entries are consistent, but without signatures"
+                " nothing shows that they are unaltered",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"ALTERED: {len(found.problems)} problem(s) in {found.entries} entries",
+                file=sys.stderr,
+            )
+        return EXIT_FAILURE
+    anchors = f", {found.anchors} anchor(s) agree" if found.anchors else ""
+    if found.key_given:
+        print(
+            f"intact: {found.entries} entries, head {found.head}{anchors}; signed by the key"
+            f" given, {found.key}"
+        )
+    else:
+        print(
+            f"intact: {found.entries} entries, head {found.head}{anchors}; consistent with the"
+            f" key it names, {found.key}"
+        )
+        print(
+            "this shows only that the export is consistent: to show that the deployment signed"
+            " it, give its public key with --public-key ('proximity evidence key' prints it)"
+        )
+    return EXIT_OK
+
+
 def _cmd_evidence(args: argparse.Namespace) -> int:
-    from storage.evidence import EvidenceLog, verify_lines
+    from cic.journal import Journal
+    from storage.evidence import EvidenceLog, anchors_of
+    from storage.signing import EvidenceKey
 
     if args.evidence_command == "verify":
-        try:
-            data = args.file.read_bytes()
-        except OSError as exc:
-            print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        n, head, problems = verify_lines(data.splitlines())
-        for p in problems:
-            print(f"{args.file}:{p.line}: {p.what}")
-        if problems:
-            print(f"ALTERED: {len(problems)} problem(s) in {n} entries", file=sys.stderr)
-            return EXIT_FAILURE
-        print(f"intact: {n} entries, head {head}")
-        return EXIT_OK
+        return _cmd_evidence_verify(args)
     settings = _settings(args)
-    path = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
-    if not path.exists():
+    path, key_path = _evidence_paths(settings)
+    if args.evidence_command == "export" and not path.exists():
         print(f"error: no evidence record at {path} (is --db the engine's?)", file=sys.stderr)
         return EXIT_BAD_INPUT
-    log = EvidenceLog(path)
+    if not key_path.exists():
+        print(
+            f"error: no evidence key at {key_path}: the engine makes it when it first starts"
+            " (is --db the engine's? --evidence-key names a key kept elsewhere)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    if args.evidence_command == "key":
+        print(EvidenceKey.load(key_path, create=False).public_key)
+        return EXIT_OK
+    journal_path = settings.journal or settings.db.with_suffix(".journal.sqlite")
+    # The anchors are read before the record: one journalled after the record was read would
+    # name entries the export does not hold.
+    anchors = []
+    if journal_path.exists():
+        journal = Journal(journal_path)
+        try:
+            anchors = anchors_of(journal.payloads(settings.anchor_topic), args.case)
+        finally:
+            journal.close()
+    else:
+        print(f"note: no journal at {journal_path}: the export holds no anchors", file=sys.stderr)
+    log = EvidenceLog(path, key_path, create_key=False)
     try:
         if args.case not in log.cases():
             print(f"error: no evidence for case {args.case!r} in {path}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        lines = list(log.export(args.case))
+        lines = list(log.export(args.case, anchors))
     finally:
         log.close()
     if args.out is None:
         sys.stdout.buffer.write(b"".join(lines))
     else:
         args.out.write_bytes(b"".join(lines))
-        print(f"exported {len(lines) - 1} entries of case {args.case} to {args.out}")
+        print(
+            f"exported {len(lines) - 1 - len(anchors)} entries and {len(anchors)} anchor(s) of"
+            f" case {args.case} to {args.out}"
+        )
     return EXIT_OK
 
 
@@ -902,6 +1035,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_cases_list(args)
         if args.command == "evidence":
             return _cmd_evidence(args)
+        if args.command == "broker":
+            return broker_cli.run(args, _settings(args))
         if args.command == "evaluate":
             return _cmd_evaluate(args)
         return _cmd_demo(args)

@@ -77,8 +77,12 @@ def time_problem(t: float, t_recv: float) -> tuple[RejectReason, str] | None:
 FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
 EVENT_TOPIC_SUFFIX = "/event"
-#: Operators' acknowledgements and closings of alarms (the CIC's side of the channel).
+#: Operators' acknowledgements and closings of alarms (the CIC's side of the channel): on
+#: ``cic/acks/{account}`` the operator is the broker account the topic names (the generated
+#: ACL lets each CIC account write only its own), on ``cic/acks`` (unsecured brokers) the
+#: one the payload names.
 ACK_TOPIC = "cic/acks"
+ACK_SUBSCRIPTION = ACK_TOPIC + "/+"
 
 
 class InvalidInputError(Exception):
@@ -345,14 +349,26 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
 
 
 def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> OperatorAction | Rejection:
-    """Decode one operator action on ``cic/acks``: ``{"alarm_id", "operator", "ts",
-    "action": "acknowledge" (the default) or "close", "note"}`` (a close needs its note: why);
-    never raises."""
+    """Decode one operator action on ``cic/acks`` or ``cic/acks/{account}``: ``{"alarm_id",
+    "operator", "ts", "action": "acknowledge" (the default) or "close", "note"}`` (a close
+    needs its note: why); never raises.
+
+    On ``cic/acks/{account}`` the operator is the account (the broker authenticated it and
+    lets only it write there); a name the payload gives beside it is kept after it, in
+    brackets (``desk-4 (J. Peeters)``), and ``operator`` may be left out."""
+    account = topic[len(ACK_TOPIC) + 1 :] if topic != ACK_TOPIC else None
+    if account is not None and (not account or "/" in account):
+        return Rejection(
+            topic, None, RejectReason.BAD_TOPIC, "expected cic/acks or cic/acks/{account}", t_recv
+        )
     try:
         obj, t = _object_and_time(payload, t_recv)
         texts = {}
         for key in ("alarm_id", "operator"):
             value = obj.get(key)
+            if value is None and key == "operator" and account is not None:
+                texts[key] = account
+                continue
             if value is None:
                 raise InvalidInputError(RejectReason.MISSING_FIELD, f"field {key!r} is required")
             if not isinstance(value, str) or not value.strip():
@@ -361,6 +377,8 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
                     f"field {key!r} must be a non-empty string, got {shown(value)}",
                 )
             texts[key] = value.strip()
+        if account is not None and texts["operator"] != account:
+            texts["operator"] = f"{account} ({texts['operator']})"
         action = obj.get("action", "acknowledge")
         # A list or an object is unhashable: test the type before the membership.
         if not isinstance(action, str):
@@ -392,7 +410,7 @@ def decode(
     topic: str, payload: bytes | bytearray, t_recv: float
 ) -> Fix | DeviceEvent | OperatorAction | Rejection:
     """Dispatch on the topic: fixes, device events and operator actions; never raises."""
-    if topic == ACK_TOPIC:
+    if topic == ACK_TOPIC or topic.startswith(ACK_TOPIC + "/"):
         return decode_ack(topic, payload, t_recv)
     if topic.endswith(EVENT_TOPIC_SUFFIX):
         return decode_event(topic, payload, t_recv)

@@ -32,7 +32,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.codec import ACK_TOPIC, decode
+from ingest.codec import ACK_SUBSCRIPTION, ACK_TOPIC, decode
 from ingest.model import (
     DeviceEvent,
     Fix,
@@ -45,7 +45,7 @@ from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
 from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
 from ingest.owntracks import Aliases, Keys, decode_owntracks
 from ingest.rejections import internal_error
-from ingest.transport import BrokerAddress, connect, disconnect, make_client
+from ingest.transport import Access, BrokerAddress, connect, disconnect, make_client
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,10 @@ class FixSubscriber:
         clock: Callable[[], float] = time.time,
         owntracks: Aliases | None = None,
         owntracks_keys: Keys | None = None,
+        access: Access | None = None,
     ) -> None:
         self.broker = broker
+        self._access = access
         self._owntracks: Aliases = owntracks or {}
         self._owntracks_keys: Keys = owntracks_keys or {}
         # (item, message id) pairs; the id is 0 for items that need no acknowledgement.
@@ -133,6 +135,7 @@ class FixSubscriber:
         connect(
             self._client,
             self.broker,
+            access=self._access,
             clean_start=self._session_expiry_s <= 0,
             session_expiry_s=self._session_expiry_s,
             receive_maximum=RECEIVE_MAXIMUM,
@@ -184,15 +187,17 @@ class FixSubscriber:
                 (FIX_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (ACK_TOPIC, SUBSCRIBE_QOS),
+                (ACK_SUBSCRIPTION, SUBSCRIBE_QOS),
                 *((t, SUBSCRIBE_QOS) for t in OWNTRACKS_SUBSCRIPTIONS),
             ]
         )
         self.connected.set()
         log.info(
-            "subscribed to %s, %s, %s and OwnTracks on %s",
+            "subscribed to %s, %s, %s, %s and OwnTracks on %s",
             FIX_SUBSCRIPTION,
             EVENT_SUBSCRIPTION,
             ACK_TOPIC,
+            ACK_SUBSCRIPTION,
             self.broker,
         )
 

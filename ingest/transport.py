@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+import ssl
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,74 +17,115 @@ from paho.mqtt.properties import Properties
 from ingest.model import IngestError
 
 DEFAULT_PORT = 1883
+#: MQTT over TLS (``mqtts://``), the IANA port.
+DEFAULT_TLS_PORT = 8883
 KEEPALIVE_S = 30
 CONNECT_TIMEOUT_S = 10.0
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
+#: The environment variable that may hold the broker password (a secret is never a flag).
+PASSWORD_ENV = "PROXIMITY_BROKER_PASSWORD"
 
 
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
+    #: MQTT over TLS (``mqtts://``): the broker's certificate is verified.
+    tls: bool = False
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-#: Schemes of a broker URL (``tcp://`` is an alias of ``mqtt://``: plain MQTT over TCP).
+@dataclass(frozen=True, slots=True)
+class Access:
+    """How a client proves who it is to the broker, and how it checks the broker: a user
+    name and password, a client certificate, and the CA that signed the broker's certificate
+    (None: the system's CAs). The password never appears in ``repr`` or logs."""
+
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def as_user(self, username: str) -> Access:
+        """The same access under another account name (the engine's publishing client)."""
+        return Access(username, self.password, self.ca_file, self.cert_file, self.key_file)
+
+    def __str__(self) -> str:
+        parts = [f"user {self.username}" if self.username else "no user name"]
+        if self.cert_file is not None:
+            parts.append(f"client certificate {self.cert_file}")
+        return ", ".join(parts)
+
+
+#: Schemes of a broker URL (``tcp://`` is an alias of ``mqtt://``: plain MQTT over TCP;
+#: ``mqtts://`` is MQTT over TLS, ``ssl://`` an alias of it).
 SCHEMES = ("mqtt", "tcp")
+TLS_SCHEMES = ("mqtts", "ssl")
 ACCEPTED_FORMS = (
     "mqtt://HOST:PORT or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883"
-    " (tcp:// is accepted for mqtt://)"
+    " (tcp:// is accepted for mqtt://), or mqtts://HOST:PORT for TLS (port 8883)"
 )
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://HOST[:PORT]`` (or ``tcp://HOST[:PORT]``) -> :class:`BrokerAddress`.
+    """``mqtt://HOST[:PORT]`` (or ``tcp://HOST[:PORT]``), or ``mqtts://HOST[:PORT]`` for
+    TLS -> :class:`BrokerAddress`.
 
     The scheme is required: ``127.0.0.1:1883`` or ``localhost`` alone is refused rather than
-    guessed, and so are parts the connection would silently ignore (a user name or password,
-    a path, a query). :class:`IngestError` names the URL and shows the accepted forms.
+    guessed, and so are parts the connection would silently ignore (a path, a query) and a
+    user name or password (a secret in a URL ends up on command lines and in logs: the
+    settings broker_username and broker_password_file, or the environment, carry them).
+    :class:`IngestError` names the URL and shows the accepted forms.
 
     >>> parse_broker_url("mqtt://127.0.0.1:1884")
-    BrokerAddress(host='127.0.0.1', port=1884)
+    BrokerAddress(host='127.0.0.1', port=1884, tls=False)
     >>> parse_broker_url("mqtt://localhost")
-    BrokerAddress(host='localhost', port=1883)
+    BrokerAddress(host='localhost', port=1883, tls=False)
     >>> parse_broker_url("tcp://[::1]:1883")
-    BrokerAddress(host='::1', port=1883)
+    BrokerAddress(host='::1', port=1883, tls=False)
+    >>> parse_broker_url("mqtts://broker.example")
+    BrokerAddress(host='broker.example', port=8883, tls=True)
     >>> parse_broker_url("127.0.0.1:1883")
     Traceback (most recent call last):
     ...
     ingest.model.IngestError: broker URL '127.0.0.1:1883' has no scheme; use mqtt://HOST:PORT \
-or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883 (tcp:// is accepted for mqtt://)
+or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883 (tcp:// is accepted for mqtt://), \
+or mqtts://HOST:PORT for TLS (port 8883)
     """
     text = url.strip()
     if "://" not in text:
         raise IngestError(f"broker URL {url!r} has no scheme; use {ACCEPTED_FORMS}")
     parts = urlsplit(text)
-    if parts.scheme.lower() not in SCHEMES:
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES + TLS_SCHEMES:
         raise IngestError(
             f"broker URL {url!r}: scheme {parts.scheme!r} is not supported; use {ACCEPTED_FORMS}"
         )
     if parts.username is not None or parts.password is not None:
+        shown_url = url.replace(parts.password, "***") if parts.password else url
         raise IngestError(
-            f"broker URL {url!r}: a user name or password in the URL is not supported"
-            f" (the engine connects without them); use {ACCEPTED_FORMS}"
+            f"broker URL {shown_url!r}: a user name or password in the URL is not taken (a URL"
+            " is shown on command lines and in logs); set broker_username, and the password in"
+            f" a file (broker_password_file) or the environment ({PASSWORD_ENV})"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise IngestError(
             f"broker URL {url!r} has a path or query, which MQTT does not use; use {ACCEPTED_FORMS}"
         )
+    tls = scheme in TLS_SCHEMES
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
     except ValueError as exc:
         raise IngestError(
             f"broker URL {url!r}: the port must be a number 1-65535; use {ACCEPTED_FORMS}"
         ) from exc
     if not parts.hostname:
         raise IngestError(f"broker URL {url!r} names no host; use {ACCEPTED_FORMS}")
-    return BrokerAddress(parts.hostname, port)
+    return BrokerAddress(parts.hostname, port, tls)
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -105,27 +149,99 @@ def make_client(client_id: str = "", *, manual_ack: bool = False) -> mqtt.Client
     return client
 
 
+class _TlsContext(ssl.SSLContext):
+    """An SSL context that remembers the last socket it wrapped: paho does not close a socket
+    whose TLS handshake failed (the broker's certificate did not verify), so :func:`connect`
+    does."""
+
+    last: ssl.SSLSocket | None = None
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        self.last = super().wrap_socket(*args, **kwargs)
+        return self.last
+
+
+def _close_failed(client: mqtt.Client) -> None:
+    """Close what a failed connect left open (the socket of a failed TLS handshake)."""
+    context = getattr(client, "_ssl_context", None)
+    if isinstance(context, _TlsContext) and context.last is not None:
+        context.last.close()
+        context.last = None
+    disconnect(client)
+
+
+def _secure(client: mqtt.Client, broker: BrokerAddress, access: Access | None) -> None:
+    """Give ``client`` the account and the TLS context of ``access`` (TLS when the broker's
+    address says so); IngestError names a certificate or key file that cannot be used."""
+    access = access or Access()
+    if access.username:
+        client.username_pw_set(access.username, access.password or None)
+    if not broker.tls:
+        if access.ca_file is not None or access.cert_file is not None:
+            raise IngestError(
+                f"a CA file or client certificate is set but the broker URL {broker} is not"
+                " TLS: use mqtts://HOST:PORT"
+            )
+        return
+    try:
+        context = _TlsContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and host
+        if access.ca_file is not None:
+            context.load_verify_locations(cafile=str(access.ca_file))
+        else:
+            context.load_default_certs()
+        if access.cert_file is not None:
+            context.load_cert_chain(
+                str(access.cert_file),
+                str(access.key_file) if access.key_file is not None else None,
+            )
+    except (OSError, ssl.SSLError) as exc:
+        raise IngestError(
+            f"cannot use the TLS files for {broker} (CA {access.ca_file}, certificate"
+            f" {access.cert_file}, key {access.key_file}): {exc}"
+        ) from exc
+    client.tls_set_context(context)
+
+
 def connect(
     client: mqtt.Client,
     broker: BrokerAddress,
     *,
+    access: Access | None = None,
     clean_start: bool = True,
     session_expiry_s: int = 0,
     receive_maximum: int = 0,
+    wait_s: float = CONNECT_TIMEOUT_S,
 ) -> None:
-    """Connect (blocking for the TCP part) and start paho's network thread.
+    """Connect, start paho's network thread, and wait up to ``wait_s`` for the broker's
+    answer: IngestError says why when it cannot be reached, its certificate does not verify,
+    or it refuses the client (bad user name or password, not authorised). ``wait_s`` 0: do
+    not wait for the answer.
 
-    With ``clean_start=False`` and a session expiry, the broker keeps the subscriptions and
-    queues QoS 1 messages while the client is away (the engine restarting).
-    ``receive_maximum`` (1 to 65535; 0: the broker's own limit, Mosquitto's
-    ``max_inflight_messages``) is how many QoS 1 messages the broker may send before the
-    client has acknowledged them.
+    ``access``: the account and TLS files (:class:`Access`). With ``clean_start=False`` and a
+    session expiry, the broker keeps the subscriptions and queues QoS 1 messages while the
+    client is away (the engine restarting). ``receive_maximum`` (1 to 65535; 0: the broker's
+    own limit, Mosquitto's ``max_inflight_messages``) is how many QoS 1 messages the broker
+    may send before the client has acknowledged them.
     """
+    _secure(client, broker, access)
     props = Properties(PacketTypes.CONNECT)
     if session_expiry_s > 0:
         props.SessionExpiryInterval = session_expiry_s
     if receive_maximum > 0:
         props.ReceiveMaximum = receive_maximum
+    answered = threading.Event()
+    refusal: list[str] = []
+    then: Any = client.on_connect  # the client's own handler (version-2 signature)
+
+    def first_answer(c: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not answered.is_set():
+            if rc.is_failure:
+                refusal.append(str(rc))
+            answered.set()
+        if then is not None:
+            then(c, userdata, flags, rc, props)
+
+    client.on_connect = first_answer
     try:
         client.connect(
             broker.host,
@@ -134,11 +250,33 @@ def connect(
             clean_start=clean_start,
             properties=props,
         )
+    except ssl.SSLCertVerificationError as exc:
+        client.on_connect = then
+        _close_failed(client)
+        raise IngestError(
+            f"the MQTT broker at {broker} has a certificate that does not verify:"
+            f" {exc.verify_message or exc}. Is broker_ca the CA that signed it, and is the"
+            " host name one the certificate names?"
+        ) from exc
     except OSError as exc:
+        client.on_connect = then
+        _close_failed(client)
         raise IngestError(
             f"cannot reach the MQTT broker at {broker}: {exc}. Is Mosquitto running there?"
         ) from exc
     client.loop_start()
+    if wait_s <= 0:
+        return
+    if answered.wait(wait_s) and not refusal:
+        return
+    disconnect(client)
+    if refusal:
+        who = f" ({access})" if access is not None else ""
+        raise IngestError(
+            f"the MQTT broker at {broker} refused the connection{who}: {refusal[0]}."
+            " Check the user name and password (or certificate) of this account"
+        )
+    raise IngestError(f"the MQTT broker at {broker} did not answer within {wait_s:.0f} s")
 
 
 def disconnect(client: mqtt.Client) -> None:

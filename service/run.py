@@ -44,7 +44,7 @@ from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name
 from proximity.memory import EngineMemory
 from proximity.timeline import Item, SweepGrid, Timeline
-from service.settings import Settings, rule_config
+from service.settings import OUT_SUFFIX, Settings, broker_access, rule_config
 from service.watchdog import Watchdog
 from storage.backlog import Retry
 from storage.evidence import EvidenceLog
@@ -123,14 +123,19 @@ class EngineService:
             self.broker = parse_broker_url(settings.broker)
         except IngestError as exc:
             raise ProximityError(str(exc)) from exc
+        #: The engine's account and TLS files (the password is read here, never logged).
+        self.access = broker_access(settings)
         with Registry(settings.db) as registry:
             self.cases = registry.cases()
             devices = registry.devices()
         self.devices = devices
         # The evidence record: the fixes used and the alarm messages sent, per case.
         self.evidence = EvidenceLog(
-            settings.evidence or settings.db.with_suffix(".evidence.sqlite")
+            settings.evidence or settings.db.with_suffix(".evidence.sqlite"),
+            settings.evidence_key,
         )
+        #: The entry count of each case at its last anchor (cases anchored since the start).
+        self._anchored: dict[str, int] = {}
         self._fresh_engine()
         self._next_save = 0.0  # time.monotonic() of the next save when nothing is urgent
         self.started = time.time()
@@ -217,8 +222,14 @@ class EngineService:
                 "the registry %s has no cases: import some with 'proximity cases import'", s.db
             )
         log.info("kernels ready in %.2f s", self.engine.warm_up())
+        log.info(
+            "evidence record %s, signed with %s (public key %s)",
+            self.evidence.path,
+            self.evidence.key_path,
+            self.evidence.public_key,
+        )
 
-        out = make_client(f"{s.client_id}-out")
+        out = make_client(f"{s.client_id}{OUT_SUFFIX}")
         journal_path = s.journal or s.db.with_suffix(".journal.sqlite")
         # The one door out: alarms, status, notices and rejections alike.
         self.channel = MqttAlarmChannel(
@@ -238,9 +249,14 @@ class EngineService:
             owntracks=owntracks_aliases((d.id, d.info) for d in self.devices),
             owntracks_keys=owntracks_keys((d.id, d.info) for d in self.devices),
             clock=self.clock,
+            access=self.access,
         )
+        # The publishing client has an account of its own (the broker's ACL gives it the
+        # topics the engine writes; one account per client id, so neither can be taken over).
+        out_access = self.access.as_user(f"{self.access.username}{OUT_SUFFIX}")
+        log.info("broker %s (%s)", self.broker, self.access)
         try:
-            connect(out, self.broker)
+            connect(out, self.broker, access=out_access if self.access.username else self.access)
             # What an earlier run journalled and never saw delivered goes out first, in order.
             self.channel.replay()
             self.subscriber.start()
@@ -279,6 +295,7 @@ class EngineService:
             # acknowledged (and the fault's end sent) before the channel closes.
             self._flush_evidence(now=True)
             self.channel.flush(force=True)
+            self._anchor()  # where each record stands as the engine stops
             self._check_storage(final=True)
             if self._save_state(now=True) and not self._storage_error():
                 self.subscriber.acknowledge()
@@ -424,6 +441,7 @@ class EngineService:
         # Sweeps follow the engine's clock (faster in evaluation runs); status, the wall's.
         next_status = time.monotonic() + s.status_interval_s
         next_purge = time.monotonic()
+        next_anchor = time.monotonic() + s.anchor_interval_s
         while not stop.is_set():
             self._beat = time.monotonic()
             due_in = (self.grid.next - self.clock()) / s.time_scale
@@ -441,6 +459,9 @@ class EngineService:
                 next_purge = time.monotonic() + (
                     PURGE_INTERVAL_S if self._purge() else PURGE_RETRY_S
                 )
+            if time.monotonic() >= next_anchor:
+                self._anchor()
+                next_anchor = time.monotonic() + s.anchor_interval_s
             if time.monotonic() >= next_status:
                 self.channel.status(s.status_topic, self._status("online"))
                 next_status = time.monotonic() + s.status_interval_s
@@ -566,6 +587,21 @@ class EngineService:
         finally:
             self._storage_busy = False
         self._check_storage()  # the end refused again as it was sent: a new fault
+
+    def _anchor(self) -> None:
+        """Anchor, outside the evidence record, the head of every case's record that grew
+        since its last anchor: signed, journalled and published on the anchor topic (the CIC
+        keeps them), so that a record edited or cut later shows against them. A journal that
+        refuses the write leaves them for the next round."""
+        anchors = []
+        now = self.clock()
+        for case_id in self.evidence.cases():
+            count, _ = self.evidence.head(case_id)
+            if count and self._anchored.get(case_id) != count:
+                anchors.append(self.evidence.anchor(case_id, now))
+        if anchors and self.channel.send_records(self.settings.anchor_topic, anchors):
+            self._anchored.update((a["case_id"], a["count"]) for a in anchors)
+            log.debug("anchored the evidence of %d case(s)", len(anchors))
 
     def _purge(self) -> bool:
         """Retention: location history older than retention_days leaves the record (its

@@ -25,7 +25,7 @@ from pydantic_settings import (
 )
 
 from ingest.model import IngestError
-from ingest.transport import parse_broker_url
+from ingest.transport import PASSWORD_ENV, Access, parse_broker_url
 from numerics.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 from proximity.errors import ConfigError
 from proximity.rules import RuleConfig, rule_settings
@@ -37,6 +37,9 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 #: compatibility: ``--http`` predates ``http_listen``).
 FLAG_NAMES = {"http_listen": "--http"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: The engine's publishing client: its client id, and its account at a secured broker, are
+#: the intake's with this appended.
+OUT_SUFFIX = "-out"
 
 
 class Settings(BaseSettings):
@@ -49,11 +52,49 @@ class Settings(BaseSettings):
         "mqtt://127.0.0.1:1883",
         description="MQTT broker URL: mqtt://HOST:PORT, or mqtt://HOST for port 1883",
     )
+    broker_username: str = Field(
+        "",
+        description="the engine's account at the broker (empty: none); its publishing client"
+        " uses the account of this name with -out appended (proximity broker config makes"
+        " both)",
+    )
+    broker_password_file: Path | None = Field(
+        None,
+        description="file whose first line is the broker password (or set it in the"
+        f" environment variable {PASSWORD_ENV}; never a flag, never logged)",
+    )
+    broker_ca: Path | None = Field(
+        None,
+        description="mqtts:// only: the CA certificate (PEM) that signed the broker's"
+        " certificate (default: the system's CAs)",
+    )
+    broker_cert: Path | None = Field(
+        None,
+        description="mqtts:// only: the engine's client certificate (PEM), if the broker"
+        " asks for one",
+    )
+    broker_key: Path | None = Field(
+        None, description="mqtts:// only: the private key (PEM) of broker_cert"
+    )
     db: Path = Field(Path("proximity.sqlite"), description="SQLite registry file")
     evidence: Path | None = Field(
         None,
         description="SQLite evidence record, hash-chained per case (default: next to the"
         " registry, DB with the suffix .evidence.sqlite)",
+    )
+    evidence_key: Path | None = Field(
+        None,
+        description="the Ed25519 key that signs the evidence record (created at the first"
+        " start, readable by the engine only; default: next to the record, EVIDENCE with the"
+        " suffix .key); its public half verifies exports",
+    )
+    anchor_topic: str = Field(
+        "cic/evidence",
+        description="topic of the evidence anchors: each case's signed head hash, published"
+        " and journalled every anchor_interval_s, so that an edited or cut record shows",
+    )
+    anchor_interval_s: float = Field(
+        300.0, gt=0, description="seconds between evidence anchors of a case whose record grew"
     )
     retention_days: float = Field(
         30.0,
@@ -253,7 +294,11 @@ def _environment() -> tuple[dict[str, Any], dict[str, str], list[str]]:
     warnings = []
     for var in sorted(os.environ):
         name = var[len(ENV_PREFIX) :].lower()
-        if var.upper().startswith(ENV_PREFIX) and name not in known and var.upper() != CONFIG_ENV:
+        if (
+            var.upper().startswith(ENV_PREFIX)
+            and name not in known
+            and var.upper() not in (CONFIG_ENV, PASSWORD_ENV)
+        ):
             # Only near misses: other PROXIMITY_* variables (PROXIMITY_NUMBA_CACHE) are fine.
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
             if close:
@@ -327,6 +372,45 @@ def resolve_settings(
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Build :class:`Settings`; ``overrides`` (command-line flags) that are None are ignored."""
     return resolve_settings(config, overrides).settings
+
+
+def broker_access(settings: Settings) -> Access:
+    """The engine's account and TLS files at the broker: the password from
+    ``broker_password_file`` (its first line) or else the environment
+    (``PROXIMITY_BROKER_PASSWORD``); ConfigError when a file cannot be read or the settings
+    do not fit together."""
+    password = ""
+    if settings.broker_password_file is not None:
+        path = settings.broker_password_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"broker_password_file {path} cannot be read: {exc}") from exc
+        password = lines[0].strip() if lines else ""
+        if not password:
+            raise ConfigError(
+                f"broker_password_file {path} is empty: its first line is the password"
+            )
+    else:
+        password = os.environ.get(PASSWORD_ENV, "")
+    if password and not settings.broker_username:
+        raise ConfigError(
+            "a broker password is given (broker_password_file or"
+            f" {PASSWORD_ENV}) but no broker_username"
+        )
+    if settings.broker_key is not None and settings.broker_cert is None:
+        raise ConfigError("broker_key is set but broker_cert is not: give the certificate too")
+    for name in ("broker_ca", "broker_cert", "broker_key"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name} {path} is not a file")
+    return Access(
+        settings.broker_username,
+        password,
+        settings.broker_ca,
+        settings.broker_cert,
+        settings.broker_key,
+    )
 
 
 def rule_config(settings: Settings) -> RuleConfig:

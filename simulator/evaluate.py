@@ -360,7 +360,10 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
             broker = LocalBroker(work)
             broker.start()
             broker_url = broker.url
-        say(f"broker     {broker_url or 'none: the engine runs in this process (--direct)'}")
+        where = broker_url or "none: the engine runs in this process (--direct)"
+        if broker is not None:
+            where += " (private, loopback, no TLS or accounts: for evaluation only)"
+        say(f"broker     {where}")
         suites: dict[float, tuple[Suite, Schedule]] = {}
         for k, combo in enumerate(combos, start=1):
             settings = {**opts.settings, **combo}

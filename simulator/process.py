@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from ingest.transport import Access, connect, disconnect, make_client, parse_broker_url
 
 #: The first start on a machine compiles the kernels (numba caches them afterwards).
 ENGINE_START_TIMEOUT_S = 180.0
@@ -47,8 +47,11 @@ class EngineProcess:
         log: Path,
         *extra_args: str,
         env: dict[str, str] | None = None,
+        watcher: Access | None = None,
     ) -> None:
+        """``watcher``: the account that reads the engine's status on a secured broker."""
         self.env = env or {}
+        self.watcher = watcher
         self.broker_url = broker_url
         self.db = db
         self.log = log
@@ -65,7 +68,7 @@ class EngineProcess:
     def start(self, timeout: float = ENGINE_START_TIMEOUT_S) -> EngineProcess:
         watcher = make_client("")
         watcher.on_message = self._on_status
-        connect(watcher, parse_broker_url(self.broker_url))
+        connect(watcher, parse_broker_url(self.broker_url), access=self.watcher)
         watcher.subscribe(STATUS_TOPIC, qos=1)
         try:
             with self.log.open("wb") as out:

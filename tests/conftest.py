@@ -15,7 +15,7 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from ingest.transport import Access, connect, disconnect, make_client, parse_broker_url
 from proximity.clock import now as clock_now
 from simulator.broker import BrokerError, LocalBroker, find_mosquitto
 from simulator.process import EngineProcess
@@ -60,17 +60,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-class Listener:
-    """A CIC-side MQTT client that records every message on the topics it subscribes to."""
+class _Answered:
+    """Publishes with QoS 1 and records the broker's answer to each publish (the PUBACK's
+    reason code: 0 taken, 135 not authorised on a secured broker)."""
 
-    def __init__(self, url: str, topics: list[str]) -> None:
+    client: mqtt.Client
+    answers: dict[int, int]
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, p: Any) -> None:
+        self.answers[mid] = int(rc.value) if hasattr(rc, "value") else int(rc)
+
+    def raw(self, topic: str, payload: bytes, retain: bool = False) -> int:
+        """Publish with QoS 1 and wait for the broker's answer; its reason code."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while info.mid not in self.answers and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.answers.pop(info.mid, -1)
+
+
+class Listener(_Answered):
+    """A CIC-side MQTT client that records every message on the topics it subscribes to (and
+    may publish: :meth:`raw`)."""
+
+    def __init__(self, url: str, topics: list[str], access: Access | None = None) -> None:
+        """``access``: the account on a secured broker."""
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.client = make_client("")
+        self.answers = {}
+        self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._ready.set()
-        connect(self.client, parse_broker_url(url))
+        connect(self.client, parse_broker_url(url), access=access)
         self.client.subscribe([(t, 1) for t in topics])
         assert self._ready.wait(WAIT_S), "subscription not acknowledged"
 
@@ -101,17 +125,18 @@ class Listener:
         disconnect(self.client)
 
 
-class Publisher:
-    def __init__(self, url: str) -> None:
+class Publisher(_Answered):
+    """A device-side client (``access``: its account on a secured broker)."""
+
+    def __init__(self, url: str, access: Access | None = None) -> None:
         self.client = make_client("")
-        connect(self.client, parse_broker_url(url))
+        self.answers = {}
+        self.client.on_publish = self._on_publish
+        connect(self.client, parse_broker_url(url), access=access)
 
-    def raw(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(WAIT_S)
-
-    def fix(self, device: str, lat: float, lon: float, acc: float = 5.0, **extra: Any) -> None:
+    def fix(self, device: str, lat: float, lon: float, acc: float = 5.0, **extra: Any) -> int:
         body = {"ts": extra.pop("ts", now()), "lat": lat, "lon": lon, "acc": acc, **extra}
-        self.raw(f"devices/{device}/fix", orjson.dumps(body))
+        return self.raw(f"devices/{device}/fix", orjson.dumps(body))
 
     def close(self) -> None:
         disconnect(self.client)

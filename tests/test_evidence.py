@@ -1,16 +1,53 @@
-"""The evidence record: hash-chained per case, exportable, and any alteration of an export
-(a byte changed, a line removed, two lines swapped) is detected."""
+"""The evidence record: hash-chained and signed per case, exportable, and any alteration of an
+export or of the file is detected: a byte changed, a line removed, two lines swapped, an entry
+edited with every hash after it recomputed, a cut end with a rewritten head line, bodies
+removed without a purge, an anchor forged or beyond the end, another key's signatures."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from storage.evidence import EvidenceLog, verify_lines
+from cic.journal import Journal
+from proximity.errors import ProximityError
+from storage.evidence import (
+    GENESIS,
+    EvidenceLog,
+    canonical,
+    entry_hash,
+    export_message,
+    head_message,
+    sha256,
+    verify_export,
+    verify_lines,
+)
+from storage.signing import EvidenceKey
 from tests.conftest import T0, run_cli
+
+#: The evidence record's schema before entries were signed (no ``sig`` column, a guard that
+#: lets any body be removed).
+OLD_SCHEMA = """
+CREATE TABLE evidence (
+    case_id TEXT NOT NULL, seq INTEGER NOT NULL, t REAL NOT NULL, kind TEXT NOT NULL,
+    body BLOB, body_hash TEXT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL,
+    PRIMARY KEY (case_id, seq)
+);
+CREATE INDEX evidence_by_time ON evidence(kind, t);
+CREATE TRIGGER evidence_no_delete BEFORE DELETE ON evidence
+BEGIN SELECT RAISE(ABORT, 'the evidence record is append-only'); END;
+CREATE TRIGGER evidence_no_rewrite BEFORE UPDATE ON evidence
+WHEN NEW.case_id IS NOT OLD.case_id OR NEW.seq IS NOT OLD.seq OR NEW.t IS NOT OLD.t
+  OR NEW.kind IS NOT OLD.kind OR NEW.body_hash IS NOT OLD.body_hash
+  OR NEW.prev IS NOT OLD.prev OR NEW.hash IS NOT OLD.hash OR NEW.body IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'evidence entries are never rewritten, only purged'); END;
+"""
 
 
 def record(tmp_path: Path) -> EvidenceLog:
@@ -26,17 +63,124 @@ def record(tmp_path: Path) -> EvidenceLog:
     return log
 
 
-def lines_of(log: EvidenceLog, case: str) -> list[bytes]:
-    return b"".join(log.export(case)).splitlines()
+def lines_of(
+    log: EvidenceLog, case: str, anchors: list[dict[str, Any]] | None = None
+) -> list[bytes]:
+    return b"".join(log.export(case, anchors or (), now=T0 + 60)).splitlines()
+
+
+def problems_of(lines: list[bytes], public_key: str | None = None) -> list[tuple[int, str]]:
+    return [(p.line, p.what) for p in verify_lines(lines, public_key)[2]]
+
+
+def rehashed(lines: list[bytes], edit: Callable[[list[dict[str, Any]]], None]) -> list[bytes]:
+    """What whoever can write an export, without the key, can make of it: its entries edited
+    (or removed), then every body hash, the chain and the head line's count and hash
+    recomputed with the module's own functions; the signatures left as they were."""
+    docs = [orjson.loads(x) for x in lines]
+    entries = [d for d in docs if "seq" in d]
+    anchors = [d for d in docs if "anchor" in d]
+    head = docs[-1]["head"]
+    edit(entries)
+    prev = GENESIS
+    for e in entries:
+        if e["body"] is not None:
+            e["body_hash"] = sha256(canonical(e["body"]))
+        e["prev"] = prev
+        e["hash"] = prev = entry_hash(
+            prev, e["case_id"], e["seq"], e["t"], e["kind"], e["body_hash"]
+        )
+    head |= {"count": len(entries), "hash": prev}
+    return [orjson.dumps(d) for d in [*entries, *anchors, {"head": head}]]
+
+
+def resigned(lines: list[bytes], key: EvidenceKey) -> list[bytes]:
+    """What whoever also holds a key can make of an export: every entry and the head line
+    signed again (with ``key``)."""
+    docs = [orjson.loads(x) for x in lines]
+    for d in docs:
+        if "seq" in d:
+            d["sig"] = key.sign(head_message(d["case_id"], d["seq"], d["hash"]))
+    head = docs[-1]["head"]
+    fields = [head[k] for k in ("case_id", "count", "hash", "exported", "anchors")]
+    head |= {"key": key.public_key, "signature": key.sign(export_message(*fields))}
+    return [orjson.dumps(d) for d in docs]
+
+
+def move_third_fix(entries: list[dict[str, Any]]) -> None:
+    entries[2]["body"]["lat"] = 50.86  # about 1 km north
 
 
 def test_an_untouched_export_verifies(tmp_path: Path) -> None:
     log = record(tmp_path)
     lines = lines_of(log, "A")
-    n, head, problems = verify_lines(lines)
+    n, head, problems = verify_lines(lines, log.public_key)
     assert (n, problems) == (6, []) and head == log.head("A")[1]
-    assert orjson.loads(lines[-1]) == {"head": {"case_id": "A", "count": 6, "hash": head}}
+    last = orjson.loads(lines[-1])["head"]
+    assert last.pop("signature")
+    assert last == {
+        "case_id": "A",
+        "count": 6,
+        "hash": head,
+        "anchors": 0,
+        "exported": "2026-11-23T10:01:00.000Z",
+        "key": log.public_key,
+    }
     assert log.head("B")[0] == 5  # each case has its own chain
+
+
+def test_each_write_signs_the_last_entry_of_each_case_it_touched(tmp_path: Path) -> None:
+    log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
+    log.append(
+        [
+            ("A", T0, "fix", {"device": ["tag-1"]}),
+            ("B", T0, "fix", {"device": ["tag-2"]}),
+            ("A", T0 + 1, "fix", {"device": ["tag-1"]}),
+            ("A", T0 + 2, "alarm", {"alarm_id": "x", "state": "open"}),
+        ]
+    )
+    signed = {c: [orjson.loads(x)["sig"] is not None for x in lines_of(log, c)[:-1]] for c in "AB"}
+    assert signed == {"A": [False, False, True], "B": [True]}
+    # The signature of entry 3 vouches for entries 1 and 2 through the chain.
+    assert problems_of(lines_of(log, "A"), log.public_key) == []
+
+
+def test_the_key_is_made_once_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "registry.evidence.sqlite"
+    log = EvidenceLog(path)
+    key = tmp_path / "registry.evidence.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert re.fullmatch(r"[0-9a-f]{64}\n", key.read_text())
+    assert (tmp_path / "registry.evidence.pub").read_text() == log.public_key + "\n"
+    log.close()
+    seed = key.read_text()
+    again = EvidenceLog(path)
+    assert again.public_key == log.public_key and key.read_text() == seed
+    again.close()
+    elsewhere = EvidenceLog(path, tmp_path / "elsewhere.key")
+    assert elsewhere.public_key != log.public_key
+    elsewhere.close()
+
+
+def test_a_key_file_that_holds_no_key_or_cannot_be_read_is_refused_by_name(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "registry.evidence.sqlite"
+    bad = tmp_path / "bad.key"
+    bad.write_text("0123 not a key\n")
+    with pytest.raises(ProximityError, match=f"the evidence key {re.escape(str(bad))} holds no"):
+        EvidenceLog(path, bad)
+    unreadable = tmp_path / "folder.key"
+    unreadable.mkdir()
+    with pytest.raises(
+        ProximityError, match=f"cannot read the evidence key {re.escape(str(unreadable))}"
+    ):
+        EvidenceLog(path, unreadable)
+    with pytest.raises(
+        ProximityError, match=f"no evidence key at {re.escape(str(tmp_path / 'none.key'))}"
+    ):
+        EvidenceLog(path, tmp_path / "none.key", create_key=False)
+    assert not (tmp_path / "none.key").exists()
 
 
 def test_a_single_changed_byte_a_removed_line_and_swapped_lines_are_detected(
@@ -68,15 +212,246 @@ def test_the_cli_exports_and_verifies(tmp_path: Path) -> None:
     db = tmp_path / "registry.sqlite"
     exported = run_cli("evidence", "export", "A", "--db", str(db), "--out", str(out))
     assert exported.returncode == 0, exported.stderr
-    assert "exported 6 entries" in exported.stdout
+    assert "exported 6 entries and 0 anchor(s)" in exported.stdout
+    # No journal, no anchors: said, and no journal made.
+    assert "no journal at" in exported.stderr and not db.with_suffix(".journal.sqlite").exists()
     ok = run_cli("evidence", "verify", str(out))
     assert ok.returncode == 0 and ok.stdout.startswith("intact: 6 entries")
+    assert "only that the export is consistent" in ok.stdout and "--public-key" in ok.stdout
     data = out.read_bytes()
     out.write_bytes(data.replace(b'"breach"', b'"breaco"', 1))  # a single byte
     bad = run_cli("evidence", "verify", str(out))
     assert bad.returncode == 1 and "ALTERED" in bad.stderr and "A.jsonl:6:" in bad.stdout
     missing = run_cli("evidence", "export", "NOPE", "--db", str(db))
     assert missing.returncode == 2 and "no evidence for case 'NOPE'" in missing.stderr
+
+
+def test_a_signed_export_verifies_with_only_the_file_and_the_public_key(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    anchors = [log.anchor("A", T0 + 10), log.anchor("B", T0 + 10)]
+    log.close()
+    db = tmp_path / "registry.sqlite"
+    journal = Journal(db.with_suffix(".journal.sqlite"))
+    journal.append(
+        [
+            ("anchor-A", "cic/evidence", orjson.dumps(anchors[0])),
+            ("anchor-B", "cic/evidence", orjson.dumps(anchors[1])),
+            ("x", "cic/alarms", b'{"type": "evidence_anchor", "case_id": "A"}'),
+        ],
+        now=T0 + 10,
+    )
+    journal.close()
+    key = run_cli("evidence", "key", "--db", str(db))
+    assert key.returncode == 0, key.stderr
+    public = key.stdout.strip()
+    assert public == (tmp_path / "registry.evidence.pub").read_text().strip()
+    court = tmp_path / "court"
+    court.mkdir()
+    out = court / "A.jsonl"
+    exported = run_cli("evidence", "export", "A", "--db", str(db), "--out", str(out))
+    assert "exported 6 entries and 1 anchor(s) of case A" in exported.stdout, exported.stderr
+    for f in tmp_path.glob("registry.*"):  # the court has none of the engine's files
+        f.unlink()
+    ok = run_cli("evidence", "verify", str(out), "--public-key", public)
+    assert ok.returncode == 0, ok.stdout
+    head = orjson.loads(out.read_bytes().splitlines()[-1])["head"]["hash"]
+    assert ok.stdout == (
+        f"intact: 6 entries, head {head}, 1 anchor(s) agree; signed by the key given, {public}\n"
+    )
+    (court / "deployment.pub").write_text(public + "\n")
+    from_file = run_cli(
+        "evidence", "verify", str(out), "--public-key", str(court / "deployment.pub")
+    )
+    assert from_file.returncode == 0, from_file.stdout
+    other = EvidenceLog(court / "other.evidence.sqlite")
+    other.close()
+    wrong = run_cli("evidence", "verify", str(out), "--public-key", other.public_key)
+    assert wrong.returncode == 1 and "signed by another key" in wrong.stdout
+    nonsense = run_cli("evidence", "verify", str(out), "--public-key", "0123")
+    assert nonsense.returncode == 2 and "neither 64 hex digits nor a file" in nonsense.stderr
+    no_key = run_cli("evidence", "key", "--db", str(db))
+    assert no_key.returncode == 2 and "no evidence key at" in no_key.stderr
+
+
+def test_an_export_edited_and_fully_rehashed_is_detected(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    lines = lines_of(log, "A")
+    forged = rehashed(lines, move_third_fix)
+    found = problems_of(forged, log.public_key)
+    # The chain itself is flawless; the signatures show the edit, and where it begins.
+    assert not [w for _, w in found if "edited" in w or "follow" in w or "sequence" in w]
+    assert [line for line, _ in found] == [3, 7]
+    assert "its signature does not match it" in found[0][1]
+    assert "the 3 signed entries after it (to line 6)" in found[0][1]
+    assert "the head line's signature does not match it" in found[1][1]
+
+    def unsigned(entries: list[dict[str, Any]]) -> None:
+        move_third_fix(entries)
+        for e in entries[2:]:
+            e["sig"] = None
+
+    stripped = problems_of(rehashed(lines, unsigned), log.public_key)
+    assert stripped[0][0] == 3
+    assert "no signature covers this entry and the 3 after it (to line 6)" in stripped[0][1]
+
+
+def test_a_cut_end_with_a_rewritten_head_line_is_detected(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    lines = lines_of(log, "A")
+
+    def cut(entries: list[dict[str, Any]]) -> None:
+        del entries[4:]  # the alarm and the fix before it
+
+    cut_lines = rehashed(lines, cut)
+    assert orjson.loads(cut_lines[-1])["head"]["count"] == 4
+    assert problems_of(cut_lines, log.public_key) == [
+        (
+            5,
+            "the head line's signature does not match it: the head line was rewritten (to hide"
+            " a cut end, or entries changed and re-hashed to the end)",
+        )
+    ]
+    head = orjson.loads(cut_lines[-1])
+    del head["head"]["signature"]
+    found = problems_of([*cut_lines[:-1], orjson.dumps(head)], log.public_key)
+    assert [(line, "the head line is not signed" in w) for line, w in found] == [(5, True)]
+
+
+def test_bodies_removed_in_the_file_without_a_purge_are_detected(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    assert log.purge(T0 + 2.5, keep_cases=set(), now=T0 + 100)["A"] == 3  # fixes 1-3
+    log.close()
+    path = tmp_path / "registry.evidence.sqlite"
+    db = sqlite3.connect(path)
+    blank_alarms = "UPDATE evidence SET body=NULL WHERE kind='alarm'"
+    with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+        db.execute(blank_alarms)
+    db.execute("DROP TRIGGER evidence_no_rewrite")  # whoever can write the file can do this
+    db.execute(blank_alarms)
+    db.execute("UPDATE evidence SET body=NULL WHERE case_id='A' AND seq=4")  # t after the cutoff
+    db.commit()
+    db.close()
+    log = EvidenceLog(path)  # opening the record gives it its guard again
+    found = problems_of(lines_of(log, "A"), log.public_key)
+    assert [line for line, _ in found] == [4, 6]
+    assert "the body of this fix entry was removed, and no purge entry after it" in found[0][1]
+    assert "the body of this alarm entry was removed; retention removes only" in found[1][1]
+    log.close()
+    db = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+        db.execute(blank_alarms)
+    db.close()
+
+
+def test_anchors_show_a_cut_end_and_an_edit_even_to_whoever_holds_the_key(
+    tmp_path: Path,
+) -> None:
+    log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
+    anchors = []
+    for k in range(6):
+        log.append([("A", T0 + k, "fix", {"device": ["tag-1"], "lat": [50.85 + k * 1e-4]})])
+        anchors.append(log.anchor("A", T0 + k + 0.5))  # anchor k holds k + 1 entries
+    other_case = log.anchor("B", T0 + 9)
+    lines = lines_of(log, "A", [*anchors, other_case])
+    found = verify_export(lines, log.public_key)
+    assert (found.problems, found.anchors) == ([], 6)  # the other case's anchor is left out
+    key = EvidenceKey.load(log.key_path)
+
+    def cut(entries: list[dict[str, Any]]) -> None:
+        del entries[4:]
+
+    cut_found = problems_of(resigned(rehashed(lines, cut), key), log.public_key)
+    assert [line for line, _ in cut_found] == [9, 10]  # the anchors of 5 and 6 entries
+    assert cut_found[0][1] == (
+        "the anchor of 2026-11-23T10:00:04.500Z shows that the record then held 5 entries;"
+        " the export holds 4: entries were cut off its end"
+    )
+    edit_found = problems_of(resigned(rehashed(lines, move_third_fix), key), log.public_key)
+    assert [line for line, _ in edit_found] == [9, 10, 11, 12]  # the anchors of 3 to 6
+    assert edit_found[0][1] == (
+        "entry 3 (line 3) is not the one the anchor of 2026-11-23T10:00:02.500Z recorded: it,"
+        " or an entry before it, was changed after the anchor was made"
+    )
+
+
+def test_a_forged_or_altered_anchor_is_detected(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    anchor = log.anchor("A", T0 + 10)
+    altered = anchor | {"count": 5, "hash": orjson.loads(lines_of(log, "A")[4])["hash"]}
+    other = EvidenceLog(tmp_path / "other.evidence.sqlite")
+    other.append([("A", T0, "fix", {"device": ["tag-1"]})])
+    forged = other.anchor("A", T0 + 10)
+    found = problems_of(lines_of(log, "A", [anchor, altered, forged]), log.public_key)
+    assert [line for line, _ in found] == [8, 9]
+    assert (
+        "the anchor's signature does not match it: the anchor was forged or altered"
+        in (found[0][1])
+    )
+    assert f"the anchor is signed by another key ({other.public_key})" in found[1][1]
+
+
+def test_an_export_signed_with_another_key_fails_against_the_deployments(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    lines = lines_of(log, "A")
+    other = EvidenceLog(tmp_path / "other.evidence.sqlite")
+    # A record rebuilt and signed with a key of one's own is consistent with that key ...
+    rebuilt = resigned(rehashed(lines, move_third_fix), EvidenceKey.load(other.key_path))
+    assert problems_of(rebuilt) == []
+    assert verify_export(rebuilt).key == other.public_key
+    # ... and shows as what it is against the deployment's key.
+    assert problems_of(rebuilt, log.public_key) == [
+        (7, f"signed by another key ({other.public_key}), not by the key given ({log.public_key})")
+    ]
+    assert verify_export(lines, log.public_key).key_given
+    assert not verify_export(rebuilt, log.public_key).key_given
+
+
+def test_an_export_without_signatures_is_reported_as_unsigned(tmp_path: Path) -> None:
+    # As exports were before the record was signed: no sig, a head line of three fields.
+    lines = lines_of(record(tmp_path), "A")
+    docs = [orjson.loads(x) for x in lines]
+    for d in docs[:-1]:
+        del d["sig"]
+    docs[-1]["head"] = {k: docs[-1]["head"][k] for k in ("case_id", "count", "hash")}
+    old = [orjson.dumps(d) for d in docs]
+    found = verify_export(old)
+    assert not found.signed and found.key is None
+    assert [(p.line, p.what.split(":")[0]) for p in found.problems] == [
+        (
+            7,
+            "the export carries no signature (made before the evidence record was signed,"
+            " or its signatures were removed)",
+        )
+    ]
+
+
+def test_a_record_of_an_older_version_opens_and_is_signed_from_then_on(tmp_path: Path) -> None:
+    path = tmp_path / "registry.evidence.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    prev = GENESIS
+    for seq in (1, 2, 3):
+        data = canonical({"device": ["tag-1"], "lat": [50.85 + seq * 1e-4]})
+        h = entry_hash(prev, "A", seq, T0 + seq, "fix", sha256(data))
+        db.execute(
+            "INSERT INTO evidence VALUES (?, ?, ?, 'fix', ?, ?, ?, ?)",
+            ("A", seq, T0 + seq, data, sha256(data), prev, h),
+        )
+        prev = h
+    db.commit()
+    db.close()
+    log = EvidenceLog(path)
+    found = problems_of(lines_of(log, "A"), log.public_key)
+    assert [line for line, _ in found] == [1]
+    assert "no signature covers this entry and the 2 after it" in found[0][1]
+    log.append([("A", T0 + 9, "alarm", {"alarm_id": "x", "state": "open"})])
+    assert problems_of(lines_of(log, "A"), log.public_key) == []  # entry 4 vouches for 1-3
+    log.close()
+    db = sqlite3.connect(path)
+    with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+        # The old guard knew no signatures: it would let one be added to a purged fix.
+        db.execute("UPDATE evidence SET body=NULL, sig='00' WHERE seq=3")
+    db.close()
 
 
 def test_retention_removes_old_fixes_but_keeps_the_chain_and_records_the_purge(
@@ -86,7 +461,7 @@ def test_retention_removes_old_fixes_but_keeps_the_chain_and_records_the_purge(
     removed = log.purge(T0 + 2.5, keep_cases={"B"}, now=T0 + 100)  # B has an open alarm
     assert removed == {"A": 3}
     lines = lines_of(log, "A")
-    n, _, problems = verify_lines(lines)
+    n, _, problems = verify_lines(lines, log.public_key)
     assert (n, problems) == (7, [])
     entries = [orjson.loads(x) for x in lines[:-1]]
     assert [e["body"] is None for e in entries[:5]] == [True, True, True, False, False]
@@ -101,8 +476,14 @@ def test_the_record_is_append_only(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "registry.evidence.sqlite")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         db.execute("DELETE FROM evidence WHERE case_id='A' AND seq=2")
-    with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
-        db.execute("UPDATE evidence SET body=X'7B7D' WHERE case_id='A' AND seq=2")
+    for rewrite in (
+        "UPDATE evidence SET body=X'7B7D' WHERE case_id='A' AND seq=2",
+        # A purge may remove a fix's body, never its signature with it.
+        "UPDATE evidence SET body=NULL, sig=NULL WHERE case_id='A' AND seq=2",
+        "UPDATE evidence SET body=NULL WHERE kind='alarm'",  # only fix bodies are purged
+    ):
+        with pytest.raises(sqlite3.DatabaseError, match="never rewritten"):
+            db.execute(rewrite)
     db.close()
 
 
@@ -175,5 +556,5 @@ def test_a_purge_the_file_refuses_removes_nothing_and_can_be_done_later(tmp_path
     assert all(e["body"] is not None for e in entries) and entries[-1]["kind"] != "purge"
     log._db.execute("DROP TRIGGER refuse")  # the disk is back
     assert log.purge(T0 + 2.5, keep_cases=set(), now=T0 + 100)["A"] == 3
-    n, _, problems = verify_lines(lines_of(log, "A"))
+    n, _, problems = verify_lines(lines_of(log, "A"), log.public_key)
     assert (n, problems) == (7, [])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import doctest
+from pathlib import Path
 
 import pytest
 
@@ -8,6 +9,8 @@ import ingest.transport
 from cli.main import main
 from ingest.model import IngestError
 from ingest.transport import BrokerAddress, parse_broker_url
+from proximity.errors import ConfigError
+from service.settings import broker_access, load_settings
 
 
 @pytest.mark.parametrize(
@@ -19,6 +22,8 @@ from ingest.transport import BrokerAddress, parse_broker_url
         ("MQTT://Localhost:1884", BrokerAddress("localhost", 1884)),
         ("tcp://10.0.0.5:1883", BrokerAddress("10.0.0.5", 1883)),
         ("  mqtt://[::1]:1883 ", BrokerAddress("::1", 1883)),
+        ("mqtts://broker.example", BrokerAddress("broker.example", 8883, tls=True)),
+        ("ssl://10.0.0.5:18883", BrokerAddress("10.0.0.5", 18883, tls=True)),
     ],
 )
 def test_broker_urls_with_a_scheme_are_accepted(url: str, address: BrokerAddress) -> None:
@@ -32,8 +37,7 @@ def test_broker_urls_with_a_scheme_are_accepted(url: str, address: BrokerAddress
         ("localhost", "has no scheme"),
         ("localhost:1883", "has no scheme"),
         ("http://example", "scheme 'http' is not supported"),
-        ("mqtts://example:8883", "scheme 'mqtts' is not supported"),
-        ("mqtt://user:secret@example", "a user name or password in the URL is not supported"),
+        ("wss://example:8883", "scheme 'wss' is not supported"),
         ("mqtt://example:1883/fixes", "has a path or query"),
         ("mqtt://example:99999", "the port must be a number 1-65535"),
         ("mqtt://:1883", "names no host"),
@@ -46,6 +50,39 @@ def test_other_broker_urls_are_refused_showing_the_accepted_forms(url: str, prob
     assert message.startswith(f"broker URL {url!r}")
     assert problem in message
     assert "mqtt://HOST:PORT or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883" in message
+
+
+def test_credentials_in_a_broker_url_are_refused_without_showing_the_password() -> None:
+    # A URL is shown on command lines and in logs: the secret goes in a file or the
+    # environment, the user name in its own setting.
+    with pytest.raises(IngestError) as info:
+        parse_broker_url("mqtts://engine:s3cret@broker.example")
+    message = str(info.value)
+    assert "s3cret" not in message and "engine:***@broker.example" in message
+    assert "broker_username" in message and "PROXIMITY_BROKER_PASSWORD" in message
+
+
+def test_the_engines_password_comes_from_a_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROXIMITY_BROKER_PASSWORD", raising=False)
+    secret = tmp_path / "engine.password"
+    secret.write_text("from-the-file\n")
+    settings = load_settings(None, broker_username="proximity-engine", broker_password_file=secret)
+    access = broker_access(settings)
+    assert (access.username, access.password) == ("proximity-engine", "from-the-file")
+    assert "from-the-file" not in repr(access) and "from-the-file" not in str(access)
+    monkeypatch.setenv("PROXIMITY_BROKER_PASSWORD", "from-the-environment")
+    assert (
+        broker_access(load_settings(None, broker_username="e")).password == "from-the-environment"
+    )
+    with pytest.raises(ConfigError, match="no broker_username"):
+        broker_access(load_settings(None))
+    secret.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        broker_access(load_settings(None, broker_username="e", broker_password_file=secret))
+    with pytest.raises(ConfigError, match=r"broker_ca .* is not a file"):
+        broker_access(load_settings(None, broker_username="e", broker_ca=tmp_path / "missing.crt"))
 
 
 def test_the_docstring_examples_hold() -> None:

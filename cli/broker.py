@@ -1,0 +1,189 @@
+"""``proximity broker config``: the broker's TLS listener, accounts and ACL, from the registry
+(:mod:`service.broker`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from proximity.errors import ConfigError
+from service.broker import DEFAULT_HOSTS, DEFAULT_PORT, Tls, Topics, write_config
+from service.settings import OUT_SUFFIX, Settings
+from storage.registry import Registry
+
+#: The engine's account when the settings name none.
+ENGINE_ACCOUNT = "proximity-engine"
+
+EPILOG = """\
+Examples:
+  proximity broker config --db registry.sqlite --out /etc/mosquitto/proximity \\
+      --host broker.example.org --cic desk-1 --cic desk-2
+  mosquitto -c /etc/mosquitto/proximity/mosquitto.conf
+  # after 'proximity cases import' or 'cases remove': the same command again, then
+  kill -HUP "$(pidof mosquitto)"
+"""
+
+
+def add_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], wrap: Callable[[str], str]
+) -> argparse.ArgumentParser:
+    """The ``broker`` command; returns its ``config`` action's parser, for the setting flags
+    (``wrap`` wraps a description)."""
+    broker = sub.add_parser(
+        "broker",
+        help="make the MQTT broker's security (TLS, accounts, ACL) from the registry",
+        description=wrap(
+            "Mosquitto's own password file and ACL, with a TLS listener, made from the cases"
+            " in the registry: one account per device, per CIC desk and for the engine; a"
+            " device may publish only its own fixes and events and read only its own notices"
+            " and commands; a desk reads the alarms and acknowledges them only on"
+            " cic/acks/<desk>, so the engine records the account the broker authenticated."
+        ),
+    )
+    b_sub = broker.add_subparsers(dest="broker_command", required=True, metavar="ACTION")
+    conf = b_sub.add_parser(
+        "config",
+        help="write mosquitto.conf, certificates, passwd, acl and the accounts into DIR",
+        description=wrap(
+            "Writes DIR/mosquitto.conf (TLS listener, no anonymous access), a private CA and"
+            " the broker's certificate (kept on later runs; or --server-cert/--server-key/--ca"
+            " for your own), DIR/passwd and DIR/acl (Mosquitto's formats), DIR/accounts.json"
+            " (every account's password, readable by its owner only: hand each to its device,"
+            " desk or engine) and DIR/engine.password. Run it again whenever the cases change:"
+            " passwords of accounts that remain are kept, new devices get accounts, removed"
+            " ones lose theirs; desks are kept until --drop-cic."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conf.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write")
+    conf.add_argument(
+        "--cic",
+        action="append",
+        default=[],
+        metavar="DESK",
+        help="a CIC operator desk's account (repeat for each; kept on later runs)",
+    )
+    conf.add_argument(
+        "--drop-cic", action="append", default=[], metavar="DESK", help="remove a desk's account"
+    )
+    conf.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name or address clients use for the broker, for its certificate (repeat;"
+        f" {', '.join(DEFAULT_HOSTS)} are always included)",
+    )
+    conf.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, metavar="N", help="TLS port (default: 8883)"
+    )
+    conf.add_argument(
+        "--bind", default="", metavar="ADDRESS", help="listen on this address only (default: all)"
+    )
+    conf.add_argument(
+        "--persistence",
+        type=Path,
+        metavar="DIR",
+        help="where Mosquitto keeps sessions and queued messages (default: DIR/data)",
+    )
+    conf.add_argument(
+        "--server-cert", type=Path, metavar="FILE", help="your own broker certificate"
+    )
+    conf.add_argument("--server-key", type=Path, metavar="FILE", help="its private key")
+    conf.add_argument("--ca", type=Path, metavar="FILE", help="the CA that signed it")
+    conf.add_argument(
+        "--broker-user",
+        metavar="USER",
+        help="the user Mosquitto runs as (it drops to it when started as root): the files it"
+        " reads are made readable by that user's group, the persistence folder its own"
+        " (default: mosquitto when this command runs as root and that user exists; none"
+        " otherwise)",
+    )
+    return conf
+
+
+def _default_broker_user() -> str | None:
+    """``mosquitto`` when running as root and that user exists (Debian's package makes it)."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    return "mosquitto"
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """``proximity broker config``: write the files, say what changed and what to run."""
+    own = (args.server_cert, args.server_key, args.ca)
+    if any(own) and not all(own):
+        raise ConfigError("--server-cert, --server-key and --ca go together: give all three")
+    own_tls = None
+    if all(own):
+        for p in own:
+            if not p.is_file():
+                raise ConfigError(f"{p} is not a file")
+        own_tls = Tls(
+            args.ca.resolve(), args.server_cert.resolve(), args.server_key.resolve(), False
+        )
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, got {args.port}")
+    if not settings.db.exists():
+        raise ConfigError(
+            f"no registry at {settings.db}: import cases with 'proximity cases import'"
+        )
+    with Registry(settings.db) as registry:
+        cases, devices = registry.cases(), registry.devices()
+    engine = settings.broker_username or ENGINE_ACCOUNT
+    hosts = list(dict.fromkeys([*args.host, *DEFAULT_HOSTS]))
+    made = write_config(
+        args.out,
+        cases,
+        devices,
+        desks=args.cic,
+        drop_desks=args.drop_cic,
+        engine=engine,
+        topics=Topics(
+            settings.alarm_topic,
+            settings.cap_topic,
+            settings.anchor_topic,
+            settings.status_topic,
+            settings.rejected_topic,
+        ),
+        hosts=hosts,
+        port=args.port,
+        bind=args.bind,
+        persistence=args.persistence,
+        own_tls=own_tls,
+        source=str(settings.db),
+        broker_user=args.broker_user if args.broker_user else _default_broker_user(),
+    )
+    out = args.out.resolve()
+    for note in made.notes:
+        print(note)
+    roles = [a.role for a in made.accounts]
+    print(
+        f"wrote {out}/mosquitto.conf, passwd, acl and accounts.json: {len(made.accounts)}"
+        f" accounts ({roles.count('device')} devices, {roles.count('cic')} CIC desk(s), the"
+        f" engine's {engine} and {engine}{OUT_SUFFIX})"
+    )
+    if made.added:
+        print(f"new accounts: {', '.join(made.added)}")
+    if made.removed:
+        print(f"removed accounts: {', '.join(made.removed)}")
+    ca = own_tls.ca if own_tls is not None else out / "ca.crt"
+    host = hosts[0]
+    print(
+        f"broker: mosquitto -c {out}/mosquitto.conf (a running one: kill -HUP it)\n"
+        f"engine: proximity run --broker mqtts://{host}:{args.port} --broker-ca {ca}"
+        f" --broker-username {engine} --broker-password-file {out}/engine.password"
+        f" --db {settings.db}",
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,484 @@
+"""Broker security made from the registry: ``proximity broker config --db PATH --out DIR``.
+
+Mosquitto is the mechanism (its own password file and ACL file); this module only writes
+them, with a TLS listener, from the cases the registry holds, and is run again whenever the
+cases change (the broker then reloads them on SIGHUP). What it writes in ``DIR``:
+
+- ``mosquitto.conf``: a TLS listener, no anonymous access, ``use_username_as_clientid`` (no
+  client can take another's client id, so none can push the engine's session off the
+  broker), the password and ACL files, persistence as in ``deploy/mosquitto.conf``;
+- ``ca.crt`` / ``ca.key`` and ``server.crt`` / ``server.key``: a private CA made for the
+  deployment and the broker's certificate signed by it, for the host names given (or the
+  operator's own certificate files, named with ``--server-cert``/``--server-key``/``--ca``);
+- ``passwd``: Mosquitto's password file (PBKDF2-SHA512, ``$7$``, as ``mosquitto_passwd``
+  writes it), ``acl``: Mosquitto's ACL file;
+- ``accounts.json`` (mode 0600): every account's name, role and password, for handing to the
+  device, desk or engine it belongs to; ``engine.password``: the engine's, for its
+  ``broker_password_file``.
+
+Accounts (:func:`plan_accounts`): one per device (its device id), one per CIC operator desk
+(``--cic NAME``), and two for the engine: its intake (``broker_username``, reading) and its
+publishing client (the same name with ``-out``, writing). What each may do:
+
+- a device publishes only its own fixes and events (``devices/<id>/fix``, ``.../event``, and
+  its OwnTracks topics) and reads only its own notices and commands;
+- the engine's intake reads the device topics and ``cic/acks/+``; its publishing client
+  writes the alarms (``cic/alarms/#``), the evidence anchors, ``proximity/#`` and the
+  devices' notices and commands;
+- a desk reads the alarms, the anchors and the engine's status, and writes acknowledgements
+  only on ``cic/acks/<desk>``: the engine records that account as the operator.
+
+A rerun keeps what it can: the CA and the server certificate (re-issued only when the host
+names change), and the passwords of the accounts that remain; new accounts get new
+passwords, and the accounts of devices no longer in any case are gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from proximity.cases import Case, Device
+from proximity.errors import ConfigError
+from service.settings import OUT_SUFFIX
+
+#: Mosquitto's password hash: PBKDF2 with SHA-512, its default iteration count and salt size.
+PBKDF2_ITERATIONS = 101
+SALT_BYTES = 12
+PASSWORD_BYTES = 24
+DEFAULT_PORT = 8883
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+CA_DAYS = 3650
+SERVER_DAYS = 825
+ROLES = ("engine", "engine_out", "cic", "device")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The topics the engine uses (its settings), for the ACL."""
+
+    alarms: str = "cic/alarms"
+    cap: str = "cic/alarms/cap"
+    anchors: str = "cic/evidence"
+    status: str = "proximity/status"
+    rejected: str = "proximity/rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One broker account: its name, role, and what it may read and write."""
+
+    name: str
+    role: str
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+
+
+def _account_problem(name: str) -> str | None:
+    if not name or name != name.strip():
+        return "is empty or has spaces around it"
+    if any(c in name for c in "/+#:") or any(c.isspace() or ord(c) < 32 for c in name):
+        return "holds a character a broker account cannot have (/, +, #, :, a space)"
+    return None
+
+
+def _tree(topic: str) -> str:
+    """``topic`` and everything under it (``#`` also matches its parent level)."""
+    return topic.rstrip("/") + "/#"
+
+
+def plan_accounts(
+    cases: Sequence[Case],
+    devices: Iterable[Device],
+    desks: Iterable[str],
+    engine: str = "proximity-engine",
+    topics: Topics = Topics(),
+) -> list[Account]:
+    """Every account and its rights, from the registry's cases and device descriptions, the
+    CIC desks and the engine's account name; ConfigError names what cannot be an account."""
+    info = {d.id: d.info for d in devices}
+    device_ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
+    desks = sorted(set(desks))
+    engine_out = engine + OUT_SUFFIX
+    problems = []
+    names: dict[str, str] = {}
+    for name, what in (
+        (engine, "the engine's account"),
+        (engine_out, "the engine's publishing account"),
+        *((d, f"CIC desk {d!r}") for d in desks),
+        *((d, f"device {d!r}") for d in device_ids),
+    ):
+        problem = _account_problem(name)
+        if problem is not None:
+            problems.append(f"{what} {problem}")
+        elif name in names:
+            problems.append(f"{what} has the name of {names[name]}: rename one")
+        else:
+            names[name] = what
+    if problems:
+        raise ConfigError(
+            "cannot make the broker accounts: " + "; ".join(problems),
+        )
+    owntracks = []
+    accounts = []
+    for dev in device_ids:
+        read = [f"devices/{dev}/notice", f"devices/{dev}/cmd"]
+        write = [f"devices/{dev}/fix", f"devices/{dev}/event"]
+        ot = info.get(dev, {}).get("owntracks")
+        if isinstance(ot, dict) and isinstance(ot.get("user"), str):
+            base = f"owntracks/{ot['user']}/{ot['device']}"
+            write += [base, f"{base}/event"]
+            read.append(f"{base}/cmd")
+            owntracks.append(base)
+        accounts.append(Account(dev, "device", tuple(read), tuple(write)))
+    engine_reads = ("devices/+/fix", "devices/+/event", "owntracks/+/+", "owntracks/+/+/event")
+    head = [
+        Account(engine, "engine", (*engine_reads, "cic/acks/+"), ()),
+        Account(
+            engine_out,
+            "engine_out",
+            (),
+            (
+                _tree(topics.alarms),
+                *((_tree(topics.cap),) if topics.cap else ()),
+                topics.anchors,
+                topics.status,
+                topics.rejected,
+                "proximity/#",
+                "devices/+/notice",
+                "devices/+/cmd",
+                "owntracks/+/+/cmd",
+            ),
+        ),
+    ]
+    for desk in desks:
+        reads = [_tree(topics.alarms), topics.anchors, topics.status]
+        if topics.cap:
+            reads.insert(1, _tree(topics.cap))
+        head.append(Account(desk, "cic", tuple(reads), (f"cic/acks/{desk}",)))
+    return head + accounts
+
+
+def acl_text(accounts: Sequence[Account], source: str) -> str:
+    """Mosquitto's ACL file for ``accounts`` (nothing is allowed that is not listed)."""
+    lines = [
+        f"# Mosquitto ACL made by 'proximity broker config' from {source}.",
+        "# Made again whenever the cases change; edits here are lost.",
+        "",
+    ]
+    for a in accounts:
+        lines.append(f"# {a.role}")
+        lines.append(f"user {a.name}")
+        lines += [f"topic read {t}" for t in dict.fromkeys(a.read)]
+        lines += [f"topic write {t}" for t in dict.fromkeys(a.write)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def password_hash(password: str, salt: bytes | None = None) -> str:
+    """``password`` as Mosquitto's password file holds it: ``$7$ITERATIONS$SALT$HASH``
+    (PBKDF2-HMAC-SHA512, base64), the form ``mosquitto_passwd`` writes."""
+    salt = salt if salt is not None else secrets.token_bytes(SALT_BYTES)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    b64 = base64.b64encode
+    return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _write(path: Path, text: str | bytes, private: bool = False, group: int = -1) -> None:
+    """Write ``path`` whole (through a temporary file, so the broker never reads half of it);
+    ``private``: readable by its owner only, or also by ``group`` (the broker's) if given."""
+    tmp = path.with_name(path.name + ".tmp")
+    data = text.encode() if isinstance(text, str) else text
+    mode = (0o640 if group >= 0 else 0o600) if private else 0o644
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    if group >= 0:
+        os.chown(tmp, -1, group)
+    os.replace(tmp, path)
+
+
+def broker_ids(user: str | None) -> tuple[int, int]:
+    """The user and group ids of ``user``, the account Mosquitto drops to when started as root
+    (``mosquitto`` on Debian); ``(-1, -1)`` for None. ConfigError if there is no such user."""
+    if user is None:
+        return -1, -1
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError as exc:
+        raise ConfigError(f"there is no user {user!r} for the broker to run as") from exc
+    return entry.pw_uid, entry.pw_gid
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """The TLS files of the listener: made here, or the operator's own."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    made: bool
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "proximity-engine deployment"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
+
+
+def _alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    names: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    return names
+
+
+def _cert_hosts(path: Path) -> set[str]:
+    """The host names and addresses a certificate names (empty when unreadable)."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return set()
+    return {str(v) for v in san.get_values_for_type(x509.DNSName)} | {
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    }
+
+
+def make_tls(
+    out: Path, hosts: Sequence[str], now: dt.datetime, group: int = -1
+) -> tuple[Tls, list[str]]:
+    """The deployment's private CA (kept once made) and the broker's certificate for
+    ``hosts`` (re-issued when they change), in ``out``; what was made, in words. The
+    server's key is readable by ``group`` too (the broker's), the CA's key by no one else."""
+    ca_crt, ca_key, crt, key = (out / n for n in ("ca.crt", "ca.key", "server.crt", "server.key"))
+    done = []
+    pem = serialization.Encoding.PEM
+    private = serialization.PrivateFormat.PKCS8
+
+    def key_bytes(k: ec.EllipticCurvePrivateKey) -> bytes:
+        return k.private_bytes(pem, private, serialization.NoEncryption())
+
+    if ca_crt.exists() and ca_key.exists():
+        ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+        ca_cert = x509.load_pem_x509_certificate(ca_crt.read_bytes())
+        if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{ca_key} is not the EC key this command makes")
+    else:
+        ca_private = ec.generate_private_key(ec.SECP256R1())
+        subject = _name("proximity-engine private CA")
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(ca_private.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(ca_private, hashes.SHA256())
+        )
+        _write(ca_key, key_bytes(ca_private), private=True)
+        _write(ca_crt, ca_cert.public_bytes(pem))
+        done.append(f"made a private CA: {ca_crt} (give it to every client; keep {ca_key} safe)")
+    if not (crt.exists() and key.exists()) or _cert_hosts(crt) != set(_canonical(hosts)):
+        server_private = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(hosts[0]))
+            .issuer_name(ca_cert.subject)
+            .public_key(server_private.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+            .add_extension(
+                x509.SubjectAlternativeName(_alt_names(hosts)),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_private, hashes.SHA256())
+        )
+        _write(key, key_bytes(server_private), private=True, group=group)
+        _write(crt, cert.public_bytes(pem))
+        done.append(f"made the broker's certificate {crt} for {', '.join(hosts)}")
+    elif group >= 0:  # kept: readable by the broker as the files made with it
+        os.chmod(key, 0o640)
+        os.chown(key, -1, group)
+    return Tls(ca_crt, crt, key, made=True), done
+
+
+def _canonical(hosts: Sequence[str]) -> list[str]:
+    """Host names as a certificate lists them (addresses in their compressed form)."""
+    out = []
+    for h in hosts:
+        try:
+            out.append(str(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(h)
+    return out
+
+
+def conf_text(port: int, bind: str, tls: Tls, out: Path, persistence: Path, source: str) -> str:
+    """Mosquitto's configuration for the deployment."""
+    return "\n".join(
+        [
+            "# Mosquitto for a proximity-engine deployment, made by 'proximity broker config'",
+            f"# from {source}. Made again whenever the cases change (then: kill -HUP the",
+            "# broker); edits here are lost. What each setting is for: docs/security.md.",
+            "per_listener_settings false",
+            f"listener {port}" + (f" {bind}" if bind else ""),
+            f"cafile {tls.ca}",
+            f"certfile {tls.cert}",
+            f"keyfile {tls.key}",
+            "# Every client has an account; none connects without one.",
+            "allow_anonymous false",
+            f"password_file {out / 'passwd'}",
+            f"acl_file {out / 'acl'}",
+            "# The client id is the account: no client can take another's (and its session).",
+            "use_username_as_clientid true",
+            "# Sessions and queued QoS 1 messages survive a broker crash (deploy/mosquitto.conf).",
+            "persistence true",
+            f"persistence_location {persistence}/",
+            "autosave_on_changes true",
+            "autosave_interval 1",
+            "max_queued_messages 0",
+            "max_inflight_messages 1000",
+            "set_tcp_nodelay true",
+            "",
+        ]
+    )
+
+
+def _previous(path: Path) -> dict[str, dict[str, str]]:
+    """The accounts of an earlier run (name -> its entry), to keep their passwords."""
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return {a["account"]: a for a in doc["accounts"] if isinstance(a.get("password"), str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"{path} (the accounts of an earlier run) cannot be read: {exc}; move it away to"
+            " make every account anew (every device then needs its new password)"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """What :func:`write_config` made: the accounts, and what changed, in words."""
+
+    accounts: list[Account]
+    added: list[str]
+    removed: list[str]
+    notes: list[str]
+
+
+def write_config(
+    out: Path,
+    cases: Sequence[Case],
+    devices: Iterable[Device],
+    *,
+    desks: Iterable[str] = (),
+    drop_desks: Iterable[str] = (),
+    engine: str = "proximity-engine",
+    topics: Topics = Topics(),
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    port: int = DEFAULT_PORT,
+    bind: str = "",
+    persistence: Path | None = None,
+    own_tls: Tls | None = None,
+    source: str = "the registry",
+    now: dt.datetime | None = None,
+    broker_user: str | None = None,
+) -> Made:
+    """Write the broker's configuration, certificates, password and ACL files into ``out``
+    (see the module's docstring); desks of an earlier run are kept unless in ``drop_desks``.
+    ``broker_user``: the user Mosquitto runs as (it drops to it when started as root): the
+    files it reads are made readable by its group, its persistence folder its own."""
+    uid, gid = broker_ids(broker_user)
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    accounts_file = out / "accounts.json"
+    before = _previous(accounts_file)
+    dropped = set(drop_desks)
+    kept_desks = {n for n, a in before.items() if a.get("role") == "cic"} - dropped
+    accounts = plan_accounts(cases, devices, kept_desks | set(desks), engine, topics)
+    notes: list[str] = []
+    if own_tls is None:
+        tls, made = make_tls(out, list(hosts), now or dt.datetime.now(dt.UTC), gid)
+        notes += made
+    else:
+        tls = own_tls
+    engine_password = before.get(engine, {}).get("password") or secrets.token_urlsafe(
+        PASSWORD_BYTES
+    )
+    passwords = {}
+    for a in accounts:
+        if a.role in ("engine", "engine_out"):
+            passwords[a.name] = engine_password  # one secret for the engine's two clients
+        else:
+            passwords[a.name] = before.get(a.name, {}).get("password") or secrets.token_urlsafe(
+                PASSWORD_BYTES
+            )
+    names = [a.name for a in accounts]
+    added = [n for n in names if n not in before]
+    removed = sorted(set(before) - set(names))
+    _write(
+        out / "passwd",
+        "".join(f"{a.name}:{password_hash(passwords[a.name])}\n" for a in accounts),
+        private=True,
+        group=gid,
+    )
+    _write(out / "acl", acl_text(accounts, source), private=True, group=gid)
+    doc = {
+        "note": "broker accounts of the deployment: hand each password to its device, desk or"
+        " engine only",
+        "accounts": [
+            {"account": a.name, "role": a.role, "password": passwords[a.name]} for a in accounts
+        ],
+    }
+    _write(accounts_file, json.dumps(doc, indent=1) + "\n", private=True)
+    _write(out / "engine.password", engine_password + "\n", private=True)
+    store = persistence if persistence is not None else out / "data"
+    store.mkdir(parents=True, exist_ok=True)
+    if uid >= 0:
+        os.chown(store, uid, gid)
+    _write(out / "mosquitto.conf", conf_text(port, bind, tls, out, store.resolve(), source))
+    return Made(accounts, added, removed, notes)
