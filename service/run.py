@@ -595,7 +595,10 @@ class EngineService:
         refuses the write leaves them for the next round."""
         anchors = []
         now = self.clock()
-        for case_id in self.evidence.cases():
+        # Every case once (a crash may have left a record's last entries unanchored), then
+        # those written since (the others have not grown).
+        first = not self._anchored
+        for case_id in self.evidence.cases() if first else self.evidence.known():
             count, _ = self.evidence.head(case_id)
             if count and self._anchored.get(case_id) != count:
                 anchors.append(self.evidence.anchor(case_id, now))

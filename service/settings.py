@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -50,7 +51,8 @@ class Settings(BaseSettings):
 
     broker: str = Field(
         "mqtt://127.0.0.1:1883",
-        description="MQTT broker URL: mqtt://HOST:PORT, or mqtt://HOST for port 1883",
+        description="MQTT broker URL: mqtt://HOST:PORT, or mqtt://HOST for port 1883;"
+        " mqtts://HOST[:PORT] for TLS (port 8883)",
     )
     broker_username: str = Field(
         "",
@@ -234,6 +236,18 @@ class ResolvedSettings:
     warnings: tuple[str, ...] = ()
 
 
+def _masked(value: Any) -> Any:
+    """``value`` as an error may show it: a URL's password (refused, but given) as ``***``."""
+    if isinstance(value, str) and "://" in value and "@" in value:
+        try:
+            password = urlsplit(value.strip()).password
+        except ValueError:
+            return value
+        if password:
+            return value.replace(password, "***")
+    return value
+
+
 def _listed(head: str, problems: list[str], tail: str = "") -> str:
     """One problem on the line of ``head``; several on lines of their own."""
     if len(problems) == 1:
@@ -362,8 +376,8 @@ def resolve_settings(
             field = Settings.model_fields.get(name)
             about = f" ({field.description})" if field is not None and field.description else ""
             problems.append(
-                f"{name} = {merged.get(name)!r} from {origins.get(name, Origin('default'))}:"
-                f" {msg}{about}"
+                f"{name} = {_masked(merged.get(name))!r} from"
+                f" {origins.get(name, Origin('default'))}: {msg}{about}"
             )
         raise ConfigError(_listed("invalid settings", problems)) from exc
     return ResolvedSettings(settings, origins, config, tuple(warnings))

@@ -258,6 +258,11 @@ class EvidenceLog:
         self._heads = heads
         return len(rows)
 
+    def known(self) -> list[str]:
+        """The cases whose head this log knows: written, or looked up, since it was opened
+        (without reading the file: :meth:`cases` reads every entry's key)."""
+        return list(self._heads)
+
     def head(self, case_id: str) -> tuple[int, str]:
         """The case's entry count and last hash (``0, GENESIS`` when it has none)."""
         return self._head(case_id)

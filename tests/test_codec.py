@@ -170,6 +170,27 @@ def test_an_acknowledgement_and_a_close() -> None:
     assert isinstance(close, OperatorAction) and (close.action, close.note) == ("close", "why")
 
 
+def test_on_an_accounts_topic_the_operator_is_the_account() -> None:
+    # The broker lets only desk-1 write cic/acks/desk-1: a name the payload claims is kept
+    # beside the account, never instead of it.
+    claimed = decode_any(
+        "cic/acks/desk-1", b'{"alarm_id": "a-1", "operator": "chief", "ts": 1795428000}', NOW
+    )
+    assert isinstance(claimed, OperatorAction) and claimed.operator == "desk-1 (chief)"
+    same = decode_any(
+        "cic/acks/desk-1", b'{"alarm_id": "a-1", "operator": "desk-1", "ts": 1795428000}', NOW
+    )
+    assert isinstance(same, OperatorAction) and same.operator == "desk-1"
+    unnamed = decode_any("cic/acks/desk-1", b'{"alarm_id": "a-1", "ts": 1795428000}', NOW)
+    assert isinstance(unnamed, OperatorAction) and unnamed.operator == "desk-1"
+    # On cic/acks (no accounts) the payload must name the operator.
+    anonymous = decode_any("cic/acks", b'{"alarm_id": "a-1", "ts": 1795428000}', NOW)
+    assert isinstance(anonymous, Rejection) and anonymous.reason == RejectReason.MISSING_FIELD
+    for topic in ("cic/acks/", "cic/acks/desk-1/x"):
+        out = decode_any(topic, b'{"alarm_id": "a-1"}', NOW)
+        assert isinstance(out, Rejection) and out.reason == RejectReason.BAD_TOPIC, topic
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

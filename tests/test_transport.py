@@ -60,6 +60,10 @@ def test_credentials_in_a_broker_url_are_refused_without_showing_the_password() 
     message = str(info.value)
     assert "s3cret" not in message and "engine:***@broker.example" in message
     assert "broker_username" in message and "PROXIMITY_BROKER_PASSWORD" in message
+    # Nor does the settings' error, which shows the value it refuses.
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, broker="mqtts://engine:s3cret@broker.example")
+    assert "s3cret" not in str(refused.value) and "engine:***@" in str(refused.value)
 
 
 def test_the_engines_password_comes_from_a_file_or_the_environment(

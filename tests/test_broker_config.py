@@ -1,0 +1,81 @@
+"""``proximity broker config`` without a broker: the accounts, the ACL, the password hashes
+and the command's refusals (the files themselves are tried against a real Mosquitto in
+tests/test_integration_security.py)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from proximity.cases import Case, Device
+from proximity.errors import ConfigError
+from service.broker import acl_text, password_hash, plan_accounts
+from tests.conftest import import_cases, run_cli
+
+
+def _case(case_id: str, offender: str, protected: str) -> Case:
+    return Case(case_id, (offender,), (protected,), 500.0, 1000.0)
+
+
+def test_a_password_is_hashed_as_mosquitto_passwd_does() -> None:
+    salt = bytes(range(12))
+    hashed = password_hash("s3cret", salt)
+    kind, iterations, salt64, digest64 = hashed.split("$")[1:]
+    assert (kind, iterations, base64.b64decode(salt64)) == ("7", "101", salt)
+    expected = hashlib.pbkdf2_hmac("sha512", b"s3cret", salt, 101)
+    assert base64.b64decode(digest64) == expected
+    assert password_hash("s3cret") != password_hash("s3cret")  # a new salt each time
+
+
+def test_each_device_gets_only_its_own_topics_and_a_desk_only_its_acknowledgements() -> None:
+    cases = [_case("A", "tag-1", "phone-1"), _case("B", "tag-2", "phone-1")]
+    devices = [Device("phone-1", {"owntracks": {"user": "els", "device": "pixel"}})]
+    accounts = {a.name: a for a in plan_accounts(cases, devices, ["desk-1"])}
+    assert set(accounts) == {
+        "proximity-engine", "proximity-engine-out", "desk-1", "tag-1", "tag-2", "phone-1",
+    }  # fmt: skip
+    tag = accounts["tag-1"]
+    assert set(tag.write) == {"devices/tag-1/fix", "devices/tag-1/event"}
+    assert set(tag.read) == {"devices/tag-1/notice", "devices/tag-1/cmd"}
+    phone = accounts["phone-1"]
+    assert {"owntracks/els/pixel", "owntracks/els/pixel/event"} <= set(phone.write)
+    assert accounts["desk-1"].write == ("cic/acks/desk-1",)
+    assert accounts["proximity-engine"].write == ()  # the intake writes nothing
+    assert "cic/acks/+" in accounts["proximity-engine"].read
+    assert accounts["proximity-engine-out"].read == ()
+    acl = acl_text(list(accounts.values()), "registry.sqlite")
+    block = acl.split("user tag-1\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert sorted(block) == sorted(
+        [f"topic read {t}" for t in tag.read] + [f"topic write {t}" for t in tag.write]
+    )
+
+
+def test_names_that_cannot_be_accounts_are_refused_naming_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        plan_accounts([_case("A", "tag 1", "proximity-engine")], [], ["desk:1", "desk-2"])
+    text = str(info.value)
+    assert "device 'tag 1'" in text and "CIC desk 'desk:1'" in text
+    assert "device 'proximity-engine' has the name of the engine's account" in text
+    assert "desk-2" not in text
+
+
+def test_the_command_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    missing = run_cli("broker", "config", "--db", str(tmp_path / "none.sqlite"), "--out", "x")
+    assert missing.returncode == 1 and "no registry at" in missing.stderr
+    db = import_cases(
+        tmp_path, [{"id": "A", "offenders": ["t"], "protected": ["p"], "order": {"distance_m": 1}}]
+    )
+    half = run_cli(
+        "broker", "config", "--db", str(db), "--out", str(tmp_path / "b"), "--server-cert", "c"
+    )
+    assert half.returncode == 1 and "go together" in half.stderr
+    port = run_cli("broker", "config", "--db", str(db), "--out", str(tmp_path / "b"), "--port", "0")
+    assert port.returncode == 1 and "--port must be 1-65535" in port.stderr
+    assert not (tmp_path / "b").exists()  # nothing written on refusal
+    made = run_cli("broker", "config", "--db", str(db), "--out", str(tmp_path / "b"))
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "b" / "accounts.json").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "b" / "ca.key").stat().st_mode & 0o077 == 0
