@@ -87,7 +87,11 @@ class MqttAlarmChannel:
         # PUBACKs arrive on the client's network thread: their message ids are collected
         # here and taken into the journal by poll(), on the engine's thread. (A message
         # published while the broker is away is sent, and acknowledged, after reconnecting.)
-        self._acked: deque[int] = deque()
+        self._acked: deque[tuple[int, str]] = deque()  # (message id, refusal; "": taken)
+        #: Journal seqs of messages the broker refused (not authorised: an ACL that does not
+        #: give the engine this topic): undelivered in the journal, re-published at the next
+        #: start, and counted in :attr:`unacknowledged`.
+        self.refused: set[int] = set()
         self._client = client
         client.on_publish = self._on_publish
         self._cap = CapFormatter()
@@ -273,7 +277,7 @@ class MqttAlarmChannel:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        self._acked.append(mid)
+        self._acked.append((mid, str(reason) if getattr(reason, "is_failure", False) else ""))
 
     def _publish(self, seq: int, created: float, topic: str, payload: bytes) -> None:
         info = self._client.publish(topic, payload, qos=ALARM_QOS)
@@ -290,13 +294,26 @@ class MqttAlarmChannel:
         while self._acked:
             # Publishing happens on this thread too, so every alarm's id is known here by
             # now; other ids are the client's other messages (status, notices).
-            mid = self._acked.popleft()
+            mid, refusal = self._acked.popleft()
             entry = self._pending.pop(mid, None)
+            if entry is not None and refusal:
+                self.refused.add(entry[0])
+                log.error(
+                    "the broker refused message %d of the journal (%s): it stays undelivered"
+                    " there and is published again at the next start; does the broker's ACL"
+                    " give the engine's account this topic (proximity broker config with the"
+                    " engine's settings)?",
+                    entry[0],
+                    refusal,
+                )
+                continue
             if entry is not None:
                 done.append(entry)
                 continue
             held = self._held_pending.pop(mid, None)
-            if held is not None:  # journalled with its delivery when the fault ends
+            if held is not None and refusal:
+                log.error("the broker refused a message held by the storage fault (%s)", refusal)
+            elif held is not None:  # journalled with its delivery when the fault ends
                 held.delivered = now
                 self.max_lag_s = max(self.max_lag_s, now - held.created)
         if done:
@@ -313,7 +330,7 @@ class MqttAlarmChannel:
 
     @property
     def unacknowledged(self) -> int:
-        return len(self._pending) + len(self._held_pending)
+        return len(self._pending) + len(self._held_pending) + len(self.refused)
 
     def close(self) -> None:
         """Journal what a storage fault held (one last try), wait briefly for outstanding

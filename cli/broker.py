@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from proximity.errors import ConfigError
-from service.broker import DEFAULT_HOSTS, DEFAULT_PORT, Tls, Topics, write_config
+from service.broker import (
+    DEFAULT_HOSTS,
+    DEFAULT_PORT,
+    Tls,
+    Topics,
+    default_broker_user,
+    write_config,
+)
 from service.settings import OUT_SUFFIX, Settings
 from storage.registry import Registry
 
@@ -106,19 +112,6 @@ def add_parser(
     return conf
 
 
-def _default_broker_user() -> str | None:
-    """``mosquitto`` when running as root and that user exists (Debian's package makes it)."""
-    import pwd
-
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("mosquitto")
-    except KeyError:
-        return None
-    return "mosquitto"
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """``proximity broker config``: write the files, say what changed and what to run."""
     own = (args.server_cert, args.server_key, args.ca)
@@ -162,7 +155,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         persistence=args.persistence,
         own_tls=own_tls,
         source=str(settings.db),
-        broker_user=args.broker_user if args.broker_user else _default_broker_user(),
+        broker_user=args.broker_user if args.broker_user else default_broker_user(),
     )
     out = args.out.resolve()
     for note in made.notes:

@@ -41,6 +41,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import pwd
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -212,13 +213,22 @@ def _write(path: Path, text: str | bytes, private: bool = False, group: int = -1
     os.replace(tmp, path)
 
 
+def default_broker_user() -> str | None:
+    """``mosquitto`` when running as root and that user exists (Debian's package makes it)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+    return "mosquitto"
+
+
 def broker_ids(user: str | None) -> tuple[int, int]:
     """The user and group ids of ``user``, the account Mosquitto drops to when started as root
     (``mosquitto`` on Debian); ``(-1, -1)`` for None. ConfigError if there is no such user."""
     if user is None:
         return -1, -1
-    import pwd
-
     try:
         entry = pwd.getpwnam(user)
     except KeyError as exc:

@@ -4,6 +4,9 @@ the messages later."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,9 +15,11 @@ import pytest
 
 from cic.channel import MqttAlarmChannel
 from cic.journal import Journal
-from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from ingest.transport import Access, connect, disconnect, make_client, parse_broker_url
+from proximity.cases import Case
 from proximity.errors import ProximityError
 from proximity.memory import Delta
+from service.broker import default_broker_user, write_config
 from simulator.broker import LocalBroker
 from tests.conftest import Listener
 
@@ -106,3 +111,38 @@ def test_a_refused_state_save_ends_with_the_next_write_that_goes_through(
     finally:
         disconnect(client)
         journal.close()
+
+
+@pytest.mark.broker
+def test_a_message_the_broker_refuses_stays_undelivered_and_is_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An ACL that does not give the engine the topic it publishes on (the engine's settings
+    # and the broker's configuration disagree): the broker answers "not authorised".
+    work = Path(tempfile.mkdtemp(prefix="proximity-refused-"))
+    work.chmod(0o755)  # Mosquitto started as root reads the files as its own user
+    case = Case("A", ("tag-1",), ("phone-1",), 500.0, 1000.0)
+    write_config(work, [case], [], broker_user=default_broker_user())
+    passwords = {
+        a["account"]: a["password"]
+        for a in json.loads((work / "accounts.json").read_text())["accounts"]
+    }
+    journal = Journal(tmp_path / "j.sqlite")
+    client = make_client("")
+    try:
+        with LocalBroker(config=work / "mosquitto.conf") as broker:
+            out = Access("proximity-engine-out", passwords["proximity-engine-out"], work / "ca.crt")
+            connect(client, parse_broker_url(broker.url.replace("mqtt:", "mqtts:")), access=out)
+            channel = MqttAlarmChannel(client, "cic/elsewhere", journal)
+            channel.send({"alarm_id": "A", "times": {}})
+            deadline = time.monotonic() + 10.0
+            while not channel.refused and time.monotonic() < deadline:
+                channel.poll()
+                time.sleep(0.01)
+            assert len(channel.refused) == 1 and channel.unacknowledged == 1
+            assert [e.alarm_id for e in journal.undelivered()] == ["A"]  # replayed at start
+            assert "the broker refused message" in caplog.text
+            disconnect(client)
+    finally:
+        journal.close()
+        shutil.rmtree(work, ignore_errors=True)
