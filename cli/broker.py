@@ -102,6 +102,13 @@ def add_parser(
     conf.add_argument("--server-key", type=Path, metavar="FILE", help="its private key")
     conf.add_argument("--ca", type=Path, metavar="FILE", help="the CA that signed it")
     conf.add_argument(
+        "--client-certs",
+        action="store_true",
+        help="mutual TLS: give every account a client certificate signed by the private CA"
+        " (DIR/certs/ACCOUNT.crt and .key; the engine's serves both its accounts) and make the"
+        " broker require one besides the password",
+    )
+    conf.add_argument(
         "--broker-user",
         metavar="USER",
         help="the user Mosquitto runs as (it drops to it when started as root): the files it"
@@ -156,6 +163,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         own_tls=own_tls,
         source=str(settings.db),
         broker_user=args.broker_user if args.broker_user else default_broker_user(),
+        with_client_certs=args.client_certs,
     )
     out = args.out.resolve()
     for note in made.notes:
@@ -176,7 +184,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"broker: mosquitto -c {out}/mosquitto.conf (a running one: kill -HUP it)\n"
         f"engine: proximity run --broker mqtts://{host}:{args.port} --broker-ca {ca}"
         f" --broker-username {engine} --broker-password-file {out}/engine.password"
-        f" --db {settings.db}",
+        + (
+            f" --broker-cert {out}/certs/{engine}.crt --broker-key {out}/certs/{engine}.key"
+            if args.client_certs
+            else ""
+        )
+        + f" --db {settings.db}",
         file=sys.stdout,
     )
     return 0

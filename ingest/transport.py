@@ -241,7 +241,18 @@ def connect(
         if then is not None:
             then(c, userdata, flags, rc, props)
 
+    closed: list[str] = []
+    was: Any = client.on_disconnect
+
+    def closed_first(c: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if not answered.is_set():  # closed before any answer
+            closed.append(str(rc))
+            answered.set()
+        if was is not None:
+            was(c, userdata, flags, rc, props)
+
     client.on_connect = first_answer
+    client.on_disconnect = closed_first
     try:
         client.connect(
             broker.host,
@@ -267,16 +278,27 @@ def connect(
     client.loop_start()
     if wait_s <= 0:
         return
-    if answered.wait(wait_s) and not refusal:
+    if answered.wait(wait_s) and not refusal and not closed:
         return
     disconnect(client)
+    who = f" ({access})" if access is not None else ""
     if refusal:
-        who = f" ({access})" if access is not None else ""
         raise IngestError(
             f"the MQTT broker at {broker} refused the connection{who}: {refusal[0]}."
             " Check the user name and password (or certificate) of this account"
         )
-    raise IngestError(f"the MQTT broker at {broker} did not answer within {wait_s:.0f} s")
+    hint = (
+        " Over TLS this is how a broker that requires a client certificate refuses a client"
+        " without one it accepts (broker_cert, broker_key)"
+        if broker.tls
+        else ""
+    )
+    if closed:
+        raise IngestError(
+            f"the MQTT broker at {broker} closed the connection{who} without answering"
+            f" ({closed[0]}).{hint}"
+        )
+    raise IngestError(f"the MQTT broker at {broker} did not answer within {wait_s:.0f} s.{hint}")
 
 
 def disconnect(client: mqtt.Client) -> None:

@@ -286,10 +286,7 @@ def make_tls(
     ca_crt, ca_key, crt, key = (out / n for n in ("ca.crt", "ca.key", "server.crt", "server.key"))
     done = []
     pem = serialization.Encoding.PEM
-    private = serialization.PrivateFormat.PKCS8
-
-    def key_bytes(k: ec.EllipticCurvePrivateKey) -> bytes:
-        return k.private_bytes(pem, private, serialization.NoEncryption())
+    key_bytes = _key_bytes
 
     if ca_crt.exists() and ca_key.exists():
         ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
@@ -328,22 +325,8 @@ def make_tls(
         _write(ca_crt, ca_cert.public_bytes(pem))
         done.append(f"made a private CA: {ca_crt} (give it to every client; keep {ca_key} safe)")
     if not (crt.exists() and key.exists()) or _cert_hosts(crt) != set(_canonical(hosts)):
-        server_private = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(hosts[0]))
-            .issuer_name(ca_cert.subject)
-            .public_key(server_private.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
-            .add_extension(
-                x509.SubjectAlternativeName(_alt_names(hosts)),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_private, hashes.SHA256())
+        server_private, cert = _leaf(
+            ca_cert, ca_private, hosts[0], now, ExtendedKeyUsageOID.SERVER_AUTH, hosts
         )
         _write(key, key_bytes(server_private), private=True, group=group)
         _write(crt, cert.public_bytes(pem))
@@ -352,6 +335,66 @@ def make_tls(
         os.chmod(key, 0o640)
         os.chown(key, -1, group)
     return Tls(ca_crt, crt, key, made=True), done
+
+
+def _key_bytes(k: ec.EllipticCurvePrivateKey) -> bytes:
+    return k.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _leaf(
+    ca_cert: x509.Certificate,
+    ca_private: ec.EllipticCurvePrivateKey,
+    common: str,
+    now: dt.datetime,
+    usage: x509.ObjectIdentifier,
+    hosts: Sequence[str] = (),
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and its certificate signed by the CA: a server's (``hosts`` its names) or a
+    client's (``common`` its account)."""
+    private = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common))
+        .issuer_name(ca_cert.subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if hosts:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(_alt_names(hosts)), critical=False
+        )
+    return private, builder.sign(ca_private, hashes.SHA256())
+
+
+def client_certs(out: Path, names: Sequence[str], now: dt.datetime) -> list[str]:
+    """A client certificate and key for each of ``names``, signed by the deployment's CA, in
+    ``out/certs`` (``NAME.crt``, ``NAME.key`` readable by its owner only; kept once made);
+    the names of those made now."""
+    ca_key = out / "ca.key"
+    ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{ca_key} is not the EC key this command makes")
+    ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    folder = out / "certs"
+    folder.mkdir(exist_ok=True)
+    made = []
+    for name in names:
+        crt, key = folder / f"{name}.crt", folder / f"{name}.key"
+        if crt.exists() and key.exists():
+            continue
+        private, cert = _leaf(ca_cert, ca_private, name, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+        _write(key, _key_bytes(private), private=True)
+        _write(crt, cert.public_bytes(serialization.Encoding.PEM))
+        made.append(name)
+    return made
 
 
 def _canonical(hosts: Sequence[str]) -> list[str]:
@@ -365,8 +408,21 @@ def _canonical(hosts: Sequence[str]) -> list[str]:
     return out
 
 
-def conf_text(port: int, bind: str, tls: Tls, out: Path, persistence: Path, source: str) -> str:
-    """Mosquitto's configuration for the deployment."""
+def conf_text(
+    port: int,
+    bind: str,
+    tls: Tls,
+    out: Path,
+    persistence: Path,
+    source: str,
+    require_certificate: bool = False,
+) -> str:
+    """Mosquitto's configuration for the deployment (``require_certificate``: every client
+    also presents a certificate signed by the CA)."""
+    mutual = [
+        "# Every client presents a certificate signed by the CA, besides its password.",
+        "require_certificate true",
+    ]
     return "\n".join(
         [
             "# Mosquitto for a proximity-engine deployment, made by 'proximity broker config'",
@@ -377,6 +433,7 @@ def conf_text(port: int, bind: str, tls: Tls, out: Path, persistence: Path, sour
             f"cafile {tls.ca}",
             f"certfile {tls.cert}",
             f"keyfile {tls.key}",
+            *(mutual if require_certificate else []),
             "# Every client has an account; none connects without one.",
             "allow_anonymous false",
             f"password_file {out / 'passwd'}",
@@ -437,11 +494,14 @@ def write_config(
     source: str = "the registry",
     now: dt.datetime | None = None,
     broker_user: str | None = None,
+    with_client_certs: bool = False,
 ) -> Made:
     """Write the broker's configuration, certificates, password and ACL files into ``out``
     (see the module's docstring); desks of an earlier run are kept unless in ``drop_desks``.
     ``broker_user``: the user Mosquitto runs as (it drops to it when started as root): the
-    files it reads are made readable by its group, its persistence folder its own."""
+    files it reads are made readable by its group, its persistence folder its own.
+    ``with_client_certs``: every account also gets a client certificate (``out/certs``; one
+    for the engine's two accounts), and the broker requires one (mutual TLS)."""
     uid, gid = broker_ids(broker_user)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -490,5 +550,16 @@ def write_config(
     store.mkdir(parents=True, exist_ok=True)
     if uid >= 0:
         os.chown(store, uid, gid)
-    _write(out / "mosquitto.conf", conf_text(port, bind, tls, out, store.resolve(), source))
+    if with_client_certs:
+        if own_tls is not None:
+            raise ConfigError(
+                "client certificates are signed by the private CA this command makes; with"
+                " your own certificate (--server-cert), issue them with your own CA"
+            )
+        names = [a.name for a in accounts if a.role != "engine_out"]
+        made_certs = client_certs(out, names, now or dt.datetime.now(dt.UTC))
+        if made_certs:
+            notes.append(f"made client certificates in {out / 'certs'}: {', '.join(made_certs)}")
+    conf = conf_text(port, bind, tls, out, store.resolve(), source, with_client_certs)
+    _write(out / "mosquitto.conf", conf)
     return Made(accounts, added, removed, notes)

@@ -93,6 +93,22 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     raise AssertionError(f"mosquitto did not start: {log.read_text(errors='replace')}")
 
 
+def _passwords(out: Path) -> dict[str, str]:
+    doc = json.loads((out / "accounts.json").read_text())
+    return {a["account"]: a["password"] for a in doc["accounts"]}
+
+
+def _start_broker(out: Path, port: int) -> subprocess.Popen[bytes]:
+    """Mosquitto with the generated configuration in ``out``, listening on ``port``."""
+    log = out.parent / "mosquitto.log"
+    with log.open("wb") as fh:
+        broker = subprocess.Popen(
+            [find_mosquitto(), "-c", str(out / "mosquitto.conf")], stdout=fh, stderr=fh
+        )
+    _wait_port(port, broker, log)
+    return broker
+
+
 @pytest.fixture(scope="module")
 def secured() -> Iterator[Secured]:
     # Mosquitto started as root drops to its own user: the folder must be reachable by it.
@@ -109,14 +125,8 @@ def secured() -> Iterator[Secured]:
             "--cic", "desk-2", "--port", str(port), "--bind", "127.0.0.1",
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
-        doc = json.loads((out / "accounts.json").read_text())
-        passwords = {a["account"]: a["password"] for a in doc["accounts"]}
-        log = work / "mosquitto.log"
-        with log.open("wb") as fh:
-            broker = subprocess.Popen(
-                [find_mosquitto(), "-c", str(out / "mosquitto.conf")], stdout=fh, stderr=fh
-            )
-        _wait_port(port, broker, log)
+        passwords = _passwords(out)
+        broker = _start_broker(out, port)
         url = f"mqtts://127.0.0.1:{port}"
         ca = out / "ca.crt"
         engine = EngineProcess(
@@ -336,3 +346,49 @@ def test_a_rerun_keeps_the_passwords_and_removes_the_accounts_of_removed_devices
     assert (out / "ca.crt").read_bytes() == (secured.config / "ca.crt").read_bytes()
     acl = (out / "acl").read_text()
     assert "user tag-3" not in acl and "topic write cic/acks/desk-3" in acl
+
+
+def test_with_client_certificates_the_engine_connects_with_its_own() -> None:
+    # Mutual TLS on a broker of its own: every client presents a certificate signed by the
+    # deployment's CA besides its password; the engine's serves both its accounts.
+    work = Path(tempfile.mkdtemp(prefix="proximity-mutual-"))
+    work.chmod(0o755)
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        db = import_cases(work, CASES[:1])
+        port, out = free_port(), work / "broker"
+        made = run_cli(
+            "broker", "config", "--db", str(db), "--out", str(out), "--client-certs",
+            "--cic", "desk-1", "--port", str(port), "--bind", "127.0.0.1",
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert "--broker-cert" in made.stdout
+        broker = _start_broker(out, port)
+        url, ca, passwords = f"mqtts://127.0.0.1:{port}", out / "ca.crt", _passwords(out)
+        certs = out / "certs"
+        without = make_client("")
+        with pytest.raises(IngestError):  # the password alone no longer does
+            connect(
+                without, parse_broker_url(url), access=Access("desk-1", passwords["desk-1"], ca)
+            )
+        desk = Access("desk-1", passwords["desk-1"], ca, certs / "desk-1.crt", certs / "desk-1.key")
+        engine = EngineProcess(
+            url,
+            db,
+            work / "engine.log",
+            "--broker-ca",
+            str(ca),
+            "--broker-username",
+            "proximity-engine",
+            "--broker-password-file",
+            str(out / "engine.password"),
+            "--broker-cert",
+            str(certs / "proximity-engine.crt"),
+            "--broker-key",
+            str(certs / "proximity-engine.key"),
+            watcher=desk,
+        ).start()  # online: both its clients connected with its certificate
+        assert engine.stop() == 0, engine.log.read_text()
+    finally:
+        stop_process(broker)
+        shutil.rmtree(work, ignore_errors=True)
