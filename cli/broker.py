@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,8 +28,9 @@ Examples:
   proximity broker config --db registry.sqlite --out /etc/mosquitto/proximity \\
       --host broker.example.org --cic desk-1 --cic desk-2
   mosquitto -c /etc/mosquitto/proximity/mosquitto.conf
-  # after 'proximity cases import' or 'cases remove': the same command again, then
-  kill -HUP "$(pidof mosquitto)"
+  # after 'proximity cases import' or 'cases remove': the same command again (host
+  # names, port, address and desks are kept), then reload the broker:
+  kill -HUP BROKER_PID
 """
 
 
@@ -82,13 +83,18 @@ def add_parser(
         default=[],
         metavar="NAME",
         help="a host name or address clients use for the broker, for its certificate (repeat;"
-        f" {', '.join(DEFAULT_HOSTS)} are always included)",
+        f" {', '.join(DEFAULT_HOSTS)} are always included; default: the earlier run's)",
     )
     conf.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, metavar="N", help="TLS port (default: 8883)"
+        "--port",
+        type=int,
+        metavar="N",
+        help=f"TLS port (default: the earlier run's, else {DEFAULT_PORT})",
     )
     conf.add_argument(
-        "--bind", default="", metavar="ADDRESS", help="listen on this address only (default: all)"
+        "--bind",
+        metavar="ADDRESS",
+        help="listen on this address only (default: the earlier run's, else all)",
     )
     conf.add_argument(
         "--persistence",
@@ -104,9 +110,10 @@ def add_parser(
     conf.add_argument(
         "--client-certs",
         action="store_true",
+        default=None,
         help="mutual TLS: give every account a client certificate signed by the private CA"
         " (DIR/certs/ACCOUNT.crt and .key; the engine's serves both its accounts) and make the"
-        " broker require one besides the password",
+        " broker require one besides the password (kept on later runs)",
     )
     conf.add_argument(
         "--broker-user",
@@ -129,11 +136,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for p in own:
             if not p.is_file():
                 raise ConfigError(f"{p} is not a file")
+        try:
+            ssl.create_default_context().load_cert_chain(args.server_cert, args.server_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"--server-key {args.server_key} is not the key of --server-cert"
+                f" {args.server_cert} (or cannot be read): {exc}"
+            ) from exc
         own_tls = Tls(
             args.ca.resolve(), args.server_cert.resolve(), args.server_key.resolve(), False
         )
-    if not 0 < args.port < 65536:
-        raise ConfigError(f"--port must be 1-65535, got {args.port}")
     if not settings.db.exists():
         raise ConfigError(
             f"no registry at {settings.db}: import cases with 'proximity cases import'"
@@ -141,7 +153,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     with Registry(settings.db) as registry:
         cases, devices = registry.cases(), registry.devices()
     engine = settings.broker_username or ENGINE_ACCOUNT
-    hosts = list(dict.fromkeys([*args.host, *DEFAULT_HOSTS]))
     made = write_config(
         args.out,
         cases,
@@ -156,7 +167,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             settings.status_topic,
             settings.rejected_topic,
         ),
-        hosts=hosts,
+        hosts=args.host or None,
         port=args.port,
         bind=args.bind,
         persistence=args.persistence,
@@ -171,7 +182,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     roles = [a.role for a in made.accounts]
     print(
         f"wrote {out}/mosquitto.conf, passwd, acl and accounts.json: {len(made.accounts)}"
-        f" accounts ({roles.count('device')} devices, {roles.count('cic')} CIC desk(s), the"
+        f" accounts ({roles.count('device')} devices, {roles.count('cic')} CIC desk(s) with a"
+        f" -watch account each, the"
         f" engine's {engine} and {engine}{OUT_SUFFIX})"
     )
     if made.added:
@@ -179,17 +191,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if made.removed:
         print(f"removed accounts: {', '.join(made.removed)}")
     ca = own_tls.ca if own_tls is not None else out / "ca.crt"
-    host = hosts[0]
+    host, port = made.listener.hosts[0], made.listener.port
+    certs = out / "certs"
     print(
-        f"broker: mosquitto -c {out}/mosquitto.conf (a running one: kill -HUP it)\n"
-        f"engine: proximity run --broker mqtts://{host}:{args.port} --broker-ca {ca}"
+        f"broker: mosquitto -c {out}/mosquitto.conf (running: kill -HUP its process id to"
+        " reload the accounts and the ACL)\n"
+        f"engine: proximity run --broker mqtts://{host}:{port} --broker-ca {ca}"
         f" --broker-username {engine} --broker-password-file {out}/engine.password"
         + (
-            f" --broker-cert {out}/certs/{engine}.crt --broker-key {out}/certs/{engine}.key"
-            if args.client_certs
+            f" --broker-cert {certs}/{engine}.crt --broker-key {certs}/{engine}.key"
+            if made.listener.client_certs
             else ""
         )
-        + f" --db {settings.db}",
-        file=sys.stdout,
+        + f" --db {settings.db}"
     )
     return 0

@@ -64,7 +64,10 @@ DEFAULT_PORT = 8883
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 CA_DAYS = 3650
 SERVER_DAYS = 825
-ROLES = ("engine", "engine_out", "cic", "device")
+ROLES = ("engine", "engine_out", "cic", "cic_watch", "device")
+#: A desk's second account, which only reads (its own connection: a desk's listener and its
+#: acknowledgements may be two programs, and an account has one connection at a time).
+WATCH_SUFFIX = "-watch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ def plan_accounts(
         (engine, "the engine's account"),
         (engine_out, "the engine's publishing account"),
         *((d, f"CIC desk {d!r}") for d in desks),
+        *((d + WATCH_SUFFIX, f"the watching account of CIC desk {d!r}") for d in desks),
         *((d, f"device {d!r}") for d in device_ids),
     ):
         problem = _account_problem(name)
@@ -141,7 +145,9 @@ def plan_accounts(
         ot = info.get(dev, {}).get("owntracks")
         if isinstance(ot, dict) and isinstance(ot.get("user"), str):
             base = f"owntracks/{ot['user']}/{ot['device']}"
-            write += [base, f"{base}/event"]
+            # The app also publishes its info, waypoints and status under its topic; a refused
+            # publish would end its connection. It reads its commands there.
+            write += [base, f"{base}/#"]
             read.append(f"{base}/cmd")
             owntracks.append(base)
         accounts.append(Account(dev, "device", tuple(read), tuple(write)))
@@ -170,6 +176,7 @@ def plan_accounts(
         if topics.cap:
             reads.insert(1, _tree(topics.cap))
         head.append(Account(desk, "cic", tuple(reads), (f"cic/acks/{desk}",)))
+        head.append(Account(desk + WATCH_SUFFIX, "cic_watch", tuple(reads), ()))
     return head + accounts
 
 
@@ -453,28 +460,98 @@ def conf_text(
     )
 
 
-def _previous(path: Path) -> dict[str, dict[str, str]]:
-    """The accounts of an earlier run (name -> its entry), to keep their passwords."""
+def _previous(path: Path) -> tuple[dict[str, dict[str, str]], dict[str, object]]:
+    """The accounts of an earlier run (name -> its entry), to keep their passwords, and its
+    listener (host names, port, address, client certificates), to keep what is not given."""
     if not path.exists():
-        return {}
+        return {}, {}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return {a["account"]: a for a in doc["accounts"] if isinstance(a.get("password"), str)}
+        accounts = {a["account"]: a for a in doc["accounts"] if isinstance(a.get("password"), str)}
+        listener = doc.get("listener", {})
+        if not isinstance(listener, dict):
+            raise TypeError("'listener' is not an object")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"{path} (the accounts of an earlier run) cannot be read: {exc}; move it away to"
             " make every account anew (every device then needs its new password)"
         ) from exc
+    return accounts, listener
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """The broker's TLS listener: the names its certificate holds, its port and address, and
+    whether clients present certificates."""
+
+    hosts: tuple[str, ...] = DEFAULT_HOSTS
+    port: int = DEFAULT_PORT
+    bind: str = ""
+    client_certs: bool = False
+
+    def check(self) -> None:
+        """ConfigError naming what cannot be a listener's."""
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be 1-65535, got {self.port}")
+        for what, name in [*(("--host", h) for h in self.hosts), ("--bind", self.bind)]:
+            if name and not _host_like(name):
+                raise ConfigError(f"{what} {name!r} is neither a host name nor an address")
+
+
+def _host_like(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        labels = name.split(".")
+        return all(
+            0 < len(label) < 64 and label.replace("-", "").isalnum() and label.isascii()
+            for label in labels
+        )
+    return True
+
+
+def plan_listener(
+    before: dict[str, object],
+    hosts: Sequence[str] | None,
+    port: int | None,
+    bind: str | None,
+    client_certs: bool | None,
+) -> tuple[Listener, list[str]]:
+    """The listener of this run: what is given, else what the earlier run had, else the
+    defaults (a rerun that leaves a flag out does not silently change the deployment); and
+    what was kept, in words."""
+    kept = []
+    old_hosts = before.get("hosts")
+    if hosts is None and isinstance(old_hosts, list) and old_hosts:
+        hosts = [str(h) for h in old_hosts]
+        kept.append(f"hosts {', '.join(hosts)}")
+    old_port = before.get("port")
+    if port is None and isinstance(old_port, int):
+        port = old_port
+        kept.append(f"port {old_port}")
+    old_bind = before.get("bind")
+    if bind is None and isinstance(old_bind, str) and old_bind:
+        bind = old_bind
+        kept.append(f"address {old_bind}")
+    if client_certs is None and before.get("client_certs") is True:
+        client_certs = True
+        kept.append("client certificates")
+    names = tuple(dict.fromkeys([*(hosts or ()), *DEFAULT_HOSTS]))
+    plan = Listener(names, DEFAULT_PORT if port is None else port, bind or "", bool(client_certs))
+    plan.check()
+    return plan, [f"kept from the earlier run: {', '.join(kept)}"] if kept else []
 
 
 @dataclass(frozen=True, slots=True)
 class Made:
-    """What :func:`write_config` made: the accounts, and what changed, in words."""
+    """What :func:`write_config` made: the accounts, the listener, and what changed, in
+    words."""
 
     accounts: list[Account]
     added: list[str]
     removed: list[str]
     notes: list[str]
+    listener: Listener = Listener()
 
 
 def write_config(
@@ -486,33 +563,69 @@ def write_config(
     drop_desks: Iterable[str] = (),
     engine: str = "proximity-engine",
     topics: Topics = Topics(),
-    hosts: Sequence[str] = DEFAULT_HOSTS,
-    port: int = DEFAULT_PORT,
-    bind: str = "",
+    hosts: Sequence[str] | None = None,
+    port: int | None = None,
+    bind: str | None = None,
     persistence: Path | None = None,
     own_tls: Tls | None = None,
     source: str = "the registry",
     now: dt.datetime | None = None,
     broker_user: str | None = None,
-    with_client_certs: bool = False,
+    with_client_certs: bool | None = None,
 ) -> Made:
     """Write the broker's configuration, certificates, password and ACL files into ``out``
-    (see the module's docstring); desks of an earlier run are kept unless in ``drop_desks``.
+    (see the module's docstring); desks of an earlier run are kept unless in ``drop_desks``,
+    and so are its host names, port, address and client certificates where None is given.
     ``broker_user``: the user Mosquitto runs as (it drops to it when started as root): the
     files it reads are made readable by its group, its persistence folder its own.
     ``with_client_certs``: every account also gets a client certificate (``out/certs``; one
     for the engine's two accounts), and the broker requires one (mutual TLS)."""
+    try:
+        return _write_config(
+            out, cases, devices, desks, drop_desks, engine, topics, hosts, port, bind,
+            persistence, own_tls, source, now, broker_user, with_client_certs,
+        )  # fmt: skip
+    except OSError as exc:
+        raise ConfigError(f"cannot write the broker's configuration into {out}: {exc}") from exc
+
+
+def _write_config(
+    out: Path,
+    cases: Sequence[Case],
+    devices: Iterable[Device],
+    desks: Iterable[str],
+    drop_desks: Iterable[str],
+    engine: str,
+    topics: Topics,
+    hosts: Sequence[str] | None,
+    port: int | None,
+    bind: str | None,
+    persistence: Path | None,
+    own_tls: Tls | None,
+    source: str,
+    now: dt.datetime | None,
+    broker_user: str | None,
+    with_client_certs: bool | None,
+) -> Made:
     uid, gid = broker_ids(broker_user)
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
     accounts_file = out / "accounts.json"
-    before = _previous(accounts_file)
-    dropped = set(drop_desks)
-    kept_desks = {n for n, a in before.items() if a.get("role") == "cic"} - dropped
-    accounts = plan_accounts(cases, devices, kept_desks | set(desks), engine, topics)
-    notes: list[str] = []
+    before, listened = _previous(accounts_file)
+    listener, notes = plan_listener(listened, hosts, port, bind, with_client_certs)
+    desks, dropped = set(desks), set(drop_desks)
+    earlier = {n for n, a in before.items() if a.get("role") == "cic"}
+    if desks & dropped:
+        raise ConfigError(f"--cic and --drop-cic both name {', '.join(sorted(desks & dropped))}")
+    unknown = sorted(dropped - earlier)
+    if unknown:
+        raise ConfigError(
+            f"--drop-cic {', '.join(unknown)}: no such desk (the desks are:"
+            f" {', '.join(sorted(earlier)) or 'none'})"
+        )
+    accounts = plan_accounts(cases, devices, (earlier - dropped) | desks, engine, topics)
+    out.mkdir(parents=True, exist_ok=True)
     if own_tls is None:
-        tls, made = make_tls(out, list(hosts), now or dt.datetime.now(dt.UTC), gid)
+        tls, made = make_tls(out, list(listener.hosts), now or dt.datetime.now(dt.UTC), gid)
         notes += made
     else:
         tls = own_tls
@@ -523,10 +636,15 @@ def write_config(
     for a in accounts:
         if a.role in ("engine", "engine_out"):
             passwords[a.name] = engine_password  # one secret for the engine's two clients
+        elif a.role == "cic_watch":
+            pass  # the desk's own, below
         else:
             passwords[a.name] = before.get(a.name, {}).get("password") or secrets.token_urlsafe(
                 PASSWORD_BYTES
             )
+    for a in accounts:
+        if a.role == "cic_watch":  # one secret for the desk's two accounts
+            passwords[a.name] = passwords[a.name.removesuffix(WATCH_SUFFIX)]
     names = [a.name for a in accounts]
     added = [n for n in names if n not in before]
     removed = sorted(set(before) - set(names))
@@ -540,6 +658,12 @@ def write_config(
     doc = {
         "note": "broker accounts of the deployment: hand each password to its device, desk or"
         " engine only",
+        "listener": {
+            "hosts": list(listener.hosts),
+            "port": listener.port,
+            "bind": listener.bind,
+            "client_certs": listener.client_certs,
+        },
         "accounts": [
             {"account": a.name, "role": a.role, "password": passwords[a.name]} for a in accounts
         ],
@@ -550,7 +674,7 @@ def write_config(
     store.mkdir(parents=True, exist_ok=True)
     if uid >= 0:
         os.chown(store, uid, gid)
-    if with_client_certs:
+    if listener.client_certs:
         if own_tls is not None:
             raise ConfigError(
                 "client certificates are signed by the private CA this command makes; with"
@@ -560,6 +684,8 @@ def write_config(
         made_certs = client_certs(out, names, now or dt.datetime.now(dt.UTC))
         if made_certs:
             notes.append(f"made client certificates in {out / 'certs'}: {', '.join(made_certs)}")
-    conf = conf_text(port, bind, tls, out, store.resolve(), source, with_client_certs)
+    conf = conf_text(
+        listener.port, listener.bind, tls, out, store.resolve(), source, listener.client_certs
+    )
     _write(out / "mosquitto.conf", conf)
-    return Made(accounts, added, removed, notes)
+    return Made(accounts, added, removed, notes, listener)

@@ -35,14 +35,18 @@ def test_each_device_gets_only_its_own_topics_and_a_desk_only_its_acknowledgemen
     devices = [Device("phone-1", {"owntracks": {"user": "els", "device": "pixel"}})]
     accounts = {a.name: a for a in plan_accounts(cases, devices, ["desk-1"])}
     assert set(accounts) == {
-        "proximity-engine", "proximity-engine-out", "desk-1", "tag-1", "tag-2", "phone-1",
+        "proximity-engine", "proximity-engine-out", "desk-1", "desk-1-watch", "tag-1", "tag-2",
+        "phone-1",
     }  # fmt: skip
     tag = accounts["tag-1"]
     assert set(tag.write) == {"devices/tag-1/fix", "devices/tag-1/event"}
     assert set(tag.read) == {"devices/tag-1/notice", "devices/tag-1/cmd"}
     phone = accounts["phone-1"]
-    assert {"owntracks/els/pixel", "owntracks/els/pixel/event"} <= set(phone.write)
+    # The app's own topic and what it publishes under it (event, info, waypoints, ...).
+    assert {"owntracks/els/pixel", "owntracks/els/pixel/#"} <= set(phone.write)
     assert accounts["desk-1"].write == ("cic/acks/desk-1",)
+    watch = accounts["desk-1-watch"]  # the desk's listener: reads as the desk, writes nothing
+    assert watch.read == accounts["desk-1"].read and watch.write == ()
     assert accounts["proximity-engine"].write == ()  # the intake writes nothing
     assert "cic/acks/+" in accounts["proximity-engine"].read
     assert accounts["proximity-engine-out"].read == ()
@@ -74,8 +78,38 @@ def test_the_command_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     assert half.returncode == 1 and "go together" in half.stderr
     port = run_cli("broker", "config", "--db", str(db), "--out", str(tmp_path / "b"), "--port", "0")
     assert port.returncode == 1 and "--port must be 1-65535" in port.stderr
+    bind = run_cli(
+        "broker", "config", "--db", str(db), "--out", str(tmp_path / "b"), "--bind", "x y"
+    )
+    assert bind.returncode == 1 and "neither a host name nor an address" in bind.stderr
     assert not (tmp_path / "b").exists()  # nothing written on refusal
     made = run_cli("broker", "config", "--db", str(db), "--out", str(tmp_path / "b"))
     assert made.returncode == 0, made.stderr
     assert (tmp_path / "b" / "accounts.json").stat().st_mode & 0o077 == 0
     assert (tmp_path / "b" / "ca.key").stat().st_mode & 0o077 == 0
+    drop = run_cli(
+        "broker", "config", "--db", str(db), "--out", str(tmp_path / "b"), "--drop-cic", "d7"
+    )
+    assert drop.returncode == 1 and "--drop-cic d7: no such desk" in drop.stderr
+    onto_file = run_cli("broker", "config", "--db", str(db), "--out", str(db))
+    assert (
+        onto_file.returncode == 1 and "cannot write the broker's configuration" in onto_file.stderr
+    )
+
+
+def test_a_rerun_keeps_the_listener_it_is_not_told_to_change(tmp_path: Path) -> None:
+    db = import_cases(
+        tmp_path, [{"id": "A", "offenders": ["t"], "protected": ["p"], "order": {"distance_m": 1}}]
+    )
+    out = str(tmp_path / "b")
+    first = run_cli(
+        "broker", "config", "--db", str(db), "--out", out, "--host", "broker.example.org",
+        "--port", "18883", "--bind", "10.0.0.5",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = run_cli("broker", "config", "--db", str(db), "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert "kept from the earlier run: hosts broker.example.org" in again.stdout
+    assert "mqtts://broker.example.org:18883" in again.stdout
+    conf = (tmp_path / "b" / "mosquitto.conf").read_text()
+    assert "listener 18883 10.0.0.5" in conf

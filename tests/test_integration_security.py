@@ -294,7 +294,8 @@ def test_no_account_can_speak_for_another_and_an_offender_reads_nothing_of_the_v
             # A desk acknowledges only on its own topic, and publishes no alarm.
             ("desk-1", "cic/acks/desk-2", ack),
             ("desk-1", "cic/alarms", forged_alarm),
-            # The victim's own device cannot close alarms either.
+            # A desk's watching account only reads; the victim's device cannot close alarms.
+            ("desk-1-watch", "cic/acks/desk-1", ack),
             ("phone-2", "cic/acks/phone-2", ack),
         ]
         for account, topic, body in attempts:
@@ -338,7 +339,7 @@ def test_a_rerun_keeps_the_passwords_and_removes_the_accounts_of_removed_devices
     again = run_cli("broker", "config", "--db", str(db), "--out", str(out), "--cic", "desk-3")
     assert again.returncode == 0, again.stderr
     assert "removed accounts: phone-3, tag-3" in again.stdout
-    assert "new accounts: desk-3" in again.stdout
+    assert "new accounts: desk-3, desk-3-watch" in again.stdout
     doc = json.loads((out / "accounts.json").read_text())
     after = {a["account"]: a["password"] for a in doc["accounts"]}
     assert after["tag-1"] == secured.passwords["tag-1"]
