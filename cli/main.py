@@ -450,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(exp)
     ver = ev_sub.add_parser(
         "verify",
-        help="check an exported evidence record (exit 0: intact, 1: altered or unsigned)",
+        help="check an exported evidence record (exit 0: intact, 1: altered or unsigned, 2:"
+        " unreadable input)",
         description=_para(
             "Checks the chain, every signature, that the last entry is signed, the head line,"
             " each anchor against the chain (one beyond the end shows a cut end, one whose"
@@ -470,6 +471,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HEX|FILE",
         help="the deployment's public key: 64 hex digits, or a file holding them (the .pub"
         " file next to the key; 'proximity evidence key' prints it)",
+    )
+    ver.add_argument(
+        "--anchors",
+        type=Path,
+        metavar="FILE",
+        help="the anchors the CIC received on the anchor topic (JSON Lines, one message a"
+        " line, any case's): the export's case's are checked too, which shows a record cut or"
+        " changed together with the engine's journal",
     )
     key = ev_sub.add_parser(
         "key",
@@ -829,6 +838,7 @@ def _public_key(text: str) -> str | None:
 
 def _cmd_evidence_verify(args: argparse.Namespace) -> int:
     from storage.evidence import verify_export
+    from storage.signing import public_of
 
     try:
         data = args.file.read_bytes()
@@ -845,9 +855,27 @@ def _cmd_evidence_verify(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT
-    found = verify_export(data.splitlines(), key)
+    outside: list[bytes] = []
+    if args.anchors is not None:
+        try:
+            outside = args.anchors.read_bytes().splitlines()
+        except OSError as exc:
+            print(f"error: cannot read {args.anchors}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    found = verify_export(data.splitlines(), key, outside, str(args.anchors))
+    if key is not None and found.key is not None and public_of(key) == found.key:
+        # The private key (its 64 hex digits look like a public key's): never echoed.
+        shown = args.public_key if Path(args.public_key).is_file() else "(the digits given)"
+        print(
+            f"error: --public-key {shown}"
+            " holds the private evidence key of the record, not its public key: give the .pub"
+            " file, or what 'proximity evidence key' prints; keep the private key secret (it"
+            " may have to be replaced if it was shown)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     for p in found.problems:
-        print(f"{args.file}:{p.line}: {p.what}")
+        print(f"{p.source or args.file}:{p.line}: {p.what}")
     if found.problems:
         if not found.signed and len(found.problems) == 1:
             print(
@@ -862,6 +890,8 @@ def _cmd_evidence_verify(args: argparse.Namespace) -> int:
             )
         return EXIT_FAILURE
     anchors = f", {found.anchors} anchor(s) agree" if found.anchors else ""
+    if args.anchors is not None:
+        anchors += f", {found.outside} of the CIC's anchor(s) in {args.anchors} agree"
     if found.key_given:
         print(
             f"intact: {found.entries} entries, head {found.head}{anchors}; signed by the key"

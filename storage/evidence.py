@@ -57,6 +57,13 @@ GENESIS = "0" * 64
 KINDS = frozenset({"fix", "alarm", "purge"})
 #: The ``type`` of an anchor message.
 ANCHOR_TYPE = "evidence_anchor"
+#: The fields of an export's lines: no other may be there (an addition no hash or signature
+#: covers would pass for part of the record).
+ENTRY_FIELDS = frozenset(
+    {"case_id", "seq", "t", "kind", "body", "body_hash", "prev", "hash", "sig"}
+)
+HEAD_FIELDS = frozenset({"case_id", "count", "hash", "anchors", "exported", "key", "signature"})
+ANCHOR_FIELDS = frozenset({"type", "case_id", "count", "hash", "time", "key", "signature"})
 # What each signature signs starts with its own domain, so that none can stand for another.
 _ENTRY_DOMAIN = "proximity-evidence-head-v1"
 _EXPORT_DOMAIN = "proximity-evidence-export-v1"
@@ -140,10 +147,12 @@ def anchors_of(payloads: Iterable[bytes], case_id: str) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong with an export: its line (from 1) and a sentence saying what."""
+    """One thing wrong with an export: its line (from 1) and a sentence saying what;
+    ``source``: the file the line is in when it is not the export (the CIC's anchors)."""
 
     line: int
     what: str
+    source: str = ""
 
 
 def _upgrade(db: sqlite3.Connection) -> None:
@@ -394,6 +403,8 @@ class Verification:
     signed: bool
     #: The anchor lines checked.
     anchors: int
+    #: The anchors kept outside the engine (the CIC's copies) of this case that were checked.
+    outside: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,15 +430,23 @@ def verify_lines(
     return found.entries, found.head, found.problems
 
 
-def verify_export(lines: Iterable[bytes], public_key: str | None = None) -> Verification:
+def verify_export(
+    lines: Iterable[bytes],
+    public_key: str | None = None,
+    outside: Iterable[bytes] = (),
+    outside_name: str = "the anchors",
+) -> Verification:
     """Check an export: every line parses, the chain is unbroken from the genesis hash, each
     kept body matches its hash, sequence numbers run 1, 2, 3 ..., and the head line names the
     last entry; every signature is valid and the last entry is signed; the head line is
     signed; every anchor is signed and names an entry of the chain, as it is; every removed
     body is a fix body that a later purge covers. Given ``public_key`` (hex), an export that
     names another key is a problem; without it, the export is checked with the key it names,
-    which shows consistency only. Problems are sentences for a reader who is no engineer, by
-    line."""
+    which shows consistency only. ``outside``: lines of anchors kept outside the engine's
+    host (what the CIC received on the anchor topic, any case's; ``outside_name`` names their
+    file): those of the export's case are checked as its own anchor lines are, which shows a
+    record cut or changed with its journal. Problems are sentences for a reader who is no
+    engineer, by line."""
     if public_key is not None and not is_key_hex(public_key):
         raise ValueError(f"not a public key (64 hex digits): {public_key!r}")
     problems: list[Problem] = []
@@ -453,6 +472,7 @@ def verify_export(lines: Iterable[bytes], public_key: str | None = None) -> Veri
         if not isinstance(obj, dict):
             problems.append(Problem(i, "not a JSON object"))
             continue
+        problems += _unknown_fields(i, obj)
         if "head" in obj:
             head_line, head = i, obj["head"]
             continue
@@ -548,9 +568,43 @@ def verify_export(lines: Iterable[bytes], public_key: str | None = None) -> Veri
     problems += _anchor_problems(anchors, entries, case_id, key)
     problems += _removed_body_problems(entries)
     problems.sort(key=lambda p: p.line)
+    theirs = []
+    for k, raw in enumerate(outside, start=1):
+        try:
+            a = orjson.loads(raw) if raw.strip() else None
+        except orjson.JSONDecodeError:
+            problems.append(Problem(k, "not valid JSON", outside_name))
+            continue
+        if a is not None and (not isinstance(a, dict) or a.get("case_id") == case_id):
+            theirs.append((k, a))
+    problems += [
+        Problem(p.line, p.what, outside_name)
+        for p in _anchor_problems(theirs, entries, case_id, key)
+    ]
     return Verification(
-        n, prev, problems, key, key is not None and key == given, signed, len(anchors)
+        n, prev, problems, key, key is not None and key == given, signed, len(anchors), len(theirs)
     )
+
+
+def _unknown_fields(line: int, obj: dict[str, Any]) -> list[Problem]:
+    """A line with a field an export does not have: something was added that no signature
+    covers."""
+    if "head" in obj or "anchor" in obj:
+        outer = set(obj) - {"head", "anchor"}
+        inner = obj.get("head", obj.get("anchor"))
+        known = HEAD_FIELDS if "head" in obj else ANCHOR_FIELDS
+        extra = outer | (set(inner) - known if isinstance(inner, dict) else set())
+    else:
+        extra = set(obj) - ENTRY_FIELDS
+    if not extra:
+        return []
+    return [
+        Problem(
+            line,
+            f"holds a field an export does not have ({', '.join(sorted(map(str, extra)))}):"
+            " something was added to it",
+        )
+    ]
 
 
 def _key_of(value: object) -> str | None:

@@ -60,6 +60,11 @@ class EvidenceKey:
         refused. A file that cannot be read or holds no key raises :class:`ProximityError`
         naming it."""
         path = Path(path)
+        if path.suffix == ".pub":
+            raise ProximityError(
+                f"{path} is a public key file: the evidence key is the private key beside it"
+                " (the .key file)"
+            )
         if path.exists():
             return cls(_read(path), path)
         if not create:
@@ -73,6 +78,11 @@ class EvidenceKey:
     def sign(self, message: bytes) -> str:
         """The signature of ``message``, 128 hex digits."""
         return self._key.sign(message).signature.hex()
+
+
+def public_of(seed: str) -> str:
+    """The public key (hex) of the private key whose seed is ``seed`` (hex)."""
+    return SigningKey(bytes.fromhex(seed)).verify_key.encode().hex()
 
 
 def verify_signature(public_key: str, message: bytes, signature: object) -> bool:

@@ -558,3 +558,59 @@ def test_a_purge_the_file_refuses_removes_nothing_and_can_be_done_later(tmp_path
     assert log.purge(T0 + 2.5, keep_cases=set(), now=T0 + 100)["A"] == 3
     n, _, problems = verify_lines(lines_of(log, "A"), log.public_key)
     assert (n, problems) == (7, [])
+
+
+def test_the_cics_own_anchors_show_a_record_cut_with_its_journal(tmp_path: Path) -> None:
+    # Whoever holds the key and the database cuts the record and the journal's anchors: the
+    # export is consistent, and only the anchors the CIC received show the cut.
+    log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
+    received = []
+    for k in range(4):
+        log.append([("A", T0 + k, "fix", {"device": ["tag-1"], "lat": [50.85 + k * 1e-4]})])
+        received.append(orjson.dumps(log.anchor("A", T0 + k + 0.5)))
+    received.append(orjson.dumps(log.anchor("B", T0 + 9)))  # another case's: left out
+    key = EvidenceKey.load(log.key_path)
+
+    def cut(entries: list[dict[str, Any]]) -> None:
+        del entries[2:]
+
+    forged = resigned(rehashed(lines_of(log, "A"), cut), key)
+    assert verify_export(forged, log.public_key).problems == []
+    found = verify_export(forged, log.public_key, received, "cic-anchors.jsonl")
+    assert found.outside == 4
+    assert [(p.source, p.line) for p in found.problems] == [
+        ("cic-anchors.jsonl", 3),
+        ("cic-anchors.jsonl", 4),
+    ]
+    assert "entries were cut off its end" in found.problems[0].what
+
+
+def test_a_field_added_to_an_export_is_detected(tmp_path: Path) -> None:
+    log = record(tmp_path)
+    lines = lines_of(log, "A")
+    for n in (2, len(lines) - 1):  # an entry, the head line
+        doc = orjson.loads(lines[n])
+        doc.get("head", doc)["note"] = "added"
+        altered = [*lines[:n], orjson.dumps(doc), *lines[n + 1 :]]
+        found = problems_of(altered, log.public_key)
+        assert found == [
+            (n + 1, "holds a field an export does not have (note): something was added to it")
+        ]
+
+
+def test_a_private_key_given_for_the_public_one_is_refused_and_never_shown(
+    tmp_path: Path,
+) -> None:
+    log = record(tmp_path)
+    export = tmp_path / "A.jsonl"
+    export.write_bytes(b"\n".join(lines_of(log, "A")) + b"\n")
+    seed = log.key_path.read_text().strip()
+    for given in (str(log.key_path), seed):
+        out = run_cli("evidence", "verify", str(export), "--public-key", given)
+        assert out.returncode == 2 and "holds the private evidence key" in out.stderr
+        assert seed not in out.stdout + out.stderr
+    pub = log.key_path.with_suffix(".pub")
+    wrong = run_cli(
+        "evidence", "key", "--db", str(tmp_path / "registry.sqlite"), "--evidence-key", str(pub)
+    )
+    assert wrong.returncode != 0 and "is a public key file" in wrong.stderr
