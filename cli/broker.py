@@ -30,7 +30,7 @@ Examples:
   mosquitto -c /etc/mosquitto/proximity/mosquitto.conf
   # after 'proximity cases import' or 'cases remove': the same command again (host
   # names, port, address and desks are kept), then reload the broker:
-  kill -HUP BROKER_PID
+  kill -HUP "$(cat /etc/mosquitto/proximity/data/mosquitto.pid)"
 """
 
 
@@ -194,8 +194,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host, port = made.listener.hosts[0], made.listener.port
     certs = out / "certs"
     print(
-        f"broker: mosquitto -c {out}/mosquitto.conf (running: kill -HUP its process id to"
-        " reload the accounts and the ACL)\n"
+        f"broker: mosquitto -c {out}/mosquitto.conf (running: kill -HUP"
+        f' "$(cat {made.pid_file})" reloads the accounts and the ACL)\n'
         f"engine: proximity run --broker mqtts://{host}:{port} --broker-ca {ca}"
         f" --broker-username {engine} --broker-password-file {out}/engine.password"
         + (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -20,7 +21,7 @@ from typing import Any
 
 from cli import broker as broker_cli
 from ingest.model import IngestError
-from ingest.transport import parse_broker_url
+from ingest.transport import PASSWORD_ENV, parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
 from proximity.cases import Case, Device, parse_case_file, parse_mobility, top_speeds
 from proximity.errors import CaseFileError, ProximityError
@@ -476,9 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--anchors",
         type=Path,
         metavar="FILE",
-        help="the anchors the CIC received on the anchor topic (JSON Lines, one message a"
-        " line, any case's): the export's case's are checked too, which shows a record cut or"
-        " changed together with the engine's journal",
+        help="what the CIC received on the anchor topic (one message a line, or the lines of"
+        " mosquitto_sub -v; other messages are left aside): the anchors of the export's case"
+        " are checked too, which shows a record cut or changed together with the engine's"
+        " journal",
     )
     key = ev_sub.add_parser(
         "key",
@@ -495,7 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(key, ["evidence", "evidence_key"])
     _add_db(key)
     _add_config(key)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Flags are taken only as written: an abbreviation (``--broker-password`` for
+    ``--broker-password-file``) would take a mistyped secret as a file name, and echo it."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _no_abbreviations(sub)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -562,6 +575,11 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     for name in Settings.model_fields:
         rows.append((name, _shown(getattr(resolved.settings, name)), str(resolved.origins[name])))
     _print_table(rows)
+    password = resolved.settings.broker_password_file
+    if password is None and os.environ.get(PASSWORD_ENV):
+        print(f"broker password: from the environment variable {PASSWORD_ENV} (not shown)")
+    elif password is not None:
+        print(f"broker password: from the file {password} (not shown)")
     where = "none" if resolved.config is None else str(resolved.config)
     print(
         f"config file: {where}; precedence: flag > environment ({ENV_PREFIX}<NAME>) >"
@@ -954,7 +972,13 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.buffer.write(b"".join(lines))
     else:
-        args.out.write_bytes(b"".join(lines))
+        try:  # it holds the case's positions: readable by its owner only
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(b"".join(lines))
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         print(
             f"exported {len(lines) - 1 - len(anchors)} entries and {len(anchors)} anchor(s) of"
             f" case {args.case} to {args.out}"

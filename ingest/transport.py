@@ -71,6 +71,20 @@ ACCEPTED_FORMS = (
 )
 
 
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user part, if any, as ``***`` (whatever the password
+    holds: ``/``, ``#`` and ``@`` included), for messages and logs.
+
+    >>> masked_url("mqtts://engine:pa/ss#w@rd@broker.example:8883")
+    'mqtts://engine:***@broker.example:8883'
+    """
+    scheme, sep, rest = url.partition("://")
+    user, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}"
+
+
 def parse_broker_url(url: str) -> BrokerAddress:
     """``mqtt://HOST[:PORT]`` (or ``tcp://HOST[:PORT]``), or ``mqtts://HOST[:PORT]`` for
     TLS -> :class:`BrokerAddress`.
@@ -97,34 +111,35 @@ or mqtt://HOST (port 1883), e.g. mqtt://127.0.0.1:1883 (tcp:// is accepted for m
 or mqtts://HOST:PORT for TLS (port 8883)
     """
     text = url.strip()
+    shown = masked_url(url)
     if "://" not in text:
-        raise IngestError(f"broker URL {url!r} has no scheme; use {ACCEPTED_FORMS}")
+        raise IngestError(f"broker URL {shown!r} has no scheme; use {ACCEPTED_FORMS}")
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES + TLS_SCHEMES:
         raise IngestError(
-            f"broker URL {url!r}: scheme {parts.scheme!r} is not supported; use {ACCEPTED_FORMS}"
+            f"broker URL {shown!r}: scheme {parts.scheme!r} is not supported; use {ACCEPTED_FORMS}"
         )
-    if parts.username is not None or parts.password is not None:
-        shown_url = url.replace(parts.password, "***") if parts.password else url
+    if "@" in text.partition("://")[2]:  # a user part, whatever its password holds
         raise IngestError(
-            f"broker URL {shown_url!r}: a user name or password in the URL is not taken (a URL"
+            f"broker URL {shown!r}: a user name or password in the URL is not taken (a URL"
             " is shown on command lines and in logs); set broker_username, and the password in"
             f" a file (broker_password_file) or the environment ({PASSWORD_ENV})"
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise IngestError(
-            f"broker URL {url!r} has a path or query, which MQTT does not use; use {ACCEPTED_FORMS}"
+            f"broker URL {shown!r} has a path or query, which MQTT does not use; use"
+            f" {ACCEPTED_FORMS}"
         )
     tls = scheme in TLS_SCHEMES
     try:
         port = parts.port or (DEFAULT_TLS_PORT if tls else DEFAULT_PORT)
     except ValueError as exc:
         raise IngestError(
-            f"broker URL {url!r}: the port must be a number 1-65535; use {ACCEPTED_FORMS}"
+            f"broker URL {shown!r}: the port must be a number 1-65535; use {ACCEPTED_FORMS}"
         ) from exc
     if not parts.hostname:
-        raise IngestError(f"broker URL {url!r} names no host; use {ACCEPTED_FORMS}")
+        raise IngestError(f"broker URL {shown!r} names no host; use {ACCEPTED_FORMS}")
     return BrokerAddress(parts.hostname, port, tls)
 
 
@@ -291,7 +306,7 @@ def connect(
         " Over TLS this is how a broker that requires a client certificate refuses a client"
         " without one it accepts (broker_cert, broker_key)"
         if broker.tls
-        else ""
+        else " If that port is a TLS listener, use mqtts://"
     )
     if closed:
         raise IngestError(

@@ -450,6 +450,8 @@ def conf_text(
             "# Sessions and queued QoS 1 messages survive a broker crash (deploy/mosquitto.conf).",
             "persistence true",
             f"persistence_location {persistence}/",
+            '# Its process id, for a reload after a rerun: kill -HUP "$(cat FILE)".',
+            f"pid_file {persistence}/mosquitto.pid",
             "autosave_on_changes true",
             "autosave_interval 1",
             "max_queued_messages 0",
@@ -524,7 +526,9 @@ def plan_listener(
     old_hosts = before.get("hosts")
     if hosts is None and isinstance(old_hosts, list) and old_hosts:
         hosts = [str(h) for h in old_hosts]
-        kept.append(f"hosts {', '.join(hosts)}")
+        own = [h for h in hosts if h not in DEFAULT_HOSTS]
+        if own:
+            kept.append(f"hosts {', '.join(own)}")
     old_port = before.get("port")
     if port is None and isinstance(old_port, int):
         port = old_port
@@ -552,6 +556,8 @@ class Made:
     removed: list[str]
     notes: list[str]
     listener: Listener = Listener()
+    #: Where the broker writes its process id (for the reload after a rerun).
+    pid_file: Path = Path("mosquitto.pid")
 
 
 def write_config(
@@ -688,4 +694,4 @@ def _write_config(
         listener.port, listener.bind, tls, out, store.resolve(), source, listener.client_certs
     )
     _write(out / "mosquitto.conf", conf)
-    return Made(accounts, added, removed, notes, listener)
+    return Made(accounts, added, removed, notes, listener, store.resolve() / "mosquitto.pid")

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -26,7 +25,7 @@ from pydantic_settings import (
 )
 
 from ingest.model import IngestError
-from ingest.transport import PASSWORD_ENV, Access, parse_broker_url
+from ingest.transport import PASSWORD_ENV, Access, masked_url, parse_broker_url
 from numerics.uncertainty import DEFAULT_MOBILITY, UNKNOWN_ACCURACY_M
 from proximity.errors import ConfigError
 from proximity.rules import RuleConfig, rule_settings
@@ -56,14 +55,15 @@ class Settings(BaseSettings):
     )
     broker_username: str = Field(
         "",
-        description="the engine's account at the broker (empty: none); its publishing client"
-        " uses the account of this name with -out appended (proximity broker config makes"
-        " both)",
+        description="the engine's account at the broker (empty: connect without one); its"
+        " publishing client uses the account of this name with -out appended (proximity"
+        " broker config makes both, named proximity-engine when this is empty)",
     )
     broker_password_file: Path | None = Field(
         None,
-        description="file whose first line is the broker password (or set it in the"
-        f" environment variable {PASSWORD_ENV}; never a flag, never logged)",
+        description="file whose first line is the broker password; when not set, the"
+        f" environment variable {PASSWORD_ENV} is read (a password is never a flag, and"
+        " never logged)",
     )
     broker_ca: Path | None = Field(
         None,
@@ -238,14 +238,7 @@ class ResolvedSettings:
 
 def _masked(value: Any) -> Any:
     """``value`` as an error may show it: a URL's password (refused, but given) as ``***``."""
-    if isinstance(value, str) and "://" in value and "@" in value:
-        try:
-            password = urlsplit(value.strip()).password
-        except ValueError:
-            return value
-        if password:
-            return value.replace(password, "***")
-    return value
+    return masked_url(value) if isinstance(value, str) else value
 
 
 def _listed(head: str, problems: list[str], tail: str = "") -> str:

@@ -13,6 +13,7 @@ from types import TracebackType
 
 from proximity.cases import Case, CaseFile, Device
 from proximity.errors import RegistryError
+from storage.store import make_private
 
 SCHEMA_VERSION = 3
 
@@ -72,6 +73,7 @@ class Registry:
                 f"cannot open the registry {self.path}: folder {self.path.parent} does not exist"
             )
         try:
+            make_private(self.path)
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -87,7 +89,7 @@ class Registry:
                 )
             elif int(row[0]) < SCHEMA_VERSION:
                 self._migrate(int(row[0]))
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             raise RegistryError(f"cannot use {self.path} as a registry: {exc}") from exc
 
     def _migrate(self, version: int) -> None:

@@ -7,15 +7,24 @@ engine keeps what it could not write in memory and writes it when the disk takes
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from proximity.errors import ProximityError
 
 #: What a write to a SQLite file raises when the disk refuses it.
 WRITE_ERRORS = (sqlite3.Error, OSError)
+
+
+def make_private(path: Path) -> None:
+    """Create ``path`` empty, readable and writable by its owner only, unless it exists: the
+    registry, the journal and the evidence record hold the protected persons' names, phones
+    and positions. (SQLite gives its -wal and -shm files the database file's permissions.)"""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def open_durable(
@@ -29,11 +38,12 @@ def open_durable(
     if not path.parent.is_dir():
         raise ProximityError(f"cannot open the {what} {path}: folder {path.parent} does not exist")
     try:
+        make_private(path)
         db = sqlite3.connect(path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.executescript(schema)
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
         raise ProximityError(f"cannot use {path} as the {what}: {exc}") from exc
     return db
 

@@ -569,6 +569,8 @@ def test_the_cics_own_anchors_show_a_record_cut_with_its_journal(tmp_path: Path)
         log.append([("A", T0 + k, "fix", {"device": ["tag-1"], "lat": [50.85 + k * 1e-4]})])
         received.append(orjson.dumps(log.anchor("A", T0 + k + 0.5)))
     received.append(orjson.dumps(log.anchor("B", T0 + 9)))  # another case's: left out
+    received.append(b'cic/alarms {"alarm_id": "x", "case_id": "A"}')  # a message, not an anchor
+    received[1] = b"cic/evidence " + received[1]  # as mosquitto_sub -v writes it
     key = EvidenceKey.load(log.key_path)
 
     def cut(entries: list[dict[str, Any]]) -> None:
@@ -614,3 +616,21 @@ def test_a_private_key_given_for_the_public_one_is_refused_and_never_shown(
         "evidence", "key", "--db", str(tmp_path / "registry.sqlite"), "--evidence-key", str(pub)
     )
     assert wrong.returncode != 0 and "is a public key file" in wrong.stderr
+
+
+def test_the_files_that_hold_personal_data_are_their_owners_only(tmp_path: Path) -> None:
+    # Names, phones and positions: the registry, the journal, the record and its export.
+    db = tmp_path / "registry.sqlite"
+    case = {"id": "A", "offenders": ["t"], "protected": ["p"], "order": {"distance_m": 1}}
+    (tmp_path / "c.json").write_text(orjson.dumps({"cases": [case]}).decode())
+    assert run_cli("cases", "import", str(tmp_path / "c.json"), "--db", str(db)).returncode == 0
+    Journal(tmp_path / "registry.journal.sqlite").close()
+    record(tmp_path).close()
+    export = tmp_path / "A.jsonl"
+    out = run_cli("evidence", "export", "A", "--db", str(db), "--out", str(export))
+    assert out.returncode == 0, out.stderr
+    for name in ("registry.sqlite", "registry.journal.sqlite", "registry.evidence.sqlite"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(export.stat().st_mode) == 0o600
+    onto_folder = run_cli("evidence", "export", "A", "--db", str(db), "--out", str(tmp_path))
+    assert onto_folder.returncode == 2 and "cannot write" in onto_folder.stderr

@@ -14,7 +14,9 @@ there already.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -203,7 +205,7 @@ def test_anonymous_wrong_password_plaintext_and_unverified_connections_are_refus
         with pytest.raises(IngestError, match=said):
             connect(client, broker, access=access, wait_s=5.0)
     plain = make_client("")
-    with pytest.raises(IngestError):  # MQTT without TLS on the TLS port
+    with pytest.raises(IngestError, match="use mqtts://"):  # MQTT without TLS on the TLS port
         connect(plain, parse_broker_url(secured.url.replace("mqtts", "mqtt")), wait_s=2.0)
     disconnect(plain)
 
@@ -390,6 +392,52 @@ def test_with_client_certificates_the_engine_connects_with_its_own() -> None:
             watcher=desk,
         ).start()  # online: both its clients connected with its certificate
         assert engine.stop() == 0, engine.log.read_text()
+    finally:
+        stop_process(broker)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_after_the_cases_change_a_rerun_and_a_reload_let_in_only_the_devices_of_the_cases() -> None:
+    work = Path(tempfile.mkdtemp(prefix="proximity-reload-"))
+    work.chmod(0o755)
+    broker: subprocess.Popen[bytes] | None = None
+    try:
+        db = import_cases(work, CASES[:2])
+        port, out = free_port(), work / "broker"
+        config = ["broker", "config", "--db", str(db), "--out", str(out)]
+        first = run_cli(*config, "--port", str(port), "--bind", "127.0.0.1")
+        assert first.returncode == 0, first.stderr
+        broker = _start_broker(out, port)
+        before = _passwords(out)
+        # Case 2 ends, case 3 begins: the same command again (its listener is kept), a reload.
+        removed = run_cli("cases", "remove", "BE-2026-0002", "--db", str(db))
+        assert removed.returncode == 0, removed.stderr
+        import_cases(work, [CASES[2]])
+        again = run_cli(*config)
+        assert again.returncode == 0, again.stderr
+        assert "removed accounts: phone-2, tag-2" in again.stdout
+        pid_file = out / "data" / "mosquitto.pid"
+        assert f'kill -HUP "$(cat {pid_file})"' in again.stdout
+        pid = int(pid_file.read_text())
+        assert pid == broker.pid  # the broker we started, by its pid
+        os.kill(pid, signal.SIGHUP)
+        url, ca, after = f"mqtts://127.0.0.1:{port}", out / "ca.crt", _passwords(out)
+        deadline = time.monotonic() + 10.0
+        while True:  # the reload takes a moment
+            client = make_client("")
+            try:
+                connect(client, parse_broker_url(url), access=Access("tag-3", after["tag-3"], ca))
+                break
+            except IngestError:
+                assert time.monotonic() < deadline, "the new device was never let in"
+                time.sleep(0.1)
+        disconnect(client)
+        gone = make_client("")
+        with pytest.raises(IngestError, match="refused"):
+            connect(gone, parse_broker_url(url), access=Access("tag-2", before["tag-2"], ca))
+        kept = make_client("")
+        connect(kept, parse_broker_url(url), access=Access("tag-1", before["tag-1"], ca))
+        disconnect(kept)
     finally:
         stop_process(broker)
         shutil.rmtree(work, ignore_errors=True)

@@ -60,6 +60,10 @@ def test_credentials_in_a_broker_url_are_refused_without_showing_the_password() 
     message = str(info.value)
     assert "s3cret" not in message and "engine:***@broker.example" in message
     assert "broker_username" in message and "PROXIMITY_BROKER_PASSWORD" in message
+    # Whatever the password holds.
+    with pytest.raises(IngestError) as odd:
+        parse_broker_url("mqtts://engine:pa/ss#w@rd@broker.example")
+    assert "pa/ss" not in str(odd.value) and "engine:***@broker.example" in str(odd.value)
     # Nor does the settings' error, which shows the value it refuses.
     with pytest.raises(ConfigError) as refused:
         load_settings(None, broker="mqtts://engine:s3cret@broker.example")
@@ -87,6 +91,15 @@ def test_the_engines_password_comes_from_a_file_or_the_environment(
         broker_access(load_settings(None, broker_username="e", broker_password_file=secret))
     with pytest.raises(ConfigError, match=r"broker_ca .* is not a file"):
         broker_access(load_settings(None, broker_username="e", broker_ca=tmp_path / "missing.crt"))
+
+
+def test_a_flag_is_taken_only_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    # --broker-password is no abbreviation of --broker-password-file: a secret typed there
+    # would be taken as a file name and shown in the error.
+    with pytest.raises(SystemExit):
+        main(["run", "--broker-password", "s3cret"])
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --broker-password" in err and "cannot be read" not in err
 
 
 def test_the_docstring_examples_hold() -> None:
