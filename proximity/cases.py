@@ -520,4 +520,12 @@ def parse_case_file(doc: object, source: str = "case file") -> CaseFile:
 
     if problems:
         raise CaseFileError(source, problems)
+    members = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
+    for dev in members:
+        if any(ch == ":" or ch.isspace() for ch in dev):
+            # Mosquitto's password file and ACL cannot name it (proximity broker config).
+            warnings.append(
+                f"device {dev!r}: a ':' or a space cannot be in a broker account's name, so"
+                " 'proximity broker config' will refuse it; rename it for a secured broker"
+            )
     return CaseFile(tuple(cases), tuple(devices), tuple(warnings))

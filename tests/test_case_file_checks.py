@@ -427,3 +427,14 @@ def test_belgian_zones_are_never_flagged_and_one_swapped_zone_always_is(
     assert problems and all("written as [lat, lon]" in p for p in problems)
     # The swapped zone's case is named: its own problem, or one naming both of two cases.
     assert any(p.startswith(f"cases[{c}] (C{c}):") or f"case C{c} " in p for p in problems)
+
+
+def test_a_device_id_no_broker_account_can_have_is_warned_about_at_import() -> None:
+    doc = {
+        "cases": [
+            {"id": "A", "offenders": ["tag 1"], "protected": ["p:1"], "order": {"distance_m": 1}}
+        ]
+    }
+    warned = parse_case_file(doc).warnings
+    assert len(warned) == 2 and all("'proximity broker config' will refuse it" in w for w in warned)
+    assert warned[0].startswith("device 'p:1'") and warned[1].startswith("device 'tag 1'")
