@@ -13,12 +13,15 @@ cases change (the broker then reloads them on SIGHUP). What it writes in ``DIR``
 - ``passwd``: Mosquitto's password file (PBKDF2-SHA512, ``$7$``, as ``mosquitto_passwd``
   writes it), ``acl``: Mosquitto's ACL file;
 - ``accounts.json`` (mode 0600): every account's name, role and password, for handing to the
-  device, desk or engine it belongs to; ``engine.password``: the engine's, for its
-  ``broker_password_file``.
+  device, desk or engine it belongs to, and the listener (host names, port, address);
+  ``engine.password``: the engine's, for its ``broker_password_file``; with client
+  certificates, ``certs/ACCOUNT.crt`` and ``.key``.
 
-Accounts (:func:`plan_accounts`): one per device (its device id), one per CIC operator desk
-(``--cic NAME``), and two for the engine: its intake (``broker_username``, reading) and its
-publishing client (the same name with ``-out``, writing). What each may do:
+Accounts (:func:`plan_accounts`): one per device (its device id), two per CIC operator desk
+(``--cic NAME``: the desk, and ``NAME-watch`` that only reads, for a listener beside the
+program that acknowledges: an account has one connection at a time), and two for the
+engine: its intake (``broker_username``, reading) and its publishing client (the same name
+with ``-out``, writing). What each may do:
 
 - a device publishes only its own fixes and events (``devices/<id>/fix``, ``.../event``, and
   its OwnTracks topics) and reads only its own notices and commands;
@@ -29,8 +32,9 @@ publishing client (the same name with ``-out``, writing). What each may do:
   only on ``cic/acks/<desk>``: the engine records that account as the operator.
 
 A rerun keeps what it can: the CA and the server certificate (re-issued only when the host
-names change), and the passwords of the accounts that remain; new accounts get new
-passwords, and the accounts of devices no longer in any case are gone.
+names change), the passwords of the accounts that remain, the desks, and the listener's
+host names, port, address and client certificates where it is not given them; new accounts
+get new passwords, and the accounts of devices no longer in any case are gone.
 """
 
 from __future__ import annotations
