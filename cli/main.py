@@ -881,7 +881,7 @@ def _cmd_evidence_verify(args: argparse.Namespace) -> int:
             print(f"error: cannot read {args.anchors}: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     found = verify_export(data.splitlines(), key, outside, str(args.anchors))
-    if key is not None and found.key is not None and public_of(key) == found.key:
+    if key is not None and public_of(key) in found.named_keys:
         # The private key (its 64 hex digits look like a public key's): never echoed.
         shown = args.public_key if Path(args.public_key).is_file() else "(the digits given)"
         print(

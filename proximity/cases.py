@@ -204,6 +204,8 @@ def _device_id_problem(value: object) -> str | None:
         return f"must be a non-empty string, got {value!r}"
     if value != value.strip():
         return f"{value!r} has leading or trailing spaces"
+    if not value.isprintable():
+        return f"{value!r} holds a control character (a line break, a tab, ...)"
     bad = sorted(FORBIDDEN_ID_CHARS & set(value))
     if bad:
         return f"{value!r} contains {''.join(bad)!r}, which MQTT topics do not allow"
@@ -432,7 +434,14 @@ def _check_device(
     if "owntracks" in raw:
         ot = raw["owntracks"]
         names = (ot.get("user"), ot.get("device")) if isinstance(ot, dict) else (None, None)
-        if not all(isinstance(n, str) and n and not any(c in n for c in "/+#") for n in names):
+        if not all(
+            isinstance(n, str)
+            and n
+            and not any(c in n for c in "/+#")
+            and n.isprintable()
+            and not any(c.isspace() for c in n)
+            for n in names
+        ):  # a topic level: no wildcard, no separator, no space or control character
             problems.append(
                 f"{where}: 'owntracks' must be"
                 f' {{"user": ..., "device": ...}} (the app\'s topic owntracks/USER/DEVICE),'

@@ -117,6 +117,11 @@ def plan_accounts(
 ) -> list[Account]:
     """Every account and its rights, from the registry's cases and device descriptions, the
     CIC desks and the engine's account name; ConfigError names what cannot be an account."""
+    for name, topic in (("alarm_topic", topics.alarms), ("cap_topic", topics.cap),
+                        ("anchor_topic", topics.anchors), ("status_topic", topics.status),
+                        ("rejected_topic", topics.rejected)):  # fmt: skip
+        if topic and (any(c in topic for c in "+#") or not _line_safe(topic)):
+            raise ConfigError(f"{name} {topic!r} is no topic to publish on (a wildcard or a space)")
     info = {d.id: d.info for d in devices}
     device_ids = sorted({d for c in cases for d in (*c.offenders, *c.protected)})
     desks = sorted(set(desks))
@@ -141,7 +146,7 @@ def plan_accounts(
         raise ConfigError(
             "cannot make the broker accounts: " + "; ".join(problems),
         )
-    owntracks = []
+    owntracks: dict[str, str] = {}
     accounts = []
     for dev in device_ids:
         read = [f"devices/{dev}/notice", f"devices/{dev}/cmd"]
@@ -149,11 +154,16 @@ def plan_accounts(
         ot = info.get(dev, {}).get("owntracks")
         if isinstance(ot, dict) and isinstance(ot.get("user"), str):
             base = f"owntracks/{ot['user']}/{ot['device']}"
+            if base in owntracks:  # two accounts may not speak on one app's topic
+                raise ConfigError(
+                    f"devices {owntracks[base]!r} and {dev!r} both name the OwnTracks app"
+                    f" {base}: give each device its own app"
+                )
+            owntracks[base] = dev
             # The app also publishes its info, waypoints and status under its topic; a refused
             # publish would end its connection. It reads its commands there.
             write += [base, f"{base}/#"]
             read.append(f"{base}/cmd")
-            owntracks.append(base)
         accounts.append(Account(dev, "device", tuple(read), tuple(write)))
     engine_reads = ("devices/+/fix", "devices/+/event", "owntracks/+/+", "owntracks/+/+/event")
     head = [
@@ -184,10 +194,24 @@ def plan_accounts(
     return head + accounts
 
 
+def _line_safe(text: str) -> bool:
+    """Whether ``text`` can stand in a line of Mosquitto's files as one word: no space, no
+    control character (a line break would start a rule of its own)."""
+    return bool(text) and text.isprintable() and not any(c.isspace() for c in text)
+
+
 def acl_text(accounts: Sequence[Account], source: str) -> str:
-    """Mosquitto's ACL file for ``accounts`` (nothing is allowed that is not listed)."""
+    """Mosquitto's ACL file for ``accounts`` (nothing is allowed that is not listed);
+    ConfigError for a name or topic that could not stand in it as one word."""
+    for a in accounts:
+        bad = [t for t in (a.name, *a.read, *a.write) if not _line_safe(t)]
+        if bad:
+            raise ConfigError(
+                f"account {a.name!r}: {', '.join(map(repr, bad))} cannot be written into the"
+                " ACL (a space or a control character)"
+            )
     lines = [
-        f"# Mosquitto ACL made by 'proximity broker config' from {source}.",
+        f"# Mosquitto ACL made by 'proximity broker config' from {source!r}.",
         "# Made again whenever the cases change; edits here are lost.",
         "",
     ]
@@ -437,7 +461,7 @@ def conf_text(
     return "\n".join(
         [
             "# Mosquitto for a proximity-engine deployment, made by 'proximity broker config'",
-            f"# from {source}. Made again whenever the cases change (then: kill -HUP the",
+            f"# from {source!r}. Made again whenever the cases change (then: kill -HUP the",
             "# broker); edits here are lost. What each setting is for: docs/security.md.",
             "per_listener_settings false",
             f"listener {port}" + (f" {bind}" if bind else ""),
@@ -633,6 +657,7 @@ def _write_config(
             f" {', '.join(sorted(earlier)) or 'none'})"
         )
     accounts = plan_accounts(cases, devices, (earlier - dropped) | desks, engine, topics)
+    acl = acl_text(accounts, source)  # refused, if it is, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if own_tls is None:
         tls, made = make_tls(out, list(listener.hosts), now or dt.datetime.now(dt.UTC), gid)
@@ -664,7 +689,7 @@ def _write_config(
         private=True,
         group=gid,
     )
-    _write(out / "acl", acl_text(accounts, source), private=True, group=gid)
+    _write(out / "acl", acl, private=True, group=gid)
     doc = {
         "note": "broker accounts of the deployment: hand each password to its device, desk or"
         " engine only",

@@ -38,6 +38,7 @@ anchors published before the rewrite (as the CIC holds them) show it.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import sqlite3
 import time
@@ -204,6 +205,9 @@ class EvidenceLog:
             self._db.close()
             raise
         self._heads: dict[str, tuple[int, str]] = {}
+        #: The cases written since the record was opened (kept when a refused write makes
+        #: the heads be read again).
+        self._written: set[str] = set()
 
     @property
     def public_key(self) -> str:
@@ -235,7 +239,6 @@ class EvidenceLog:
         1,000 cases takes 22 ms to append, 15 ms of it signing)."""
         rows: list[tuple[str, int, float, str, bytes, str, str, str, str | None]] = []
         heads = dict(self._heads)
-        last: dict[str, int] = {}  # the row of each case's last entry
         for case_id, t, kind, body in entries:
             if kind not in KINDS:
                 raise ValueError(f"unknown evidence kind {kind!r}")
@@ -244,12 +247,11 @@ class EvidenceLog:
             data = canonical(body)
             body_hash = sha256(data)
             h = entry_hash(prev, case_id, seq, t, kind, body_hash)
-            last[case_id] = len(rows)
             rows.append((case_id, seq, t, kind, data, body_hash, prev, h, None))
             heads[case_id] = (seq, h)
-        for case_id, i in last.items():
-            seq, h = rows[i][1], rows[i][7]
-            rows[i] = (*rows[i][:8], self._key.sign(head_message(case_id, seq, h)))
+        # Every entry is signed (a write adds about one per case: its fixes, and each alarm
+        # message): an entry whose signature was removed cannot pass for an old one.
+        rows = [(*r[:8], self._key.sign(head_message(r[0], r[1], r[7]))) for r in rows]
         if not rows and before is None:
             return 0
         try:
@@ -265,12 +267,13 @@ class EvidenceLog:
             self._heads = {}  # read again from the file
             raise
         self._heads = heads
+        self._written.update(r[0] for r in rows)
         return len(rows)
 
     def known(self) -> list[str]:
-        """The cases whose head this log knows: written, or looked up, since it was opened
-        (without reading the file: :meth:`cases` reads every entry's key)."""
-        return list(self._heads)
+        """The cases written, or looked up, since the record was opened (without reading the
+        file: :meth:`cases` reads every entry's key)."""
+        return sorted(self._written | set(self._heads))
 
     def head(self, case_id: str) -> tuple[int, str]:
         """The case's entry count and last hash (``0, GENESIS`` when it has none)."""
@@ -405,6 +408,8 @@ class Verification:
     anchors: int
     #: The anchors kept outside the engine (the CIC's copies) of this case that were checked.
     outside: int = 0
+    #: Every public key the export names (its head line's and its anchors').
+    named_keys: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,7 +477,7 @@ def verify_export(
         if not isinstance(obj, dict):
             problems.append(Problem(i, "not a JSON object"))
             continue
-        problems += _unknown_fields(i, obj)
+        problems += _unknown_fields(i, obj) + _repeated_fields(i, raw)
         if "head" in obj:
             head_line, head = i, obj["head"]
             continue
@@ -548,9 +553,7 @@ def verify_export(
     else:
         if given is not None and named is not None and named != given:
             problems.append(
-                Problem(
-                    head_line, f"signed by another key ({named}), not by the key given ({given})"
-                )
+                Problem(head_line, f"signed by another key ({named}), not by the key given")
             )
         if key is None:
             problems.append(
@@ -565,6 +568,15 @@ def verify_export(
             if head_line:
                 problems += _head_problems(head_line, fields, key, len(anchors))
         problems += _unsigned_tail(entries)
+        if entries and all(e.sig is None for e in entries):
+            problems.append(
+                Problem(
+                    entries[0].line,
+                    "no entry carries a signature (the record was written before it was"
+                    " signed, or its signatures were removed): nothing shows that its"
+                    " entries are unaltered",
+                )
+            )
     problems += _anchor_problems(anchors, entries, case_id, key)
     problems += _removed_body_problems(entries)
     problems.sort(key=lambda p: p.line)
@@ -583,9 +595,45 @@ def verify_export(
         Problem(p.line, p.what, outside_name)
         for p in _anchor_problems(theirs, entries, case_id, key)
     ]
+    named_keys = {
+        k for k in (named, *(_key_of(a.get("key")) for _, a in anchors if isinstance(a, dict))) if k
+    }
     return Verification(
-        n, prev, problems, key, key is not None and key == given, signed, len(anchors), len(theirs)
+        n,
+        prev,
+        problems,
+        key,
+        key is not None and key == given,
+        signed,
+        len(anchors),
+        len(theirs),
+        frozenset(named_keys),
     )
+
+
+def _repeated_fields(line: int, raw: bytes) -> list[Problem]:
+    """A line that names a field twice, at any depth: a reader may see the one the checks did
+    not (a JSON reader keeps the last)."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        repeated.extend(sorted({k for k in keys if keys.count(k) > 1}))
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except ValueError:
+        return []  # not JSON: said already
+    if not repeated:
+        return []
+    return [
+        Problem(
+            line,
+            f"names a field twice ({', '.join(dict.fromkeys(repeated))}): what a reader sees"
+            " may not be what was checked",
+        )
+    ]
 
 
 def _unknown_fields(line: int, obj: dict[str, Any]) -> list[Problem]:
@@ -665,23 +713,35 @@ def _signature_problems(entries: list[_Entry], key: str) -> list[Problem]:
 
 
 def _unsigned_tail(entries: list[_Entry]) -> list[Problem]:
-    """The entries after the last signed one: no signature vouches for them."""
-    last = max((k for k, e in enumerate(entries) if e.sig is not None), default=-1)
-    tail = entries[last + 1 :]
-    if not tail:
+    """The entries without a signature after the first signed one, one problem per run of
+    them: the engine signs every entry it writes, so an entry without one was rewritten (its
+    signature removed) or added. Unsigned entries before the first signed one were written
+    before the record was signed; the first signature vouches for them through the chain."""
+    first = next((k for k, e in enumerate(entries) if e.sig is not None), None)
+    if first is None:
         return []
-    if len(tail) == 1:
+    problems: list[Problem] = []
+    run: list[_Entry] = []
+
+    def close_run() -> None:
+        if not run:
+            return
         what = (
-            "no signature covers this entry, the last one: it may have been added or changed"
-            " after the record was signed"
+            "this entry carries no signature, where every entry after the first signed one"
+            " does: it was rewritten or added after the record was signed"
         )
-    else:
-        what = (
-            f"no signature covers this entry and the {len(tail) - 1} after it (to line"
-            f" {tail[-1].line}): entries after the last signed one may have been added or"
-            " changed after the record was signed"
-        )
-    return [Problem(tail[0].line, what)]
+        if len(run) > 1:
+            what += f"; so do the {len(run) - 1} after it (to line {run[-1].line})"
+        problems.append(Problem(run[0].line, what))
+        run.clear()
+
+    for e in entries[first:]:
+        if e.sig is None:
+            run.append(e)
+        else:
+            close_run()
+    close_run()
+    return problems
 
 
 def _head_problems(line: int, head: dict[str, Any], key: str, anchors: int) -> list[Problem]:
@@ -731,7 +791,11 @@ def _anchor_problems(
         signer = _key_of(signer)
         if key is not None and signer != key:
             problems.append(
-                Problem(line, f"the anchor is signed by another key ({signer}), not by {key}")
+                Problem(
+                    line,
+                    f"the anchor is signed by another key ({signer}), not by the key the"
+                    " export is checked with",
+                )
             )
             continue
         if signer is None or not _signs(

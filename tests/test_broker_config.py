@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from proximity.cases import Case, Device
-from proximity.errors import ConfigError
+from proximity.cases import Case, Device, parse_case_file
+from proximity.errors import CaseFileError, ConfigError
 from service.broker import acl_text, password_hash, plan_accounts
 from tests.conftest import import_cases, run_cli
 
@@ -113,3 +113,21 @@ def test_a_rerun_keeps_the_listener_it_is_not_told_to_change(tmp_path: Path) -> 
     assert "mqtts://broker.example.org:18883" in again.stdout
     conf = (tmp_path / "b" / "mosquitto.conf").read_text()
     assert "listener 18883 10.0.0.5" in conf
+
+
+def test_names_from_the_case_file_cannot_write_rules_into_the_acl() -> None:
+    # A line break in an OwnTracks name would start an ACL rule of its own.
+    hostile = [Device("tag-1", {"owntracks": {"user": "bob", "device": "x\ntopic readwrite cic"}})]
+    with pytest.raises(ConfigError, match="cannot be written into the ACL"):
+        acl_text(plan_accounts([_case("A", "tag-1", "p")], hostile, []), "r.sqlite")
+    case = {"id": "A", "offenders": ["tag-1"], "protected": ["p"], "order": {"distance_m": 1}}
+    app = {"user": "bob", "device": "x\ntopic readwrite cic"}
+    with pytest.raises(CaseFileError, match="'owntracks' must be"):  # refused at import too
+        parse_case_file({"cases": [case], "devices": [{"id": "tag-1", "owntracks": app}]})
+    # Nor may two devices share one app's topic (the offender would speak for the victim).
+    shared = [
+        Device("phone-1", {"owntracks": {"user": "els", "device": "pixel"}}),
+        Device("tag-1", {"owntracks": {"user": "els", "device": "pixel"}}),
+    ]
+    with pytest.raises(ConfigError, match="both name the OwnTracks app owntracks/els/pixel"):
+        plan_accounts([_case("A", "tag-1", "phone-1")], shared, [])

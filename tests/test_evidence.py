@@ -107,6 +107,16 @@ def resigned(lines: list[bytes], key: EvidenceKey) -> list[bytes]:
     return [orjson.dumps(d) for d in docs]
 
 
+def resigned_head(lines: list[bytes], log: EvidenceLog) -> list[bytes]:
+    """The head line signed again with the record's key (an export made by the engine's host
+    of a record altered in its file)."""
+    docs = [orjson.loads(x) for x in lines]
+    head = docs[-1]["head"]
+    fields = [head[k] for k in ("case_id", "count", "hash", "exported", "anchors")]
+    head["signature"] = EvidenceKey.load(log.key_path).sign(export_message(*fields))
+    return [orjson.dumps(d) for d in docs]
+
+
 def move_third_fix(entries: list[dict[str, Any]]) -> None:
     entries[2]["body"]["lat"] = 50.86  # about 1 km north
 
@@ -129,7 +139,7 @@ def test_an_untouched_export_verifies(tmp_path: Path) -> None:
     assert log.head("B")[0] == 5  # each case has its own chain
 
 
-def test_each_write_signs_the_last_entry_of_each_case_it_touched(tmp_path: Path) -> None:
+def test_each_write_signs_every_entry(tmp_path: Path) -> None:
     log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
     log.append(
         [
@@ -140,8 +150,7 @@ def test_each_write_signs_the_last_entry_of_each_case_it_touched(tmp_path: Path)
         ]
     )
     signed = {c: [orjson.loads(x)["sig"] is not None for x in lines_of(log, c)[:-1]] for c in "AB"}
-    assert signed == {"A": [False, False, True], "B": [True]}
-    # The signature of entry 3 vouches for entries 1 and 2 through the chain.
+    assert signed == {"A": [True, True, True], "B": [True]}
     assert problems_of(lines_of(log, "A"), log.public_key) == []
 
 
@@ -292,7 +301,17 @@ def test_an_export_edited_and_fully_rehashed_is_detected(tmp_path: Path) -> None
 
     stripped = problems_of(rehashed(lines, unsigned), log.public_key)
     assert stripped[0][0] == 3
-    assert "no signature covers this entry and the 3 after it (to line 6)" in stripped[0][1]
+    assert "carries no signature, where every entry after the first signed one" in stripped[0][1]
+    assert "so do the 3 after it (to line 6)" in stripped[0][1]
+
+    def all_unsigned(entries: list[dict[str, Any]]) -> None:
+        move_third_fix(entries)
+        for e in entries:
+            e["sig"] = None
+
+    # Every signature removed, the head line signed again by whoever holds the key.
+    bare = problems_of(resigned_head(rehashed(lines, all_unsigned), log), log.public_key)
+    assert [line for line, _ in bare] == [1] and "no entry carries a signature" in bare[0][1]
 
 
 def test_a_cut_end_with_a_rewritten_head_line_is_detected(tmp_path: Path) -> None:
@@ -400,7 +419,7 @@ def test_an_export_signed_with_another_key_fails_against_the_deployments(tmp_pat
     assert verify_export(rebuilt).key == other.public_key
     # ... and shows as what it is against the deployment's key.
     assert problems_of(rebuilt, log.public_key) == [
-        (7, f"signed by another key ({other.public_key}), not by the key given ({log.public_key})")
+        (7, f"signed by another key ({other.public_key}), not by the key given")
     ]
     assert verify_export(lines, log.public_key).key_given
     assert not verify_export(rebuilt, log.public_key).key_given
@@ -443,7 +462,7 @@ def test_a_record_of_an_older_version_opens_and_is_signed_from_then_on(tmp_path:
     log = EvidenceLog(path)
     found = problems_of(lines_of(log, "A"), log.public_key)
     assert [line for line, _ in found] == [1]
-    assert "no signature covers this entry and the 2 after it" in found[0][1]
+    assert "no entry carries a signature" in found[0][1]
     log.append([("A", T0 + 9, "alarm", {"alarm_id": "x", "state": "open"})])
     assert problems_of(lines_of(log, "A"), log.public_key) == []  # entry 4 vouches for 1-3
     log.close()
@@ -611,6 +630,12 @@ def test_a_private_key_given_for_the_public_one_is_refused_and_never_shown(
         out = run_cli("evidence", "verify", str(export), "--public-key", given)
         assert out.returncode == 2 and "holds the private evidence key" in out.stderr
         assert seed not in out.stdout + out.stderr
+    # An export that names no key (its head line gone): nothing shows the key, and no message
+    # repeats what was given.
+    headless = tmp_path / "headless.jsonl"
+    headless.write_bytes(b"\n".join(lines_of(log, "A")[:-1]) + b"\n")
+    out = run_cli("evidence", "verify", str(headless), "--public-key", seed)
+    assert out.returncode == 1 and seed not in out.stdout + out.stderr
     pub = log.key_path.with_suffix(".pub")
     wrong = run_cli(
         "evidence", "key", "--db", str(tmp_path / "registry.sqlite"), "--evidence-key", str(pub)
@@ -634,3 +659,57 @@ def test_the_files_that_hold_personal_data_are_their_owners_only(tmp_path: Path)
     assert stat.S_IMODE(export.stat().st_mode) == 0o600
     onto_folder = run_cli("evidence", "export", "A", "--db", str(db), "--out", str(tmp_path))
     assert onto_folder.returncode == 2 and "cannot write" in onto_folder.stderr
+
+
+def test_a_record_altered_in_its_file_and_extended_by_the_engine_still_shows_it(
+    tmp_path: Path,
+) -> None:
+    # Whoever can write the file, not the key: the engine stopped, its newest entries edited
+    # and re-hashed, their signatures removed; the engine then starts and signs on top.
+    path = tmp_path / "registry.evidence.sqlite"
+    log = EvidenceLog(path)
+    for k in range(3):
+        log.append([("A", T0 + k, "alarm", {"alarm_id": "x", "level": "escalation", "k": k})])
+    log.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TRIGGER evidence_no_rewrite")
+    rows = db.execute("SELECT seq, t, kind, body FROM evidence ORDER BY seq").fetchall()
+    prev = db.execute("SELECT hash FROM evidence WHERE seq = 1").fetchone()[0]
+    for seq, t, kind, body in rows[1:]:
+        edited = canonical({**orjson.loads(body), "level": "pre_alert"})
+        h = entry_hash(prev, "A", seq, t, kind, sha256(edited))
+        db.execute(
+            "UPDATE evidence SET body=?, body_hash=?, prev=?, hash=?, sig=NULL WHERE seq=?",
+            (edited, sha256(edited), prev, h, seq),
+        )
+        prev = h
+    db.commit()
+    db.close()
+    log = EvidenceLog(path)  # the engine again
+    log.append([("A", T0 + 9, "alarm", {"alarm_id": "y", "level": "alarm"})])
+    found = problems_of(lines_of(log, "A"), log.public_key)
+    assert [line for line, _ in found] == [2]
+    assert "carries no signature" in found[0][1] and "so do the 1 after it" in found[0][1]
+
+
+def test_a_field_named_twice_is_detected(tmp_path: Path) -> None:
+    # A JSON reader keeps the last: a body put first would be what a person reads.
+    log = record(tmp_path)
+    lines = lines_of(log, "A")
+    doubled = b'{"body":{"lat":51.0,"device":"tag-1"},' + lines[1][1:]
+    found = problems_of([lines[0], doubled, *lines[2:]], log.public_key)
+    assert found == [
+        (2, "names a field twice (body): what a reader sees may not be what was checked")
+    ]
+
+
+def test_a_refused_write_does_not_make_the_record_forget_what_it_wrote(tmp_path: Path) -> None:
+    # The engine anchors the cases written since it opened the record: a full disk in between
+    # must not make it forget one (it would never be anchored again in that run).
+    log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
+    log.append([("A", T0, "fix", {"device": ["tag-1"]})])
+    db = log._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    with pytest.raises(sqlite3.OperationalError):
+        log.append([("B", T0, "fix", {"device": ["tag-2"], "pad": "x" * 100_000})])
+    assert log.known() == ["A"] and log.head("A")[0] == 1
