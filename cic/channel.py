@@ -92,6 +92,7 @@ class MqttAlarmChannel:
         #: give the engine this topic): undelivered in the journal, re-published at the next
         #: start, and counted in :attr:`unacknowledged`.
         self.refused: set[int] = set()
+        self.refused_held = 0  # the same, of messages a storage fault held
         self._client = client
         client.on_publish = self._on_publish
         self._cap = CapFormatter()
@@ -311,8 +312,9 @@ class MqttAlarmChannel:
                 done.append(entry)
                 continue
             held = self._held_pending.pop(mid, None)
-            if held is not None and refusal:
+            if held is not None and refusal:  # journalled undelivered when the fault ends
                 log.error("the broker refused a message held by the storage fault (%s)", refusal)
+                self.refused_held += 1
             elif held is not None:  # journalled with its delivery when the fault ends
                 held.delivered = now
                 self.max_lag_s = max(self.max_lag_s, now - held.created)
@@ -330,7 +332,7 @@ class MqttAlarmChannel:
 
     @property
     def unacknowledged(self) -> int:
-        return len(self._pending) + len(self._held_pending) + len(self.refused)
+        return len(self._pending) + len(self._held_pending) + len(self.refused) + self.refused_held
 
     def close(self) -> None:
         """Journal what a storage fault held (one last try), wait briefly for outstanding

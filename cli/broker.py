@@ -109,11 +109,11 @@ def add_parser(
     conf.add_argument("--ca", type=Path, metavar="FILE", help="the CA that signed it")
     conf.add_argument(
         "--client-certs",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="mutual TLS: give every account a client certificate signed by the private CA"
         " (DIR/certs/ACCOUNT.crt and .key; the engine's serves both its accounts) and make the"
-        " broker require one besides the password (kept on later runs)",
+        " broker require one besides the password (kept on later runs until --no-client-certs)",
     )
     conf.add_argument(
         "--broker-user",

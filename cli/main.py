@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -503,8 +504,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
     """Flags are taken only as written: an abbreviation (``--broker-password`` for
-    ``--broker-password-file``) would take a mistyped secret as a file name, and echo it."""
+    ``--broker-password-file``) would take a mistyped secret as a file name, and echo it; and
+    an error never repeats what follows a flag named like a password."""
     parser.allow_abbrev = False
+    usage_error = parser.error
+
+    def error(message: str) -> typing.NoReturn:
+        usage_error(re.sub(r"(--[\w-]*password[\w-]*)(=|\s+)(\S+)", r"\1\2***", message))
+
+    parser.error = error  # type: ignore[method-assign]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -974,6 +982,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     else:
         try:  # it holds the case's positions: readable by its owner only
             fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an older export's mode too
             with os.fdopen(fd, "wb") as fh:
                 fh.write(b"".join(lines))
         except OSError as exc:

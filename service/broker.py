@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -323,11 +324,10 @@ def make_tls(
     pem = serialization.Encoding.PEM
     key_bytes = _key_bytes
 
-    if ca_crt.exists() and ca_key.exists():
-        ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
+    ca_private: ec.EllipticCurvePrivateKey | None
+    if ca_crt.exists():  # kept, with or without its key (which may be kept elsewhere)
         ca_cert = x509.load_pem_x509_certificate(ca_crt.read_bytes())
-        if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"{ca_key} is not the EC key this command makes")
+        ca_private = _ca_key(ca_key) if ca_key.exists() else None
     else:
         ca_private = ec.generate_private_key(ec.SECP256R1())
         subject = _name("proximity-engine private CA")
@@ -359,7 +359,21 @@ def make_tls(
         _write(ca_key, key_bytes(ca_private), private=True)
         _write(ca_crt, ca_cert.public_bytes(pem))
         done.append(f"made a private CA: {ca_crt} (give it to every client; keep {ca_key} safe)")
-    if not (crt.exists() and key.exists()) or _cert_hosts(crt) != set(_canonical(hosts)):
+    why = (
+        "there is none"
+        if not (crt.exists() and key.exists())
+        else "the host names changed"
+        if _cert_hosts(crt) != set(_canonical(hosts))
+        else "another CA signed it"
+        if not _issued_by(crt, ca_cert)
+        else ""
+    )
+    if why:
+        if ca_private is None:
+            raise ConfigError(
+                f"the broker's certificate must be made ({why}), and only the CA's key can"
+                f" sign it: put {ca_key} back for this run"
+            )
         server_private, cert = _leaf(
             ca_cert, ca_private, hosts[0], now, ExtendedKeyUsageOID.SERVER_AUTH, hosts
         )
@@ -409,14 +423,27 @@ def _leaf(
     return private, builder.sign(ca_private, hashes.SHA256())
 
 
+def _ca_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path} is not the EC key this command makes")
+    return key
+
+
+def _issued_by(path: Path, ca: x509.Certificate) -> bool:
+    """Whether the certificate in ``path`` was signed by ``ca``."""
+    try:
+        x509.load_pem_x509_certificate(path.read_bytes()).verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature, OSError):
+        return False
+    return True
+
+
 def client_certs(out: Path, names: Sequence[str], now: dt.datetime) -> list[str]:
     """A client certificate and key for each of ``names``, signed by the deployment's CA, in
     ``out/certs`` (``NAME.crt``, ``NAME.key`` readable by its owner only; kept once made);
     the names of those made now."""
     ca_key = out / "ca.key"
-    ca_private = serialization.load_pem_private_key(ca_key.read_bytes(), None)
-    if not isinstance(ca_private, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"{ca_key} is not the EC key this command makes")
     ca_cert = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
     folder = out / "certs"
     folder.mkdir(exist_ok=True)
@@ -425,6 +452,12 @@ def client_certs(out: Path, names: Sequence[str], now: dt.datetime) -> list[str]
         crt, key = folder / f"{name}.crt", folder / f"{name}.key"
         if crt.exists() and key.exists():
             continue
+        if not ca_key.exists():
+            raise ConfigError(
+                f"{name} needs a client certificate, and only the CA's key can sign it: put"
+                f" {ca_key} back for this run"
+            )
+        ca_private = _ca_key(ca_key)
         private, cert = _leaf(ca_cert, ca_private, name, now, ExtendedKeyUsageOID.CLIENT_AUTH)
         _write(key, _key_bytes(private), private=True)
         _write(crt, cert.public_bytes(serialization.Encoding.PEM))
@@ -560,7 +593,8 @@ def plan_listener(
     old_port = before.get("port")
     if port is None and isinstance(old_port, int):
         port = old_port
-        kept.append(f"port {old_port}")
+        if old_port != DEFAULT_PORT:
+            kept.append(f"port {old_port}")
     old_bind = before.get("bind")
     if bind is None and isinstance(old_bind, str) and old_bind:
         bind = old_bind
@@ -646,6 +680,20 @@ def _write_config(
     accounts_file = out / "accounts.json"
     before, listened = _previous(accounts_file)
     listener, notes = plan_listener(listened, hosts, port, bind, with_client_certs)
+    # The operator's own certificate and the persistence folder, as the earlier run had them.
+    own = listened.get("own_tls")
+    if (
+        own_tls is None
+        and isinstance(own, dict)
+        and all(isinstance(own.get(k), str) for k in ("ca", "cert", "key"))
+    ):
+        own_tls = Tls(Path(own["ca"]), Path(own["cert"]), Path(own["key"]), made=False)
+        notes.append(f"kept from the earlier run: your own certificate {own_tls.cert}")
+    kept_store = listened.get("persistence")
+    if persistence is None and isinstance(kept_store, str) and kept_store:
+        persistence = Path(kept_store)
+        if persistence != out.resolve() / "data":
+            notes.append(f"kept from the earlier run: the persistence folder {persistence}")
     desks, dropped = set(desks), set(drop_desks)
     earlier = {n for n, a in before.items() if a.get("role") == "cic"}
     if desks & dropped:
@@ -664,9 +712,14 @@ def _write_config(
         notes += made
     else:
         tls = own_tls
-    engine_password = before.get(engine, {}).get("password") or secrets.token_urlsafe(
-        PASSWORD_BYTES
-    )
+
+    def kept(name: str, role: str) -> str | None:
+        """An account's password from the earlier run, if it had the same role (a name that
+        changes role gets a new one: its earlier holder must not get the new rights)."""
+        entry = before.get(name, {})
+        return entry.get("password") if entry.get("role") == role else None
+
+    engine_password = kept(engine, "engine") or secrets.token_urlsafe(PASSWORD_BYTES)
     passwords = {}
     for a in accounts:
         if a.role in ("engine", "engine_out"):
@@ -674,9 +727,7 @@ def _write_config(
         elif a.role == "cic_watch":
             pass  # the desk's own, below
         else:
-            passwords[a.name] = before.get(a.name, {}).get("password") or secrets.token_urlsafe(
-                PASSWORD_BYTES
-            )
+            passwords[a.name] = kept(a.name, a.role) or secrets.token_urlsafe(PASSWORD_BYTES)
     for a in accounts:
         if a.role == "cic_watch":  # one secret for the desk's two accounts
             passwords[a.name] = passwords[a.name.removesuffix(WATCH_SUFFIX)]
@@ -698,6 +749,10 @@ def _write_config(
             "port": listener.port,
             "bind": listener.bind,
             "client_certs": listener.client_certs,
+            "own_tls": None
+            if own_tls is None
+            else {"ca": str(own_tls.ca), "cert": str(own_tls.cert), "key": str(own_tls.key)},
+            "persistence": str((persistence or out / "data").resolve()),
         },
         "accounts": [
             {"account": a.name, "role": a.role, "password": passwords[a.name]} for a in accounts

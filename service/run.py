@@ -10,6 +10,7 @@ same messages give the same decisions whatever the batching and the load.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -95,6 +96,16 @@ def engine_for(
         unknown_accuracy_m=settings.unknown_accuracy_m,
         clock=clock,
     )
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (nothing on the way to read a password)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _rises_to_alarm(event: AlarmEvent) -> bool:
@@ -255,6 +266,10 @@ class EngineService:
         # topics the engine writes; one account per client id, so neither can be taken over).
         out_access = self.access.as_user(f"{self.access.username}{OUT_SUFFIX}")
         log.info("broker %s (%s)", self.broker, self.access)
+        if self.access.password and not self.broker.tls and not _loopback(self.broker.host):
+            log.warning(
+                "the broker password goes to %s in clear text: use mqtts:// (TLS)", self.broker
+            )
         try:
             connect(out, self.broker, access=out_access if self.access.username else self.access)
             # What an earlier run journalled and never saw delivered goes out first, in order.

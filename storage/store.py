@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from proximity.errors import ProximityError
@@ -20,11 +20,16 @@ WRITE_ERRORS = (sqlite3.Error, OSError)
 
 
 def make_private(path: Path) -> None:
-    """Create ``path`` empty, readable and writable by its owner only, unless it exists: the
-    registry, the journal and the evidence record hold the protected persons' names, phones
-    and positions. (SQLite gives its -wal and -shm files the database file's permissions.)"""
-    with suppress(FileExistsError):
+    """Create ``path`` empty, readable and writable by its owner only, or make an existing file
+    of ours so: the registry, the journal and the evidence record hold the protected persons'
+    names, phones and positions. (SQLite gives its -wal and -shm files the database file's
+    permissions.)"""
+    try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        info = path.stat()
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():  # made before, readable by all
+            path.chmod(0o600)
 
 
 def open_durable(

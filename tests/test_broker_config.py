@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,68 @@ def test_names_from_the_case_file_cannot_write_rules_into_the_acl() -> None:
     ]
     with pytest.raises(ConfigError, match="both name the OwnTracks app owntracks/els/pixel"):
         plan_accounts([_case("A", "tag-1", "phone-1")], shared, [])
+
+
+def _one_case(tmp_path: Path, offender: str = "t") -> Path:
+    case = {"id": "A", "offenders": [offender], "protected": ["p"], "order": {"distance_m": 1}}
+    return import_cases(tmp_path, [case])
+
+
+def test_a_rerun_keeps_the_operators_own_certificate_and_the_persistence_folder(
+    tmp_path: Path,
+) -> None:
+    db = _one_case(tmp_path)
+    own = tmp_path / "own"
+    assert run_cli("broker", "config", "--db", str(db), "--out", str(own)).returncode == 0
+    out, store = tmp_path / "b", tmp_path / "store"
+    first = run_cli(
+        "broker", "config", "--db", str(db), "--out", str(out), "--server-cert",
+        str(own / "server.crt"), "--server-key", str(own / "server.key"), "--ca",
+        str(own / "ca.crt"), "--persistence", str(store),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    again = run_cli("broker", "config", "--db", str(db), "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "kept from the earlier run: your own certificate" in again.stdout
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"certfile {own / 'server.crt'}" in conf and f"persistence_location {store}/" in conf
+    assert not (out / "ca.crt").exists()  # no private CA was made beside the operator's
+
+
+def test_the_cas_key_may_be_kept_elsewhere_until_a_certificate_must_be_signed(
+    tmp_path: Path,
+) -> None:
+    db = _one_case(tmp_path)
+    out = tmp_path / "b"
+    config = ["broker", "config", "--db", str(db), "--out", str(out)]
+    assert run_cli(*config).returncode == 0
+    ca = (out / "ca.crt").read_bytes()
+    (out / "ca.key").rename(tmp_path / "ca.key")  # off the broker, as the docs advise
+    assert run_cli(*config).returncode == 0
+    assert (out / "ca.crt").read_bytes() == ca  # the same CA: every client keeps trusting it
+    new_host = run_cli(*config, "--host", "broker.example.org")
+    assert (
+        new_host.returncode == 1 and "put " in new_host.stderr and "ca.key back" in new_host.stderr
+    )
+    (tmp_path / "ca.key").rename(out / "ca.key")
+    assert run_cli(*config, "--host", "broker.example.org").returncode == 0
+
+
+def test_a_name_that_changes_role_gets_a_new_password(tmp_path: Path) -> None:
+    # The device x is gone and a desk called x comes: the device's holder must not be it.
+    db = _one_case(tmp_path, offender="x")
+    out = tmp_path / "b"
+    assert run_cli("broker", "config", "--db", str(db), "--out", str(out)).returncode == 0
+    before = {
+        a["account"]: a["password"]
+        for a in json.loads((out / "accounts.json").read_text())["accounts"]
+    }
+    assert run_cli("cases", "remove", "A", "--db", str(db)).returncode == 0
+    _one_case(tmp_path, offender="t")
+    again = run_cli("broker", "config", "--db", str(db), "--out", str(out), "--cic", "x")
+    assert again.returncode == 0, again.stderr
+    after = {
+        a["account"]: a["password"]
+        for a in json.loads((out / "accounts.json").read_text())["accounts"]
+    }
+    assert after["x"] != before["x"]

@@ -99,7 +99,7 @@ def test_a_flag_is_taken_only_as_written(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         main(["run", "--broker-password", "s3cret"])
     err = capsys.readouterr().err
-    assert "unrecognized arguments: --broker-password" in err and "cannot be read" not in err
+    assert "unrecognized arguments: --broker-password ***" in err and "s3cret" not in err
 
 
 def test_the_docstring_examples_hold() -> None:
