@@ -12,11 +12,12 @@ after it. Retention removes old fix bodies but keeps their hashes, so the chain 
 and shows what was removed and when (a ``purge`` entry records each purge).
 
 A chain alone shows consistency, not integrity: whoever can write the SQLite file or an export
-can edit an entry and recompute every hash after it. So each write transaction signs, for each
-case it touched, the case's last entry of the transaction (its ``sig``: Ed25519, with the
-record's key, :mod:`storage.signing`, over :func:`head_message`). As the hash chains
-everything before it, a valid signature on entry k vouches for entries 1..k; entries after the
-last signature are vouched for by nothing. The file's triggers refuse deletions, rewrites (the
+can edit an entry and recompute every hash after it. So every entry is signed (its ``sig``:
+Ed25519, with the record's key, :mod:`storage.signing`, over :func:`head_message`): an entry
+rewritten without the key has a signature that does not match, or none, where every entry
+after the first signed one has one. As the hash chains everything before it, a valid
+signature on entry k also vouches for entries 1..k (those of a record written before it was
+signed, by an older version, included). The file's triggers refuse deletions, rewrites (the
 signature included) and the removal of any body but a fix's; they only raise the bar, since
 whoever can write the file can drop them; the signatures are what an export is checked with.
 
@@ -26,10 +27,11 @@ its count and head hash, signed at a moment; the engine publishes them to the CI
 them every few minutes, so copies outside the engine's host exist), then a ``head`` line
 (count, last hash, time of the export, public key) signed with the key. ``proximity evidence
 verify FILE --public-key KEY`` checks it (:func:`verify_export`): the chain, every signature,
-that the last entry is signed, the head line, every anchor against the chain (an anchor beyond
-the end shows a cut end, one whose hash differs shows an edit), and that every removed body is
-a fix body covered by a later purge. Without the deployment's public key, an export can only
-be checked against the key it names itself: that shows consistency, not who signed it.
+that every entry after the first signed one is signed, the head line, every anchor against
+the chain (an anchor beyond the end shows a cut end, one whose hash differs shows an edit),
+and that every removed body is a fix body covered by a later purge. Without the deployment's
+public key, an export can only be checked against the key it names itself: that shows
+consistency, not who signed it.
 
 What it does not show: whoever holds the key can rewrite and re-sign the record; then only the
 anchors published before the rewrite (as the CIC holds them) show it.
@@ -80,7 +82,7 @@ CREATE TABLE IF NOT EXISTS evidence (
     body_hash TEXT NOT NULL,
     prev      TEXT NOT NULL,
     hash      TEXT NOT NULL,
-    sig       TEXT,           -- hex Ed25519 signature of a transaction's last entry of the case
+    sig       TEXT,           -- hex Ed25519 signature of the entry (NULL: written before signing)
     PRIMARY KEY (case_id, seq)
 );
 CREATE INDEX IF NOT EXISTS evidence_by_time ON evidence(kind, t);
@@ -234,9 +236,9 @@ class EvidenceLog:
         entries: Iterable[tuple[str, float, str, dict[str, Any]]],
         before: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
-        """Chain and insert ``entries`` in one transaction, after ``before`` (run in it); the
-        last entry of each case is signed (about 15 us a signature: a batch that touches
-        1,000 cases takes 22 ms to append, 15 ms of it signing)."""
+        """Chain, sign and insert ``entries`` in one transaction, after ``before`` (run in it).
+        A signature costs about 15 to 20 us: the engine's batch adds about one entry per case
+        it touched (its fixes), and one per alarm message."""
         rows: list[tuple[str, int, float, str, bytes, str, str, str, str | None]] = []
         heads = dict(self._heads)
         for case_id, t, kind, body in entries:
@@ -443,7 +445,8 @@ def verify_export(
 ) -> Verification:
     """Check an export: every line parses, the chain is unbroken from the genesis hash, each
     kept body matches its hash, sequence numbers run 1, 2, 3 ..., and the head line names the
-    last entry; every signature is valid and the last entry is signed; the head line is
+    last entry; every signature is valid and every entry after the first signed one is
+    signed; no line holds a field it should not, or one twice; the head line is
     signed; every anchor is signed and names an entry of the chain, as it is; every removed
     body is a fix body that a later purge covers. Given ``public_key`` (hex), an export that
     names another key is a problem; without it, the export is checked with the key it names,
