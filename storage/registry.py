@@ -63,6 +63,38 @@ class RemoveReport:
     devices_kept: tuple[str, ...]
 
 
+def _owntracks_app(info: object) -> tuple[str, str] | None:
+    ot = info.get("owntracks") if isinstance(info, dict) else None
+    if (
+        isinstance(ot, dict)
+        and isinstance(ot.get("user"), str)
+        and isinstance(ot.get("device"), str)
+    ):
+        return ot["user"], ot["device"]
+    return None
+
+
+def _one_device_per_app(db: sqlite3.Connection, case_file: CaseFile) -> None:
+    """An OwnTracks app speaks for one device: one that another registered device already
+    names (from an earlier import) would let the wrong account publish as it. RegistryError."""
+    incoming = {d.id for d in case_file.devices}
+    taken = {}
+    for dev_id, info in db.execute("SELECT id, info FROM devices"):
+        app = _owntracks_app(json.loads(info))
+        if app is not None and dev_id not in incoming:  # the file's own are replaced
+            taken[app] = dev_id
+    clashes = [
+        f"device {d.id!r}: OwnTracks {app[0]}/{app[1]} is already device {taken[app]!r}"
+        for d in case_file.devices
+        if (app := _owntracks_app(dict(d.info))) is not None and app in taken
+    ]
+    if clashes:
+        raise RegistryError(
+            "import refused, nothing written: " + "; ".join(clashes) + " (give each device its"
+            " own app, or change the other device's entry in the same file)"
+        )
+
+
 class Registry:
     """A SQLite registry file. Use as a context manager, or call :meth:`close`."""
 
@@ -175,6 +207,7 @@ class Registry:
                     " VALUES (?, ?, ?, ?)",
                     rows,
                 )
+            _one_device_per_app(db, case_file)
             for dev in case_file.devices:
                 db.execute(
                     "INSERT INTO devices(id, info) VALUES (?, ?)"

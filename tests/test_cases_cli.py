@@ -13,7 +13,7 @@ from proximity.cases import parse_case_file, top_speeds
 from proximity.errors import CaseFileError
 from service.settings import load_settings
 from storage.registry import Registry
-from tests.conftest import run_cli
+from tests.conftest import import_cases, run_cli, write_cases
 
 GOOD: dict[str, Any] = {
     "cases": [
@@ -411,3 +411,21 @@ def test_cli_remove_of_an_unknown_case_says_how_to_see_the_ids(
     assert main(["cases", "remove", "X", "--db", str(missing)]) == 2
     assert f"registry {missing} does not exist" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_an_owntracks_app_another_registered_device_names_is_refused(tmp_path: Path) -> None:
+    # The app's topic would be writable by two accounts: the offender could speak for the
+    # victim's phone.
+    case = {"id": "A", "offenders": ["tag-1"], "protected": ["phone-1"], "order": {"distance_m": 1}}
+    app = {"user": "els", "device": "pixel"}
+    db = import_cases(tmp_path, [case], [{"id": "phone-1", "owntracks": app}])
+    second = write_cases(tmp_path / "b.json", [], [{"id": "tag-1", "owntracks": app}])
+    out = run_cli("cases", "import", str(second), "--db", str(db))
+    assert out.returncode != 0 and "OwnTracks els/pixel is already device 'phone-1'" in out.stderr
+    # The same device described again, or the app moved within one file, is fine.
+    moved = write_cases(
+        tmp_path / "c.json",
+        [],
+        [{"id": "phone-1"}, {"id": "tag-1", "owntracks": app}],
+    )
+    assert run_cli("cases", "import", str(moved), "--db", str(db)).returncode == 0
