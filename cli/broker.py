@@ -116,7 +116,7 @@ def add_parser(
         " broker require one besides the password (kept on later runs until --no-client-certs)",
     )
     conf.add_argument(
-        "--broker-user",
+        "--mosquitto-user",
         metavar="USER",
         help="the user Mosquitto runs as (it drops to it when started as root): the files it"
         " reads are made readable by that user's group, the persistence folder its own"
@@ -173,7 +173,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         persistence=args.persistence,
         own_tls=own_tls,
         source=str(settings.db),
-        broker_user=args.broker_user if args.broker_user else default_broker_user(),
+        broker_user=args.mosquitto_user if args.mosquitto_user else default_broker_user(),
         with_client_certs=args.client_certs,
     )
     out = args.out.resolve()

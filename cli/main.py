@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="check an exported evidence record (exit 0: intact, 1: altered or unsigned, 2:"
         " unreadable input)",
         description=_para(
-            "Checks the chain, every signature, that the last entry is signed, the head line,"
+            "Checks the chain, every signature, that every entry is signed, the head line,"
             " each anchor against the chain (one beyond the end shows a cut end, one whose"
             " hash differs an edit) and that every removed body is a fix body a later purge"
             " covers. Without --public-key the export is checked against the key it names"
