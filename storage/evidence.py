@@ -683,15 +683,31 @@ def _signs(key: str, signature: object, message: Callable[..., bytes], *fields: 
     return verify_signature(key, data, signature)
 
 
+def _runs(marks: Iterable[tuple[_Entry, bool | None]]) -> list[list[_Entry]]:
+    """The runs of consecutive entries marked True (False ends a run; None is passed over)."""
+    runs: list[list[_Entry]] = [[]]
+    for e, bad in marks:
+        if bad:
+            runs[-1].append(e)
+        elif bad is not None and runs[-1]:
+            runs.append([])
+    return [r for r in runs if r]
+
+
 def _signature_problems(entries: list[_Entry], key: str) -> list[Problem]:
     """Entries whose signature does not match, one problem per run of them: an edit re-hashed
     to the end breaks every signature after it, and the first one tells where it lies."""
-    problems: list[Problem] = []
-    run: list[_Entry] = []
-
-    def close_run() -> None:
-        if not run:
-            return
+    marks = (
+        (
+            e,
+            None
+            if e.sig is None
+            else not _signs(key, e.sig, head_message, e.case_id, e.seq, e.hash),
+        )
+        for e in entries
+    )
+    problems = []
+    for run in _runs(marks):
         what = (
             "its signature does not match it: this entry, or one after the previous valid"
             " signature, was changed after it was signed"
@@ -702,16 +718,6 @@ def _signature_problems(entries: list[_Entry], key: str) -> list[Problem]:
                 f" {run[-1].line}) do not match either"
             )
         problems.append(Problem(run[0].line, what))
-        run.clear()
-
-    for e in entries:
-        if e.sig is None:
-            continue
-        if _signs(key, e.sig, head_message, e.case_id, e.seq, e.hash):
-            close_run()
-        else:
-            run.append(e)
-    close_run()
     return problems
 
 
@@ -720,15 +726,9 @@ def _unsigned_tail(entries: list[_Entry]) -> list[Problem]:
     them: the engine signs every entry it writes, so an entry without one was rewritten (its
     signature removed) or added. Unsigned entries before the first signed one were written
     before the record was signed; the first signature vouches for them through the chain."""
-    first = next((k for k, e in enumerate(entries) if e.sig is not None), None)
-    if first is None:
-        return []
-    problems: list[Problem] = []
-    run: list[_Entry] = []
-
-    def close_run() -> None:
-        if not run:
-            return
+    first = next((k for k, e in enumerate(entries) if e.sig is not None), len(entries))
+    problems = []
+    for run in _runs((e, e.sig is None) for e in entries[first:]):
         what = (
             "this entry carries no signature, where every entry after the first signed one"
             " does: it was rewritten or added after the record was signed"
@@ -736,14 +736,6 @@ def _unsigned_tail(entries: list[_Entry]) -> list[Problem]:
         if len(run) > 1:
             what += f"; so do the {len(run) - 1} after it (to line {run[-1].line})"
         problems.append(Problem(run[0].line, what))
-        run.clear()
-
-    for e in entries[first:]:
-        if e.sig is None:
-            run.append(e)
-        else:
-            close_run()
-    close_run()
     return problems
 
 

@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -351,82 +352,86 @@ def test_a_rerun_keeps_the_passwords_and_removes_the_accounts_of_removed_devices
     assert "user tag-3" not in acl and "topic write cic/acks/desk-3" in acl
 
 
-def test_with_client_certificates_the_engine_connects_with_its_own() -> None:
-    # Mutual TLS on a broker of its own: every client presents a certificate signed by the
-    # deployment's CA besides its password; the engine's serves both its accounts.
-    work = Path(tempfile.mkdtemp(prefix="proximity-mutual-"))
-    work.chmod(0o755)
+@dataclass
+class Private:
+    """A broker of a test's own, started with the configuration made for ``db``."""
+
+    work: Path
+    db: Path
+    out: Path
+    url: str
+    made: subprocess.CompletedProcess[str]
+    broker: subprocess.Popen[bytes]
+
+
+@contextmanager
+def _own_broker(prefix: str, cases: list[dict[str, Any]], *flags: str) -> Iterator[Private]:
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)  # Mosquitto started as root reads the files as its own user
     broker: subprocess.Popen[bytes] | None = None
     try:
-        db = import_cases(work, CASES[:1])
+        db = import_cases(work, cases)
         port, out = free_port(), work / "broker"
         made = run_cli(
-            "broker", "config", "--db", str(db), "--out", str(out), "--client-certs",
-            "--cic", "desk-1", "--port", str(port), "--bind", "127.0.0.1",
+            "broker", "config", "--db", str(db), "--out", str(out), "--port", str(port),
+            "--bind", "127.0.0.1", *flags,
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
-        assert "--broker-cert" in made.stdout
         broker = _start_broker(out, port)
-        url, ca, passwords = f"mqtts://127.0.0.1:{port}", out / "ca.crt", _passwords(out)
-        certs = out / "certs"
-        without = make_client("")
-        with pytest.raises(IngestError):  # the password alone no longer does
-            connect(
-                without, parse_broker_url(url), access=Access("desk-1", passwords["desk-1"], ca)
-            )
-        desk = Access("desk-1", passwords["desk-1"], ca, certs / "desk-1.crt", certs / "desk-1.key")
-        engine = EngineProcess(
-            url,
-            db,
-            work / "engine.log",
-            "--broker-ca",
-            str(ca),
-            "--broker-username",
-            "proximity-engine",
-            "--broker-password-file",
-            str(out / "engine.password"),
-            "--broker-cert",
-            str(certs / "proximity-engine.crt"),
-            "--broker-key",
-            str(certs / "proximity-engine.key"),
-            watcher=desk,
-        ).start()  # online: both its clients connected with its certificate
-        assert engine.stop() == 0, engine.log.read_text()
+        yield Private(work, db, out, f"mqtts://127.0.0.1:{port}", made, broker)
     finally:
         stop_process(broker)
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_with_client_certificates_the_engine_connects_with_its_own() -> None:
+    # Mutual TLS on a broker of its own: every client presents a certificate signed by the
+    # deployment's CA besides its password; the engine's serves both its accounts.
+    with _own_broker("proximity-mutual-", CASES[:1], "--client-certs", "--cic", "desk-1") as b:
+        assert "--broker-cert" in b.made.stdout
+        ca, passwords, certs = b.out / "ca.crt", _passwords(b.out), b.out / "certs"
+        without = make_client("")
+        with pytest.raises(IngestError, match="client certificate"):  # a password alone fails
+            connect(
+                without, parse_broker_url(b.url), access=Access("desk-1", passwords["desk-1"], ca)
+            )
+        desk = Access("desk-1", passwords["desk-1"], ca, certs / "desk-1.crt", certs / "desk-1.key")
+        engine = EngineProcess(
+            b.url,
+            b.db,
+            b.work / "engine.log",
+            "--broker-ca", str(ca),
+            "--broker-username", "proximity-engine",
+            "--broker-password-file", str(b.out / "engine.password"),
+            "--broker-cert", str(certs / "proximity-engine.crt"),
+            "--broker-key", str(certs / "proximity-engine.key"),
+            watcher=desk,
+        ).start()  # fmt: skip
+        # Online: both its clients connected with its certificate.
+        assert engine.stop() == 0, engine.log.read_text()
+
+
 def test_after_the_cases_change_a_rerun_and_a_reload_let_in_only_the_devices_of_the_cases() -> None:
-    work = Path(tempfile.mkdtemp(prefix="proximity-reload-"))
-    work.chmod(0o755)
-    broker: subprocess.Popen[bytes] | None = None
-    try:
-        db = import_cases(work, CASES[:2])
-        port, out = free_port(), work / "broker"
-        config = ["broker", "config", "--db", str(db), "--out", str(out)]
-        first = run_cli(*config, "--port", str(port), "--bind", "127.0.0.1")
-        assert first.returncode == 0, first.stderr
-        broker = _start_broker(out, port)
-        before = _passwords(out)
+    with _own_broker("proximity-reload-", CASES[:2]) as b:
+        before = _passwords(b.out)
         # Case 2 ends, case 3 begins: the same command again (its listener is kept), a reload.
-        removed = run_cli("cases", "remove", "BE-2026-0002", "--db", str(db))
+        removed = run_cli("cases", "remove", "BE-2026-0002", "--db", str(b.db))
         assert removed.returncode == 0, removed.stderr
-        import_cases(work, [CASES[2]])
-        again = run_cli(*config)
+        import_cases(b.work, [CASES[2]])
+        again = run_cli("broker", "config", "--db", str(b.db), "--out", str(b.out))
         assert again.returncode == 0, again.stderr
         assert "removed accounts: phone-2, tag-2" in again.stdout
-        pid_file = out / "data" / "mosquitto.pid"
+        pid_file = b.out / "data" / "mosquitto.pid"
         assert f'kill -HUP "$(cat {pid_file})"' in again.stdout
         pid = int(pid_file.read_text())
-        assert pid == broker.pid  # the broker we started, by its pid
+        assert pid == b.broker.pid  # the broker we started, by its pid
         os.kill(pid, signal.SIGHUP)
-        url, ca, after = f"mqtts://127.0.0.1:{port}", out / "ca.crt", _passwords(out)
+        ca, after = b.out / "ca.crt", _passwords(b.out)
         deadline = time.monotonic() + 10.0
         while True:  # the reload takes a moment
             client = make_client("")
             try:
-                connect(client, parse_broker_url(url), access=Access("tag-3", after["tag-3"], ca))
+                connect(client, parse_broker_url(b.url), access=Access("tag-3", after["tag-3"], ca))
                 break
             except IngestError:
                 assert time.monotonic() < deadline, "the new device was never let in"
@@ -434,10 +439,7 @@ def test_after_the_cases_change_a_rerun_and_a_reload_let_in_only_the_devices_of_
         disconnect(client)
         gone = make_client("")
         with pytest.raises(IngestError, match="refused"):
-            connect(gone, parse_broker_url(url), access=Access("tag-2", before["tag-2"], ca))
+            connect(gone, parse_broker_url(b.url), access=Access("tag-2", before["tag-2"], ca))
         kept = make_client("")
-        connect(kept, parse_broker_url(url), access=Access("tag-1", before["tag-1"], ca))
+        connect(kept, parse_broker_url(b.url), access=Access("tag-1", before["tag-1"], ca))
         disconnect(kept)
-    finally:
-        stop_process(broker)
-        shutil.rmtree(work, ignore_errors=True)
