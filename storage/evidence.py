@@ -237,8 +237,8 @@ class EvidenceLog:
         before: Callable[[sqlite3.Connection], None] | None = None,
     ) -> int:
         """Chain, sign and insert ``entries`` in one transaction, after ``before`` (run in it).
-        A signature costs about 15 to 20 us: the engine's batch adds about one entry per case
-        it touched (its fixes), and one per alarm message."""
+        The engine's batch adds about one entry per case it touched (its fixes), and one per
+        alarm message: one signature each."""
         rows: list[tuple[str, int, float, str, bytes, str, str, str, str | None]] = []
         heads = dict(self._heads)
         for case_id, t, kind, body in entries:
