@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -11,8 +12,18 @@ from ingest.batch import build_batch
 from ingest.codec import decode as decode_any
 from ingest.codec import decode_fix
 from ingest.model import Fix, OperatorAction, Rejection, RejectReason
+from tests.conftest import T0
 
-NOW = 1795428000.0  # 2026-11-23T10:00:00Z
+#: The decoders' arrival time: the tests' injected clock, never the wall clock.
+NOW = T0
+
+
+def _iso(t: float, hours: int = 0, zone: bool = True) -> str:
+    """``t`` written as ISO 8601 at UTC + ``hours`` (``zone`` False: no offset at all)."""
+    text = datetime.fromtimestamp(t, timezone(timedelta(hours=hours))).isoformat()
+    return text if zone else text[:19]
+
+
 TOPIC = "devices/tag-17/fix"
 
 
@@ -24,7 +35,7 @@ def decode(payload: object, topic: str = TOPIC) -> Fix | Rejection:
 def test_full_fix_with_iso_time() -> None:
     fix = decode(
         {
-            "ts": "2026-11-23T09:59:58.5Z",
+            "ts": _iso(NOW - 2)[:19] + ".5Z",
             "lat": 50.85,
             "lon": 4.35,
             "acc": 8,
@@ -40,7 +51,7 @@ def test_full_fix_with_iso_time() -> None:
 
 def test_epoch_time_and_offsets_other_than_utc() -> None:
     a = decode({"ts": NOW - 3, "lat": 0, "lon": 0})
-    b = decode({"ts": "2026-11-23T10:59:57+01:00", "lat": 0, "lon": 0})
+    b = decode({"ts": _iso(NOW - 3, hours=1), "lat": 0, "lon": 0})
     assert isinstance(a, Fix) and isinstance(b, Fix)
     assert a.t_fix == b.t_fix == NOW - 3
 
@@ -70,7 +81,7 @@ def test_zero_or_missing_accuracy_means_unknown(acc: object) -> None:
         ({"ts": NOW, "lat": 50, "lon": 4, "battery": 101}, RejectReason.OUT_OF_RANGE, "'battery'"),
         ({"ts": NOW, "lat": 50, "lon": 4, "seq": -2}, RejectReason.BAD_TYPE, "'seq'"),
         (
-            {"ts": "2026-11-23T10:00:00", "lat": 50, "lon": 4},
+            {"ts": _iso(NOW, zone=False), "lat": 50, "lon": 4},
             RejectReason.BAD_TIMESTAMP,
             "UTC offset",
         ),
@@ -157,9 +168,9 @@ def test_batch_keeps_known_devices_and_rejects_unknown_ones() -> None:
 
 def test_an_acknowledgement_and_a_close() -> None:
     ack = decode_any(
-        "cic/acks", b'{"alarm_id": "a-1", "operator": " op 4 ", "ts": 1795428000}', NOW
+        "cic/acks", orjson.dumps({"alarm_id": "a-1", "operator": " op 4 ", "ts": NOW}), NOW
     )
-    assert ack == OperatorAction("a-1", "op 4", "acknowledge", "", 1795428000.0, NOW)
+    assert ack == OperatorAction("a-1", "op 4", "acknowledge", "", NOW, NOW)
     close = decode_any(
         "cic/acks",
         orjson.dumps(
@@ -174,17 +185,17 @@ def test_on_an_accounts_topic_the_operator_is_the_account() -> None:
     # The broker lets only desk-1 write cic/acks/desk-1: a name the payload claims is kept
     # beside the account, never instead of it.
     claimed = decode_any(
-        "cic/acks/desk-1", b'{"alarm_id": "a-1", "operator": "chief", "ts": 1795428000}', NOW
+        "cic/acks/desk-1", orjson.dumps({"alarm_id": "a-1", "operator": "chief", "ts": NOW}), NOW
     )
     assert isinstance(claimed, OperatorAction) and claimed.operator == "desk-1 (chief)"
     same = decode_any(
-        "cic/acks/desk-1", b'{"alarm_id": "a-1", "operator": "desk-1", "ts": 1795428000}', NOW
+        "cic/acks/desk-1", orjson.dumps({"alarm_id": "a-1", "operator": "desk-1", "ts": NOW}), NOW
     )
     assert isinstance(same, OperatorAction) and same.operator == "desk-1"
-    unnamed = decode_any("cic/acks/desk-1", b'{"alarm_id": "a-1", "ts": 1795428000}', NOW)
+    unnamed = decode_any("cic/acks/desk-1", orjson.dumps({"alarm_id": "a-1", "ts": NOW}), NOW)
     assert isinstance(unnamed, OperatorAction) and unnamed.operator == "desk-1"
     # On cic/acks (no accounts) the payload must name the operator.
-    anonymous = decode_any("cic/acks", b'{"alarm_id": "a-1", "ts": 1795428000}', NOW)
+    anonymous = decode_any("cic/acks", orjson.dumps({"alarm_id": "a-1", "ts": NOW}), NOW)
     assert isinstance(anonymous, Rejection) and anonymous.reason == RejectReason.MISSING_FIELD
     for topic in ("cic/acks/", "cic/acks/desk-1/x"):
         out = decode_any(topic, b'{"alarm_id": "a-1"}', NOW)

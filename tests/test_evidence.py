@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from cic.journal import Journal
+from proximity.clock import iso_utc
 from proximity.errors import ProximityError
 from storage.evidence import (
     GENESIS,
@@ -133,7 +134,7 @@ def test_an_untouched_export_verifies(tmp_path: Path) -> None:
         "count": 6,
         "hash": head,
         "anchors": 0,
-        "exported": "2026-11-23T10:01:00.000Z",
+        "exported": iso_utc(T0 + 60),  # lines_of exports at T0 + 60
         "key": log.public_key,
     }
     assert log.head("B")[0] == 5  # each case has its own chain
@@ -382,13 +383,13 @@ def test_anchors_show_a_cut_end_and_an_edit_even_to_whoever_holds_the_key(
     cut_found = problems_of(resigned(rehashed(lines, cut), key), log.public_key)
     assert [line for line, _ in cut_found] == [9, 10]  # the anchors of 5 and 6 entries
     assert cut_found[0][1] == (
-        "the anchor of 2026-11-23T10:00:04.500Z shows that the record then held 5 entries;"
+        f"the anchor of {iso_utc(T0 + 4.5)} shows that the record then held 5 entries;"
         " the export holds 4: entries were cut off its end"
     )
     edit_found = problems_of(resigned(rehashed(lines, move_third_fix), key), log.public_key)
     assert [line for line, _ in edit_found] == [9, 10, 11, 12]  # the anchors of 3 to 6
     assert edit_found[0][1] == (
-        "entry 3 (line 3) is not the one the anchor of 2026-11-23T10:00:02.500Z recorded: it,"
+        f"entry 3 (line 3) is not the one the anchor of {iso_utc(T0 + 2.5)} recorded: it,"
         " or an entry before it, was changed after the anchor was made"
     )
 

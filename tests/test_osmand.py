@@ -16,8 +16,10 @@ import pytest
 from ingest.http_server import HttpServer
 from ingest.model import Fix, Rejection, RejectReason
 from ingest.osmand import KNOT, make_app
+from proximity.clock import iso_utc
+from tests.conftest import T0
 
-NOW = 1795428000.0
+NOW = T0
 DEVICES: list[tuple[str, dict[str, Any]]] = [
     ("phone-42", {"osmand": {"id": "48241179", "secret": "k7Qx-2vLm"}}),
     ("tag-17", {"osmand": {"secret": "s3cret-tag"}}),  # sends its own device id
@@ -80,7 +82,7 @@ def test_json_form_of_traccar_client_9(served: tuple[str, list[Fix | Rejection]]
     base, received = served
     body = {
         "location": {
-            "timestamp": "2026-11-23T09:59:58.000Z",
+            "timestamp": iso_utc(NOW - 2),
             "coords": {
                 "latitude": 50.84,
                 "longitude": 4.36,
