@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -31,6 +32,18 @@ T0 = 1795428000.0  # date-ok: the injected clocks' fixed start, not a fix time
 #: scripts/test runs the tests marked ``wallclock`` a second time with this set (and the
 #: engine's clock, through PROXIMITY_CLOCK_OFFSET_S, a year ahead): only they are collected.
 ONLY_WALLCLOCK = "PROXIMITY_TEST_ONLY_WALLCLOCK"
+
+
+def disk_full(db: sqlite3.Connection, spare_pages: int = 0) -> None:
+    """Make ``db`` refuse writes as a full disk does (SQLITE_FULL): its page limit set to its
+    size (plus ``spare_pages``). ``disk_back`` lifts it."""
+    (pages,) = db.execute("PRAGMA page_count").fetchone()
+    db.execute(f"PRAGMA max_page_count = {pages + spare_pages}")
+
+
+def disk_back(db: sqlite3.Connection) -> None:
+    """The disk takes writes again (SQLite's largest page limit)."""
+    db.execute("PRAGMA max_page_count = 1073741823")
 
 
 def now() -> float:

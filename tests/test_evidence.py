@@ -30,7 +30,7 @@ from storage.evidence import (
     verify_lines,
 )
 from storage.signing import EvidenceKey
-from tests.conftest import T0, run_cli
+from tests.conftest import T0, disk_full, run_cli
 
 #: The evidence record's schema before entries were signed (no ``sig`` column, a guard that
 #: lets any body be removed).
@@ -710,7 +710,7 @@ def test_a_refused_write_does_not_make_the_record_forget_what_it_wrote(tmp_path:
     log = EvidenceLog(tmp_path / "registry.evidence.sqlite")
     log.append([("A", T0, "fix", {"device": ["tag-1"]})])
     db = log._db
-    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    disk_full(db)
     with pytest.raises(sqlite3.OperationalError):
         log.append([("B", T0, "fix", {"device": ["tag-2"], "pad": "x" * 100_000})])
     assert log.known() == ["A"] and log.head("A")[0] == 1

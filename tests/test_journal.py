@@ -21,7 +21,7 @@ from proximity.errors import ProximityError
 from proximity.memory import Delta
 from service.broker import default_broker_user, write_config
 from simulator.broker import LocalBroker
-from tests.conftest import Listener
+from tests.conftest import Listener, disk_back, disk_full
 
 
 def test_undelivered_messages_survive_reopening_in_order(tmp_path: Path) -> None:
@@ -53,9 +53,8 @@ def test_a_journal_that_refuses_writes_holds_the_messages_and_writes_them_when_i
     tmp_path: Path, broker: LocalBroker
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite")
-    # A database at its page limit refuses writes as a full disk does (SQLITE_FULL).
     db = journal._db
-    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    disk_full(db)
     cic = Listener(broker.url, ["cic/alarms"])
     client = make_client("journal-test")
     connect(client, parse_broker_url(broker.url))
@@ -75,7 +74,7 @@ def test_a_journal_that_refuses_writes_holds_the_messages_and_writes_them_when_i
             channel.poll()
             time.sleep(0.01)
         assert channel.unacknowledged == 0 and channel.retry.failing
-        db.execute("PRAGMA max_page_count = 1073741823")  # the disk is back
+        disk_back(db)  # the disk is back
         while channel.retry.failing and time.monotonic() < deadline:
             channel.poll()  # tries again when due (backoff)
             time.sleep(0.01)
@@ -96,7 +95,7 @@ def test_a_refused_state_save_ends_with_the_next_write_that_goes_through(
 ) -> None:
     journal = Journal(tmp_path / "j.sqlite")
     db = journal._db
-    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0] + 2}")
+    disk_full(db, spare_pages=2)
     client = make_client("journal-state-test")
     connect(client, parse_broker_url(broker.url))
     channel = MqttAlarmChannel(client, "cic/alarms", journal)
@@ -105,7 +104,7 @@ def test_a_refused_state_save_ends_with_the_next_write_that_goes_through(
     try:
         assert not channel.save_state(big)  # too big for the disk: refused, nothing held
         assert channel.retry.failing and channel.held == 0
-        db.execute("PRAGMA max_page_count = 1073741823")  # the disk is back
+        disk_back(db)  # the disk is back
         channel.send({"alarm_id": "A", "times": {}})  # a message goes through: fault over
         assert not channel.retry.failing
     finally:
