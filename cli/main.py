@@ -939,6 +939,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     from cic.journal import Journal
     from storage.evidence import EvidenceLog, anchors_of
     from storage.signing import EvidenceKey
+    from storage.store import write_whole
 
     if args.evidence_command == "verify":
         return _cmd_evidence_verify(args)
@@ -981,10 +982,7 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(b"".join(lines))
     else:
         try:  # it holds the case's positions: readable by its owner only
-            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # an older export's mode too
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(b"".join(lines))
+            write_whole(args.out, b"".join(lines), private=True)
         except OSError as exc:
             print(f"error: cannot write {args.out}: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT

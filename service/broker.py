@@ -60,6 +60,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from proximity.cases import Case, Device
 from proximity.errors import ConfigError
 from service.settings import OUT_SUFFIX
+from storage.store import write_whole
 
 #: Mosquitto's password hash: PBKDF2 with SHA-512, its default iteration count and salt size.
 PBKDF2_ITERATIONS = 101
@@ -234,21 +235,6 @@ def password_hash(password: str, salt: bytes | None = None) -> str:
     return f"$7${PBKDF2_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
 
 
-def _write(path: Path, text: str | bytes, private: bool = False, group: int = -1) -> None:
-    """Write ``path`` whole (through a temporary file, so the broker never reads half of it);
-    ``private``: readable by its owner only, or also by ``group`` (the broker's) if given."""
-    tmp = path.with_name(path.name + ".tmp")
-    data = text.encode() if isinstance(text, str) else text
-    mode = (0o640 if group >= 0 else 0o600) if private else 0o644
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, mode)
-    if group >= 0:
-        os.chown(tmp, -1, group)
-    os.replace(tmp, path)
-
-
 def default_broker_user() -> str | None:
     """``mosquitto`` when running as root and that user exists (Debian's package makes it)."""
     if os.geteuid() != 0:
@@ -356,8 +342,8 @@ def make_tls(
             )
             .sign(ca_private, hashes.SHA256())
         )
-        _write(ca_key, key_bytes(ca_private), private=True)
-        _write(ca_crt, ca_cert.public_bytes(pem))
+        write_whole(ca_key, key_bytes(ca_private), private=True)
+        write_whole(ca_crt, ca_cert.public_bytes(pem))
         done.append(f"made a private CA: {ca_crt} (give it to every client; keep {ca_key} safe)")
     why = (
         "there is none"
@@ -377,8 +363,8 @@ def make_tls(
         server_private, cert = _leaf(
             ca_cert, ca_private, hosts[0], now, ExtendedKeyUsageOID.SERVER_AUTH, hosts
         )
-        _write(key, key_bytes(server_private), private=True, group=group)
-        _write(crt, cert.public_bytes(pem))
+        write_whole(key, key_bytes(server_private), private=True, group=group)
+        write_whole(crt, cert.public_bytes(pem))
         done.append(f"made the broker's certificate {crt} for {', '.join(hosts)}")
     elif group >= 0:  # kept: readable by the broker as the files made with it
         os.chmod(key, 0o640)
@@ -459,8 +445,8 @@ def client_certs(out: Path, names: Sequence[str], now: dt.datetime) -> list[str]
             )
         ca_private = _ca_key(ca_key)
         private, cert = _leaf(ca_cert, ca_private, name, now, ExtendedKeyUsageOID.CLIENT_AUTH)
-        _write(key, _key_bytes(private), private=True)
-        _write(crt, cert.public_bytes(serialization.Encoding.PEM))
+        write_whole(key, _key_bytes(private), private=True)
+        write_whole(crt, cert.public_bytes(serialization.Encoding.PEM))
         made.append(name)
     return made
 
@@ -734,13 +720,13 @@ def _write_config(
     names = [a.name for a in accounts]
     added = [n for n in names if n not in before]
     removed = sorted(set(before) - set(names))
-    _write(
+    write_whole(
         out / "passwd",
         "".join(f"{a.name}:{password_hash(passwords[a.name])}\n" for a in accounts),
         private=True,
         group=gid,
     )
-    _write(out / "acl", acl, private=True, group=gid)
+    write_whole(out / "acl", acl, private=True, group=gid)
     doc = {
         "note": "broker accounts of the deployment: hand each password to its device, desk or"
         " engine only",
@@ -758,8 +744,8 @@ def _write_config(
             {"account": a.name, "role": a.role, "password": passwords[a.name]} for a in accounts
         ],
     }
-    _write(accounts_file, json.dumps(doc, indent=1) + "\n", private=True)
-    _write(out / "engine.password", engine_password + "\n", private=True)
+    write_whole(accounts_file, json.dumps(doc, indent=1) + "\n", private=True)
+    write_whole(out / "engine.password", engine_password + "\n", private=True)
     store = persistence if persistence is not None else out / "data"
     store.mkdir(parents=True, exist_ok=True)
     if uid >= 0:
@@ -777,5 +763,5 @@ def _write_config(
     conf = conf_text(
         listener.port, listener.bind, tls, out, store.resolve(), source, listener.client_certs
     )
-    _write(out / "mosquitto.conf", conf)
+    write_whole(out / "mosquitto.conf", conf)
     return Made(accounts, added, removed, notes, listener, store.resolve() / "mosquitto.pid")

@@ -32,6 +32,22 @@ def make_private(path: Path) -> None:
             path.chmod(0o600)
 
 
+def write_whole(path: Path, text: str | bytes, private: bool = False, group: int = -1) -> None:
+    """Write ``path`` whole, through a temporary file (a reader, the broker say, never finds
+    half of it); ``private``: readable by its owner only, or also by ``group`` if given (the
+    broker's); a file it replaces takes the new mode."""
+    tmp = path.with_name(path.name + ".tmp")
+    data = text.encode() if isinstance(text, str) else text
+    mode = (0o640 if group >= 0 else 0o600) if private else 0o644
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    if group >= 0:
+        os.chown(tmp, -1, group)
+    os.replace(tmp, path)
+
+
 def open_durable(
     path: Path, what: str, schema: str, synchronous: str = "FULL"
 ) -> sqlite3.Connection:
