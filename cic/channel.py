@@ -330,6 +330,10 @@ class MqttAlarmChannel:
         self.flush()
         return len(done)
 
+    def connected(self) -> bool:
+        """Whether the publishing client is connected to the broker now."""
+        return bool(self._client.is_connected())
+
     @property
     def unacknowledged(self) -> int:
         return len(self._pending) + len(self._held_pending) + len(self.refused) + self.refused_held

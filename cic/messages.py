@@ -98,6 +98,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "motion": _motion(event),
         "reason": event.reason,
         "operator": event.operator,
+        "resolution": event.resolution,
         "trigger": {
             "device": trigger.device,
             "seq": trigger.seq if trigger.seq >= 0 else None,

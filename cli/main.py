@@ -5,6 +5,7 @@ import|list|remove``, ``proximity evidence export|verify|key``, ``proximity demo
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from cli import broker as broker_cli
+from cli import operators as operators_cli
 from ingest.model import IngestError
 from ingest.transport import PASSWORD_ENV, parse_broker_url
 from numerics.uncertainty import MOBILITY_MPS
@@ -34,7 +36,7 @@ from service.settings import (
     flag_name,
     resolve_settings,
 )
-from storage.registry import Registry
+from storage.registry import REDACTED, Registry, redacted
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -498,6 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(key, ["evidence", "evidence_key"])
     _add_db(key)
     _add_config(key)
+
+    def with_db(p: argparse.ArgumentParser) -> None:
+        _add_db(p)
+        _add_config(p)
+
+    operators_cli.add_parsers(sub, _para, with_db)
     _no_abbreviations(parser)
     return parser
 
@@ -602,6 +610,14 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
+def _local_actor() -> str:
+    """Who a change made through the CLI is recorded as: the local account."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return f"local:uid {os.getuid()}"
+
+
 def _cmd_cases_import(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
@@ -616,26 +632,14 @@ def _cmd_cases_import(args: argparse.Namespace) -> int:
     for warning in case_file.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     with Registry(settings.db) as registry:
-        report = registry.import_file(case_file)
+        report = registry.import_file(case_file, actor=_local_actor())
     print(
         f"imported {len(case_file.cases)} case(s) into {settings.db}:"
         f" {len(report.created)} new, {len(report.updated)} replaced"
         + (f"; {report.devices} device description(s)" if report.devices else "")
+        + "; an engine running on this registry applies them at once"
     )
     return EXIT_OK
-
-
-#: Keys of a device description whose values are secrets: never printed.
-_SECRET_KEYS = frozenset({"key", "secret", "password", "token"})
-REDACTED = "***"
-
-
-def _redacted(value: object) -> object:
-    if isinstance(value, Mapping):
-        return {k: REDACTED if k in _SECRET_KEYS else _redacted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v) for v in value]
-    return value
 
 
 def _speed(mps: float) -> str:
@@ -706,9 +710,9 @@ def _device_view(
             else:
                 speed_from = "default"
             entry: dict[str, Any] = {"id": dev_id, "role": role}
-            redacted = _redacted(info)
-            assert isinstance(redacted, dict)
-            entry.update(redacted)
+            shown_info = redacted(info)
+            assert isinstance(shown_info, dict)
+            entry.update(shown_info)
             entry["effective"] = {
                 "reporting_interval_s": info.get(
                     "reporting_interval_s", settings.reporting_interval_s
@@ -821,15 +825,17 @@ def _cmd_cases_remove(args: argparse.Namespace) -> int:
         print(f"error: registry {settings.db} does not exist; {hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     with Registry(settings.db) as registry:
-        report = registry.remove_case(args.case, keep_devices=args.keep_devices)
+        report = registry.remove_case(
+            args.case, keep_devices=args.keep_devices, actor=_local_actor()
+        )
     if report is None:
         print(f"error: no case {args.case!r} in {settings.db}; {hint}", file=sys.stderr)
         return EXIT_BAD_INPUT
     evidence = settings.evidence or settings.db.with_suffix(".evidence.sqlite")
     print(
         f"removed case {report.case_id} (offenders {', '.join(report.offenders)}; protected"
-        f" {', '.join(report.protected)}) from {settings.db}; an engine already running"
-        " watches it until it is restarted"
+        f" {', '.join(report.protected)}) from {settings.db}; an engine running on this"
+        " registry stops watching it at once"
     )
     for ids, what in (
         (report.devices_removed, "removed the description(s) of {} (in no other case)"),
@@ -1100,6 +1106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return broker_cli.run(args, _settings(args))
         if args.command == "evaluate":
             return _cmd_evaluate(args)
+        if args.command in ("users", "audit", "alarms"):
+            return operators_cli.run(args, lambda: _settings(args))
         return _cmd_demo(args)
     except CaseFileError as exc:
         print(f"error: {exc}", file=sys.stderr)

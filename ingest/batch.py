@@ -27,6 +27,8 @@ class FixBatch:
     t_fix: npt.NDArray[np.float64]
     t_recv: npt.NDArray[np.float64]
     seq: npt.NDArray[np.int64]
+    #: The device's battery level, % (NaN: not sent); None: not given at all.
+    battery_pct: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return int(self.slot.size)
@@ -88,6 +90,7 @@ def build_batch(
             t_fix=np.fromiter((f.t_fix for f in known), np.float64, n),
             t_recv=np.fromiter((f.t_recv for f in known), np.float64, n),
             seq=np.fromiter((f.seq for f in known), np.int64, n),
+            battery_pct=np.fromiter((f.battery_pct for f in known), np.float64, n),
         ),
         rejected,
     )

@@ -33,6 +33,7 @@ import orjson
 from ingest.model import (
     EVENT_TYPES,
     OPERATOR_ACTIONS,
+    RESOLUTIONS,
     DeviceEvent,
     Fix,
     OperatorAction,
@@ -350,8 +351,9 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
 
 def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> OperatorAction | Rejection:
     """Decode one operator action on ``cic/acks`` or ``cic/acks/{account}``: ``{"alarm_id",
-    "operator", "ts", "action": "acknowledge" (the default) or "close", "note"}`` (a close
-    needs its note: why); never raises.
+    "operator", "ts", "action": "acknowledge" (the default) or "close", "resolution",
+    "note"}`` (a close needs its resolution, one of :data:`RESOLUTIONS`, or a note saying
+    why; ``other`` needs the note); never raises. The HTTP API's actions are decoded here too.
 
     On ``cic/acks/{account}`` the operator is the account (the broker authenticated it and
     lets only it write there); a name the payload gives beside it is kept after it, in
@@ -395,12 +397,35 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
             raise InvalidInputError(
                 RejectReason.BAD_TYPE, f"field 'note' must be text, got {_kind(note)}"
             )
-        if action == "close" and not note.strip():
+        resolution = obj.get("resolution", "")
+        if not isinstance(resolution, str):
             raise InvalidInputError(
-                RejectReason.MISSING_FIELD, "closing an alarm needs a 'note': why"
+                RejectReason.BAD_TYPE, f"field 'resolution' must be text, got {_kind(resolution)}"
+            )
+        if resolution and resolution not in RESOLUTIONS:
+            raise InvalidInputError(
+                RejectReason.UNKNOWN_ACTION,
+                f"resolution {shown(resolution)} is not one of {', '.join(RESOLUTIONS)}",
+            )
+        if resolution and action != "close":
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, "a 'resolution' is given only with action 'close'"
+            )
+        if action == "close" and not note.strip() and resolution in ("", "other"):
+            raise InvalidInputError(
+                RejectReason.MISSING_FIELD,
+                "closing an alarm needs a 'resolution' ("
+                + ", ".join(RESOLUTIONS)
+                + ") or a 'note' saying why; 'other' needs the note",
             )
         return OperatorAction(
-            texts["alarm_id"], texts["operator"], str(action), note.strip(), t, t_recv
+            texts["alarm_id"],
+            texts["operator"],
+            str(action),
+            note.strip(),
+            t,
+            t_recv,
+            resolution,
         )
     except InvalidInputError as bad:
         return Rejection(topic, None, bad.reason, bad.detail, t_recv)

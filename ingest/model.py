@@ -86,6 +86,8 @@ class DeviceEvent:
 
 #: What a CIC operator can do to an alarm on ``cic/acks``.
 OPERATOR_ACTIONS = frozenset({"acknowledge", "close"})
+#: How an operator closes an alarm (``other`` needs a note saying what happened).
+RESOLUTIONS = ("intervention_sent", "false_alarm", "technical", "victim_contacted", "other")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +102,14 @@ class SessionLost:
 
 
 @dataclass(frozen=True, slots=True)
+class Wake:
+    """No message: it only wakes the consumer of the queue (the engine's loop has work
+    another thread gave it, such as a changed registry); ``t_recv`` when it was queued."""
+
+    t_recv: float
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorAction:
     """An operator's acknowledgement or closing of an alarm, from ``cic/acks``."""
 
@@ -109,6 +119,7 @@ class OperatorAction:
     note: str
     t_action: float
     t_recv: float
+    resolution: str = ""  # one of RESOLUTIONS, for a close; "": none given
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,8 +306,15 @@ def make_app(
 ) -> FastAPI:
     """The HTTP edge: ``GET|POST /osmand/{secret}`` -> fixes (200) or rejections (400, 403,
     413); never a 5xx."""
-    known = credentials(devices)
-    secrets = [(app_id, secret.encode()) for app_id, (_, secret) in known.items()]
+    # Replaced whole (one assignment) when the registry changes: app.state.set_devices.
+    table: dict[str, Any] = {}
+
+    def set_devices(devices: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        known = credentials(devices)
+        secrets = [(app_id, secret.encode()) for app_id, (_, secret) in known.items()]
+        table["now"] = (known, secrets)
+
+    set_devices(devices)
     app = FastAPI(
         title="Proximity engine: OsmAnd / Traccar Client input",
         docs_url=None,
@@ -315,10 +322,12 @@ def make_app(
         openapi_url=None,  # nothing of the input is for strangers to read
     )
     app.add_middleware(_Wall, sink=sink, clock=clock)
+    app.state.set_devices = set_devices
 
     def apps_of(secret: str) -> set[str]:
         """The app ids whose secret ``secret`` is: every entry compared, in constant time."""
         given = secret.encode("utf-8", "surrogatepass")
+        _, secrets = table["now"]
         return {app_id for app_id, expected in secrets if hmac.compare_digest(expected, given)}
 
     async def read_body(request: Request) -> bytes | None:
@@ -367,7 +376,7 @@ def make_app(
             sink(parsed)
             return Response(parsed.detail, status_code=400)
         app_id, fix = parsed
-        entry = known.get(app_id)
+        entry = table["now"][0].get(app_id)
         if entry is None or app_id not in allowed:
             sink(
                 Rejection(

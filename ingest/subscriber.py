@@ -40,6 +40,7 @@ from ingest.model import (
     Rejection,
     RejectReason,
     SessionLost,
+    Wake,
 )
 from ingest.owntracks import PREFIX as OWNTRACKS_PREFIX
 from ingest.owntracks import SUBSCRIPTIONS as OWNTRACKS_SUBSCRIPTIONS
@@ -59,7 +60,7 @@ QUEUE_LIMIT = 200_000
 #: (:mod:`storage.backlog`); the rest waits at the broker.
 RECEIVE_MAXIMUM = 65_535
 
-Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost
+Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost | Wake
 
 
 def decode_message(
@@ -250,6 +251,12 @@ class FixSubscriber:
             if self._offer(item, 0):
                 return
         self._wait_put(item, 0)
+
+    def set_devices(self, owntracks: Aliases, owntracks_keys: Keys) -> None:
+        """The registry changed: the OwnTracks apps and keys of its devices now (each table
+        taken together under the lock the network thread decodes under)."""
+        with self._stamp:
+            self._owntracks, self._owntracks_keys = owntracks, owntracks_keys
 
     @property
     def unacknowledged(self) -> int:

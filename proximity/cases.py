@@ -199,6 +199,36 @@ class CaseFile:
     warnings: tuple[str, ...] = ()
 
 
+def case_document(case: Case) -> dict[str, Any]:
+    """``case`` as a case file writes it (the inverse of the parsing, for the HTTP API and the
+    change record): parsing ``{"cases": [case_document(c)]}`` gives ``c`` back."""
+    order: dict[str, Any] = {
+        "distance_m": case.order_distance_m,
+        "warning_distance_m": case.warning_distance_m,
+    }
+    if case.escalation_distance_m is not None:
+        order["escalation_distance_m"] = case.escalation_distance_m
+    doc: dict[str, Any] = {
+        "id": case.id,
+        "offenders": list(case.offenders),
+        "protected": list(case.protected),
+        "order": order,
+        "summary": dict(case.summary),
+        "zones": case.zones,
+    }
+    mobility = {
+        role: speed
+        for role, speed in (
+            ("offenders", case.offender_top_speed_mps),
+            ("protected", case.protected_top_speed_mps),
+        )
+        if speed is not None
+    }
+    if mobility:
+        doc["mobility"] = mobility
+    return doc
+
+
 def _device_id_problem(value: object) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return f"must be a non-empty string, got {value!r}"

@@ -284,13 +284,16 @@ class Engine:
         and the alarm is no longer re-notified (until its level rises). Unknown ids: []."""
         return self._operator(alarm_id, operator, note, AlarmState.ACKNOWLEDGED)
 
-    def close(self, alarm_id: str, operator: str, reason: str) -> list[AlarmEvent]:
-        """An operator closes alarm ``alarm_id`` (with why): a ``closed`` event; the alarm
-        stays silent until its episode ends, and a rise in level opens a new alarm."""
-        return self._operator(alarm_id, operator, reason, AlarmState.CLOSED)
+    def close(
+        self, alarm_id: str, operator: str, reason: str, resolution: str = ""
+    ) -> list[AlarmEvent]:
+        """An operator closes alarm ``alarm_id`` (with why: a resolution code, a note, or
+        both): a ``closed`` event; the alarm stays silent until its episode ends, and a rise
+        in level opens a new alarm."""
+        return self._operator(alarm_id, operator, reason, AlarmState.CLOSED, resolution)
 
     def _operator(
-        self, alarm_id: str, operator: str, note: str, state: AlarmState
+        self, alarm_id: str, operator: str, note: str, state: AlarmState, resolution: str = ""
     ) -> list[AlarmEvent]:
         last = self.book.last(alarm_id)
         if last is None or last.state == AlarmState.CLOSED:
@@ -315,8 +318,9 @@ class Engine:
             last,
             state=state,
             t_decided=self._clock(),
-            reason=reasons.operator(what, operator, note),
+            reason=reasons.operator(what, operator, note, resolution),
             operator=operator,
+            resolution=resolution or None,
             cause="operator",
             previous_level=None,
         )

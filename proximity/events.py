@@ -136,6 +136,8 @@ class AlarmEvent:
     motion: Motion | None = None
     #: Who acknowledged or closed the alarm (those states only).
     operator: str | None = None
+    #: How an operator closed the alarm (ingest.model.RESOLUTIONS); None: not closed so.
+    resolution: str | None = None
 
     @property
     def trigger(self) -> Position:

@@ -214,6 +214,21 @@ class EngineMemory:
             return None if slot is None else (name[0], slot)
         return self._index[_SUBJECT_AXIS[rule]].get(name)
 
+    def snapshot(self) -> Saved:
+        """The whole state as it is now, as :meth:`restore` takes it: for an engine built on a
+        changed case file while the service runs (the state of what is still there goes
+        over, by name, as across a restart)."""
+        book = self.engine.book
+        return Saved(
+            axes={a: list(k) for a, k in self.axes.items()},
+            arrays={n: (a, arr.copy()) for n, (a, arr) in self.arrays.items()},
+            records=self._current_records(),
+            alarms=[
+                self._alarm_body(alarm_id) | {"order": order}
+                for alarm_id, order in book.order.items()
+            ],
+        )
+
     # -- restoring ----------------------------------------------------------------------
 
     def restore(self, s: Saved) -> int:

@@ -291,6 +291,7 @@ STORAGE_FAULT_OVER = (
 )
 
 
-def operator(action: str, operator_name: str, note: str) -> str:
-    """An operator acknowledged or closed an alarm."""
-    return f"{action} by {operator_name}" + (f": {note}" if note else "")
+def operator(action: str, operator_name: str, note: str, resolution: str = "") -> str:
+    """An operator acknowledged or closed an alarm (with a resolution code, for a close)."""
+    said = " - ".join(x for x in (resolution.replace("_", " "), note) if x)
+    return f"{action} by {operator_name}" + (f": {said}" if said else "")

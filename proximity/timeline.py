@@ -151,5 +151,8 @@ class Timeline:
             else:
                 for a in run:
                     if isinstance(a, OperatorAction):
-                        act = eng.close if a.action == "close" else eng.acknowledge
-                        yield Segment("action", act(a.alarm_id, a.operator, a.note), action=a)
+                        if a.action == "close":
+                            done = eng.close(a.alarm_id, a.operator, a.note, a.resolution)
+                        else:
+                            done = eng.acknowledge(a.alarm_id, a.operator, a.note)
+                        yield Segment("action", done, action=a)

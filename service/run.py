@@ -10,17 +10,22 @@ same messages give the same decisions whatever the batching and the load.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import math
 import os
+import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from cic.channel import MqttAlarmChannel
@@ -30,7 +35,7 @@ from cic.notice import notices_for
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
-from ingest.model import IngestError, Rejection, RejectReason
+from ingest.model import IngestError, Rejection, RejectReason, Wake
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.owntracks import keys as owntracks_keys
@@ -45,12 +50,17 @@ from proximity.errors import ProximityError
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, wire_name
 from proximity.memory import EngineMemory
 from proximity.timeline import Item, SweepGrid, Timeline
+from service.alarm_view import AlarmView
+from service.api import ApiContext, make_api
+from service.metrics import Metrics
 from service.settings import OUT_SUFFIX, Settings, broker_access, rule_config
 from service.watchdog import Watchdog
 from storage.backlog import Retry
-from storage.evidence import EvidenceLog
-from storage.registry import Registry
+from storage.evidence import EvidenceLog, read_track
+from storage.registry import Change, Registry
+from storage.signing import pseudonym_key
 from storage.store import WRITE_ERRORS
+from storage.users import Users, users_path
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +77,14 @@ STATE_SAVE_S = 0.1
 CONNECT_WAIT_S = 15.0
 #: The exit status of an engine that stopped on a fault its watchdog found.
 EXIT_FAULT = 3
+#: How often the loop takes its counters for the HTTP API (status, /metrics).
+SNAPSHOT_S = 0.2
+#: The weight of the newest interval in a device's observed reporting cadence.
+CADENCE_WEIGHT = 0.2
+#: How long an HTTP request waits for the loop to apply the registry.
+APPLY_WAIT_S = 15.0
+#: How long the HTTP API's requests of the engine's state may wait for the loop.
+ASK_WAIT_S = 5.0
 #: How long the fault alarms may take to reach the broker before the process exits.
 FAULT_PUBLISH_WAIT_S = 5.0
 
@@ -98,6 +116,24 @@ def engine_for(
     )
 
 
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Call:
+    """Work for the decision loop's thread (:meth:`EngineService.call`), and its outcome."""
+
+    fn: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: Exception | None = None
+
+
+def _finite(x: float, ndigits: int = 1) -> float | None:
+    x = float(x)
+    return round(x, ndigits) if math.isfinite(x) else None
+
+
 def _loopback(host: str) -> bool:
     """Whether ``host`` is this machine (nothing on the way to read a password)."""
     if host == "localhost":
@@ -120,6 +156,15 @@ def _rises_to_alarm(event: AlarmEvent) -> bool:
 
 
 class EngineService:
+    engine: Engine
+    memory: EngineMemory
+    grid: SweepGrid
+    timeline: Timeline
+    subscriber: FixSubscriber
+    channel: MqttAlarmChannel
+    _watch: Registry
+    _data_version: int
+
     def __init__(self, settings: Settings, exit_process: Callable[[int], None] = os._exit) -> None:
         self.settings = settings
         #: How the watchdog ends the process on a fault (os._exit: the decision loop may be
@@ -152,16 +197,23 @@ class EngineService:
         self.started = time.time()
         self.online_since = float("nan")  # subscribed: fixes flow from here on
         self.messages_received = 0
-        # Which cases each device slot takes part in, as CSR arrays (for the evidence record).
-        slot_cases = [set[int]() for _ in self.engine.devices.ids]
-        case_ids = [c.id for c in self.cases]
-        for ci, c in enumerate(self.cases):
-            for d in (*c.offenders, *c.protected):
-                slot_cases[self.engine.slot_of[d]].add(ci)
-        self._case_ids = case_ids
-        self._slot_case_ptr = np.cumsum([0, *(len(x) for x in slot_cases)], dtype=np.int64)
-        self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
-        self._device_ids = np.array(self.engine.devices.ids, dtype=object)
+        self._map_slots()
+        #: Work other threads (the HTTP API) hand the decision loop, done between two steps.
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        #: The registry's change record: the seq the engine runs on (the engine thread's).
+        self.case_file_version = 0
+        self.changes_applied = 0  # how many times the registry was applied while running
+        self._osmand: Any = None  # the HTTP input's app, told of changed devices
+        #: What the HTTP API reads of the loop: its counters (taken every SNAPSHOT_S) and
+        #: the alarm messages published, by (type, level, state); the loop's histograms.
+        self._snapshot: dict[str, Any] = {}
+        self._next_snapshot = 0.0
+        self._by_type: dict[tuple[str, str, str], int] = {}
+        self.metrics = Metrics(self.status_snapshot)
+        n = len(self.engine.devices.ids)
+        self._battery = np.full(n, np.nan)  # each device's last battery level, %
+        self._cadence = np.full(n, np.nan)  # each device's reporting interval, seen, s
+        self._last_fix = np.full(n, np.nan)  # each device's newest fix time, for the cadence
         self.notices_published = 0
         # Evidence entries the disk refused, in order (storage.backlog), and the fault.
         self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
@@ -171,7 +223,160 @@ class EngineService:
         self._storage_failing: tuple[Path, ...] = ()  # the files the open fault alarm names
         self._storage_clear_since = math.nan  # when the open fault stopped refusing writes
 
+    def _map_slots(self) -> None:
+        """Which cases each device slot takes part in, as CSR arrays (for the evidence
+        record), from the engine's cases now."""
+        slot_cases = [set[int]() for _ in self.engine.devices.ids]
+        case_ids = [c.id for c in self.cases]
+        for ci, c in enumerate(self.cases):
+            for d in (*c.offenders, *c.protected):
+                slot_cases[self.engine.slot_of[d]].add(ci)
+        self._case_ids = case_ids
+        self._slot_case_ptr = np.cumsum([0, *(len(x) for x in slot_cases)], dtype=np.int64)
+        self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
+        self._device_ids: npt.NDArray[Any] = np.array(self.engine.devices.ids, dtype=object)
+
+    def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
+        """Run ``fn`` on the decision loop's thread, between two steps, and return what it
+        returns (or raise what it raised); TimeoutError when the loop does not take it in
+        ``timeout`` s. For other threads (the HTTP API): the engine's state is the loop's."""
+        c = _Call(fn)
+        self._calls.put(c)
+        self.subscriber.put_local(Wake(self.clock()))  # the loop may be waiting for input
+        if not c.done.wait(timeout):
+            raise TimeoutError("the engine's loop did not answer in time")
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                c = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                c.result = c.fn()
+            except Exception as exc:  # handed to the caller's thread
+                c.error = exc
+            c.done.set()
+
+    def _follow_registry(self, force: bool = False) -> None:
+        """Apply the registry when another connection (the HTTP API, ``proximity cases
+        import`` or ``remove``) committed to it: the engine is rebuilt on the registry's
+        cases and devices at this batch boundary, keeping the state of everything still
+        there (by name, as across a restart), and every change of the change record goes
+        into the evidence record of the cases it touches, with who made it."""
+        version = self._watch.data_version()
+        if version == self._data_version and not force:
+            return
+        self._data_version = version
+        try:
+            changes = self._watch.changes(after=self.case_file_version)
+            if not changes:
+                return  # another table of the file (the users, the audit log)
+            cases, devices = self._watch.cases(), self._watch.devices()
+        except (ProximityError, sqlite3.Error) as exc:
+            log.error(
+                "cannot read the changed registry %s: %s; trying again", self.settings.db, exc
+            )
+            self._data_version = -1
+            return
+        self._record_changes(changes)
+        self._rebuild(cases, devices, changes)
+        self.case_file_version = changes[-1].seq
+        self.changes_applied += 1
+
+    def _record_changes(self, changes: Sequence[Change]) -> None:
+        """Each change in the evidence record of every case it touches (a device's
+        description: every case that uses the device)."""
+        now = self.clock()
+        entries = []
+        for ch in changes:
+            touched = [ch.case_id] if ch.case_id else list(ch.detail.get("cases", []))  # type: ignore[call-overload]
+            entries += [(str(c), now, "change", ch.to_dict()) for c in touched]
+        self._record(entries)
+
+    def _rebuild(self, cases: list[Case], devices: list[Device], changes: Sequence[Change]) -> None:
+        """The engine on ``cases`` and ``devices``, with the state of the old one."""
+        old, snapshot = self.engine, self.memory.snapshot()
+        kept = {c.id for c in cases}
+        # The open alarms of an ended case end now, said so to the CIC (nothing of the case
+        # can be decided after this).
+        who = {ch.case_id: ch.actor for ch in changes if ch.action == "case_ended"}
+        ending = [
+            replace(
+                e,
+                state=AlarmState.ENDED,
+                t_decided=self.clock(),
+                reason=f"the case was ended in the registry by {who.get(e.case_id, 'unknown')}"
+                ": the engine no longer watches it",
+                cause="registry",
+                previous_level=None,
+            )
+            for a in old.book.order
+            if (e := old.book.last(a)) is not None
+            and e.case_id not in kept
+            and old.book.still_open(a)
+        ]
+        if ending:
+            self._publish(ending)
+        self.cases, self.devices = cases, devices
+        self.engine = engine_for(self.settings, cases, devices, self.clock)
+        self.memory = EngineMemory(self.engine)
+        self.memory.restore(snapshot)
+        for f in dataclasses.fields(old.stats):
+            setattr(self.engine.stats, f.name, getattr(old.stats, f.name))
+        self.engine.faults.previously_until = old.faults.previously_until
+        self.engine.start(old._t_last if math.isfinite(old._t_last) else self.clock())
+        self.timeline = Timeline(self.engine, self.grid)
+        old_slot = old.slot_of
+        moved = [(old_slot[d], i) for i, d in enumerate(self.engine.devices.ids) if d in old_slot]
+        src = np.array([a for a, _ in moved], dtype=np.int64)
+        dst = np.array([b for _, b in moved], dtype=np.int64)
+        for name in ("_battery", "_cadence", "_last_fix"):
+            before = getattr(self, name)
+            after = np.full(len(self.engine.devices.ids), np.nan)
+            after[dst] = before[src]
+            setattr(self, name, after)
+        self._map_slots()
+        self.subscriber.set_devices(
+            owntracks_aliases((d.id, d.info) for d in devices),
+            owntracks_keys((d.id, d.info) for d in devices),
+        )
+        if self._osmand is not None:
+            self._osmand.state.set_devices((d.id, d.info) for d in devices)
+        # The new layout is saved whole with the next save, at once.
+        self._next_save = 0.0
+        log.info(
+            "applied %d registry change(s) (%s): %d case(s), %d device(s), %d pair(s)",
+            len(changes),
+            ", ".join(
+                f"{c.action} {c.case_id or c.detail.get('device')} by {c.actor}"
+                for c in changes[:5]
+            )
+            + (", ..." if len(changes) > 5 else ""),
+            len(cases),
+            len(self.engine.devices.ids),
+            len(self.engine.pairs),
+        )
+
     def _status(self, state: str) -> bytes:
+        return orjson.dumps(self._status_dict(state))
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """The counters as the loop last took them (for the HTTP API, from its threads)."""
+        return dict(self._snapshot)
+
+    def _take_snapshot(self, now: bool = False) -> None:
+        if not now and time.monotonic() < self._next_snapshot:
+            return
+        self._next_snapshot = time.monotonic() + SNAPSHOT_S
+        snap = self._status_dict("online")
+        snap["_by_type"] = dict(self._by_type)
+        self._snapshot = snap
+
+    def _status_dict(self, state: str) -> dict[str, Any]:
         st = self.engine.stats
         heard = self.engine.devices.t_recv
         last = float(np.nanmax(heard)) if np.isfinite(heard).any() else math.nan
@@ -216,8 +421,10 @@ class EngineService:
                 "queue_depth": self.subscriber.items.qsize(),
                 "last_fix_processed": iso_utc(last),
                 "last_fix_age_s": round(self.clock() - last, 1) if math.isfinite(last) else None,
+                "registry_changes_applied": self.changes_applied,
+                "registry_version": self.case_file_version,
             }
-        return orjson.dumps(payload)
+        return payload
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
@@ -239,6 +446,13 @@ class EngineService:
             self.evidence.key_path,
             self.evidence.public_key,
         )
+
+        # The registry is followed while the engine runs (_follow_registry): changes made
+        # since the evidence record last recorded one are recorded now.
+        self._watch = Registry(s.db)
+        self._data_version = self._watch.data_version()
+        self.case_file_version = self._watch.last_change()
+        self._pending_changes = self._watch.changes(after=self.evidence.last_change())
 
         out = make_client(f"{s.client_id}{OUT_SUFFIX}")
         journal_path = s.journal or s.db.with_suffix(".journal.sqlite")
@@ -293,6 +507,7 @@ class EngineService:
             self.engine.start(start)
             self.grid = SweepGrid(s.sweep_interval_s, start)
             self.timeline = Timeline(self.engine, self.grid)
+            self._record_changes(self._pending_changes)
             self.channel.status(s.status_topic, self._status("online"))
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             if s.watchdog_s > 0:
@@ -331,6 +546,7 @@ class EngineService:
                 count, head = self.evidence.head(case_id)
                 log.info("evidence of case %s: %d entries, head %s", case_id, count, head)
             self.evidence.close()
+            self._watch.close()
             log.info("stopped")
 
     def _fresh_engine(self) -> None:
@@ -429,7 +645,8 @@ class EngineService:
         self._exit_process(EXIT_FAULT)
 
     def _start_http(self) -> HttpServer | None:
-        """The OsmAnd / Traccar Client HTTP input, when ``http_listen`` is set: its fixes and
+        """The HTTP port, when ``http_listen`` is set: the operator service
+        (:mod:`service.api`) and the OsmAnd / Traccar Client input, whose fixes and
         rejections join the MQTT input's queue."""
         listen = self.settings.http_listen
         if not listen:
@@ -440,12 +657,20 @@ class EngineService:
         app = make_osmand_app(
             ((d.id, d.info) for d in self.devices), self.subscriber.put_local, self.clock
         )
-        server = HttpServer(app, host, int(port))
+        self._osmand = app
+        self._users = Users(users_path(self.settings.db))
+        api = make_api(self._api_context(self._users), extra=app)
+        server = HttpServer(api, host, int(port))
         try:
             server.start()
         except RuntimeError as exc:
             raise ProximityError(f"cannot serve the HTTP input on {listen}: {exc}") from exc
-        log.info("OsmAnd / Traccar Client input on http://%s/osmand/SECRET", listen)
+        log.info(
+            "operator service on http://%s/ (API /docs, console /), OsmAnd / Traccar Client"
+            " input on http://%s/osmand/SECRET",
+            listen,
+            listen,
+        )
         return server
 
     def _offline(self) -> bytes:
@@ -463,6 +688,9 @@ class EngineService:
             wait = max(0.0, min(0.5, next_status - time.monotonic(), due_in))
             items, horizon = self.subscriber.drain(timeout=wait)
             self._step(items, horizon)
+            self._run_calls()
+            self._follow_registry()
+            self._take_snapshot()
             self.channel.poll()  # the broker's acknowledgements: delivered, in the journal
             self._flush_evidence()
             self._check_storage()
@@ -481,22 +709,25 @@ class EngineService:
                 self.channel.status(s.status_topic, self._status("online"))
                 next_status = time.monotonic() + s.status_interval_s
 
-    def _step(self, items: Sequence[Item], horizon: float) -> None:
+    def _step(self, items: Sequence[Item | Wake], horizon: float) -> None:
         """Take ``items`` (in arrival order) and the sweeps due up to ``horizon``: each sweep
         after the items stamped at or before its instant (:class:`Timeline`); record and
         publish what each step decided before the next."""
-        self.messages_received += len(items)
-        rejected = [i for i in items if isinstance(i, Rejection)]
+        # A Wake is no message: another thread had work for the loop (done after the step).
+        messages: list[Item] = [i for i in items if not isinstance(i, Wake)]
+        self.messages_received += len(messages)
+        rejected = [i for i in messages if isinstance(i, Rejection)]
         if rejected:
             self.reporter.report(rejected)
         skipped = self.grid.skipped
-        for seg in self.timeline.step(items, horizon):
+        for seg in self.timeline.step(messages, horizon):
             if seg.kind == "gap":  # the subscriber's own session-loss marker: no message
                 self.messages_received -= 1
             if seg.rejected:
                 self.reporter.report(seg.rejected)
             if seg.batch is not None:
                 self._record_fixes(seg.batch)
+                self._watch_devices(seg.batch)
             if seg.action is not None and not seg.alarms:
                 a = seg.action
                 self.reporter.report(
@@ -641,6 +872,128 @@ class EngineService:
             )
         return True
 
+    def _watch_devices(self, batch: FixBatch) -> None:
+        """Per batch, for the device status: each device's last battery level and its
+        reporting cadence as seen (a running mean of the intervals between its fixes)."""
+        self.metrics.batch_size.observe(len(batch))
+        if len(batch) == 0:
+            return
+        if batch.battery_pct is not None:
+            has = np.isfinite(batch.battery_pct)
+            self._battery[batch.slot[has]] = batch.battery_pct[has]  # the last one wins
+        slots, count = np.unique(batch.slot, return_counts=True)
+        newest = np.full(len(self._cadence), -np.inf)
+        np.maximum.at(newest, batch.slot, batch.t_fix)
+        oldest = np.full(len(self._cadence), np.inf)
+        np.minimum.at(oldest, batch.slot, batch.t_fix)
+        prev = self._last_fix[slots]
+        span = newest[slots] - np.where(np.isfinite(prev), prev, oldest[slots])
+        steps = count - (~np.isfinite(prev)).astype(np.int64)
+        seen = (steps > 0) & (span > 0)
+        interval = np.where(seen, span / np.maximum(steps, 1), np.nan)
+        old = self._cadence[slots]
+        mixed = np.where(np.isfinite(old), old + CADENCE_WEIGHT * (interval - old), interval)
+        self._cadence[slots[seen]] = mixed[seen]
+        self._last_fix[slots] = np.maximum(np.nan_to_num(prev, nan=-np.inf), newest[slots])
+
+    def _device_status(self) -> list[dict[str, Any]]:
+        """Each device's status (the HTTP API's /api/devices/status; the loop's thread)."""
+        e, now = self.engine, self.clock()
+        book = e.book
+        health_types = {"signal_lost", "victim_silent", "battery_low", "power_off", "tamper"}
+        health: dict[str, list[str]] = {}
+        for a in list(book.order):
+            last = book.last(a)
+            if last is None or not book.still_open(a):
+                continue
+            kind = wire_name(last.type)
+            if kind in health_types | {"separated"}:
+                for p in (last.offender, last.victim):
+                    if p is not None and p.device:
+                        health.setdefault(p.device, []).append(f"{kind} {a}")
+        out = []
+        for slot, dev in enumerate(e.devices.ids):
+            t_fix = float(e.devices.t_fix[slot])
+            cases = [c.id for c in self.cases if dev in c.offenders or dev in c.protected]
+            role = "offender" if any(dev in e.cases[c].offenders for c in cases) else "protected"
+            out.append(
+                {
+                    "device": dev,
+                    "role": role,
+                    "cases": cases,
+                    "last_fix": iso_utc(t_fix),
+                    "last_fix_age_s": round(now - t_fix, 1) if math.isfinite(t_fix) else None,
+                    "battery_pct": _finite(self._battery[slot]),
+                    "reporting_interval_s": _finite(e.health.interval_s[slot]),
+                    "reporting_interval_seen_s": _finite(self._cadence[slot]),
+                    "silent": bool(e.health.silent[slot]),
+                    "health_alarms": sorted(set(health.get(dev, []))),
+                }
+            )
+        return out
+
+    def _case_positions(self, case_id: str) -> dict[str, Any]:
+        """The case's parties' last positions now (the loop's thread)."""
+        e, now = self.engine, self.clock()
+        case = e.cases.get(case_id)
+        if case is None:
+            return {"case_id": case_id, "offenders": [], "protected": []}
+
+        def where(dev: str) -> dict[str, Any]:
+            p = e._position(e.slot_of[dev], now)
+            return {
+                "device": dev,
+                "lat": _finite(p.lat, 7),
+                "lon": _finite(p.lon, 7),
+                "acc_m": _finite(p.acc_m),
+                "radius_m": _finite(p.radius_m),
+                "fix_time": iso_utc(p.t_fix),
+                "age_s": _finite(now - p.t_fix),
+            }
+
+        return {
+            "case_id": case_id,
+            "summary": dict(case.summary),
+            "order_distance_m": case.order_distance_m,
+            "zones": case.zones,
+            "offenders": [where(d) for d in case.offenders],
+            "protected": [where(d) for d in case.protected],
+        }
+
+    def _ready(self) -> dict[str, bool]:
+        """The readiness checks of /ready (read from other threads: flags only)."""
+        sub = getattr(self, "subscriber", None)
+        channel = getattr(self, "channel", None)
+        return {
+            "intake": bool(sub is not None and sub.connected.is_set() and sub.network_alive()),
+            "journal_writable": bool(channel is not None and not channel.retry.failing),
+            "broker_connected": bool(channel is not None and channel.connected()),
+            "deciding": time.monotonic() - self._beat <= max(5.0, self.settings.watchdog_s),
+        }
+
+    def _api_context(self, users: Users) -> ApiContext:
+        s = self.settings
+        journal = s.journal or s.db.with_suffix(".journal.sqlite")
+        evidence_path = self.evidence.path
+        return ApiContext(
+            db=s.db,
+            users=users,
+            view=AlarmView(journal, s.alarm_topic),
+            clock=self.clock,
+            act=self.subscriber.put_local,
+            apply_registry=lambda: self.call(
+                lambda: self._follow_registry(force=True), APPLY_WAIT_S
+            ),
+            status=lambda: {k: v for k, v in self.status_snapshot().items() if k[0] != "_"},
+            devices=lambda: self.call(self._device_status, ASK_WAIT_S),
+            positions=lambda case_id: self.call(lambda: self._case_positions(case_id), ASK_WAIT_S),
+            track=lambda case_id, since: read_track(evidence_path, case_id, since),
+            ready=self._ready,
+            metrics=self.metrics.text,
+            pseudonym_key=pseudonym_key(s.db.with_suffix(".pseudonym.key")),
+            research_grid_m=s.research_grid_m,
+        )
+
     def _record_fixes(self, batch: FixBatch) -> None:
         """The fixes the engine used (not late, duplicate or set aside) go on record: one
         entry per case and batch, its fixes as columns (times in epoch seconds), so the
@@ -683,8 +1036,16 @@ class EngineService:
         state = self.memory.delta()
         if self.channel.send_all(messages, state):
             self.memory.saved(state)
+        published = self.clock()
         for event, message in zip(events, messages, strict=True):
             sent.append((event.case_id, event.t_decided, "alarm", message))
+            key = (message["type"], message["level"], message["state"])
+            self._by_type[key] = self._by_type.get(key, 0) + 1
+            received = event.trigger.t_recv
+            if event.cause in ("fix", "event") and math.isfinite(received):
+                self.metrics.decision_latency.observe(max(0.0, event.t_decided - received))
+                if event.cause == "fix":
+                    self.metrics.publication_latency.observe(max(0.0, published - received))
             log.log(
                 logging.WARNING if _rises_to_alarm(event) else logging.INFO,
                 "alarm %s %s %s case %s: %s",

@@ -120,8 +120,15 @@ class Settings(BaseSettings):
     )
     http_listen: str = Field(
         "",
-        description="HOST:PORT to serve the OsmAnd / Traccar Client HTTP input on (devices"
-        " with an osmand secret in the case file); empty: not served",
+        description="HOST:PORT to serve the operator service (HTTP API, console, /health,"
+        " /ready, /metrics) and the OsmAnd / Traccar Client HTTP input on; empty: not served",
+    )
+    research_grid_m: float = Field(
+        1000.0,
+        ge=100.0,
+        le=100_000.0,
+        description="the grid cell (metres) to which positions are coarsened for the"
+        " researcher role of the HTTP API",
     )
     alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
     cap_topic: str = Field(

@@ -1,15 +1,17 @@
-"""The evidence record: per case, an append-only, hash-chained and signed log of the fixes
-used, the alarm messages sent (each one a decision) and the purges, exportable for a court.
+"""The evidence record: per case, an append-only, hash-chained and signed log of the fixes used,
+the alarm messages sent (each one a decision) and the purges, exportable for a court.
 
-Each entry is ``(case_id, seq, t, kind, body)``: ``seq`` counts the case's entries from 1,
-``t`` is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes of one batch, as columns:
-``device``, ``t_fix``, ``t_recv``, ``lat``, ``lon``, ``acc_m`` (-1 unknown), ``seq`` (-1
-none); ``t`` is the newest fix time), ``alarm`` (one message sent) or ``purge``, and ``body``
-a JSON object. Its ``body_hash`` is the SHA-256 of the body's canonical JSON (sorted keys, no
-spaces), and its ``hash`` is the SHA-256 of the previous entry's hash and the entry's other
-fields (:func:`entry_hash`): changing, removing or reordering any entry breaks every hash
-after it. Retention removes old fix bodies but keeps their hashes, so the chain still verifies
-and shows what was removed and when (a ``purge`` entry records each purge).
+Each entry is ``(case_id, seq, t, kind, body)``: ``seq`` counts the case's entries from 1, ``t``
+is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes of one batch, as columns:
+``device``, ``t_fix``, ``t_recv``, ``lat``, ``lon``, ``acc_m`` (-1 unknown), ``seq`` (-1 none);
+``t`` is the newest fix time), ``alarm`` (one message sent), ``purge``, or ``change`` (who
+changed what in the case or its devices' descriptions: one row of the registry's change record,
+``seq``, ``at``, ``actor``, ``action``, ``case_id``, ``detail``, recorded as the engine applies
+it), and ``body`` a JSON object. Its ``body_hash`` is the SHA-256 of the body's canonical JSON
+(sorted keys, no spaces), and its ``hash`` is the SHA-256 of the previous entry's hash and the
+entry's other fields (:func:`entry_hash`): changing, removing or reordering any entry breaks
+every hash after it. Retention removes old fix bodies but keeps their hashes, so the chain still
+verifies and shows what was removed and when (a ``purge`` entry records each purge).
 
 A chain alone shows consistency, not integrity: whoever can write the SQLite file or an export
 can edit an entry and recompute every hash after it. So every entry is signed (its ``sig``:
@@ -57,7 +59,7 @@ from storage.signing import EvidenceKey, is_key_hex, verify_signature
 from storage.store import open_durable, transaction
 
 GENESIS = "0" * 64
-KINDS = frozenset({"fix", "alarm", "purge"})
+KINDS = frozenset({"fix", "alarm", "purge", "change"})
 #: The ``type`` of an anchor message.
 ANCHOR_TYPE = "evidence_anchor"
 #: The fields of an export's lines: no other may be there (an addition no hash or signature
@@ -382,6 +384,18 @@ class EvidenceLog:
         the engine stopped taking fixes."""
         (t,) = self._db.execute("SELECT MAX(t) FROM evidence WHERE kind = 'fix'").fetchone()
         return float(t) if t is not None else float("nan")
+
+    def last_change(self) -> int:
+        """The registry's change seq last recorded (0: none): a ``change`` entry holds one
+        row of the registry's change record (:mod:`storage.registry`)."""
+        row = self._db.execute(
+            "SELECT body FROM evidence WHERE kind = 'change' AND body IS NOT NULL"
+            " ORDER BY rowid DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return 0
+        seq = orjson.loads(row[0]).get("seq")
+        return int(seq) if isinstance(seq, int) else 0
 
     def cases(self) -> list[str]:
         return [str(c) for (c,) in self._db.execute("SELECT DISTINCT case_id FROM evidence")]
@@ -854,3 +868,41 @@ def _removed_body_problems(entries: list[_Entry]) -> list[Problem]:
         if e.kind == "purge" and not math.isnan(e.cutoff):
             cutoff = max(cutoff, e.cutoff)
     return problems
+
+
+def read_track(path: Path, case_id: str, since: float) -> list[dict[str, Any]]:
+    """The fixes of case ``case_id`` recorded at or after ``since`` (epoch seconds), oldest
+    first, as ``{device, t_fix, lat, lon, acc_m}``: through a read-only connection of its own
+    (for the HTTP API's threads; the engine's writes go on)."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error:
+        return []
+    try:
+        rows = db.execute(
+            "SELECT body FROM evidence WHERE case_id=? AND kind='fix' AND t>=?"
+            " AND body IS NOT NULL ORDER BY seq",
+            (case_id, since),
+        ).fetchall()
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+    out: list[dict[str, Any]] = []
+    for (body,) in rows:
+        b = orjson.loads(body)
+        for dev, t, lat, lon, acc in zip(
+            b["device"], b["t_fix"], b["lat"], b["lon"], b["acc_m"], strict=True
+        ):
+            if t >= since:
+                out.append(
+                    {
+                        "device": dev,
+                        "t_fix": t,
+                        "lat": lat,
+                        "lon": lon,
+                        "acc_m": acc if acc >= 0 else None,
+                    }
+                )
+    out.sort(key=lambda f: f["t_fix"])
+    return out

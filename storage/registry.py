@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 
-from proximity.cases import Case, CaseFile, Device
+from proximity.cases import Case, CaseFile, Device, case_document
 from proximity.errors import RegistryError
 from storage.store import make_private
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+#: Keys of a device description whose values are secrets: never shown, never in the change
+#: record (only that they changed).
+SECRET_KEYS = frozenset({"key", "secret", "password", "token"})
+REDACTED = "***"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -41,6 +45,16 @@ CREATE TABLE IF NOT EXISTS devices (
     id   TEXT PRIMARY KEY,
     info TEXT NOT NULL  -- JSON object: aliases, reporting interval, ...
 );
+-- Every change, in order: who changed what (the engine records each in the evidence record
+-- of the cases it touches, and applies the registry as it is after it).
+CREATE TABLE IF NOT EXISTS changes (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      TEXT NOT NULL,  -- ISO 8601 UTC
+    actor   TEXT NOT NULL,  -- the user of the HTTP API, or the local account of the CLI
+    action  TEXT NOT NULL,  -- case_created, case_changed, case_ended, device_described
+    case_id TEXT,           -- NULL for a device's description: see detail.cases
+    detail  TEXT NOT NULL   -- JSON object
+);
 """
 
 
@@ -49,6 +63,49 @@ class ImportReport:
     created: tuple[str, ...]
     updated: tuple[str, ...]
     devices: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One row of the change record: who did what to which case, when."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    case_id: str | None
+    detail: dict[str, object]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "actor": self.actor,
+            "action": self.action,
+            "case_id": self.case_id,
+            "detail": self.detail,
+        }
+
+
+def redacted(value: object) -> object:
+    """``value`` with every secret of a device description replaced by ``***``."""
+    if isinstance(value, Mapping):
+        return {k: REDACTED if k in SECRET_KEYS else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
+def differences(old: object, new: object, path: str = "") -> dict[str, list[object]]:
+    """``{field path: [old value, new value]}`` of what differs between two case documents
+    (objects compared field by field, except zones, compared whole)."""
+    if isinstance(old, dict) and isinstance(new, dict) and path != "zones":
+        out: dict[str, list[object]] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            out |= differences(old.get(key), new.get(key), sub)
+        return out
+    return {} if old == new else {path: [old, new]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +189,7 @@ class Registry:
             db.execute("ALTER TABLE cases ADD COLUMN mobility TEXT NOT NULL DEFAULT '{}'")
         if version < 3:  # schema 3: per-case escalation distance
             db.execute("ALTER TABLE cases ADD COLUMN escalation_distance_m REAL")
+        # schema 4: the change record (its table is made by _SCHEMA; nothing to convert)
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
         db.execute("COMMIT")
 
@@ -162,8 +220,9 @@ class Registry:
             raise
         db.execute("COMMIT")
 
-    def import_file(self, case_file: CaseFile) -> ImportReport:
-        """Write every case and device of the file in one transaction (all or nothing).
+    def import_file(self, case_file: CaseFile, actor: str = "") -> ImportReport:
+        """Write every case and device of the file in one transaction (all or nothing), and
+        what changed in the change record, as done by ``actor``.
 
         A case whose id is already registered is replaced by the file's version.
         """
@@ -171,9 +230,15 @@ class Registry:
         created: list[str] = []
         updated: list[str] = []
         with self._transaction(f"import into {self.path} failed, nothing written") as db:
+            before = {c.id: case_document(c) for c in self._cases(db)}
             for case in case_file.cases:
-                exists = db.execute("SELECT 1 FROM cases WHERE id=?", (case.id,)).fetchone()
+                exists = case.id in before
                 (updated if exists else created).append(case.id)
+                doc = case_document(case)
+                if not exists:
+                    self._change(db, now, actor, "case_created", case.id, {"case": doc})
+                elif changed := differences(before[case.id], doc):
+                    self._change(db, now, actor, "case_changed", case.id, {"changed": changed})
                 db.execute(
                     "INSERT INTO cases(id, order_distance_m, warning_distance_m, summary, zones,"
                     " updated_at, mobility, escalation_distance_m) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -209,6 +274,19 @@ class Registry:
                 )
             _one_device_per_app(db, case_file)
             for dev in case_file.devices:
+                row = db.execute("SELECT info FROM devices WHERE id=?", (dev.id,)).fetchone()
+                info = dict(dev.info)
+                if row is None or json.loads(row[0]) != info:
+                    users = db.execute(
+                        "SELECT case_id FROM case_devices WHERE device_id=? ORDER BY case_id",
+                        (dev.id,),
+                    ).fetchall()
+                    detail = {
+                        "device": dev.id,
+                        "info": redacted(info),
+                        "cases": [c for (c,) in users],
+                    }
+                    self._change(db, now, actor, "device_described", None, detail)
                 db.execute(
                     "INSERT INTO devices(id, info) VALUES (?, ?)"
                     " ON CONFLICT(id) DO UPDATE SET info=excluded.info",
@@ -216,14 +294,19 @@ class Registry:
                 )
         return ImportReport(tuple(created), tuple(updated), len(case_file.devices))
 
-    def remove_case(self, case_id: str, *, keep_devices: bool = False) -> RemoveReport | None:
-        """Remove a case and its device memberships, in one transaction; None if there is no
-        such case. The descriptions of its devices that no other case uses go with it, unless
-        ``keep_devices``. The evidence record is another file and is not touched."""
+    def remove_case(
+        self, case_id: str, *, keep_devices: bool = False, actor: str = ""
+    ) -> RemoveReport | None:
+        """Remove a case and its device memberships, in one transaction, recorded as done by
+        ``actor``; None if there is no such case. The descriptions of its devices that no
+        other case uses go with it, unless ``keep_devices``. The evidence record is another
+        file and is not touched."""
         failed = f"removing case {case_id} from {self.path} failed, nothing changed"
         with self._transaction(failed) as db:
             if db.execute("SELECT 1 FROM cases WHERE id=?", (case_id,)).fetchone() is None:
                 return None
+            now = datetime.now(UTC).isoformat()
+            self._change(db, now, actor, "case_ended", case_id, {})
             members = db.execute(
                 "SELECT device_id, role FROM case_devices WHERE case_id=? ORDER BY role, position",
                 (case_id,),
@@ -256,17 +339,71 @@ class Registry:
             tuple(kept),
         )
 
+    @staticmethod
+    def _change(
+        db: sqlite3.Connection,
+        at: str,
+        actor: str,
+        action: str,
+        case_id: str | None,
+        detail: dict[str, object],
+    ) -> None:
+        db.execute(
+            "INSERT INTO changes(at, actor, action, case_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (at, actor or "unknown", action, case_id, json.dumps(detail, ensure_ascii=False)),
+        )
+
+    def changes(self, after: int = 0, case_id: str | None = None) -> list[Change]:
+        """The change record after seq ``after``, in order (of one case, if given: a
+        device's description counts for the cases that use it)."""
+        rows = self._db.execute(
+            "SELECT seq, at, actor, action, case_id, detail FROM changes WHERE seq > ?"
+            " ORDER BY seq",
+            (after,),
+        )
+        out = [Change(int(q), a, who, what, c, json.loads(d)) for q, a, who, what, c, d in rows]
+        if case_id is None:
+            return out
+        return [
+            ch
+            for ch in out
+            if ch.case_id == case_id or case_id in ch.detail.get("cases", [])  # type: ignore[operator]
+        ]
+
+    def last_change(self) -> int:
+        """The seq of the latest change (0: none)."""
+        (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(seq)
+
+    def data_version(self) -> int:
+        """A number that changes when another connection commits to the file (SQLite's
+        ``PRAGMA data_version``): the engine's cheap test for a change to apply."""
+        (v,) = self._db.execute("PRAGMA data_version").fetchone()
+        return int(v)
+
+    def case(self, case_id: str) -> Case | None:
+        """The registered case ``case_id``, or None."""
+        return next((c for c in self._cases(self._db, case_id) if c.id == case_id), None)
+
     def cases(self) -> list[Case]:
         """Every registered case, ordered by id."""
+        return self._cases(self._db)
+
+    @staticmethod
+    def _cases(db: sqlite3.Connection, only: str | None = None) -> list[Case]:
+        where, args = ("WHERE case_id=?", (only,)) if only is not None else ("", ())
         members: dict[str, dict[str, list[str]]] = {}
-        for case_id, device_id, role in self._db.execute(
-            "SELECT case_id, device_id, role FROM case_devices ORDER BY case_id, role, position"
+        for case_id, device_id, role in db.execute(
+            f"SELECT case_id, device_id, role FROM case_devices {where}"
+            " ORDER BY case_id, role, position",
+            args,
         ):
             members.setdefault(case_id, {"offender": [], "protected": []})[role].append(device_id)
         out = []
-        for case_id, order_m, warning_m, summary, zones, mobility, esc_m in self._db.execute(
+        for case_id, order_m, warning_m, summary, zones, mobility, esc_m in db.execute(
             "SELECT id, order_distance_m, warning_distance_m, summary, zones, mobility,"
-            " escalation_distance_m FROM cases ORDER BY id"
+            f" escalation_distance_m FROM cases {where.replace('case_id', 'id')} ORDER BY id",
+            args,
         ):
             m = members.get(case_id, {"offender": [], "protected": []})
             speeds = json.loads(mobility)

@@ -146,3 +146,29 @@ def _create(path: Path) -> SigningKey:
             f"cannot create the evidence key {path}: {exc.strerror or exc}"
         ) from exc
     return key
+
+
+def pseudonym_key(path: Path) -> bytes:
+    """The key of the keyed hashes that stand for case and device ids in what a researcher
+    sees (32 random bytes, hex, in ``path``, made 0600 at first use): without it, a hash
+    cannot be turned back into an id by trying the ids one knows."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        if is_key_hex(text):
+            return bytes.fromhex(text)
+    except FileNotFoundError:
+        pass
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProximityError(f"cannot read the pseudonym key {path}: {exc}") from exc
+    seed = os.urandom(32).hex()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(seed + "\n")
+    try:
+        os.link(tmp, path)  # never replaces one another process made first
+    except FileExistsError:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(seed)

@@ -88,8 +88,10 @@ class Recording(Engine):
     def acknowledge(self, alarm_id: str, operator: str, note: str = "") -> list[AlarmEvent]:
         return super().acknowledge(self._resolve(alarm_id), operator, note)
 
-    def close(self, alarm_id: str, operator: str, reason: str) -> list[AlarmEvent]:
-        return super().close(self._resolve(alarm_id), operator, reason)
+    def close(
+        self, alarm_id: str, operator: str, reason: str, resolution: str = ""
+    ) -> list[AlarmEvent]:
+        return super().close(self._resolve(alarm_id), operator, reason, resolution)
 
     def _remember(self, events: Sequence[AlarmEvent]) -> None:
         super()._remember(events)

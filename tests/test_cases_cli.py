@@ -12,7 +12,7 @@ from cli.main import main
 from proximity.cases import parse_case_file, top_speeds
 from proximity.errors import CaseFileError
 from service.settings import load_settings
-from storage.registry import Registry
+from storage.registry import SCHEMA_VERSION, Registry
 from tests.conftest import import_cases, run_cli, write_cases
 
 GOOD: dict[str, Any] = {
@@ -206,7 +206,7 @@ def test_registry_of_schema_1_is_migrated(tmp_path: Path) -> None:
         by_id = {c.id: c for c in reg.cases()}
         assert len(by_id) == 4 and by_id["BE-2026-0001"].escalation_distance_m == 200.0
     version = sqlite3.connect(db).execute("SELECT value FROM meta").fetchone()[0]
-    assert int(version) == 3
+    assert int(version) == SCHEMA_VERSION == 4
 
 
 def test_registry_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -371,7 +371,7 @@ def test_cli_remove_ends_a_case_and_keeps_its_evidence(
     out = capsys.readouterr().out
     assert out.splitlines() == [
         f"removed case BE-2026-0002 (offenders tag-17, tag-18; protected phone-43) from {db};"
-        " an engine already running watches it until it is restarted",
+        " an engine running on this registry stops watching it at once",
         "removed the description(s) of tag-18 (in no other case)",
         f"evidence record {evidence}: kept untouched",
     ]

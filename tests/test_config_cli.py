@@ -182,6 +182,7 @@ def _flag_value(name: str) -> str:
         "probe_entries": "4",
         "parallel_max_angle_deg": "20",
         "time_epoch": "1800000000",
+        "research_grid_m": "250",
     }
     if name in special:
         return special[name]

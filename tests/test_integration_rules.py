@@ -191,7 +191,7 @@ def test_the_cic_acknowledges_and_closes_alarms_on_cic_acks(pub: Publisher, cic:
     pub.raw("cic/acks", orjson.dumps({**ack, "action": "close"}))
     bad = cic.wait_for("proximity/rejected", lambda m: m["reason"] == "unknown_alarm")
     assert "no-such-alarm" in bad["detail"]
-    cic.wait_for("proximity/rejected", lambda m: "needs a 'note'" in m["detail"])
+    cic.wait_for("proximity/rejected", lambda m: "needs a 'resolution'" in m["detail"])
 
 
 def test_a_victim_running_owntracks_is_protected_like_any_device(

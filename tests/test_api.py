@@ -1,0 +1,399 @@
+"""The operator service over real HTTP, against a running engine on a real Mosquitto: cases
+created and changed live, alarms acknowledged and closed, the live stream and its resumption,
+roles, the audit log, /metrics."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from simulator.broker import LocalBroker, free_port
+from simulator.process import EngineProcess
+from storage.registry import Registry
+from tests.conftest import WAIT_S, Listener, Publisher, import_cases, run_cli
+from tests.naive import offset
+
+pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
+
+HOME = (50.8512345, 4.3523456)  # exact positions with all their digits, to look for
+SUMMARY = {
+    "offender_name": "P. Janssens",
+    "victim_name": "M. Peeters",
+    "victim_phone": "+32 470 11 22 33",
+}
+ROLE_OF = {"boss": "admin", "desk-1": "operator", "cm-1": "case_manager", "res-1": "researcher"}
+
+
+def case(case_id: str, n: str, distance: float = 500.0) -> dict[str, Any]:
+    return {
+        "id": case_id,
+        "offenders": [f"tag-{n}"],
+        "protected": [f"phone-{n}"],
+        "order": {"distance_m": distance, "warning_distance_m": 2 * distance},
+        "summary": SUMMARY,
+    }
+
+
+class Api:
+    def __init__(self, port: int, tokens: dict[str, str]) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.tokens = tokens
+
+    def __call__(
+        self, method: str, path: str, who: str | None = None, body: object = None
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if who is not None:
+            headers["Authorization"] = f"Bearer {self.tokens.get(who, who)}"
+        req = urllib.request.Request(
+            self.base + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers=headers,
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=WAIT_S) as resp:
+                raw = resp.read()
+                kind = resp.headers.get("content-type", "")
+                return resp.status, json.loads(raw) if "json" in kind else raw.decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+
+class Stream:
+    """A client of /api/stream in a thread: the (seq, message) events it got."""
+
+    def __init__(self, api: Api, who: str, last_event_id: int | None = None) -> None:
+        self.events: list[tuple[int, dict[str, Any]]] = []
+        self._conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=WAIT_S)
+        headers = {"Authorization": f"Bearer {api.tokens[who]}"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self._conn.request("GET", "/api/stream", headers=headers)
+        self._resp = self._conn.getresponse()
+        assert self._resp.status == 200
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        seq, data = 0, b""
+        try:
+            for line in self._resp:
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"id:"):
+                    seq = int(line[3:])
+                elif line.startswith(b"data:"):
+                    data = line[5:].strip()
+                elif not line and data:
+                    self.events.append((seq, json.loads(data)))
+                    data = b""
+        except (OSError, ValueError, AttributeError, http.client.HTTPException):
+            return  # closed by close(), in the middle of a read
+
+    def wait_for(self, pred: Any) -> tuple[int, dict[str, Any]]:
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            for e in list(self.events):
+                if pred(e[1]):
+                    return e
+            time.sleep(0.02)
+        raise AssertionError(f"no matching event: {self.events}")
+
+    def close(self) -> None:
+        self._conn.sock.shutdown(2) if self._conn.sock else None
+        self._conn.close()
+
+
+@pytest.fixture(scope="module")
+def service(
+    broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Api, EngineProcess, Path]]:
+    tmp = tmp_path_factory.mktemp("api")
+    db = import_cases(tmp, [case("BE-API-1", "1")])
+    tokens = {}
+    for name, role in ROLE_OF.items():
+        got = run_cli("users", "add", name, "--role", role, "--db", str(db))
+        assert got.returncode == 0, got.stderr
+        tokens[name] = got.stdout.strip()
+    port = free_port()
+    args = ("--dwell-s", "0", "--implausible-speed-mps", "1e9", "--http", f"127.0.0.1:{port}")
+    proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()
+    yield Api(port, tokens), proc, db
+    assert proc.stop() == 0, proc.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def cic(broker: LocalBroker) -> Iterator[Listener]:
+    listener = Listener(broker.url, ["cic/alarms", "proximity/status"])
+    yield listener
+    listener.close()
+
+
+PUBLISHED = {"fixes": 0}
+
+
+def breach(pub: Publisher, n: str, distance_m: float) -> None:
+    """The protected person at HOME, the offender ``distance_m`` north of her."""
+    pub.fix(f"phone-{n}", *HOME)
+    pub.fix(f"tag-{n}", *offset(*HOME, 0.0, distance_m))
+    PUBLISHED["fixes"] += 2
+
+
+def test_health_ready_and_the_openapi(service: tuple[Api, EngineProcess, Path]) -> None:
+    api, _, _ = service
+    assert api("GET", "/health") == (200, {"status": "ok"})
+    status, ready = api("GET", "/ready")
+    assert status == 200 and ready["ready"] and all(ready["checks"].values()), ready
+    status, spec = api("GET", "/openapi.json")
+    assert status == 200 and "/api/alarms/{alarm_id}/close" in spec["paths"]
+    assert api("GET", "/docs")[0] == 200
+
+
+def test_a_case_created_by_the_api_alarms_without_a_restart(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    bad = {"cases": [{**case("BE-API-2", "2"), "order": {"distance_m": -5}}]}
+    status, body = api("POST", "/api/cases", "cm-1", bad)
+    assert status == 422
+    assert body["detail"][0]["msg"].startswith("cases[0] (BE-API-2): 'order.distance_m' must be")
+    status, body = api("POST", "/api/cases", "cm-1", {"cases": [case("BE-API-2", "2")]})
+    assert (status, body["created"], body["applied"]) == (200, ["BE-API-2"], True), body
+    breach(pub, "2", 100.0)
+    alarm = cic.wait_for(
+        "cic/alarms", lambda m: m["case_id"] == "BE-API-2" and m["state"] == "open"
+    )
+    assert alarm["order_distance_m"] == 500.0
+
+
+def test_the_order_distance_changed_live_is_the_next_decisions(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-3", "cm-1", case("BE-API-3", "3", 100.0))[0] == 200
+    breach(pub, "3", 400.0)  # beyond the warning distance of 200 m: nothing
+    status, body = api(
+        "PATCH",
+        "/api/cases/BE-API-3",
+        "cm-1",
+        {"order": {"distance_m": 500, "warning_distance_m": 1000}},
+    )
+    assert status == 200 and body["updated"] == ["BE-API-3"], body
+    assert api("GET", "/api/cases/BE-API-3", "cm-1")[1]["order"]["distance_m"] == 500
+    breach(pub, "3", 400.0)
+    alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-API-3")
+    assert (alarm["state"], alarm["order_distance_m"]) == ("open", 500.0)
+
+
+def test_cases_import_on_a_running_engine_takes_effect_at_once(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher, tmp_path: Path
+) -> None:
+    api, _, db = service
+    path = tmp_path / "more.json"
+    path.write_text(json.dumps({"cases": [case("BE-API-4", "4")]}))
+    got = run_cli("cases", "import", str(path), "--db", str(db))
+    assert got.returncode == 0, got.stderr
+    with Registry(db) as registry:
+        version = registry.last_change()  # the import's own change
+    deadline = time.monotonic() + WAIT_S  # applied at the engine's next batch boundary
+    while api("GET", "/api/status", "boss")[1]["registry_version"] < version:
+        assert time.monotonic() < deadline, "the engine never applied the import"
+        time.sleep(0.1)
+    breach(pub, "4", 100.0)
+    _open_alarm(cic, "BE-API-4")
+
+
+def _open_alarm(cic: Listener, case_id: str) -> str:
+    return cic.wait_for("cic/alarms", lambda m: m["case_id"] == case_id and m["state"] == "open")[
+        "alarm_id"
+    ]
+
+
+def test_acknowledged_and_closed_by_the_api_shows_on_cic_alarms(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-5", "cm-1", case("BE-API-5", "5"))[0] == 200
+    breach(pub, "5", 100.0)
+    alarm_id = _open_alarm(cic, "BE-API-5")
+    status, queue = api("GET", "/api/alarms", "desk-1")
+    assert status == 200 and alarm_id in [a["alarm_id"] for a in queue["alarms"]]
+    mine = next(a for a in queue["alarms"] if a["alarm_id"] == alarm_id)
+    levels = {"pre_alert": "low", "alarm": "medium", "escalation": "high"}
+    assert mine["awaiting_operator"] and mine["priority"] == levels[mine["level"]]
+    status, got = api("POST", f"/api/alarms/{alarm_id}/acknowledge", "desk-1", {"note": "seen"})
+    assert status == 200 and got["message"]["state"] == "acknowledged", got
+    acked = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == alarm_id and m["state"] == "acknowledged"
+    )
+    assert acked["operator"] == "desk-1"
+    # A close needs a resolution (or a note), from the list.
+    assert api("POST", f"/api/alarms/{alarm_id}/close", "desk-1", {})[0] == 422
+    assert api("POST", f"/api/alarms/{alarm_id}/close", "desk-1", {"resolution": "lunch"})[0] == 422
+    status, got = api(
+        "POST", f"/api/alarms/{alarm_id}/close", "desk-1", {"resolution": "intervention_sent"}
+    )
+    assert status == 200, got
+    closed = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == alarm_id and m["state"] == "closed"
+    )
+    assert (closed["operator"], closed["resolution"]) == ("desk-1", "intervention_sent")
+    assert (
+        api(
+            "POST", f"/api/alarms/{alarm_id}/close", "desk-1", {"resolution": "other", "note": "x"}
+        )[0]
+        == 409
+    )
+    status, one = api("GET", f"/api/alarms/{alarm_id}", "desk-1")
+    assert [m["message"]["state"] for m in one["trail"]][-2:] == ["acknowledged", "closed"]
+    assert api("POST", "/api/alarms/no-such-alarm/acknowledge", "desk-1", {})[0] == 404
+
+
+def test_the_stream_delivers_and_resumes_without_a_gap(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-6", "cm-1", case("BE-API-6", "6"))[0] == 200
+    stream = Stream(api, "desk-1")
+    breach(pub, "6", 100.0)
+    seq, first = stream.wait_for(lambda m: m["case_id"] == "BE-API-6")
+    stream.close()
+    # While no client listens: an acknowledgement and more fixes.
+    assert api("POST", f"/api/alarms/{first['alarm_id']}/acknowledge", "desk-1")[0] == 200
+    breach(pub, "6", 60.0)
+    cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == first["alarm_id"] and m["state"] == "acknowledged"
+    )
+    again = Stream(api, "desk-1", last_event_id=seq)
+    _, history = api("GET", "/api/alarms/history?limit=1000", "desk-1")
+    expected = sorted(m["seq"] for m in history["messages"] if m["seq"] > seq)
+    assert expected, "nothing happened after the first event"
+    deadline = time.monotonic() + WAIT_S
+    while [q for q, _ in again.events][: len(expected)] != expected:
+        assert time.monotonic() < deadline, (again.events, expected)
+        time.sleep(0.05)
+    again.close()
+
+
+def test_each_role_gets_403_on_what_it_may_not_do(
+    service: tuple[Api, EngineProcess, Path],
+) -> None:
+    api, _, _ = service
+    assert api("GET", "/api/alarms")[0] == 401
+    assert api("GET", "/api/alarms", "pxt_not-a-token")[0] == 401
+    forbidden = [
+        ("res-1", "GET", "/api/alarms"),
+        ("res-1", "GET", "/api/cases"),
+        ("res-1", "GET", "/api/cases/BE-API-1/positions"),
+        ("cm-1", "GET", "/api/alarms"),
+        ("cm-1", "GET", "/api/stream"),
+        ("desk-1", "GET", "/api/cases"),
+        ("desk-1", "POST", "/api/cases"),
+        ("desk-1", "GET", "/api/audit"),
+        ("desk-1", "GET", "/api/research/alarms"),
+        ("cm-1", "GET", "/api/audit"),
+    ]
+    for who, method, path in forbidden:
+        status, body = api(method, path, who, {} if method == "POST" else None)
+        assert status == 403, (who, method, path, status, body)
+    assert api("GET", "/api/me", "res-1") == (200, {"name": "res-1", "role": "researcher"})
+
+
+def test_a_researcher_never_sees_a_name_phone_id_or_exact_position(
+    service: tuple[Api, EngineProcess, Path], cic: Listener
+) -> None:
+    api, _, _ = service
+    status, raw = api("GET", "/api/research/alarms", "res-1")
+    assert status == 200 and raw["messages"], raw
+    text = json.dumps(raw)
+    exact = [m for m in cic.on("cic/alarms") if m["victim"]["lat"] is not None]
+    assert exact
+    for secret in [*SUMMARY.values(), "BE-API-", "tag-", "phone-"]:
+        assert secret not in text
+    for m in exact[:20]:
+        assert str(m["victim"]["lat"]) not in text and str(m["offender"]["lon"]) not in text
+    cell = raw["messages"][0]["message"]["victim"]["cell"]
+    assert cell is None or abs(cell["lat"] - HOME[0]) < 0.01
+
+
+def test_every_position_read_is_in_the_audit_log(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, db = service
+    assert api("PUT", "/api/cases/BE-API-7", "cm-1", case("BE-API-7", "7"))[0] == 200
+    breach(pub, "7", 100.0)
+    alarm_id = _open_alarm(cic, "BE-API-7")
+    status, where = api("GET", "/api/cases/BE-API-7/positions", "desk-1")
+    assert status == 200 and where["protected"][0]["device"] == "phone-7", where
+    assert where["track"], "no recent track"
+    status, _ = api("GET", f"/api/alarms/{alarm_id}", "desk-1")
+    assert status == 200
+    status, log = api("GET", "/api/audit?case_id=BE-API-7", "boss")
+    rows = [(r["user"], r["alarm_id"], r["what"]) for r in log["audit"]]
+    assert ("desk-1", alarm_id, "GET /api/cases/BE-API-7/positions") in rows
+    assert ("desk-1", alarm_id, f"GET /api/alarms/{alarm_id}") in rows
+    exported = run_cli("audit", "export", "--db", str(db), "--case", "BE-API-7")
+    assert exported.returncode == 0 and alarm_id in exported.stdout
+    # A case without an open alarm: no positions.
+    assert api("GET", "/api/cases/BE-API-1/positions", "desk-1")[0] == 403
+
+
+def test_ending_a_case_ends_its_open_alarms(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-8", "cm-1", case("BE-API-8", "8"))[0] == 200
+    breach(pub, "8", 100.0)
+    alarm_id = _open_alarm(cic, "BE-API-8")
+    assert api("DELETE", "/api/cases/BE-API-8", "cm-1")[0] == 200
+    ended = cic.wait_for(
+        "cic/alarms", lambda m: m["alarm_id"] == alarm_id and m["state"] == "ended"
+    )
+    assert "ended in the registry by api:cm-1" in ended["reason"]
+    assert api("GET", "/api/cases/BE-API-8", "cm-1")[0] == 404
+
+
+def test_metrics_parse_and_match_the_status(
+    service: tuple[Api, EngineProcess, Path], cic: Listener
+) -> None:
+    api, _, _ = service
+    deadline = time.monotonic() + WAIT_S
+    while True:  # quiet: every fix published is taken
+        status = api("GET", "/api/status", "boss")[1]
+        if status.get("fixes_processed") == PUBLISHED["fixes"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    text = api("GET", "/metrics")[1]
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    status = api("GET", "/api/status", "boss")[1]
+    assert status["fixes_processed"] == PUBLISHED["fixes"]
+    assert samples[("proximity_fixes_processed_total", ())] == PUBLISHED["fixes"]
+    assert samples[("proximity_alarm_messages_total", ())] == status["alarms_published"]
+    by_type = sum(
+        v for (n, _), v in samples.items() if n == "proximity_alarm_messages_by_type_total"
+    )
+    assert by_type == status["alarms_published"]
+    assert samples[("proximity_open_alarms", ())] == status["open_alarms"]
+    assert samples[("proximity_alarms_unacknowledged", ())] == status["alarms_awaiting_operator"]
+    assert samples[("proximity_messages_undelivered", ())] == status["messages_undelivered"]
+    assert samples[("proximity_batch_size_fixes_count", ())] == status["batches"]
+    queue = api("GET", "/api/alarms", "desk-1")[1]
+    assert (queue["open"], queue["awaiting_operator"]) == (
+        status["open_alarms"],
+        status["alarms_awaiting_operator"],
+    )
