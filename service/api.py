@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 #: The operator console's files (HTML, CSS and plain JavaScript: nothing to build).
 CONSOLE = Path(__file__).parent / "console"
 
+#: The largest journal or audit seq a request may name (SQLite's integers are 64-bit).
+MAX_SEQ = 2**62
 #: How long an operator's action may take to show in the journal before the API answers 202.
 ACTION_WAIT_S = 5.0
 #: How often the live stream looks for new messages, and sends a comment to keep it open.
@@ -447,7 +449,9 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         state: str | None = None,
         since: Annotated[str | None, Query(description="ISO 8601 UTC decision time")] = None,
         until: Annotated[str | None, Query(description="ISO 8601 UTC decision time")] = None,
-        before: Annotated[int | None, Query(description="only messages before this seq")] = None,
+        before: Annotated[
+            int | None, Query(ge=0, le=MAX_SEQ, description="only messages before this seq")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> Response:
         found = ctx.view.history(
@@ -530,12 +534,13 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
     async def stream(
         request: Request,
         u: Operator,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         start = after
-        if last_event_id is not None and last_event_id.strip().isdigit():
-            start = int(last_event_id.strip())
+        given = (last_event_id or "").strip()
+        if given.isascii() and given.isdigit() and len(given) <= 18:
+            start = int(given)
         if start is None:
             start = await asyncio.to_thread(ctx.view.last_seq)
 
@@ -630,7 +635,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
     )
     def research_alarms(
         u: Researcher,
-        before: Annotated[int | None, Query()] = None,
+        before: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
         limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
     ) -> Response:
         found = ctx.view.history(before_seq=before, limit=limit)
@@ -639,7 +644,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
     @app.get("/api/audit", tags=["audit"], summary="The audit log of position reads")
     def audit(
         u: Admin,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
         case_id: str | None = None,
         user: str | None = None,
     ) -> Response:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -397,3 +400,48 @@ def test_metrics_parse_and_match_the_status(
         status["open_alarms"],
         status["alarms_awaiting_operator"],
     )
+
+
+def test_the_alarms_command_acknowledges_closes_and_watches(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-9", "cm-1", case("BE-API-9", "9"))[0] == 200
+    breach(pub, "9", 100.0)
+    alarm_id = _open_alarm(cic, "BE-API-9")
+    env = dict(os.environ, PROXIMITY_API=api.base, PROXIMITY_API_TOKEN=api.tokens["desk-1"])
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cli", "alarms", "watch", "--queue"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
+    reader.start()
+    try:
+        acked = run_cli("alarms", "ack", alarm_id, "--note", "seen", env=env)
+        assert acked.returncode == 0 and "ACKNOWLEDGED" in acked.stdout, acked
+        assert "by desk-1" in acked.stdout
+        refused = run_cli("alarms", "close", alarm_id, env=env)
+        assert refused.returncode == 1 and "needs a 'resolution'" in refused.stderr, refused
+        closed = run_cli("alarms", "close", alarm_id, "--resolution", "false_alarm", env=env)
+        assert closed.returncode == 0 and "CLOSED" in closed.stdout, closed
+        deadline = time.monotonic() + WAIT_S
+        short = alarm_id[:8]
+        while not any("CLOSED" in x and short in x for x in list(lines)):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+        mine = [x for x in list(lines) if short in x]
+        assert any("ACKNOWLEDGED" in x and "by desk-1" in x for x in mine), mine
+        assert any(x.startswith("[") and "BE-API-9" in x for x in lines), lines  # --queue
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        reader.join(10)
+        if watch.stdout is not None:
+            watch.stdout.close()
+    no_token = dict(env, PROXIMITY_API_TOKEN="")
+    got = run_cli("alarms", "ack", alarm_id, env=no_token)
+    assert got.returncode == 1 and "no token" in got.stderr
