@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
 from storage.registry import Registry
-from tests.conftest import WAIT_S, Listener, Publisher, import_cases, run_cli
+from tests.conftest import WAIT_S, Listener, Publisher, import_cases, now, run_cli
 from tests.naive import offset
 
 pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
@@ -445,3 +445,51 @@ def test_the_alarms_command_acknowledges_closes_and_watches(
     no_token = dict(env, PROXIMITY_API_TOKEN="")
     got = run_cli("alarms", "ack", alarm_id, env=no_token)
     assert got.returncode == 1 and "no token" in got.stderr
+
+
+def test_who_changed_what_is_in_the_case_s_evidence_record(
+    service: tuple[Api, EngineProcess, Path], tmp_path: Path
+) -> None:
+    api, _, db = service
+    assert api("PUT", "/api/cases/BE-API-10", "cm-1", case("BE-API-10", "10"))[0] == 200
+    patch = {"order": {"distance_m": 300, "warning_distance_m": 600}}
+    assert api("PATCH", "/api/cases/BE-API-10", "cm-1", patch)[0] == 200
+    out = tmp_path / "BE-API-10.jsonl"
+    got = run_cli("evidence", "export", "BE-API-10", "--db", str(db), "--out", str(out))
+    assert got.returncode == 0, got.stderr
+    entries = [json.loads(x) for x in out.read_text().splitlines()]
+    changes = [e["body"] for e in entries if e.get("kind") == "change"]
+    assert [(c["action"], c["actor"]) for c in changes] == [
+        ("case_created", "api:cm-1"),
+        ("case_changed", "api:cm-1"),
+    ]
+    assert changes[1]["detail"]["changed"]["order.distance_m"] == [500.0, 300]
+    key = db.with_suffix(".evidence.pub")
+    verified = run_cli("evidence", "verify", str(out), "--public-key", str(key))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_device_status_says_last_fix_battery_and_cadence(
+    service: tuple[Api, EngineProcess, Path], pub: Publisher
+) -> None:
+    api, _, _ = service
+    assert api("PUT", "/api/cases/BE-API-11", "cm-1", case("BE-API-11", "11"))[0] == 200
+    start = now()
+    for k in range(4):  # one fix every 2 s of fix time, the last with a battery level
+        extra = {"battery": 61} if k == 3 else {}
+        pub.fix("tag-11", *offset(*HOME, 0.0, 5000.0), ts=start - 6 + 2 * k, **extra)
+        PUBLISHED["fixes"] += 1
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        status, body = api("GET", "/api/devices/status", "desk-1")
+        assert status == 200, body
+        tag = next(d for d in body["devices"] if d["device"] == "tag-11")
+        if tag["battery_pct"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert tag["battery_pct"] == 61.0 and tag["cases"] == ["BE-API-11"], tag
+    assert tag["reporting_interval_seen_s"] == pytest.approx(2.0), tag
+    assert tag["role"] == "offender" and tag["last_fix_age_s"] is not None
+    phone = next(d for d in body["devices"] if d["device"] == "phone-11")
+    assert phone["last_fix"] is None and phone["battery_pct"] is None
+    assert api("GET", "/api/devices/status", "res-1")[0] == 403
