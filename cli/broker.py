@@ -19,6 +19,7 @@ from service.broker import (
 )
 from service.settings import OUT_SUFFIX, Settings
 from storage.registry import Registry
+from storage.users import Users, users_path
 
 #: The engine's account when the settings name none.
 ENGINE_ACCOUNT = "proximity-engine"
@@ -152,12 +153,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     with Registry(settings.db) as registry:
         cases, devices = registry.cases(), registry.devices()
+    # The operator service's operators are CIC desks too: one identity at the broker and in
+    # the API (a revoked one is not added; its desk goes with --drop-cic).
+    operators: list[str] = []
+    revoked: list[str] = []
+    if users_path(settings.db).exists():
+        with Users(users_path(settings.db)) as users:
+            for u in users.users():
+                if u.role == "operator":
+                    (revoked if u.revoked_at else operators).append(u.name)
     engine = settings.broker_username or ENGINE_ACCOUNT
     made = write_config(
         args.out,
         cases,
         devices,
-        desks=args.cic,
+        desks=[*args.cic, *(o for o in operators if o not in args.drop_cic)],
         drop_desks=args.drop_cic,
         engine=engine,
         topics=Topics(
@@ -179,6 +189,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     out = args.out.resolve()
     for note in made.notes:
         print(note)
+    if operators:
+        print(f"CIC desks of the operator service's operators: {', '.join(operators)}")
+    if revoked:
+        print(
+            f"revoked operators {', '.join(revoked)}: if they have desk accounts, remove them"
+            f" with --drop-cic {' --drop-cic '.join(revoked)}"
+        )
     roles = [a.role for a in made.accounts]
     print(
         f"wrote {out}/mosquitto.conf, passwd, acl and accounts.json: {len(made.accounts)}"

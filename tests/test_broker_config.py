@@ -197,3 +197,23 @@ def test_a_name_that_changes_role_gets_a_new_password(tmp_path: Path) -> None:
         for a in json.loads((out / "accounts.json").read_text())["accounts"]
     }
     assert after["x"] != before["x"]
+
+
+def test_the_operator_services_operators_are_cic_desks(tmp_path: Path) -> None:
+    db = _one_case(tmp_path, offender="t")
+    for name, role in (("desk-9", "operator"), ("cm-9", "case_manager")):
+        assert run_cli("users", "add", name, "--role", role, "--db", str(db)).returncode == 0
+    out = tmp_path / "b"
+    made = run_cli("broker", "config", "--db", str(db), "--out", str(out))
+    assert made.returncode == 0, made.stderr
+    assert "CIC desks of the operator service's operators: desk-9" in made.stdout
+    roles = {
+        a["account"]: a["role"] for a in json.loads((out / "accounts.json").read_text())["accounts"]
+    }
+    assert roles["desk-9"] == "cic" and "desk-9-watch" in roles and "cm-9" not in roles
+    assert run_cli("users", "revoke", "desk-9", "--db", str(db)).returncode == 0
+    again = run_cli("broker", "config", "--db", str(db), "--out", str(out), "--drop-cic", "desk-9")
+    assert again.returncode == 0, again.stderr
+    assert "revoked operators desk-9" in again.stdout
+    accounts = [a["account"] for a in json.loads((out / "accounts.json").read_text())["accounts"]]
+    assert "desk-9" not in accounts
