@@ -508,6 +508,7 @@ class EngineService:
             self.grid = SweepGrid(s.sweep_interval_s, start)
             self.timeline = Timeline(self.engine, self.grid)
             self._record_changes(self._pending_changes)
+            self._take_snapshot(now=True)
             self.channel.status(s.status_topic, self._status("online"))
             log.info("running: fixes from devices/+/fix, alarms to %s", s.alarm_topic)
             if s.watchdog_s > 0:

@@ -493,3 +493,23 @@ def test_device_status_says_last_fix_battery_and_cadence(
     phone = next(d for d in body["devices"] if d["device"] == "phone-11")
     assert phone["last_fix"] is None and phone["battery_pct"] is None
     assert api("GET", "/api/devices/status", "res-1")[0] == 403
+
+
+def test_a_restart_after_live_changes_goes_on_with_the_same_alarms(
+    service: tuple[Api, EngineProcess, Path], broker: LocalBroker
+) -> None:
+    api, proc, db = service
+    before = api("GET", "/api/alarms", "desk-1")[1]
+    version = api("GET", "/api/status", "boss")[1]["registry_version"]
+    assert before["alarms"] and version > 0
+    assert proc.stop() == 0, proc.log.read_text()
+    again = EngineProcess(broker.url, db, db.parent / "engine-2.log", *proc.extra_args).start()
+    try:
+        after = api("GET", "/api/alarms", "desk-1")[1]
+        # The same episodes go on (time may have opened others meanwhile: silence).
+        kept = {a["alarm_id"] for a in before["alarms"]}
+        assert kept <= {a["alarm_id"] for a in after["alarms"]}
+        assert api("GET", "/api/status", "boss")[1]["registry_version"] == version
+        assert "restored the engine's state" in again.log.read_text()
+    finally:
+        assert again.stop() == 0, again.log.read_text()
