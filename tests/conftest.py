@@ -201,6 +201,16 @@ def import_cases(
     return db
 
 
+def add_users(db: Path, roles: dict[str, str]) -> dict[str, str]:
+    """``proximity users add NAME --role ROLE`` for each; their tokens by name."""
+    tokens = {}
+    for name, role in roles.items():
+        got = run_cli("users", "add", name, "--role", role, "--db", str(db))
+        assert got.returncode == 0, got.stderr
+        tokens[name] = got.stdout.strip()
+    return tokens
+
+
 @contextmanager
 def running_engine(
     broker: LocalBroker,

@@ -23,7 +23,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
 from storage.registry import Registry
-from tests.conftest import WAIT_S, Listener, Publisher, import_cases, now, run_cli
+from tests.conftest import (
+    WAIT_S,
+    Listener,
+    Publisher,
+    add_users,
+    import_cases,
+    now,
+    run_cli,
+)
 from tests.naive import offset
 
 pytestmark = [pytest.mark.broker, pytest.mark.wallclock]
@@ -124,11 +132,7 @@ def service(
 ) -> Iterator[tuple[Api, EngineProcess, Path]]:
     tmp = tmp_path_factory.mktemp("api")
     db = import_cases(tmp, [case("BE-API-1", "1")])
-    tokens = {}
-    for name, role in ROLE_OF.items():
-        got = run_cli("users", "add", name, "--role", role, "--db", str(db))
-        assert got.returncode == 0, got.stderr
-        tokens[name] = got.stdout.strip()
+    tokens = add_users(db, ROLE_OF)
     port = free_port()
     args = ("--dwell-s", "0", "--implausible-speed-mps", "1e9", "--http", f"127.0.0.1:{port}")
     proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()

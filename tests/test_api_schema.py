@@ -19,7 +19,7 @@ from schemathesis.core.result import Ok
 
 from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
-from tests.conftest import import_cases, run_cli
+from tests.conftest import add_users, import_cases
 
 pytestmark = [pytest.mark.broker, pytest.mark.wallclock, pytest.mark.slow]
 
@@ -39,9 +39,7 @@ def api_schema(
 ) -> Iterator[schemathesis.BaseSchema]:
     tmp = tmp_path_factory.mktemp("api-schema")
     db: Path = import_cases(tmp, [CASE])
-    got = run_cli("users", "add", "fuzz-admin", "--role", "admin", "--db", str(db))
-    assert got.returncode == 0, got.stderr
-    TOKEN["admin"] = got.stdout.strip()
+    TOKEN["admin"] = add_users(db, {"fuzz-admin": "admin"})["fuzz-admin"]
     port = free_port()
     proc = EngineProcess(broker.url, db, tmp / "engine.log", "--http", f"127.0.0.1:{port}").start()
     base = f"http://127.0.0.1:{port}"

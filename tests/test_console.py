@@ -16,7 +16,7 @@ import pytest
 
 from simulator.broker import LocalBroker, free_port
 from simulator.process import EngineProcess
-from tests.conftest import WAIT_S, Listener, Publisher, import_cases, now, run_cli
+from tests.conftest import WAIT_S, Listener, Publisher, add_users, import_cases, now
 from tests.naive import offset
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -58,11 +58,7 @@ def console(
 ) -> Iterator[tuple[str, dict[str, str], Path]]:
     tmp = tmp_path_factory.mktemp("console")
     db = import_cases(tmp, [CASE])
-    tokens = {}
-    for name, role in (("desk-7", "operator"), ("cm-7", "case_manager")):
-        got = run_cli("users", "add", name, "--role", role, "--db", str(db))
-        assert got.returncode == 0, got.stderr
-        tokens[name] = got.stdout.strip()
+    tokens = add_users(db, {"desk-7": "operator", "cm-7": "case_manager"})
     port = free_port()
     args = ("--dwell-s", "0", "--implausible-speed-mps", "1e9", "--http", f"127.0.0.1:{port}")
     proc = EngineProcess(broker.url, db, tmp / "engine.log", *args).start()
@@ -83,19 +79,25 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+def signed_in(browser: Any, url: str, token: str) -> tuple[Any, list[str]]:
+    """A new page of the console, signed in with ``token``, and the script errors it raises."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    return page, errors
+
+
 def test_a_new_alarm_shows_sounds_maps_and_is_acknowledged_in_the_page(
     console: tuple[str, dict[str, str], Path], browser: Any, broker: LocalBroker
 ) -> None:
     url, tokens, shots = console
     cic = Listener(broker.url, ["cic/alarms"])
     pub = Publisher(broker.url)
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = signed_in(browser, url, tokens["desk-7"])
     try:
-        page.goto(url)
-        page.fill("#token", tokens["desk-7"])
-        page.click("button[type=submit]")
         page.wait_for_function("window.consoleState.streamOpen === true", timeout=WAIT_S * 1000)
         assert page.text_content("#unacked") == "0 unacknowledged"
         # The offender 400 m from her: a pre-alert (low priority), shown without a sound.
@@ -150,13 +152,8 @@ def test_the_case_manager_draws_a_zone(
     console: tuple[str, dict[str, str], Path], browser: Any
 ) -> None:
     url, tokens, shots = console
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = signed_in(browser, url, tokens["cm-7"])
     try:
-        page.goto(url)
-        page.fill("#token", tokens["cm-7"])
-        page.click("button[type=submit]")
         page.click("#cases tbody tr[data-case-id='BE-CONSOLE-1']")
         canvas = page.locator("#zone-map")
         for x, y in ((100, 100), (300, 100), (300, 300), (100, 300)):
