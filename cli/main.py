@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_db(p)
         _add_config(p)
 
-    operators_cli.add_parsers(sub, _para, with_db)
+    operators_cli.add_parsers(sub, _para, with_db, _add_setting_flags)
     _no_abbreviations(parser)
     return parser
 

@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ingest.model import RESOLUTIONS
-from service.settings import Settings
+import paho.mqtt.client as mqtt
+
+from ingest.model import RESOLUTIONS, IngestError
+from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from service.settings import Settings, broker_access
 from storage.users import ROLES, Users, users_path
 
 #: The environment variable holding the token for 'proximity alarms'.
@@ -27,12 +30,26 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 RECONNECT_S = 1.0
 
 
+#: The settings 'alarms watch' takes to follow the alarms over MQTT.
+WATCH_SETTINGS = [
+    "broker",
+    "broker_username",
+    "broker_password_file",
+    "broker_ca",
+    "broker_cert",
+    "broker_key",
+    "alarm_topic",
+]
+
+
 def add_parsers(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     wrap: Callable[[str], str],
     with_db: Callable[[argparse.ArgumentParser], None],
+    with_settings: Callable[[argparse.ArgumentParser, list[str]], None],
 ) -> None:
-    """The ``users``, ``audit`` and ``alarms`` commands (``with_db`` adds --db and --config)."""
+    """The ``users``, ``audit`` and ``alarms`` commands (``with_db`` adds --db and --config,
+    ``with_settings`` the flags of the settings named)."""
     raw = argparse.RawDescriptionHelpFormatter
     users = sub.add_parser("users", help="issue and revoke the operator service's tokens")
     u_sub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
@@ -90,16 +107,21 @@ def add_parsers(
         "watch",
         help="print every alarm message as a readable line, live",
         description=wrap(
-            "Follows the live stream (Server-Sent Events) and prints one line per alarm"
-            " message; reconnects by itself and resumes where it stopped, so no message is"
-            " missed. --queue prints the open queue first. Ends with Ctrl-C."
+            "With --api (or PROXIMITY_API): follows the operator service's live stream"
+            " (Server-Sent Events) and prints one line per alarm message; reconnects by itself"
+            " and resumes where it stopped, so no message is missed; --queue prints the open"
+            " queue first. Without: subscribes to the alarm topic at the broker (--broker; on a"
+            " secured broker the --broker-* flags name a desk's -watch account, not the"
+            " engine's). Ends with Ctrl-C."
         ),
-        epilog="Example:\n  PROXIMITY_API_TOKEN=$(cat desk-1.token) proximity alarms watch"
-        " --api http://127.0.0.1:8080 --queue\n",
+        epilog="Examples:\n  PROXIMITY_API_TOKEN=$(cat desk-1.token) proximity alarms watch"
+        " --api http://127.0.0.1:8080 --queue\n"
+        "  proximity alarms watch --broker mqtt://127.0.0.1:1883\n",
         formatter_class=raw,
     )
     watch.add_argument("--queue", action="store_true", help="print the open queue first")
     watch.add_argument("--json", action="store_true", help="print each message as JSON")
+    with_settings(watch, WATCH_SETTINGS)
     ack = al_sub.add_parser("ack", help="acknowledge an alarm")
     ack.add_argument("alarm_id", metavar="ID")
     ack.add_argument("--note", default="", help="what you did or saw")
@@ -125,6 +147,8 @@ def run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
         return _users(args, settings())
     if args.command == "audit":
         return _audit(args, settings())
+    if args.alarms_command == "watch" and not args.api:
+        return _watch_mqtt(args, settings())
     return _alarms(args)
 
 
@@ -271,6 +295,36 @@ def _alarms(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _watch_mqtt(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the alarm topic's messages as lines, from the broker."""
+    broker = parse_broker_url(settings.broker)
+    client = make_client("")
+
+    def on_message(c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            m = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(m, dict) and "alarm_id" in m:
+            print(json.dumps(m) if args.json else watch_line(m), flush=True)
+
+    client.on_message = on_message
+    try:
+        connect(client, broker, access=broker_access(settings))
+    except IngestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    client.subscribe(settings.alarm_topic, qos=1)
+    print(f"watching {settings.alarm_topic} at {broker}", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        disconnect(client)
 
 
 def _said(got: dict[str, Any]) -> str:

@@ -499,12 +499,46 @@ def test_device_status_says_last_fix_battery_and_cadence(
     assert api("GET", "/api/devices/status", "res-1")[0] == 403
 
 
+def test_alarms_watch_over_mqtt_prints_the_alarm_topic(
+    service: tuple[Api, EngineProcess, Path], broker: LocalBroker, pub: Publisher
+) -> None:
+    api, _, _ = service
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cli", "alarms", "watch", "--broker", broker.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "PROXIMITY_API"},
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(watch.stdout or []), daemon=True)
+    reader.start()
+    try:
+        assert watch.stderr is not None
+        assert watch.stderr.readline().startswith("watching cic/alarms at mqtt://")
+        assert api("PUT", "/api/cases/BE-API-12", "cm-1", case("BE-API-12", "12"))[0] == 200
+        breach(pub, "12", 100.0)
+        deadline = time.monotonic() + WAIT_S
+        while not any("BE-API-12" in x and "OPEN" in x for x in list(lines)):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.05)
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        reader.join(10)
+        for stream in (watch.stdout, watch.stderr):
+            if stream is not None:
+                stream.close()
+
+
+# Last: it stops the module's engine and runs another on the same files.
 def test_a_restart_after_live_changes_goes_on_with_the_same_alarms(
     service: tuple[Api, EngineProcess, Path], broker: LocalBroker
 ) -> None:
     api, proc, db = service
     before = api("GET", "/api/alarms", "desk-1")[1]
-    version = api("GET", "/api/status", "boss")[1]["registry_version"]
+    with Registry(db) as registry:
+        version = registry.last_change()
     assert before["alarms"] and version > 0
     assert proc.stop() == 0, proc.log.read_text()
     again = EngineProcess(broker.url, db, db.parent / "engine-2.log", *proc.extra_args).start()
