@@ -164,7 +164,10 @@ def test_the_case_manager_draws_a_zone(
             "document.querySelector('#zone-result').textContent.startsWith('saved')",
             timeout=WAIT_S * 1000,
         )
-        assert "2 zone(s)" in (page.text_content("#case-title") or "")
+        page.wait_for_function(
+            "document.querySelector('#case-title').textContent.includes('2 zone(s)')",
+            timeout=WAIT_S * 1000,
+        )
         page.screenshot(path=str(shots / "console-zone.png"), full_page=True)
         assert not errors, errors
     finally:

@@ -444,9 +444,9 @@ async function addZone(feature) {
   const c = state.caseSelected;
   try {
     const got = await api("POST", `/api/cases/${encodeURIComponent(c.id)}/zones`, feature);
-    text($("zone-result"), "saved" + (got.warnings.length ? ": " + got.warnings.join("; ") : ""));
     state.zonePoints = [];
     await loadCases();
+    text($("zone-result"), "saved" + (got.warnings.length ? ": " + got.warnings.join("; ") : ""));
   } catch (e) {
     text($("zone-result"), "refused: " + e.message);
   }
