@@ -249,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
         "remove",
         help="end a case: remove it from the registry (its evidence record is kept)",
         description=_para(
-            "End a case: remove it from the registry, so that the engine no longer watches it"
-            " once restarted. Its evidence record (the .evidence.sqlite file next to the"
+            "End a case: remove it from the registry; an engine running on the registry ends"
+            " the case's open alarms and stops watching it at once. Its evidence record (the"
+            " .evidence.sqlite file next to the"
             " registry) is kept untouched and can still be exported. The device descriptions"
             " (protocol mappings, secrets, intervals) of the case's devices that no other case"
             " uses are removed with it, unless --keep-devices is given; devices that another"
@@ -625,7 +626,7 @@ def _cmd_cases_import(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         print(f"error: case file {args.file} does not exist", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, or a 5000-digit number
         print(f"error: {args.file} is not valid JSON: {exc}; nothing was imported", file=sys.stderr)
         return EXIT_BAD_INPUT
     case_file = parse_case_file(doc, str(args.file))

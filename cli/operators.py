@@ -69,7 +69,11 @@ def add_parsers(
     )
     add.add_argument("name", metavar="NAME", help="letters, digits, '-', '_', '.'")
     add.add_argument("--role", required=True, choices=ROLES)
-    add.add_argument("--replace", action="store_true", help="a new token for an existing user")
+    add.add_argument(
+        "--replace",
+        action="store_true",
+        help="an existing user gets a new token (the old one stops working) and the role given",
+    )
     with_db(add)
     lst = u_sub.add_parser("list", help="list the users, their roles and whether revoked")
     with_db(lst)
@@ -152,7 +156,22 @@ def run(args: argparse.Namespace, settings: Callable[[], Settings]) -> int:
     return _alarms(args)
 
 
+def _no_registry(settings: Settings) -> bool:
+    """Say so when ``settings.db`` is no registry (a mistyped --db would otherwise make an
+    empty users file beside nothing)."""
+    if settings.db.exists():
+        return False
+    print(
+        f"error: no registry at {settings.db} (the users file lives beside the engine's"
+        " registry: give its --db)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _users(args: argparse.Namespace, settings: Settings) -> int:
+    if _no_registry(settings):
+        return EXIT_BAD_INPUT
     path = users_path(settings.db)
     with Users(path) as users:
         if args.users_command == "add":
@@ -169,13 +188,28 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_BAD_INPUT
             print(f"revoked the token of {args.name}")
         else:
-            for u in users.users():
-                state = f"revoked {u.revoked_at}" if u.revoked_at else "active"
-                print(f"{u.name}  {u.role}  since {u.created_at}  {state}")
+            rows = [
+                (
+                    u.name,
+                    u.role,
+                    u.created_at[:19],
+                    f"revoked {u.revoked_at[:19]}" if u.revoked_at else "active",
+                )
+                for u in users.users()
+            ]
+            widths = [max((len(r[i]) for r in rows), default=0) for i in range(4)]
+            for r in rows:
+                print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     return EXIT_OK
 
 
+def _revoked(at: str | None) -> str:
+    return f"revoked {at[:19]}" if at else "active"
+
+
 def _audit(args: argparse.Namespace, settings: Settings) -> int:
+    if _no_registry(settings):
+        return EXIT_BAD_INPUT
     with Users(users_path(settings.db)) as users:
         rows = users.audit_log(case_id=args.case, user=args.user)
     text = "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in rows)
@@ -251,9 +285,7 @@ def watch_line(m: dict[str, Any]) -> str:
             f" (order {m.get('order_distance_m') or 0:.0f} m)"
         )
     who = f" by {m['operator']}" if m.get("operator") else ""
-    return (
-        f"{decided}  {what} {m.get('case_id')}  {str(m.get('alarm_id'))[:8]}  {where}{who}"
-    ).rstrip()
+    return (f"{decided}  {what} {m.get('case_id')}  {m.get('alarm_id')}  {where}{who}").rstrip()
 
 
 def _events(args: argparse.Namespace, after: int) -> Iterator[tuple[int, dict[str, Any]]]:

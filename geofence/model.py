@@ -78,7 +78,10 @@ class Zone:
 def _number(v: object) -> float | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond any float: out of every range
+        return math.inf if v > 0 else -math.inf
 
 
 def _position(pos: object, where: str) -> tuple[float, float]:

@@ -242,10 +242,19 @@ def _device_id_problem(value: object) -> str | None:
     return None
 
 
+def as_float(value: int | float) -> float:
+    """``value`` as a float; an integer beyond any float is infinite (for the range checks
+    to refuse), not an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _positive(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    x = float(value)
+    x = as_float(value)
     return x if math.isfinite(x) and x > 0 else None
 
 
@@ -257,7 +266,7 @@ def parse_mobility(value: object) -> float | str:
         return f"must be one of {', '.join(map(repr, MOBILITY_MPS))} or a speed in m/s"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return f"must be a profile name ({', '.join(MOBILITY_MPS)}) or a speed in m/s"
-    x = float(value)
+    x = as_float(value)
     if not (math.isfinite(x) and 0 < x <= MAX_TOP_SPEED_MPS):
         return f"must be a speed in (0, {MAX_TOP_SPEED_MPS:g}] m/s, got {value!r}"
     return x

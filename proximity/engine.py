@@ -328,8 +328,9 @@ class Engine:
         return [event]
 
     def data_gap_events(self, lost_at: float, at: float) -> list[AlarmEvent]:
-        """One ``data_gap`` alarm per case (:meth:`EngineFaults.data_gap`)."""
-        return self.faults.data_gap(lost_at, at)
+        """One ``data_gap`` alarm per case (:meth:`EngineFaults.data_gap`), remembered: only
+        an operator ends it, by closing it."""
+        return self._decided(self.faults.data_gap(lost_at, at))
 
     def fault_events(self, reason: str, at: float) -> list[AlarmEvent]:
         """One ``engine_fault`` alarm per case, the loop being stuck (:meth:`EngineFaults.stuck`;

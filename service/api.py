@@ -36,6 +36,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ingest.codec import ACK_TOPIC, decode_ack
 from ingest.model import RESOLUTIONS, OperatorAction, Rejection
 from proximity.cases import case_document, parse_case_file
+from proximity.clock import iso_utc
 from proximity.errors import CaseFileError, RegistryError
 from service.alarm_view import AlarmView
 from storage.registry import Registry, redacted
@@ -67,6 +69,8 @@ ACTION_WAIT_S = 5.0
 #: How often the live stream looks for new messages, and sends a comment to keep it open.
 STREAM_POLL_S = 0.2
 STREAM_KEEPALIVE_S = 15.0
+#: How often a live stream checks that its token still works (a revoked one ends it).
+STREAM_RECHECK_S = 2.0
 #: The alarm message fields a researcher sees (everything else, such as the summary, the
 #: reason, the operator's note, the zone's label, is left out); positions become grid cells.
 RESEARCH_FIELDS = (
@@ -129,6 +133,23 @@ class CloseBody(BaseModel):
     note: str = Field("", max_length=2000, description="why (required without a resolution)")
 
 
+AlarmTypeName = Literal[
+    "proximity",
+    "zone",
+    "curfew",
+    "approach",
+    "probing",
+    "signal_lost",
+    "victim_silent",
+    "panic",
+    "tamper",
+    "battery_low",
+    "power_off",
+    "separated",
+    "engine_fault",
+    "data_gap",
+]
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no token, or a token that is not valid"},
     403: {"model": Problem, "description": "the user's role may not do this"},
@@ -145,6 +166,30 @@ def _problems(problems: Iterable[str], kind: str = "case_file") -> HTTPException
     """A 422 in FastAPI's own shape (a list of {loc, msg, type}), with the case file's (or
     the operator action's) messages."""
     return HTTPException(422, [{"loc": ["body"], "msg": p, "type": kind} for p in problems])
+
+
+def _instant(text: str | None, name: str) -> str | None:
+    """A query's ISO 8601 time as the messages write theirs (UTC, milliseconds, Z), so that
+    the two compare as text; 422 for anything else."""
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        t = None
+    if t is None or t.tzinfo is None:
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["query", name],
+                    "msg": f"{name} must be an ISO 8601 time with its offset or Z"
+                    " (2026-11-23T10:00:00Z), got {text!r}",
+                    "type": "value_error",
+                }
+            ],
+        )
+    return iso_utc(t.timestamp())
 
 
 def _reads(messages: Iterable[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -182,9 +227,13 @@ def _user(*roles: str) -> Callable[..., User]:
             raise HTTPException(
                 401,
                 "a bearer token is needed ('Authorization: Bearer TOKEN', issued by"
-                " 'proximity users add')",
+                " 'proximity users add')"
+                if not token.strip()
+                else "the token is not valid here (mistyped, revoked, or issued for another"
+                " registry)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        request.state.token = token.strip()
         if found.role not in allowed:
             names = ", ".join(sorted(allowed))
             raise HTTPException(403, f"role {found.role} may not do this (it is for {names})")
@@ -444,11 +493,15 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
     def alarm_history(
         u: Operator,
         case_id: str | None = None,
-        type: str | None = None,
-        level: str | None = None,
-        state: str | None = None,
-        since: Annotated[str | None, Query(description="ISO 8601 UTC decision time")] = None,
-        until: Annotated[str | None, Query(description="ISO 8601 UTC decision time")] = None,
+        type: AlarmTypeName | None = None,
+        level: Literal["pre_alert", "alarm", "escalation"] | None = None,
+        state: Literal["open", "update", "ended", "acknowledged", "closed"] | None = None,
+        since: Annotated[
+            str | None, Query(description="decision time, ISO 8601 with an offset or Z")
+        ] = None,
+        until: Annotated[
+            str | None, Query(description="decision time, ISO 8601 with an offset or Z")
+        ] = None,
         before: Annotated[
             int | None, Query(ge=0, le=MAX_SEQ, description="only messages before this seq")
         ] = None,
@@ -459,8 +512,8 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
             type_=type,
             level=level,
             state=state,
-            since=since,
-            until=until,
+            since=_instant(since, "since"),
+            until=_instant(until, "until"),
             before_seq=before,
             limit=limit,
         )
@@ -495,6 +548,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         while time.monotonic() < deadline:
             for q, m in ctx.view.trail(alarm_id):
                 if q > before and m.get("state") == want and m.get("operator") == got.operator:
+                    ctx.users.audit(who, f"POST /api/alarms/{alarm_id}/{got.action}", _reads([m]))
                     return _json({"seq": q, "message": m})
             time.sleep(0.02)
         return _json({"queued": True, "detail": "the engine has not answered yet"}, 202)
@@ -544,10 +598,19 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         if start is None:
             start = await asyncio.to_thread(ctx.view.last_seq)
 
+        token = request.state.token
+        checked = time.monotonic()
+
         async def events() -> AsyncIterator[bytes]:
+            nonlocal checked
             seq, quiet = start, 0.0
             yield b": stream of cic alarm messages\nretry: 1000\n\n"
             while not await request.is_disconnected():
+                if time.monotonic() - checked >= STREAM_RECHECK_S:
+                    checked = time.monotonic()
+                    if await asyncio.to_thread(ctx.users.check, token) is None:
+                        yield b"event: revoked\ndata: the token no longer works\n\n"
+                        return
                 found = await asyncio.to_thread(ctx.view.after, seq)
                 if found:
                     await asyncio.to_thread(
@@ -583,6 +646,9 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         u: Operator,
         minutes: Annotated[float, Query(gt=0, le=120)] = 10.0,
     ) -> Response:
+        with _registry() as reg:
+            if reg.case(case_id) is None:
+                raise HTTPException(404, f"no case {case_id!r} in the registry")
         open_ids = [s.alarm_id for s in ctx.view.queue() if s.message.get("case_id") == case_id]
         if not open_ids:
             raise HTTPException(
@@ -616,6 +682,8 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
 
     def research(m: dict[str, Any]) -> dict[str, Any]:
         out = {k: m.get(k) for k in RESEARCH_FIELDS}
+        # The alarm id is derived from the case, the devices and a time: a keyed hash too.
+        out["alarm_id"] = pseudonym("alarm", m.get("alarm_id"))
         out["case"] = pseudonym("case", m.get("case_id"))
         for party in ("offender", "victim"):
             p = m.get(party) or {}

@@ -317,7 +317,7 @@ class EngineService:
             for a in old.book.order
             if (e := old.book.last(a)) is not None
             and e.case_id not in kept
-            and old.book.still_open(a)
+            and e.state not in (AlarmState.ENDED, AlarmState.CLOSED)
         ]
         if ending:
             self._publish(ending)
@@ -905,13 +905,11 @@ class EngineService:
         health: dict[str, list[str]] = {}
         for a in list(book.order):
             last = book.last(a)
-            if last is None or not book.still_open(a):
+            if last is None or last.state in (AlarmState.ENDED, AlarmState.CLOSED):
                 continue
             kind = wire_name(last.type)
-            if kind in health_types | {"separated"}:
-                for p in (last.offender, last.victim):
-                    if p is not None and p.device:
-                        health.setdefault(p.device, []).append(f"{kind} {a}")
+            if kind in health_types | {"separated"} and last.trigger.device:
+                health.setdefault(last.trigger.device, []).append(f"{kind} {a}")
         out = []
         for slot, dev in enumerate(e.devices.ids):
             t_fix = float(e.devices.t_fix[slot])

@@ -69,3 +69,16 @@ def test_the_book_never_forgets_an_alarm_whose_episode_is_open() -> None:
     del book.ids(PAIR)[0]  # the episode ended: now it may be forgotten
     book.write([replace(later, alarm_id="third")])
     assert book.last(first.alarm_id) is None and len(book) == 1
+
+
+def test_a_data_gap_alarm_is_in_the_book_and_an_operator_closes_it() -> None:
+    clock = Clock(T0)
+    eng = engine([case("C", ("o",), ("v",))], clock=clock)
+    eng.faults.previously_until = T0 - 600.0
+    [gap] = eng.data_gap_events(float("nan"), T0)
+    assert eng.book.last(gap.alarm_id) == gap and eng.open_alarms == 1
+    assert eng.awaiting_operator == 1
+    [closed] = eng.close(gap.alarm_id, "desk 4", "", "technical")
+    assert (closed.state, closed.resolution) == (AlarmState.CLOSED, "technical")
+    assert "closed by desk 4: technical" in closed.reason
+    assert eng.open_alarms == 0

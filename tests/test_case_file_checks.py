@@ -438,3 +438,35 @@ def test_a_device_id_no_broker_account_can_have_is_warned_about_at_import() -> N
     warned = parse_case_file(doc).warnings
     assert len(warned) == 2 and all("'proximity broker config' will refuse it" in w for w in warned)
     assert warned[0].startswith("device 'p:1'") and warned[1].startswith("device 'tag 1'")
+
+
+def test_an_integer_beyond_any_float_is_a_problem_not_a_crash() -> None:
+    huge = 10**400
+    doc = {
+        "cases": [
+            {
+                "id": "B",
+                "offenders": ["t"],
+                "protected": ["p"],
+                "order": {"distance_m": huge},
+                "mobility": {"offenders": huge},
+                "zones": {
+                    "type": "FeatureCollection",
+                    "features": [
+                        {
+                            "type": "Feature",
+                            "geometry": {"type": "Point", "coordinates": [4.35, huge]},
+                            "properties": {"kind": "exclusion", "label": "x", "radius_m": huge},
+                        }
+                    ],
+                },
+            }
+        ],
+        "devices": [{"id": "t", "reporting_interval_s": huge, "signal_grace_s": -huge}],
+    }
+    with pytest.raises(CaseFileError) as err:
+        parse_case_file(doc)
+    text = "\n".join(err.value.problems)
+    for field in ("order.distance_m", "mobility.offenders", "centre", "reporting_interval_s"):
+        assert field in text, text
+    assert "signal_grace_s" in text
