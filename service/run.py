@@ -882,20 +882,21 @@ class EngineService:
         if batch.battery_pct is not None:
             has = np.isfinite(batch.battery_pct)
             self._battery[batch.slot[has]] = batch.battery_pct[has]  # the last one wins
-        slots, count = np.unique(batch.slot, return_counts=True)
-        newest = np.full(len(self._cadence), -np.inf)
-        np.maximum.at(newest, batch.slot, batch.t_fix)
-        oldest = np.full(len(self._cadence), np.inf)
-        np.minimum.at(oldest, batch.slot, batch.t_fix)
+        # Per device of the batch (not per device of the engine): its newest and oldest fix.
+        slots, inv, count = np.unique(batch.slot, return_inverse=True, return_counts=True)
+        newest = np.full(slots.size, -np.inf)
+        np.maximum.at(newest, inv, batch.t_fix)
+        oldest = np.full(slots.size, np.inf)
+        np.minimum.at(oldest, inv, batch.t_fix)
         prev = self._last_fix[slots]
-        span = newest[slots] - np.where(np.isfinite(prev), prev, oldest[slots])
+        span = newest - np.where(np.isfinite(prev), prev, oldest)
         steps = count - (~np.isfinite(prev)).astype(np.int64)
         seen = (steps > 0) & (span > 0)
         interval = np.where(seen, span / np.maximum(steps, 1), np.nan)
         old = self._cadence[slots]
         mixed = np.where(np.isfinite(old), old + CADENCE_WEIGHT * (interval - old), interval)
         self._cadence[slots[seen]] = mixed[seen]
-        self._last_fix[slots] = np.maximum(np.nan_to_num(prev, nan=-np.inf), newest[slots])
+        self._last_fix[slots] = np.maximum(np.nan_to_num(prev, nan=-np.inf), newest)
 
     def _device_status(self) -> list[dict[str, Any]]:
         """Each device's status (the HTTP API's /api/devices/status; the loop's thread)."""
@@ -913,8 +914,9 @@ class EngineService:
         out = []
         for slot, dev in enumerate(e.devices.ids):
             t_fix = float(e.devices.t_fix[slot])
-            cases = [c.id for c in self.cases if dev in c.offenders or dev in c.protected]
-            role = "offender" if any(dev in e.cases[c].offenders for c in cases) else "protected"
+            of = e.health.cases_of[slot]
+            cases = [c.id for c, _ in of]
+            role = "offender" if any(offender for _, offender in of) else "protected"
             out.append(
                 {
                     "device": dev,
