@@ -181,7 +181,7 @@ def _flag_value(name: str) -> str:
         "escalation_fraction": "0.4",
         "probe_entries": "4",
         "parallel_max_angle_deg": "20",
-        "time_epoch": "1800000000",
+        "time_epoch": "1800000000",  # date-ok: a setting's value, parsed and shown only
         "research_grid_m": "250",
     }
     if name in special:

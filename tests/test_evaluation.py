@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from simulator.metrics import (
     score,
 )
 from simulator.replay import ReplayPair, TrackError, add_replays, read_track
+from tests.conftest import T0
 
 TRACKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tracks"
 
@@ -206,19 +208,22 @@ def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
 
 def test_csv_and_gpx_recordings_are_read(tmp_path: Path) -> None:
     csv_file = tmp_path / "his.csv"
+    start = datetime.fromtimestamp(T0, UTC)  # the recorder's two forms of one time
+    later = start + timedelta(seconds=2.5)
     csv_file.write_text(
         "tracked_at;latitude;longitude;accuracy\n"
-        "2024-05-01 10:00:02.500000000;50.85;4.35;12\n"
-        "2024-05-01T10:00:00Z;50.84;4.34;0\n"
+        f"{later:%Y-%m-%d %H:%M:%S}.500000000;50.85;4.35;12\n"
+        f"{start:%Y-%m-%dT%H:%M:%SZ};50.84;4.34;0\n"
     )
     r = read_track(csv_file)
     assert r.t.size == 2 and r.duration_s == pytest.approx(2.5)
     assert r.lat[0] == 50.84 and math.isnan(r.acc[0]) and r.acc[1] == 12.0
     gpx = tmp_path / "her.gpx"
+    minute = start + timedelta(minutes=1)
     gpx.write_text(
         '<gpx xmlns="http://www.topografix.com/GPX/1/1" version="1.1"><trk><trkseg>'
-        '<trkpt lat="50.1" lon="4.1"><time>2024-05-01T10:00:00Z</time></trkpt>'
-        '<trkpt lat="50.2" lon="4.2"><time>2024-05-01T10:01:00Z</time></trkpt>'
+        f'<trkpt lat="50.1" lon="4.1"><time>{start:%Y-%m-%dT%H:%M:%SZ}</time></trkpt>'
+        f'<trkpt lat="50.2" lon="4.2"><time>{minute:%Y-%m-%dT%H:%M:%SZ}</time></trkpt>'
         "</trkseg></trk></gpx>"
     )
     g = read_track(gpx)

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from ingest.model import Fix, Rejection, RejectReason
 from ingest.owntracks import aliases, decode_owntracks, keys
 from proximity.cases import parse_case_file
+from tests.conftest import T0
 
-NOW = 1795428000.0
+NOW = T0
 KNOWN = aliases(
     [
         ("phone-42", {"owntracks": {"user": "jane", "device": "pixel"}}),
@@ -27,14 +28,14 @@ KNOWN = aliases(
 # A location from the Android app (floats where it sends them: acc, vel, alt).
 ANDROID = (
     b'{"_type":"location","acc":12.5,"alt":61.0,"batt":78,"bs":1,"conn":"m",'
-    b'"created_at":1795427999,"lat":50.8503124,"lon":4.3517211,"m":1,"t":"u","tid":"ja",'
-    b'"tst":1795427995,"vac":3,"vel":18}'
+    b'"created_at":%d,"lat":50.8503124,"lon":4.3517211,"m":1,"t":"u","tid":"ja",'
+    b'"tst":%d,"vac":3,"vel":18}' % (int(T0) - 1, int(T0) - 5)
 )
 # A location from the iOS app (integers, course over ground, a topic field).
 IOS = (
     b'{"_type":"location","acc":5,"alt":48,"batt":91,"bs":2,"cog":270,"conn":"w",'
     b'"lat":50.84,"lon":4.36,"m":2,"tid":"ei","topic":"owntracks/els/iphone",'
-    b'"tst":1795427990,"vac":4,"vel":0}'
+    b'"tst":%d,"vac":4,"vel":0}' % (int(T0) - 10)
 )
 
 
@@ -43,7 +44,7 @@ def test_android_location() -> None:
     assert isinstance(fix, Fix)
     assert (fix.device, fix.t_fix, fix.lat, fix.lon, fix.acc_m) == (
         "phone-42",
-        1795427995.0,
+        (T0 - 5),
         50.8503124,
         4.3517211,
         12.5,
@@ -60,7 +61,7 @@ def test_ios_location() -> None:
 
 @pytest.mark.parametrize("acc", [0, None])
 def test_zero_or_missing_accuracy_is_unknown(acc: object) -> None:
-    body = {"_type": "location", "lat": 50.8, "lon": 4.3, "tst": 1795427990}
+    body = {"_type": "location", "lat": 50.8, "lon": 4.3, "tst": (int(T0) - 10)}
     if acc is not None:
         body["acc"] = acc
     fix = decode_owntracks("owntracks/jane/pixel", orjson.dumps(body), NOW, KNOWN)
@@ -75,13 +76,13 @@ def test_a_transition_carries_the_position_of_its_moment() -> None:
         "lat": 50.85,
         "lon": 4.35,
         "acc": 30,
-        "tst": 1795427980,
+        "tst": (int(T0) - 20),
         "wtst": 1700000000,
         "t": "c",
         "tid": "ja",
     }
     fix = decode_owntracks("owntracks/jane/pixel/event", orjson.dumps(body), NOW, KNOWN)
-    assert isinstance(fix, Fix) and (fix.t_fix, fix.acc_m) == (1795427980.0, 30.0)
+    assert isinstance(fix, Fix) and (fix.t_fix, fix.acc_m) == ((T0 - 20), 30.0)
 
 
 JANE = "owntracks/jane/pixel"
@@ -96,16 +97,16 @@ def loc(**fields: object) -> bytes:
     ("topic", "payload", "reason", "says"),
     [
         (JANE, b'{"_type":"encrypted","data":"n+Xr0p...=="}', R.ENCRYPTED, "no key"),
-        (JANE, b'{"_type":"lwt","tst":1795427000}', R.NOT_A_POSITION, "'lwt'"),
+        (JANE, b'{"_type":"lwt","tst":%d}' % (int(T0) - 1000), R.NOT_A_POSITION, "'lwt'"),
         (JANE, b'{"_type":"card","name":"Jane"}', R.NOT_A_POSITION, "card"),
         ("owntracks/bob/phone", ANDROID, R.UNKNOWN_DEVICE, "bob"),
         ("owntracks/jane", ANDROID, R.BAD_TOPIC, "expected"),
         (JANE, loc(lat=50.8, lon=4.3), R.MISSING_FIELD, "tst"),
-        (JANE, loc(lat=95, lon=4.3, tst=1795427990), R.OUT_OF_RANGE, "lat"),
-        (JANE, loc(lat="50.8", lon=4.3, tst=1795427990), R.BAD_TYPE, "lat"),
+        (JANE, loc(lat=95, lon=4.3, tst=(int(T0) - 10)), R.OUT_OF_RANGE, "lat"),
+        (JANE, loc(lat="50.8", lon=4.3, tst=(int(T0) - 10)), R.BAD_TYPE, "lat"),
         (JANE, loc(lat=50.8, lon=4.3, tst=1895427990), R.FUTURE_TIMESTAMP, "after arrival"),
         (JANE, b"not json", R.MALFORMED_JSON, "JSON"),
-        (JANE, loc(lat=50.8, lon=4.3, tst=1795428000 - 8 * 86400), R.STALE_TIMESTAMP, "days"),
+        (JANE, loc(lat=50.8, lon=4.3, tst=int(T0) - 8 * 86400), R.STALE_TIMESTAMP, "days"),
     ],
 )
 def test_rejections_say_why(topic: str, payload: bytes, reason: RejectReason, says: str) -> None:
