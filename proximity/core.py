@@ -10,10 +10,15 @@ breach.
 Device geometry is one row of :data:`ROW` float64 per device, 64-byte aligned (one cache line),
 not one array per quantity: a pair reads two devices anywhere in memory, and one row keeps
 each read to one cache line instead of eight. Column indices are the constants below. To fit,
-the row stores ``R0 = r68 - t_eff * top_speed`` instead of the estimate's 68 % radius and the
-fix time, so the 68 % radius at ``now`` is ``R0 + now * top_speed`` (one multiply-add; with
-epoch seconds near 1.8e9 and 40 m/s the rounding is 1e-5 m). ``t_eff`` is the fix time, or
-the time it was applied if the device's clock is ahead (a fix is never younger than new).
+the row stores ``R0 = r68 - t_eff * growth`` instead of the estimate's 68 % radius and the
+fix time, so the 68 % radius at ``now`` is ``R0 + now * growth`` (one multiply-add; with
+epoch seconds near 1.8e9 and 40 m/s the rounding is 1e-5 m). ``growth`` is the top speed
+times ``K68 / K99`` (:data:`GROWTH_PER_TOP_SPEED`): an old fix's 99 % radius grows at the
+device's top speed, the farthest it can have gone, not twice that. Beyond
+``max_uncertainty_m`` of a pair's 99 % radius its verdict is ``unknown``
+(:meth:`ProximityCore.evaluate`): an old fix then says "position unknown", not a distance.
+``t_eff`` is the fix time, or the time it was applied if the device's clock is ahead (a fix is
+never younger than new).
 
 Position and velocity are not the raw fix: each device has a constant-velocity Kalman filter
 (white acceleration of spectral density ``accel_psd``, one 2x2 covariance shared by the three
@@ -84,6 +89,12 @@ VELOCITY_SIGMA_MAX_MPS = 2.5
 VELOCITY_SIGNIFICANCE = 4.0
 
 _UNKNOWN = np.int8(Classification.UNKNOWN)
+
+#: An old fix's 68 % radius grows at this fraction of its device's top speed, so that its
+#: 99 % radius grows at the top speed itself.
+GROWTH_PER_TOP_SPEED = K68 / K99
+#: A pair's 99 % radius beyond which its verdict is unknown (the rules' default).
+MAX_UNCERTAINTY_M = 1000.0
 
 
 @inline
@@ -471,6 +482,8 @@ class ProximityCore:
         68 % radius assumed for a fix without a usable accuracy.
     accel_psd : float
         The motion model's white-acceleration spectral density, m^2/s^3 (:data:`ACCEL_PSD`).
+    max_uncertainty_m : float
+        A pair's 99 % radius beyond which its classification is ``unknown``.
     """
 
     def __init__(
@@ -480,6 +493,7 @@ class ProximityCore:
         top_speed_mps: Sequence[float] | FloatArray,
         unknown_accuracy_m: float = UNKNOWN_ACCURACY_M,
         accel_psd: float = ACCEL_PSD,
+        max_uncertainty_m: float = MAX_UNCERTAINTY_M,
     ) -> None:
         speeds = np.asarray(top_speed_mps, dtype=np.float64)
         if speeds.shape != (n_devices,) or not np.all(np.isfinite(speeds) & (speeds >= 0)):
@@ -491,11 +505,16 @@ class ProximityCore:
             raise ValueError(f"accel_psd must be > 0 m^2/s^3, got {accel_psd!r}")
         if not (math.isfinite(unknown_accuracy_m) and unknown_accuracy_m > 0):
             raise ValueError(f"unknown_accuracy_m must be > 0 m, got {unknown_accuracy_m!r}")
+        if not max_uncertainty_m > 0:
+            raise ValueError(f"max_uncertainty_m must be > 0 m, got {max_uncertainty_m!r}")
         self.pairs = pairs
         self.unknown_accuracy_m = float(unknown_accuracy_m)
+        self.max_uncertainty_m = float(max_uncertainty_m)
         self.top_speed_mps = speeds
+        #: How fast each device's 68 % radius grows with the age of its fix.
+        self.growth_mps = speeds * GROWTH_PER_TOP_SPEED
         self.rows = _aligned_rows(n_devices)
-        self.rows[:, VMAX] = speeds
+        self.rows[:, VMAX] = self.growth_mps
         self.lat = np.full(n_devices, np.nan)
         self.lon = np.full(n_devices, np.nan)
         self.t_eff = np.full(n_devices, np.nan)  # fix time, or apply time if that is earlier
@@ -585,8 +604,8 @@ class ProximityCore:
         """After rows saved with other top speeds were put back (a restart with a changed
         case file): the configured speeds, each row's 68 % radius unchanged."""
         r = self.rows
-        r[:, R0] += self.t_eff * (r[:, VMAX] - self.top_speed_mps)
-        r[:, VMAX] = self.top_speed_mps
+        r[:, R0] += self.t_eff * (r[:, VMAX] - self.growth_mps)
+        r[:, VMAX] = self.growth_mps
 
     def pairs_of(self, slots: IntArray) -> IntArray:
         """The distinct pairs in which any of ``slots`` takes part."""
@@ -637,6 +656,8 @@ class ProximityCore:
             res.time_to_breach_s,
             approach,
         )
+        # An old fix's uncertainty beyond the cap: "position unknown", not a distance.
+        res.classification[res.uncertainty_m > self.max_uncertainty_m] = _UNKNOWN
         if not approach:  # not computed: read-only NaN, not whatever the buffer held
             nan = self._nan[: idx.size]
             res = replace(res, closing_mps=nan, time_to_breach_s=nan)
@@ -649,7 +670,7 @@ class ProximityCore:
         return self.evaluate(self._all, now, out, approach=approach)
 
     def radius_m(self, slot: int, now: float) -> float:
-        """A device's 68 % radius at ``now``: the estimate's, widened by age times top speed."""
+        """A device's 68 % radius at ``now``: the estimate's, widened by its fix's age."""
         now = max(now, float(self.t_eff[slot]))
         return float(self.rows[slot, R0] + now * self.rows[slot, VMAX])
 

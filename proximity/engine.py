@@ -101,7 +101,12 @@ class Engine:
         speeds = top_speeds(cases, devices, default_top_speed_mps)
         self.top_speed_mps = np.array([speeds[d] for d in ids], dtype=np.float64)
         self.core = ProximityCore(
-            len(ids), self.pairs, self.top_speed_mps, unknown_accuracy_m, r.motion_accel_psd
+            len(ids),
+            self.pairs,
+            self.top_speed_mps,
+            unknown_accuracy_m,
+            r.motion_accel_psd,
+            r.max_uncertainty_m,
         )
         self.stats = EngineStats()
         self._clock = clock
@@ -112,6 +117,7 @@ class Engine:
             ids, self.core, r, unknown_accuracy_m, self.health.interval_s, self.stats
         )
         self.devices = self.intake.devices
+        self.health.learned_s = self.intake.cadence.learned_s  # what is normal for each device
         self.quality = self.intake.quality
         self.proximity = ProximityRule(self.pairs, self.intake, r, self.book, clock)
         self.levels = self.proximity.levels

@@ -31,6 +31,13 @@ FloatArray = npt.NDArray[np.float64]
 CLOCK_SKEW_S = 1.0
 #: A fix stands as current evidence until its device's next report is due, plus this.
 EVIDENCE_SLACK_S = 3.0
+#: Each device's cadence is learned from its last CADENCE_GAPS gaps between fixes: their
+#: CADENCE_QUANTILE quantile (a device that logs in bursts has long gaps in every few; one
+#: dropout among sixteen gaps moves it little). Gaps longer than MAX_LEARNED_GAP_S count as
+#: that long (a silence is the health rule's, not a cadence).
+CADENCE_GAPS = 16
+CADENCE_QUANTILE = 0.9
+MAX_LEARNED_GAP_S = 600.0
 #: A fix is called old in an alarm's reason when it is at least this old and its age, times
 #: the device's top speed, outweighs its own accuracy.
 OLD_FIX_S = 5.0
@@ -76,11 +83,45 @@ class DeviceTable:
         )
 
 
+class Cadence:
+    """How often each device actually reports, learned from the gaps between its fixes, with
+    the declared reporting interval as the prior (the first gaps are read against it).
+
+    ``learned_s`` is the :data:`CADENCE_QUANTILE` quantile of the device's last
+    :data:`CADENCE_GAPS` gaps: a phone in power saving declared at 1 s but reporting every
+    30-120 s, or a logger that sends bursts of 1 s fixes with gaps of 5-11 s, is read at the
+    cadence it keeps, not at the one it was declared with.
+    """
+
+    def __init__(self, declared_s: FloatArray) -> None:
+        self.declared_s = declared_s
+        self.gaps = np.repeat(np.asarray(declared_s, dtype=np.float64)[:, None], CADENCE_GAPS, 1)
+        self.count = np.zeros(declared_s.size, dtype=np.int64)
+        self.learned_s = np.array(declared_s, dtype=np.float64)
+
+    def observe(self, slots: IntArray, gap: FloatArray) -> None:
+        """Devices ``slots`` (distinct) sent a fix ``gap`` seconds after their previous one
+        (NaN: their first)."""
+        ok = np.isfinite(gap) & (gap > 0)
+        if not ok.any():
+            return
+        s = slots[ok]
+        self.gaps[s, self.count[s] % CADENCE_GAPS] = np.minimum(gap[ok], MAX_LEARNED_GAP_S)
+        self.count[s] += 1
+        self.learned_s[s] = np.quantile(self.gaps[s], CADENCE_QUANTILE, axis=1)
+
+    def expected_s(self, slots: IntArray | slice = slice(None)) -> FloatArray:
+        """The longest gap that is normal for each device: its declared interval, or the
+        cadence it keeps if that is slower (what the health rule waits for)."""
+        return np.maximum(self.declared_s[slots], self.learned_s[slots])
+
+
 class FixIntake:
     """Every device's state: its last fix (``devices``), the fix filter's (``quality``), the
     motion filter's (``core``), and when its newest stamp and its last unchecked fix were.
 
-    ``interval_s`` is each device's reporting interval (the health watch's array, shared).
+    ``interval_s`` is each device's declared reporting interval (the health watch's array,
+    shared): the prior of its learned cadence (``cadence``), which the rules use.
     """
 
     def __init__(
@@ -98,6 +139,7 @@ class FixIntake:
         self.devices = DeviceTable(device_ids, core.lat, core.lon)
         self.quality = FixFilter(n, rules, unknown_accuracy_m)
         self.interval_s = interval_s
+        self.cadence = Cadence(interval_s)
         self.stats = stats
         #: When each device last sent a fix that nothing checked (see apply); NaN: never.
         self.t_unchecked = np.full(n, np.nan)
@@ -150,12 +192,16 @@ class FixIntake:
         rows, slots = rows[use], slots[use]
         t, t_fix, stamped = t[use], t_fix[use], stamped[use]
         # A fix that nothing checks: a device's first, or its first after a dropout (more
-        # than twice its reporting interval): across the gap, the motion filter's prediction
+        # than twice the cadence it keeps): across the gap, the motion filter's prediction
         # and the jump rule allow almost anything, and a multipath burst passes for a walk.
-        # Like a jump, it cannot make a breach certain until confirm_s of later fixes.
+        # Like a jump, it cannot make a breach certain until confirm_s of later fixes. The
+        # cadence is the device's own, learned (a logger's usual gaps between bursts are no
+        # dropout: read against a declared 1 s, every burst would start unchecked again and
+        # a breach would never become certain).
         gap = t_fix - dev.t_fix[slots]  # NaN: the first fix
-        unchecked = ~(gap <= 2.0 * self.interval_s[slots] + EVIDENCE_SLACK_S)
+        unchecked = ~(gap <= 2.0 * self.cadence.learned_s[slots] + EVIDENCE_SLACK_S)
         self.t_unchecked[slots[unchecked]] = t_fix[unchecked]
+        self.cadence.observe(slots, gap)
         dev.acc_m[slots] = batch.acc_m[rows]
         dev.t_fix[slots] = t_fix
         dev.t_recv[slots] = batch.t_recv[rows]
@@ -187,8 +233,8 @@ class FixIntake:
 
     def current_until(self, slots: IntArray) -> FloatArray:
         """Up to when each device's last fix stands as current: until its next report is
-        due (its reporting interval plus EVIDENCE_SLACK_S)."""
-        return self.devices.t_fix[slots] + self.interval_s[slots] + EVIDENCE_SLACK_S
+        due (the cadence it keeps, plus EVIDENCE_SLACK_S)."""
+        return self.devices.t_fix[slots] + self.cadence.learned_s[slots] + EVIDENCE_SLACK_S
 
     def position(self, slot: int, now: float) -> Position:
         """Device ``slot``'s last fix as of ``now``: its 68 % radius then, and whether its

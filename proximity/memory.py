@@ -116,6 +116,7 @@ class EngineMemory:
             ),
             **_attrs("health", DEVICE, e.health, ("last_seen", "silent", "last_seq", "last_seq_t")),
             **_attrs("intake", DEVICE, e.intake, ("t_unchecked", "t_stamped")),
+            **_attrs("cadence", DEVICE, e.intake.cadence, ("gaps", "count", "learned_s")),
             **_attrs("approach", PAIR_AXIS, e.approach_rule, ("anchor", "anchor_t")),
             **_attrs("proximity", PAIR_AXIS, e.proximity, ("restarted_t", "probe_pending")),
             **_levels("levels", PAIR_AXIS, e.levels),

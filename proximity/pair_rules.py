@@ -186,15 +186,21 @@ class ProximityRule:
         ok = self.intake.settled(np.concatenate([self.pairs.offender[idx], self.pairs.victim[idx]]))
         return ok[: idx.size] & ok[idx.size :]
 
-    def conditions(self, ev: PairEvaluation, settled: npt.NDArray[np.bool_]) -> Conditions:
-        """The level machine's conditions on evaluation ``ev`` (``settled``: its pairs')."""
+    def conditions(
+        self, ev: PairEvaluation, settled: npt.NDArray[np.bool_], cause: str = "fix"
+    ) -> Conditions:
+        """The level machine's conditions on evaluation ``ev`` (``settled``: its pairs'),
+        caused by a fix or by time (``cause``)."""
         pairs = self.pairs
         idx = ev.idx
         d, u = ev.distance_m, ev.uncertainty_m
         order, margin, warning = pairs.order_m[idx], pairs.margin_m[idx], pairs.warning_m[idx]
         # NaN distances (a device without a fix) compare False: such a pair never changes.
+        # Time alone only grows an old fix's uncertainty: on a sweep the pre-alert can be
+        # held, never entered (a level never rises on uncertainty alone).
+        pre = (d - u <= warning) if cause != "time" else np.zeros(idx.size, dtype=bool)
         return Conditions(
-            pre=d - u <= warning,
+            pre=pre,
             likely=d <= order,
             # At once only when certain by the margin: a breach certain by a few metres is
             # what an undetected multipath drift looks like, and must hold like a likely one.
@@ -207,9 +213,12 @@ class ProximityRule:
             leave_alarm=d - u > order + margin,
             leave_pre=d - u > warning + margin,
             force_end=np.zeros(idx.size, dtype=bool),
+            # "Position unknown" (an old fix's uncertainty beyond max_uncertainty_m): the
+            # level machine leaves the pair as it is until a fix makes it known.
+            unknown=ev.classification == Classification.UNKNOWN,
         )
 
-    def step(self, ev: PairEvaluation, now: FloatArray) -> list[Transition]:
+    def step(self, ev: PairEvaluation, now: FloatArray, cause: str = "fix") -> list[Transition]:
         """Advance the level machines of ``ev``'s pairs to ``now`` (one time per pair)."""
         idx = ev.idx
         pairs = self.pairs
@@ -232,13 +241,13 @@ class ProximityRule:
         again = ~settled & (jumped > self.restarted_t[idx])
         self.restarted_t[idx[again]] = jumped[again]
         self.levels.restart_likely(idx[again])
-        cond = self.conditions(ev, settled)
+        cond = self.conditions(ev, settled, cause)
         return audible(self.levels.step(idx, cond, now, evidence), idx, self.alarm_ids)
 
     def decide(self, ev: PairEvaluation, now: FloatArray, cause: str) -> list[AlarmEvent]:
         """The proximity rule and boundary probing on evaluation ``ev`` at ``now``."""
         idx = ev.idx
-        moves = self.step(ev, now)
+        moves = self.step(ev, now, cause)
         events: list[AlarmEvent] = []
         if moves:
             # The events' figures: a sweep evaluated without the approach, so the few pairs
@@ -420,6 +429,7 @@ class ApproachRule:
             leave_alarm=~approaching,
             leave_pre=~approaching,
             force_end=self.proximity.levels.level[idx] >= ALARM,
+            unknown=ev.classification == Classification.UNKNOWN,
         )
         moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
         if not moves:

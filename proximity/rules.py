@@ -122,6 +122,17 @@ class RuleConfig:
         gt=0,
     )
 
+    #: An old fix's uncertainty grows with its age (its 99 % radius at the device's top
+    #: speed); once a pair's (or an offender's against a zone) 99 % radius is beyond
+    #: ``max_uncertainty_m`` its verdict is unknown: no level rises, falls, escalates or is
+    #: announced again until a fix makes it known (the health rule speaks for a silent device).
+    max_uncertainty_m: float = _rule(
+        1000.0,
+        "a 99 % uncertainty radius (m) beyond which a verdict is 'position unknown',"
+        " on which no alarm changes",
+        gt=0,
+    )
+
     #: Operator load: an alarm that has not changed is announced again every ``renotify_s``
     #: until an operator acknowledges it (a rise in level is always announced).
     renotify_s: float = _rule(

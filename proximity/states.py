@@ -13,6 +13,10 @@ into a few conditions per thing (:class:`Conditions`); :meth:`LevelMachine.step`
 * A level is left only when its leave condition (beyond its distance plus the margin, which
   is the hysteresis) has held for ``dwell_s`` on every evaluation; ``force_end`` (a zone out of
   force, an approach superseded by the breach alarm) ends at once.
+* ``unknown``: the thing's verdict is "position unknown" (an old fix whose uncertainty has
+  outgrown ``max_uncertainty_m``): its level, timers and reminders stand still (nothing rises,
+  falls, escalates or is announced again on uncertainty alone) until a fix makes it known;
+  only ``force_end`` still ends it. The device's health rule speaks for a silent device.
 * Re-notification: an alarm that has not changed is announced again (``remind``) every
   ``renotify_s`` until an operator acknowledges it; a rise in level is always announced and
   clears the acknowledgement. A closed alarm stays silent until its episode ends, unless its
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 import numpy as np
@@ -73,7 +77,8 @@ class Conditions:
     ``pre``: inside the pre-alert band; ``likely``: the best estimate is in breach;
     ``certain``: even the optimistic estimate is; ``escalate``: the rule's own escalation
     condition; ``leave_alarm`` and ``leave_pre``: beyond the alarm's and the pre-alert's
-    distance plus margin (pessimistically); ``force_end``: end now, whatever the level.
+    distance plus margin (pessimistically); ``force_end``: end now, whatever the level;
+    ``unknown``: no verdict (see the module docstring); None: every verdict is known.
     """
 
     pre: BoolArray
@@ -83,6 +88,19 @@ class Conditions:
     leave_alarm: BoolArray
     leave_pre: BoolArray
     force_end: BoolArray
+    unknown: BoolArray | None = None
+
+    def subset(self, sel: IntArray) -> Conditions:
+        """The conditions of positions ``sel`` only."""
+        return Conditions(
+            self.pre[sel],
+            self.likely[sel],
+            self.certain[sel],
+            self.escalate[sel],
+            self.leave_alarm[sel],
+            self.leave_pre[sel],
+            self.force_end[sel],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +183,19 @@ class LevelMachine:
         ``ProximityRule.step``). A likely spell starts when it is first seen (``now``) and is
         measured on the evidence, so it is confirmed by ``confirm_s`` of current fixes,
         not of waiting: a position frozen by a dropout (perhaps the tail of a multipath
-        burst) does not confirm itself. None: the clock is the evidence."""
-        tm = self.timing
+        burst) does not confirm itself. None: the clock is the evidence.
+
+        Things whose verdict is ``unknown`` (and not forced to end) are left as they are:
+        not evaluated at all, so that no timer runs and no spell breaks on them."""
         now = np.broadcast_to(np.asarray(now, dtype=np.float64), idx.shape)
+        if c.unknown is not None and c.unknown.any():
+            sel = np.flatnonzero(~c.unknown | c.force_end)
+            if sel.size == 0:
+                return []
+            ev = None if evidence is None else evidence[sel]
+            moves = self.step(idx[sel], c.subset(sel), now[sel], ev)
+            return [replace(m, k=int(sel[m.k])) for m in moves]
+        tm = self.timing
         before = self.level[idx].astype(np.int64)
 
         likely_for = _held(self.t_likely, idx, c.likely, now, evidence)

@@ -182,18 +182,23 @@ class ZoneWatch:
         active = self.active[zone]
         margin = self.margin_m[zone]
         warning = self.warning_m[zone]
-        known = cls != gk.UNKNOWN
+        beyond = u > self.rules.max_uncertainty_m  # "position unknown" (see Conditions)
+        known = (cls != gk.UNKNOWN) & ~beyond
         live = active & known
         # NaN (no fix) compares False: an entry without a position never leaves by distance.
         left = np.where(excl, s - u > margin, (s <= -margin) | (cls == gk.CERTAIN_INSIDE))
+        # Time alone only grows an old fix's uncertainty: a sweep holds a pre-alert, never
+        # enters one; beyond max_uncertainty_m the position is unknown and nothing changes.
+        fresh = cause != "time"
         cond = Conditions(
-            pre=excl & live & (cls >= gk.WARNING),  # the warning band, or a possible entry
+            pre=excl & live & (cls >= gk.WARNING) & fresh,  # the warning band, or a possible entry
             likely=np.where(excl, s <= 0.0, s > 0.0) & live,
             certain=np.where(excl, cls == gk.CERTAIN_INSIDE, s - u > 0.0) & live,
             escalate=np.zeros(idx.size, dtype=bool),
             leave_alarm=left,
             leave_pre=np.where(excl & (warning > 0), s - u > warning + margin, left),
             force_end=~active,
+            unknown=beyond,
         )
         moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
         if not moves:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numerics.geodesy import surface_xyz
 from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case
-from proximity.core import MAX_GAP_S, ProximityCore
+from proximity.core import GROWTH_PER_TOP_SPEED, MAX_GAP_S, MAX_UNCERTAINTY_M, ProximityCore
 from proximity.pairs import PairTable
 from tests.conftest import T0
 from tests.naive import geod_distance_m, offset
@@ -97,8 +97,11 @@ def test_uncertainty_grows_with_age_and_unknown_accuracy_uses_the_default() -> N
         T0,
     )
     ev = core.evaluate(np.array([0]), T0 + 2)
-    r_off = 8.0 + 2 * 40.0
-    r_vic = 50.0 + 12 * 3.0
+    # The 68 % radius grows so that the 99 % radius grows at the top speed.
+    g = GROWTH_PER_TOP_SPEED
+    assert K99 / K68 * g == pytest.approx(1.0)
+    r_off = 8.0 + 2 * 40.0 * g
+    r_vic = 50.0 + 12 * 3.0 * g
     assert ev.sigma_m[0] == pytest.approx(np.hypot(r_off, r_vic) / K68)
     assert ev.uncertainty_m[0] == pytest.approx(K99 * ev.sigma_m[0])
     assert core.radius_m(0, T0 + 2) == pytest.approx(r_off)
@@ -114,9 +117,17 @@ def test_uncertainty_grows_with_age_and_unknown_accuracy_uses_the_default() -> N
         T0 + 10,
     )
     ev = core.evaluate(np.array([0]), T0 + 10)
-    assert ev.uncertainty_m[0] == pytest.approx(K99 * np.hypot(8.0, 50.0 + 20 * 3.0) / K68)
+    assert ev.uncertainty_m[0] == pytest.approx(K99 * np.hypot(8.0, 50.0 + 20 * 3.0 * g) / K68)
     ev = core.evaluate(np.array([0]), T0 + 11)
-    assert ev.uncertainty_m[0] == pytest.approx(K99 * np.hypot(8.0 + 40, 50.0 + 21 * 3.0) / K68)
+    u = K99 * np.hypot(8.0 + 40 * g, 50.0 + 21 * 3.0 * g) / K68
+    assert ev.uncertainty_m[0] == pytest.approx(u)
+    # Beyond max_uncertainty_m the verdict is "position unknown", not a distance.
+    assert Classification(int(ev.classification[0])) != Classification.UNKNOWN
+    late = T0 + 11 + MAX_UNCERTAINTY_M / 40.0
+    ev = core.evaluate(np.array([0]), late)
+    assert ev.uncertainty_m[0] > MAX_UNCERTAINTY_M
+    assert Classification(int(ev.classification[0])) == Classification.UNKNOWN
+    assert ev.distance_m[0] == pytest.approx(1000.0, abs=1.0)  # still there, for the record
 
 
 def test_approach_parallel_travel_and_retreat() -> None:
@@ -264,6 +275,10 @@ def test_classification_invariants(seed: int, age_s: float) -> None:
     ev = core.evaluate_all(T0 + age_s)
     d, u, order, warn = ev.distance_m, ev.uncertainty_m, p.order_m, p.warning_m
     cls = ev.classification
+    # Beyond the cap (and only there) the verdict is unknown.
+    assert np.array_equal(cls == Classification.UNKNOWN, u > MAX_UNCERTAINTY_M)
+    known = u <= MAX_UNCERTAINTY_M
+    d, u, order, warn, cls = d[known], u[known], order[known], warn[known], cls[known]
     breach = cls >= Classification.POSSIBLE_BREACH
     assert np.all(d[breach] - u[breach] <= order[breach])  # within distance plus uncertainty
     certain = cls == Classification.CERTAIN_BREACH

@@ -13,7 +13,7 @@ from ingest.batch import FixBatch, build_batch
 from ingest.model import Fix
 from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case, Device
-from proximity.core import MAX_GAP_S
+from proximity.core import GROWTH_PER_TOP_SPEED, MAX_GAP_S
 from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.pairs import gather_pairs
@@ -288,37 +288,46 @@ def test_empty_batch_and_no_cases() -> None:
 def test_old_victim_fix_makes_an_approach_a_possible_breach_and_the_alarm_says_so() -> None:
     walking = [Device("v", {"mobility": "walking"}), Device("o", {"mobility": "walking"})]
     order = case("C", ("o",), ("v",), order=200.0)
-    approach = [fix("o", offset(*HOME, 30, 1500 - 50 * k), 540 + 10 * k) for k in range(7)]
+    approach = [fix("o", offset(*HOME, 30, 1350 - 50 * k), 540 + 10 * k) for k in range(7)]
 
-    # He walks in at 5 m/s from 1500 m to 1200 m (t = 540 ... 600 s). Then the victim's
-    # position arrives: taken at t = 600 (fresh) or buffered by her phone since t = 0 (stale).
-    # Fresh: 1200 m apart is clear (beyond even the warning band of 400 m).
+    # He walks in at 5 m/s from 1350 m to 1050 m (t = 540 ... 600 s). Then the victim's
+    # position arrives: taken at t = 600 (fresh) or buffered by her phone since t = 300 (old).
+    # Fresh: 1050 m apart is clear (beyond even the warning band of 400 m).
     fresh = engine([order], devices=walking)
     assert events_of(fresh, *approach) == []
     assert events_of(fresh, fix("v", HOME, 600), now=T0 + 600) == []
     [verdict] = [fresh.evaluate()]
     assert Classification(int(verdict.classification[0])) == Classification.CLEAR
 
-    # Stale: the same fixes, with her last fix 10 minutes old: she may have walked 1.8 km.
+    # Old: the same fixes, with her last fix 5 minutes old: she may have walked 900 m.
     stale = engine([order], devices=walking)
     assert events_of(stale, *approach) == []
-    [ev] = events_of(stale, fix("v", HOME, 0), now=T0 + 600)
+    [ev] = events_of(stale, fix("v", HOME, 300), now=T0 + 600)
     assert ev.state == AlarmState.OPEN
     assert ev.classification == Classification.POSSIBLE_BREACH
-    assert ev.distance_m == pytest.approx(1200, abs=1e-3)
+    assert ev.distance_m == pytest.approx(1050, abs=1e-3)
     assert ev.victim.old and not ev.offender.old
-    assert ev.victim.radius_m == pytest.approx(5 + 600 * 3.0)
-    assert "protected person's fix is 600 s old" in ev.reason
+    assert ev.victim.radius_m == pytest.approx(5 + 300 * 3.0 * GROWTH_PER_TOP_SPEED)
+    assert ev.uncertainty_m == pytest.approx(300 * 3.0, rel=0.02)  # her 99 %: 300 s at 3 m/s
+    assert "protected person's fix is 300 s old" in ev.reason
     # He walks in at 5 m/s; the core says so.
     assert ev.closing_speed_mps == pytest.approx(5.0, rel=1e-3)
-    assert ev.time_to_breach_s == pytest.approx((1200 - 200) / 5.0, rel=1e-3)
+    assert ev.time_to_breach_s == pytest.approx((1050 - 200) / 5.0, rel=1e-3)
     message = alarm_message(ev, order)
     assert message["victim"]["old_fix"] is True and message["offender"]["old_fix"] is False
     assert message["classification"] == "possible_breach"
     assert 0.0 < message["probability"] < 0.1
 
+    # Ten minutes old, her 99 % radius (1.8 km) is beyond max_uncertainty_m: her position is
+    # unknown, which is no possible breach and raises nothing.
+    unknown = engine([order], devices=walking)
+    assert events_of(unknown, *approach) == []
+    assert events_of(unknown, fix("v", HOME, 0), now=T0 + 600) == []
+    verdict = unknown.evaluate()
+    assert Classification(int(verdict.classification[0])) == Classification.UNKNOWN
 
-def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it() -> None:
+
+def test_a_sweep_never_raises_a_level_on_age_alone_a_fresh_fix_does() -> None:
     clock = Clock()
     devices = [Device("o", {"mobility": "driving"}), Device("v", {"mobility": "walking"})]
     # No warning band: the pre-alert is the possible breach itself.
@@ -326,22 +335,53 @@ def test_sweep_raises_a_possible_breach_from_age_alone_and_a_fresh_fix_ends_it()
     # He drives in at 20 m/s, then his device falls silent.
     assert events_of(eng, fix("o", offset(*HOME, 200, 900), -5), now=T0 - 5) == []
     assert events_of(eng, fix("o", offset(*HOME, 200, 800), 0), fix("v", HOME, 0)) == []
-    clock.t = T0 + 2.0  # +80 m for the offender: still clear
-    assert eng.sweep() == []
-    clock.t = T0 + 30.0  # he may have driven 1200 m: possible
-    [ev] = eng.sweep()
-    assert (ev.state, ev.cause, ev.level) == (AlarmState.OPEN, "time", AlarmLevel.PRE_ALERT)
-    assert ev.classification == Classification.POSSIBLE_BREACH and ev.offender.old
-    # The sweep skips the approach figures, but the alarm still carries them.
-    assert ev.closing_speed_mps == pytest.approx(20.0, rel=1e-3)
-    assert ev.time_to_breach_s == pytest.approx(300.0 / 20.0, rel=1e-3)
-    assert alarm_message(ev, eng.cases["C"])["trigger"]["cause"] == "time"
-    assert eng.sweep() == []  # no repeats while it stays open
-    # A fresh fix shows him beyond the margin: the pre-alert ends after the dwell.
-    assert events_of(eng, fix("o", offset(*HOME, 200, 900), 30.0), fix("v", HOME, 30.0)) == []
-    [ev] = events_of(eng, fix("o", offset(*HOME, 200, 900), 60.0), fix("v", HOME, 60.0))
-    assert (ev.state, ev.cause) == (AlarmState.ENDED, "fix")
-    assert eng.stats.sweeps == 3
+    for age in range(1, 120):
+        clock.t = T0 + age  # at 10 s he may have driven 400 m: possible, but not seen
+        assert eng.sweep() == []
+        if age == 10:
+            verdict = eng.evaluate()
+            assert Classification(int(verdict.classification[0])) == (
+                Classification.POSSIBLE_BREACH
+            )
+    # Two minutes on, his position is unknown (his 99 % radius is 4.8 km), not "possible".
+    verdict = eng.evaluate()
+    assert Classification(int(verdict.classification[0])) == Classification.UNKNOWN
+    assert eng.stats.sweeps == 119
+    # A fresh fix decides: he is 450 m from her.
+    [ev] = events_of(eng, fix("o", offset(*HOME, 200, 450), 120.0), fix("v", HOME, 120.0))
+    assert (ev.state, ev.cause, ev.level) == (AlarmState.OPEN, "fix", AlarmLevel.PRE_ALERT)
+
+
+def test_an_open_alarm_stands_still_while_its_position_is_unknown() -> None:
+    # A confirmed breach, then his tag goes silent: no reminder, escalation or end goes out
+    # on a position that has become unknown (only the health rule speaks); his next fix
+    # brings the pair back.
+    clock = Clock()
+    devices = [Device("o", {"mobility": "driving"}), Device("v", {"mobility": "walking"})]
+    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    near = offset(*HOME, 200, 350)
+    out: list[AlarmEvent] = []
+    for t in range(20):
+        out += events_of(eng, fix("o", near, t), fix("v", HOME, t))
+    assert levels(out) == [
+        (AlarmState.OPEN, AlarmLevel.PRE_ALERT),  # a first fix is unchecked
+        (AlarmState.UPDATE, AlarmLevel.ALARM),
+        (AlarmState.UPDATE, AlarmLevel.ALARM),  # and now certain
+    ]
+    later: list[AlarmEvent] = []
+    for t in range(20, 1200):  # 20 minutes: beyond escalate_after_s and renotify_s
+        clock.t = T0 + t
+        later += [e for e in eng.sweep() + events_of(eng, fix("v", HOME, t))]
+    # His position is unknown 25 s after his last fix (his 99 % radius passes 1 km at
+    # 40 m/s), before any reminder or escalation was due: nothing but the health rule.
+    assert [(e.type, e.state) for e in later] == [(AlarmType.SIGNAL_LOST, AlarmState.OPEN)]
+    assert eng.levels.level[0] == AlarmLevel.ALARM
+    back = events_of(eng, fix("o", near, 1200), fix("v", HOME, 1200))
+    assert [(e.type, e.state, e.level) for e in back] == [
+        (AlarmType.PROXIMITY, AlarmState.UPDATE, AlarmLevel.ESCALATION),  # it lasted
+        (AlarmType.SIGNAL_LOST, AlarmState.ENDED, AlarmLevel.ALARM),
+    ]
+    assert back[0].uncertainty_m < 20.0
 
 
 def test_unknown_accuracy_is_not_perfect() -> None:
@@ -608,3 +648,63 @@ def test_the_first_fix_after_a_dropout_cannot_make_a_breach_certain() -> None:
             fixes.append(fix("o", o, t, acc=8.0))
         out += events_of(eng, *fixes)
     assert [e for e in out if e.level >= AlarmLevel.ALARM and e.type == AlarmType.PROXIMITY] == []
+
+
+def bursts(until: float, run: int = 3, gap: float = 8.0) -> list[float]:
+    """Fix times of a logger that sends ``run`` fixes a second apart, then nothing for
+    ``gap`` seconds, again and again."""
+    times: list[float] = []
+    t = 0.0
+    while t < until:
+        times += [t + k for k in range(run)]
+        t += run - 1 + gap
+    return times
+
+
+def test_a_device_s_cadence_is_learned_from_its_fixes_with_the_declared_interval_as_prior() -> None:
+    clock = Clock()
+    devices = [Device(d, {"reporting_interval_s": 1}) for d in ("o", "v", "w")]
+    eng = engine([case("C", ("o",), ("v", "w"))], clock, devices=devices)
+    slot = eng.slot_of
+    cad = eng.intake.cadence
+    assert cad.learned_s.tolist() == [1.0, 1.0, 1.0]  # the prior, before any gap
+    for t in range(200):
+        fixes = [fix("v", HOME, t)]  # every second, with one dropout of 40 s
+        if t not in range(100, 140):
+            fixes.append(fix("w", HOME, t))
+        if t in bursts(200):  # a logger: 3 fixes, 8 s of nothing, ...
+            fixes.append(fix("o", offset(*HOME, 0, 2000), t))
+        if t % 60 == 0:
+            fixes.append(fix("v", HOME, t))
+        events_of(eng, *fixes)
+    assert cad.learned_s[slot["v"]] == pytest.approx(1.0)
+    assert cad.learned_s[slot["w"]] == pytest.approx(1.0)  # one dropout is no cadence
+    assert cad.learned_s[slot["o"]] == pytest.approx(8.0)  # its gaps between bursts
+
+
+def test_a_logger_that_sends_in_bursts_makes_a_breach_certain_not_only_likely() -> None:
+    # His logger sends 3 fixes a second apart, then nothing for 8 s; it was declared as
+    # reporting every second. He drives in from 1500 m at 12 m/s. Read against the declared
+    # 1 s, every burst would start with an unchecked fix (its gap is more than twice the
+    # interval) and no breach could ever be certain; read at the 8 s it keeps, his fixes
+    # check each other, and the breach is certain as soon as the fixes show it.
+    clock = Clock()
+    devices = [Device("o", {"reporting_interval_s": 1}), Device("v", {"reporting_interval_s": 1})]
+    eng = engine([case("C", ("o",), ("v",))], clock, devices=devices)
+    dist = lambda t: max(1500.0 - 12.0 * max(t - 120.0, 0.0), 100.0)  # noqa: E731
+    mine = set(bursts(600))
+    out: list[AlarmEvent] = []
+    for t in range(600):
+        fixes = [fix("v", HOME, t)]
+        if t in mine:
+            fixes.append(fix("o", offset(*HOME, 30, dist(t)), t))
+        out += events_of(eng, *fixes)
+        out += eng.sweep()
+    alarms = [e for e in out if e.type == AlarmType.PROXIMITY and e.level >= AlarmLevel.ALARM]
+    first = alarms[0]
+    assert first.reason.startswith("certain breach")
+    # Certain once d + u <= order - margin (450 m), at the first fix that shows it: within
+    # one gap of the crossing of 450 m, before a likely breach's confirmation (15 s).
+    crossing = 120.0 + (1500.0 - 450.0) / 12.0
+    assert first.t_decided - T0 <= crossing + 8.0 + 1.0
+    assert eng.intake.cadence.learned_s[eng.slot_of["o"]] == pytest.approx(8.0)

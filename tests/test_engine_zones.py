@@ -187,19 +187,16 @@ def test_only_the_offenders_own_cases_zones_apply() -> None:
     assert (ev.case_id, ev.offender.device) == ("A", "o")
 
 
-def test_an_old_fix_near_a_zone_becomes_a_possible_entry_on_a_sweep() -> None:
+def test_an_old_fix_near_a_zone_raises_nothing_on_a_sweep_the_next_fix_decides() -> None:
     c = zone_case(square(WORK, 150, kind="exclusion", label="workplace"))
     clock = Clock(local("12:00"))
     eng = zengine([c], clock=clock, default_top_speed_mps=3.0)
     assert events_of(eng, at("o", offset(*WORK, 90, 250), clock.t)) == []
-    clock.t += 60.0  # 100 m outside; after a minute at walking speed he may be inside
-    [ev] = eng.sweep()
-    assert (ev.state, ev.cause, ev.classification, ev.level) == (
-        AlarmState.OPEN,
-        "time",
-        Classification.POSSIBLE_BREACH,
-        AlarmLevel.PRE_ALERT,
-    )
+    for _ in range(120):  # 100 m outside; after a minute at walking speed he may be inside
+        clock.t += 1.0
+        assert eng.sweep() == []  # but only his uncertainty grew: no level rises on that
+    [ev] = events_of(eng, at("o", offset(*WORK, 90, 155), clock.t))  # 5 m outside
+    assert (ev.state, ev.cause, ev.level) == (AlarmState.OPEN, "fix", AlarmLevel.PRE_ALERT)
 
 
 def test_a_stored_zone_that_this_version_rejects_stops_the_engine_with_a_remedy() -> None:

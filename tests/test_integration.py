@@ -7,6 +7,7 @@ alarm has arrived, any alarm the earlier fixes caused would already be there.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -264,25 +265,28 @@ def test_garbage_is_rejected_and_the_next_valid_fix_still_alarms(
     assert rejected["unknown_device"]["device"] == "nobody"
 
 
-def test_sweep_raises_a_possible_breach_when_a_silent_offender_could_have_arrived(
+def test_a_silent_offender_s_growing_uncertainty_raises_nothing_his_next_fix_does(
     pub: Publisher, cic: Listener
 ) -> None:
     victim = (HOME[0] + 0.4, HOME[1])
     pub.fix("phone-6", *victim)
-    pub.fix("tag-6", *offset(*victim, 300.0, 2500.0))
-    # No further fix: after about 7 s the offender could be within 1000 m (the sweep's
-    # uncertainty radius grows 100 m a second), and the periodic sweep (every second) says
-    # so without waiting for a fix; by then the fix is old (5 s and more) whatever the
-    # phase of the sweeps.
-    # (A pre-alert: he may be within the warning distance, and later possibly within the
-    # order distance, but his best estimate is still 2 km away.)
-    alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0006", timeout=30.0)
-    assert (alarm["state"], alarm["level"]) == ("open", "pre_alert")
-    assert alarm["trigger"]["cause"] == "time"
-    assert alarm["offender"]["old_fix"] is True
-    assert alarm["offender"]["radius_m"] > 10 * alarm["victim"]["radius_m"]
-    assert alarm["distance_m"] == pytest.approx(2500.0, abs=1.0)
-    assert "offender's fix is" in alarm["reason"]
+    pub.fix("tag-6", *offset(*victim, 300.0, 1500.0))
+    # No further fix: after 5 s his 99 % radius (growing 100 m a second) reaches the warning
+    # distance, after 10 s it is beyond max_uncertainty_m. The periodic sweep (every second)
+    # sees both, and must raise nothing on uncertainty alone.
+    time.sleep(12.0)
+    barrier(pub, cic)
+    assert alarms_of(cic, "BE-2026-0006") == []
+    # A fresh fix within the warning distance does.
+    pub.fix("tag-6", *offset(*victim, 300.0, 900.0))
+    pub.fix("phone-6", *victim)
+    alarm = cic.wait_for("cic/alarms", lambda m: m["case_id"] == "BE-2026-0006")
+    assert (alarm["state"], alarm["level"], alarm["trigger"]["cause"]) == (
+        "open",
+        "pre_alert",
+        "fix",
+    )
+    assert alarm["distance_m"] == pytest.approx(900.0, abs=1.0)
     # A fresh fix far away ends it.
     pub.fix("tag-6", *offset(*victim, 300.0, 3500.0))
     pub.fix("phone-6", *victim)

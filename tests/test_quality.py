@@ -69,17 +69,17 @@ def test_a_device_is_never_frozen_by_fixes_that_disagree_with_each_other() -> No
 def test_out_of_order_and_duplicate_fixes_change_nothing() -> None:
     eng = engine([case("C", ("o",), ("v",))])
     run(eng, fix("v", HOME, 0), fix("o", offset(*HOME, 45, 2000), 0))
-    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 300), 60))
+    [ev] = events_of(eng, fix("o", offset(*HOME, 45, 300), 60), fix("v", HOME, 60))
     assert ev.state == AlarmState.OPEN
     before = (eng.core.rows.copy(), eng.levels.level.copy(), eng.devices.t_fix.copy())
-    # The same fix again, an older fix far away, and the victim's first fix again.
+    # The same fix again, an older fix far away, and the victim's earlier fix again.
     assert run(eng, fix("o", offset(*HOME, 45, 300), 60)) == []
     assert run(eng, fix("o", offset(*HOME, 45, 5000), 30)) == []
     assert run(eng, fix("v", HOME, 0)) == []
     rows, state, t_fix = before
     assert np.array_equal(eng.core.rows, rows, equal_nan=True)
     assert np.array_equal(eng.levels.level, state) and np.array_equal(eng.devices.t_fix, t_fix)
-    assert (eng.stats.fixes_duplicate, eng.stats.fixes_late) == (2, 1)
+    assert (eng.stats.fixes_duplicate, eng.stats.fixes_late) == (1, 2)
 
 
 def test_unknown_accuracy_is_not_perfect_for_the_jump_rule() -> None:
