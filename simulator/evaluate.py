@@ -81,10 +81,14 @@ def build_schedule(suite: Suite, seed: int) -> Schedule:
             fast = np.zeros(t.size, dtype=bool)
         else:
             case = suite.cases[of_device[d.id]]
-            step = d.alarm_interval_s or d.interval_s
-            ratio = max(1, round(d.interval_s / step))
-            phase = float(rng.uniform(0.0, d.interval_s))
-            t = np.arange(case.start_s + phase, case.end_s, step)
+            if d.reporting.own:  # its own pattern (bursts, power saving, its own interval)
+                step, ratio = d.interval_s, 1
+                t = d.reporting.times(case.start_s, case.end_s, np.random.default_rng([seed, i, 7]))
+            else:
+                step = d.alarm_interval_s or d.interval_s
+                ratio = max(1, round(d.interval_s / step))
+                phase = float(rng.uniform(0.0, d.interval_s))
+                t = np.arange(case.start_s + phase, case.end_s, step)
             if not t.size:
                 continue
             k = np.arange(t.size)
@@ -425,6 +429,10 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _seconds(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f} s"
+
+
 def print_summary(doc: dict[str, Any], out: Path) -> None:
     """The figures that matter, per run: detection, delay, false alarms, latency."""
     for k, s in enumerate(doc["runs"], start=1):
@@ -436,17 +444,25 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
             f" messages, {s['wall_s']:.0f} s"
         )
         print(
-            f"  {'scenario type':<16} {'breaches':>8} {'detected':>8} {'delay p50':>9}"
-            f" {'alarms/pd':>9} {'false':>5} {'false/pd':>8} {'(95% <=)':>8}"
+            f"  {'scenario type':<16} {'breaches':>8} {'detected':>8} {'(95% >=)':>8}"
+            f" {'delay p50':>9} {'p90':>7} {'max':>7} {'alarms/pd':>9} {'false':>5}"
+            f" {'false/pd':>8} {'(95% <=)':>8} {'msgs/pd':>8} {'notices/pd':>10}"
+            f" {'high/med/low':>12} {'max +-m':>7}"
         )
         for f in [*s["families"], t]:
-            delay = f["delay_median_s"]
+            low = f["detection_lower95"]
+            umax = f["max_alarm_uncertainty_m"]
             print(
                 f"  {f['family']:<16} {f['breaches']:>8} {f['breaches_detected']:>8}"
-                f" {'-' if delay is None else f'{delay:.1f} s':>9}"
+                f" {'-' if low is None else f'{low:.2f}':>8}"
+                f" {_seconds(f['delay_median_s']):>9} {_seconds(f['delay_p90_s']):>7}"
+                f" {_seconds(f['delay_max_s']):>7}"
                 f" {f['alarms_per_pair_day'] or 0:>9.1f} {f['false_alarms']:>5}"
                 f" {f['false_alarms_per_pair_day'] or 0:>8.2f}"
                 f" {f['false_alarms_per_pair_day_upper95'] or 0:>8.2f}"
+                f" {f['alarm_messages_per_pair_day'] or 0:>8.1f}"
+                f" {f['notices_per_pair_day'] or 0:>10.1f}"
+                f" {f['priority_split'] or '-':>12} {'-' if umax is None else f'{umax:.0f}':>7}"
             )
         if s.get("mode") == "direct":
             print("  latency: not measured (--direct: no broker between devices, engine and CIC)")

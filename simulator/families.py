@@ -50,6 +50,66 @@ MARGINAL_S = 30.0
 CITY_RADIUS_M = 6000.0
 
 
+#: Bursty reporting: runs of this many fixes a second apart, then this long without one.
+BURST_FIXES = (3, 10)
+BURST_GAP_S = (5.0, 15.0)
+#: Power saving: the gaps between fixes, seconds.
+POWER_SAVING_S = (30.0, 120.0)
+
+
+@dataclass(frozen=True)
+class Reporting:
+    """When a device really reports, and the interval its case file declares.
+
+    ``kind``: ``regular`` (every ``every_s`` give or take 10 %, or at the suite's interval
+    when that is None), ``bursty`` (runs of 3-10 fixes a second apart, then 5-15 s of
+    nothing: GNSS loggers, phones that batch) or ``power-saving`` (gaps of 30-120 s).
+    ``declared_s``: what the case file says (None: the suite's interval), which a device may
+    not keep."""
+
+    kind: str = "regular"
+    every_s: float | None = None
+    declared_s: float | None = None
+
+    @property
+    def own(self) -> bool:
+        """Whether the pattern is the device's own rather than the suite's interval."""
+        return self.kind != "regular" or self.every_s is not None
+
+    def times(self, start: float, end: float, rng: np.random.Generator) -> FloatArray:
+        """The report times in [start, end) of an ``own`` pattern."""
+        span = end - start
+        if self.kind == "bursty":
+            out: list[FloatArray] = []
+            t = start + float(rng.uniform(0.0, BURST_GAP_S[1]))
+            while t < end:
+                k = int(rng.integers(BURST_FIXES[0], BURST_FIXES[1] + 1))
+                out.append(t + np.arange(k, dtype=np.float64))
+                t += k - 1 + float(rng.uniform(*BURST_GAP_S))
+            times = np.concatenate(out) if out else np.empty(0)
+        else:
+            lo, hi = (
+                POWER_SAVING_S
+                if self.kind == "power-saving"
+                else (0.9 * (self.every_s or 1.0), 1.1 * (self.every_s or 1.0))
+            )
+            n = int(span / lo) + 2
+            steps = rng.uniform(lo, hi, n)
+            steps[0] = float(rng.uniform(0.0, hi))  # the first report: any time in a gap
+            times = start + np.cumsum(steps)
+        return times[(times >= start) & (times < end)]
+
+    def describe(self, interval_s: float) -> str:
+        declared = self.declared_s if self.declared_s is not None else interval_s
+        if self.kind == "bursty":
+            real = "in bursts of 3-10 fixes a second apart, 5-15 s between bursts"
+        elif self.kind == "power-saving":
+            real = "every 30-120 s (power saving)"
+        else:
+            real = f"every {self.every_s or interval_s:g} s"
+        return f"reports {real}; declared {declared:g} s"
+
+
 @dataclass(frozen=True)
 class SimDevice:
     id: str
@@ -62,6 +122,13 @@ class SimDevice:
     #: A replayed recording: (times in the suite's seconds, lat, lon, accuracy or NaN),
     #: published as recorded instead of sampled from ``track`` with ``error``.
     recorded: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
+    #: Its own reporting pattern and declared interval (default: the suite's interval).
+    reporting: Reporting = field(default_factory=Reporting)
+
+    @property
+    def declared_s(self) -> float:
+        d = self.reporting.declared_s
+        return self.interval_s if d is None else d
 
 
 @dataclass(frozen=True)
@@ -110,7 +177,7 @@ class Suite:
         """The case file the engine's registry imports (cases and their devices)."""
         devices = []
         for d in self.devices.values():
-            entry: dict[str, Any] = {"id": d.id, "reporting_interval_s": d.interval_s}
+            entry: dict[str, Any] = {"id": d.id, "reporting_interval_s": d.declared_s}
             if d.alarm_interval_s is not None:
                 entry["alarm_reporting_interval_s"] = d.alarm_interval_s
             devices.append(entry)
@@ -244,6 +311,8 @@ class Draft:
     #: (start, end) of the offender's silence, in the draft's time.
     silent: tuple[tuple[float, float], ...] = ()
     note: str = ""
+    offender_reporting: Reporting = field(default_factory=Reporting)
+    victim_reporting: Reporting = field(default_factory=Reporting)
 
 
 def _she_is_home(
@@ -456,6 +525,58 @@ def city_day(rng: np.random.Generator, duration_s: float) -> Draft:
     return Draft(paths[1], paths[0], modes[1], modes[0], oe, ve, duration_s, note="a day")
 
 
+def _reporting(draft: Draft, how: Reporting, note: str) -> Draft:
+    return replace(draft, offender_reporting=how, victim_reporting=how, note=note)
+
+
+def _network(draft: Draft, rate: float, note: str) -> Draft:
+    return replace(
+        draft,
+        offender_error=replace(draft.offender_error, network_rate=rate),
+        victim_error=replace(draft.victim_error, network_rate=rate),
+        note=note,
+    )
+
+
+def bursty(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``walk-home`` with both devices logging in bursts (3-10 fixes a second apart, then
+    5-15 s of nothing), declared as reporting every second (a real breach)."""
+    how = Reporting("bursty", declared_s=1.0)
+    return _reporting(walk_home(rng, duration_s), how, "walks to her home; bursty loggers")
+
+
+def power_saving(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``walk-home`` with both phones in power saving (a fix every 30-120 s), declared at
+    120 s, the longest gap they are set to (a real breach)."""
+    how = Reporting("power-saving", declared_s=120.0)
+    return _reporting(walk_home(rng, duration_s), how, "walks to her home; power saving")
+
+
+def every_minute(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``walk-home`` with both devices reporting once a minute, as declared (a real
+    breach)."""
+    how = Reporting("regular", every_s=60.0, declared_s=60.0)
+    return _reporting(walk_home(rng, duration_s), how, "walks to her home; a fix a minute")
+
+
+def wrong_interval(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``walk-home`` with devices declared at 1 s that report every 15 s (a real breach)."""
+    how = Reporting("regular", every_s=15.0, declared_s=1.0)
+    return _reporting(walk_home(rng, duration_s), how, "walks to her home; declared 1 s, 15 s")
+
+
+def network_mix(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``walk-home`` with a fifth of both phones' fixes network fixes (cell, Wi-Fi) of
+    300-1,000 m (a real breach)."""
+    return _network(walk_home(rng, duration_s), 0.2, "walks to her home; network fixes mixed")
+
+
+def network_pass(rng: np.random.Generator, duration_s: float) -> Draft:
+    """``indoor-pass`` with a fifth of both phones' fixes network fixes of 300-1,000 m: he
+    passes 700-900 m from her; no alarm is right."""
+    return _network(indoor_pass(rng, duration_s), 0.2, "passes at a safe distance; network fixes")
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -483,6 +604,12 @@ FAMILIES: dict[str, Family] = {
         Family("probing", probing, 3600.0, expect="probing alarm"),
         Family("stationary", stationary, 7200.0, expect="none"),
         Family("city", city_day, 1800.0, pairs_factor=6, expect="alarms for real encounters"),
+        Family("bursty", bursty, 1800.0, expect="proximity alarm"),
+        Family("power-saving", power_saving, 3600.0, expect="proximity alarm"),
+        Family("every-minute", every_minute, 3600.0, expect="proximity alarm"),
+        Family("wrong-interval", wrong_interval, 1800.0, expect="proximity alarm"),
+        Family("network-mix", network_mix, 1800.0, expect="proximity alarm"),
+        Family("network-pass", network_pass, 3600.0, expect="none"),
     )
 }
 
@@ -623,6 +750,7 @@ def build_suite(
                 replace(draft.offender_error, silent=silent),
                 interval_s,
                 alarm_interval_s,
+                reporting=draft.offender_reporting,
             )
             indoor = tuple((a + t0, b + t0) for a, b in draft.victim_error.indoor)
             devices[vic_id] = SimDevice(
@@ -632,6 +760,7 @@ def build_suite(
                 replace(draft.victim_error, indoor=indoor),
                 interval_s,
                 alarm_interval_s,
+                reporting=draft.victim_reporting,
             )
             truth, dmin = pair_truth(case_id, off, vic, t0, t0 + fam.duration_s)
             truth += [TruthEvent(case_id, "silence", a, b) for a, b in silent]

@@ -6,13 +6,16 @@ scenario's observations are reproducible and cheap to make for hours of 1 s fixe
 - ``r68_m``: Gaussian noise whose 68 % radius is the stated accuracy; each fix reports that
   accuracy give or take 20 % (phones recompute it every fix);
 - ``multipath``: urban multipath bursts, a constant reflection offset of 30-150 m held for
-  2-10 fixes, started with probability ``multipath_rate`` per fix; the reported accuracy does
+  2-10 s, started with probability ``multipath_rate`` per fix; the reported accuracy does
   not show it (this is what makes multipath hard);
 - ``indoor``: time windows of indoor degradation, with the accuracy multiplied by 4-8 and the
   noise matching it, plus a slowly wandering bias of about the accuracy (a phone indoors
   reports large accuracy values and drifts);
 - ``dropout_rate``: gaps (no report for 5-45 s) started with this probability per fix, and
-  ``silent``: windows in which the device sends nothing at all (switched off, shielded).
+  ``silent``: windows in which the device sends nothing at all (switched off, shielded);
+- ``network_rate``: the share of fixes that are a phone's network fixes (cell or Wi-Fi), of
+  300-1,000 m stated accuracy with an error to match, mixed with the GNSS ones as real
+  phone histories are.
 """
 
 from __future__ import annotations
@@ -27,14 +30,16 @@ from simulator.scenario import R68_PER_SIGMA
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
-#: Multipath offsets (m) and burst lengths (fixes).
+#: Multipath offsets (m) and burst lengths (s).
 MULTIPATH_M = (30.0, 150.0)
-MULTIPATH_FIXES = (2, 10)
+MULTIPATH_S = (2, 10)
 #: Indoor accuracy multiplier range.
 INDOOR_FACTOR = (4.0, 8.0)
 #: Dropout lengths, seconds: shorter than the engine's default grace (60 s), so gaps it must
 #: ride out without a signal-lost alarm; longer silences are the silent-approach family's.
 DROPOUT_S = (5.0, 45.0)
+#: Stated accuracy of network (cell, Wi-Fi) fixes, metres (68 %).
+NETWORK_M = (300.0, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,7 @@ class ErrorModel:
     indoor: tuple[tuple[float, float], ...] = ()
     #: (start, end) seconds in which the device sends nothing.
     silent: tuple[tuple[float, float], ...] = ()
+    network_rate: float = 0.0
     notes: tuple[str, ...] = field(default=())
 
     def describe(self) -> str:
@@ -58,6 +64,8 @@ class ErrorModel:
             parts.append(f"dropouts {self.dropout_rate:.3f}/fix")
         if self.silent:
             parts.append("silent " + ", ".join(f"{a:.0f}-{b:.0f} s" for a, b in self.silent))
+        if self.network_rate:
+            parts.append(f"network fixes {self.network_rate:.0%} of all")
         return "; ".join(parts)
 
 
@@ -80,16 +88,20 @@ def _in_windows(t: FloatArray, windows: tuple[tuple[float, float], ...]) -> Bool
 
 
 def _bursts(
-    rng: np.random.Generator, n: int, rate: float, lo: int, hi: int
+    rng: np.random.Generator, t: FloatArray, rate: float, lo: int, hi: int
 ) -> npt.NDArray[np.int64]:
-    """Burst labels: 0 outside, k > 0 inside the k-th burst (starts ~ Bernoulli(rate))."""
+    """Burst labels of the samples at times ``t``: 0 outside, k > 0 inside the k-th burst
+    (starts ~ Bernoulli(rate) per sample; each lasts lo-hi seconds, so that a device that
+    reports every 15 s sees a reflection in one fix, not for minutes)."""
+    n = t.size
     label = np.zeros(n, dtype=np.int64)
     if rate <= 0 or n == 0:
         return label
     starts = np.flatnonzero(rng.random(n) < rate)
     lengths = rng.integers(lo, hi + 1, starts.size)
     for k, (s, m) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True), start=1):
-        label[s : s + m] = k
+        end = int(np.searchsorted(t, t[s] + m - 0.5))  # m seconds: m fixes at 1 s
+        label[s : max(end, s + 1)] = k
     return label
 
 
@@ -108,7 +120,7 @@ def observe(model: ErrorModel, t: FloatArray, rng: np.random.Generator) -> Obser
         steps = rng.normal(0.0, 1.0, (2, n)) * sigma * 0.05
         de += np.where(indoor, np.clip(np.cumsum(steps[0]), -2 * sigma, 2 * sigma), 0.0)
         dn += np.where(indoor, np.clip(np.cumsum(steps[1]), -2 * sigma, 2 * sigma), 0.0)
-    burst = _bursts(rng, n, model.multipath_rate, *MULTIPATH_FIXES)
+    burst = _bursts(rng, t, model.multipath_rate, *MULTIPATH_S)
     if burst.any():
         k = int(burst.max())
         size = rng.uniform(*MULTIPATH_M, k + 1)
@@ -116,13 +128,22 @@ def observe(model: ErrorModel, t: FloatArray, rng: np.random.Generator) -> Obser
         on = burst > 0
         de[on] += (size * np.cos(angle))[burst[on]]
         dn[on] += (size * np.sin(angle))[burst[on]]
+    if model.network_rate > 0:
+        # A network fix replaces the GNSS one: its own accuracy, an error to match.
+        net = rng.random(n) < model.network_rate
+        r_net = rng.uniform(*NETWORK_M, n)
+        acc = np.where(net, r_net, acc)
+        z = rng.normal(0.0, 1.0, (2, n)) * (r_net / R68_PER_SIGMA)
+        de = np.where(net, z[0], de)
+        dn = np.where(net, z[1], dn)
     sent = ~_in_windows(t, model.silent)
     if model.dropout_rate > 0 and n > 1:
-        step = float(np.median(np.diff(t)))
-        gaps = rng.uniform(*DROPOUT_S, n) / max(step, 1e-9)
-        free = 0  # dropouts do not overlap: no gap is longer than DROPOUT_S
+        # Dropouts are spans of time (a device that reports in bursts loses what falls in
+        # the span, not a number of reports).
+        spans = rng.uniform(*DROPOUT_S, n)
+        free = -np.inf  # dropouts do not overlap: no gap is longer than DROPOUT_S
         for s in np.flatnonzero(rng.random(n) < model.dropout_rate).tolist():
-            if s >= free:
-                sent[s : s + int(gaps[s])] = False
-                free = s + int(gaps[s]) + 1
+            if t[s] >= free:
+                free = t[s] + spans[s]
+                sent[(t >= t[s]) & (t < free)] = False
     return Observed(sent, de, dn, acc)

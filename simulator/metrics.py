@@ -20,6 +20,13 @@ Pure functions over plain values, so that a hand-made case can check them.
   alarms, and are also counted apart (``false_approach``): they are predictions.
 - Detection delays of breaches that began while the offender's device was silent are
   reported apart: they measure when the device came back, not the engine.
+- **Operator load** per pair-day: the alarms (ids) and alarm messages that reached the CIC,
+  and the offender notices they caused (one per alarm of a rule about an offender that
+  opens or rises: :func:`cic.notice.notices_for`'s rule). Each alarm's **priority** is read
+  from its highest level and type (escalation, panic or engine fault: high; alarm: medium;
+  pre-alert: low), and the split is reported. The **largest uncertainty** ever carried by a
+  message at level alarm or escalation is reported too.
+- The **detection probability**'s 95 % lower bound is the one-sided Clopper-Pearson limit.
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ import numpy as np
 from simulator.families import TruthEvent
 
 ALARM_LEVELS = frozenset({"alarm", "escalation"})
+LEVEL_RANK = {"pre_alert": 1, "alarm": 2, "escalation": 3}
+#: Rules about an offender whose alarms send him a notice when they open or rise.
+NOTICE_TYPES = frozenset({"proximity", "approach", "zone", "curfew"})
+HIGH_TYPES = frozenset({"panic", "engine_fault"})
 BREACH_LEAD_S = 60.0
 BREACH_TAIL_S = 120.0
 APPROACH_LEAD_S = 300.0
@@ -61,10 +72,22 @@ class AlarmRecord:
     first_s: float
     messages: int = 0
     parallel: bool = False
+    #: The largest uncertainty_m of its messages at level alarm or escalation (NaN: none).
+    max_alarm_uncertainty_m: float = math.nan
+    #: Offender notices its messages caused (an open, or a rise in level).
+    notices: int = 0
+    #: Its highest level (1 pre-alert, 2 alarm, 3 escalation).
+    top_level: int = 0
 
     @property
     def is_alarm(self) -> bool:
         return not math.isnan(self.alarm_s)
+
+    @property
+    def priority(self) -> str:
+        if self.top_level >= 3 or self.type in HIGH_TYPES:
+            return "high"
+        return "medium" if self.top_level == 2 else "low"
 
 
 def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[AlarmRecord]:
@@ -79,7 +102,19 @@ def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[
                 m["alarm_id"], m["case_id"], m["type"], math.nan, t
             )
         rec.messages += 1
-        if m.get("level") in ALARM_LEVELS and math.isnan(rec.alarm_s):
+        level = m.get("level")
+        rank = LEVEL_RANK.get(str(level), 0)
+        rec.top_level = max(rec.top_level, rank)
+        if level in ALARM_LEVELS:
+            u = m.get("uncertainty_m")
+            if isinstance(u, (int, float)) and math.isfinite(u):
+                rec.max_alarm_uncertainty_m = float(np.fmax(rec.max_alarm_uncertainty_m, u))
+        rising = m.get("state") == "open" or (
+            m.get("state") == "update" and LEVEL_RANK.get(str(m.get("previous_level")), rank) < rank
+        )
+        if m.get("type") in NOTICE_TYPES and rising:
+            rec.notices += 1
+        if level in ALARM_LEVELS and math.isnan(rec.alarm_s):
             rec.alarm_s = t
         if (m.get("motion") or {}).get("parallel"):
             rec.parallel = True
@@ -135,10 +170,19 @@ class FamilyScore:
     parallel_labelled: int = 0
     parallel_expected: int = 0
     parallel_wrong: int = 0
+    #: Alarm messages (pre-alerts included) and offender notices that reached the CIC.
+    alarm_messages: int = 0
+    notices: int = 0
+    high: int = 0
+    medium: int = 0
+    low: int = 0
+    #: The largest uncertainty of a message at level alarm or escalation (NaN: none).
+    max_alarm_uncertainty_m: float = math.nan
 
     def row(self) -> dict[str, Any]:
         d = np.array(self.delays_s)
         days = self.pair_days or math.nan
+        worked = self.high + self.medium + self.low
         return {
             "family": self.family,
             "cases": self.cases,
@@ -153,7 +197,13 @@ class FamilyScore:
             "silences_detected": self.silences_detected,
             "delay_median_s": _r(float(np.median(d))) if d.size else None,
             "delay_p95_s": _r(float(np.percentile(d, 95))) if d.size else None,
+            "delay_p90_s": _r(float(np.percentile(d, 90))) if d.size else None,
             "delay_max_s": _r(float(d.max())) if d.size else None,
+            "detection_lower95": (
+                round(clopper_pearson_lower(self.breaches_detected, self.breaches), 4)
+                if self.breaches
+                else None
+            ),
             "delay_after_silence_median_s": (
                 _r(float(np.median(self.delays_after_silence_s)))
                 if self.delays_after_silence_s
@@ -170,7 +220,47 @@ class FamilyScore:
             "parallel_labelled": self.parallel_labelled,
             "parallel_expected": self.parallel_expected,
             "parallel_wrongly_labelled": self.parallel_wrong,
+            "alarm_messages_per_pair_day": _r(self.alarm_messages / days),
+            "notices_per_pair_day": _r(self.notices / days),
+            "priority_high": self.high,
+            "priority_medium": self.medium,
+            "priority_low": self.low,
+            "priority_split": (
+                f"{self.high / worked:.0%}/{self.medium / worked:.0%}/{self.low / worked:.0%}"
+                if worked
+                else None
+            ),
+            "max_alarm_uncertainty_m": _r(self.max_alarm_uncertainty_m, 1),
         }
+
+
+def clopper_pearson_lower(k: int, n: int, confidence: float = 0.95) -> float:
+    """The one-sided lower confidence limit of a detection probability after ``k``
+    detections in ``n`` trials (all ``n`` detected: ``(1 - confidence) ** (1 / n)``, so that
+    4 of 4 bounds it only above 0.47, and 60 of 60 above 0.95)."""
+    if not 0 <= k <= n or n == 0:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got {k!r}, {n!r}")
+    if k == 0:
+        return 0.0
+    alpha = 1.0 - confidence
+
+    def tail(p: float) -> float:  # P(X >= k) for X ~ Binomial(n, p)
+        return sum(
+            math.exp(
+                math.lgamma(n + 1)
+                - math.lgamma(i + 1)
+                - math.lgamma(n - i + 1)
+                + (i * math.log(p) if i else 0.0)
+                + ((n - i) * math.log1p(-p) if n - i else 0.0)
+            )
+            for i in range(k, n + 1)
+        )
+
+    lo, hi = 0.0, 1.0
+    for _ in range(100):  # the tail rises with p: bisect for tail(p) = alpha
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if tail(mid) > alpha else (mid, hi)
+    return lo
 
 
 def poisson_upper(k: int, confidence: float = 0.95) -> float:
@@ -214,6 +304,13 @@ def score(
         f.pair_days += (c.end_s - c.start_s) / DAY_S
         mine = [a for a in by_case.get(c.case_id, []) if c.start_s <= _when(a) <= c.end_s]
         f.pre_alerts += sum(not a.is_alarm for a in mine)
+        f.alarm_messages += sum(a.messages for a in mine)
+        f.notices += sum(a.notices for a in mine)
+        for a in mine:
+            setattr(f, a.priority, getattr(f, a.priority) + 1)
+            f.max_alarm_uncertainty_m = float(
+                np.fmax(f.max_alarm_uncertainty_m, a.max_alarm_uncertainty_m)
+            )
         real = [a for a in mine if a.is_alarm]
         f.alarms += len(real)
         justified: set[str] = set()
@@ -300,6 +397,8 @@ def totals(fams: dict[str, FamilyScore]) -> FamilyScore:
             value = getattr(f, name)
             if isinstance(value, list):
                 getattr(t, name).extend(value)
+            elif name == "max_alarm_uncertainty_m":
+                t.max_alarm_uncertainty_m = float(np.fmax(t.max_alarm_uncertainty_m, value))
             else:
                 setattr(t, name, getattr(t, name) + value)
     return t

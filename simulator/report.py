@@ -38,8 +38,11 @@ COLUMNS = (
     ("pair_days", "pair-days"),
     ("breaches", "real breaches"),
     ("detection_rate", "detected"),
+    ("detection_lower95", "... at least (95 %)"),
     ("delay_median_s", "delay median (s)"),
+    ("delay_p90_s", "delay p90 (s)"),
     ("delay_p95_s", "delay p95 (s)"),
+    ("delay_max_s", "delay max (s)"),
     ("delay_after_silence_median_s", "delay after silence (s)"),
     ("probes_detected", "probing detected"),
     ("silences_detected", "silences detected"),
@@ -49,6 +52,10 @@ COLUMNS = (
     ("false_alarms_per_pair_day", "false alarms / pair-day"),
     ("false_alarms_per_pair_day_upper95", "... at most (95 %)"),
     ("pre_alerts_per_pair_day", "pre-alerts / pair-day"),
+    ("alarm_messages_per_pair_day", "alarm messages / pair-day"),
+    ("notices_per_pair_day", "offender notices / pair-day"),
+    ("priority_split", "high/medium/low"),
+    ("max_alarm_uncertainty_m", "largest uncertainty at alarm level (m)"),
     ("parallel_labelled", "labelled parallel"),
 )
 

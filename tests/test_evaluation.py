@@ -28,6 +28,7 @@ from simulator.families import (
 from simulator.metrics import (
     AlarmRecord,
     CaseWindow,
+    clopper_pearson_lower,
     collect_alarms,
     percentiles_ms,
     poisson_upper,
@@ -328,3 +329,101 @@ def test_the_false_alarm_bound_is_the_poisson_upper_limit() -> None:
     assert poisson_upper(0, 0.99) == pytest.approx(-math.log(0.01))
     with pytest.raises(ValueError):
         poisson_upper(-1)
+
+
+def test_the_detection_bound_is_the_clopper_pearson_lower_limit() -> None:
+    # All of n detected: (1 - 0.95) ** (1 / n); 3 of 4: the p at which P(X >= 3) is 5 %.
+    assert clopper_pearson_lower(4, 4) == pytest.approx(0.05**0.25)
+    assert clopper_pearson_lower(60, 60) == pytest.approx(0.05 ** (1 / 60))
+    p = clopper_pearson_lower(3, 4)
+    assert 4 * p**3 * (1 - p) + p**4 == pytest.approx(0.05, abs=1e-9)
+    assert clopper_pearson_lower(0, 5) == 0.0
+    with pytest.raises(ValueError):
+        clopper_pearson_lower(5, 4)
+
+
+def test_operator_load_notices_priority_and_the_largest_alarm_level_uncertainty() -> None:
+    t0 = 1_800_000_000.0
+    from proximity.clock import iso_utc
+
+    def msg(
+        aid: str, type_: str, state: str, level: str, u: float, prev: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "alarm_id": aid,
+            "case_id": "A",
+            "type": type_,
+            "state": state,
+            "level": level,
+            "previous_level": prev,
+            "uncertainty_m": u,
+            "times": {"decided": iso_utc(t0 + 10.0)},
+        }
+
+    recs = collect_alarms(
+        [
+            msg("p", "proximity", "open", "pre_alert", 1500.0),  # a notice; not alarm level
+            msg("p", "proximity", "update", "alarm", 40.0, "pre_alert"),  # a notice
+            msg("p", "proximity", "update", "alarm", 30.0),  # a reminder: no notice
+            msg("s", "signal_lost", "open", "alarm", math.nan),  # no notice: not his rule
+            msg("q", "panic", "open", "escalation", math.nan),
+            msg("z", "zone", "open", "pre_alert", 20.0),
+        ],
+        t0,
+    )
+    by = {r.alarm_id: r for r in recs}
+    assert by["p"].notices == 2 and by["z"].notices == 1 and by["s"].notices == 0
+    assert by["p"].max_alarm_uncertainty_m == 40.0 and math.isnan(by["z"].max_alarm_uncertainty_m)
+    assert [by[k].priority for k in "psqz"] == ["medium", "medium", "high", "low"]
+    window = CaseWindow("A", "f", 0.0, 86_400.0, ())
+    fams, _ = score([window], recs)
+    row = fams["f"].row()
+    assert row["notices_per_pair_day"] == 3.0 and row["alarm_messages_per_pair_day"] == 6.0
+    assert (row["priority_high"], row["priority_medium"], row["priority_low"]) == (1, 2, 1)
+    assert row["priority_split"] == "25%/50%/25%" and row["max_alarm_uncertainty_m"] == 40.0
+
+
+def test_irregular_reporting_families_report_as_their_devices_do(suite: Suite) -> None:
+    schedule = build_schedule(suite, 11)
+
+    def gaps(family: str, role: str) -> npt.NDArray[np.float64]:
+        out = []
+        for c in suite.cases:
+            if c.family == family:
+                dev = c.offender if role == "offender" else c.victim
+                t = schedule.t[schedule.dev == schedule.devices.index(dev)]
+                out.append(np.diff(t))
+        return np.concatenate(out)
+
+    burst = gaps("bursty", "offender")
+    assert np.median(burst) == pytest.approx(1.0) and 5.0 <= np.percentile(burst, 95) <= 15.0
+    saving = gaps("power-saving", "victim")
+    assert saving.min() >= 30.0 - 1e-9 and saving.max() <= 120.0 + 45.0  # a dropout at most
+    assert np.median(gaps("wrong-interval", "offender")) == pytest.approx(15.0, rel=0.1)
+    declared = {d["id"]: d["reporting_interval_s"] for d in suite.case_file()["devices"]}
+    wrong = next(c for c in suite.cases if c.family == "wrong-interval")
+    assert declared[wrong.offender] == 1.0  # what the case file says, not what it does
+    # Network fixes: some of a network-mix phone's fixes state 300-1,000 m.
+    net = next(c for c in suite.cases if c.family == "network-mix")
+    acc = schedule.acc[schedule.dev == schedule.devices.index(net.victim)]
+    share = float(np.mean(acc >= 300.0))
+    assert 0.1 < share < 0.3 and acc.max() <= 1000.0
+
+
+def test_the_irregular_reporting_families_meet_their_targets(tmp_path: Path) -> None:
+    # Every breach detected; the median delay within one reporting interval + confirm_s
+    # + 5 s (devices at 1-15 s) or 60 s (a fix a minute); no alarm-level message with an
+    # uncertainty above 1 km; no alarm-level false alarm where nothing happens.
+    fams = ["bursty", "wrong-interval", "network-mix", "every-minute", "network-pass"]
+    opts = EvalOptions(scenarios=fams, pairs=10, out=tmp_path, quiet=True, direct=True)
+    [run] = run_evaluation(opts)["runs"]
+    by = {f["family"]: f for f in run["families"]}
+    # Bursts: up to 15 s between them; declared 1 s, reporting every 15 s; 1 s (network mix).
+    for name, interval in [("bursty", 15), ("wrong-interval", 15), ("network-mix", 1)]:
+        assert by[name]["delay_median_s"] <= interval + 15 + 5, name
+    assert by["every-minute"]["delay_median_s"] <= 60.0
+    for name in fams[:-1]:
+        assert by[name]["breaches"] == by[name]["breaches_detected"] == 10, name
+        assert by[name]["false_alarms"] == 0, name
+    assert by["network-pass"]["alarms"] == 0
+    assert run["total"]["max_alarm_uncertainty_m"] <= 1000.0
