@@ -108,8 +108,11 @@ _KIND = {
 
 def notices_for(events: Sequence[AlarmEvent]) -> list[OffenderNotice]:
     """Notices for the events that open an alarm about an offender or raise its level (an
-    approach is a warning: he has not reached the order distance yet)."""
+    approach is a warning: he has not reached the order distance yet). One fix that raises
+    several of his alarms alike (the pair's and a zone's pre-alert) makes one notice, not
+    two identical ones."""
     out = []
+    sent: set[tuple[str, NoticeKind, Severity, float]] = set()
     for e in events:
         kind = _KIND.get(e.type)
         rising = e.state == AlarmState.OPEN or (
@@ -121,5 +124,9 @@ def notices_for(events: Sequence[AlarmEvent]) -> list[OffenderNotice]:
             continue
         serious = e.level >= AlarmLevel.ALARM and e.type != AlarmType.APPROACH
         severity = Severity.VIOLATION if serious else Severity.WARNING
+        key = (e.offender.device, kind, severity, e.trigger.t_recv)
+        if key in sent:
+            continue
+        sent.add(key)
         out.append(offender_notice(e.offender.device, kind, severity, e.t_decided))
     return out

@@ -231,3 +231,18 @@ def test_repeated_entries_into_a_zones_warning_band_are_boundary_probing() -> No
         AlarmState.ENDED,
         probe.alarm_id,
     )
+
+
+def test_one_fix_that_raises_the_pair_and_a_zone_alike_sends_the_offender_one_notice() -> None:
+    from cic.notice import notices_for
+
+    # Her workplace is an exclusion zone; she is there. His one fix, 300 m from both her and
+    # the zone's edge, is within the pair's warning distance (400 m) and the zone's band.
+    c = zone_case(circle(WORK[1], WORK[0], 50, kind="exclusion", label="work", warning_m=300))
+    eng = zengine([c], default_top_speed_mps=3.0)
+    assert events_of(eng, fix("v", WORK, 0)) == []
+    events = events_of(eng, fix("o", offset(*WORK, 90, 300), 1))
+    assert sorted(e.type.name for e in events) == ["PROXIMITY", "ZONE"]
+    assert all(e.level == AlarmLevel.PRE_ALERT for e in events)
+    [notice] = notices_for(events)
+    assert notice.device == "o" and notice.severity.name == "WARNING"
