@@ -114,8 +114,14 @@ def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
     assert 0 < approach["time_to_breach_s"] <= 120
     assert approach["reason"].startswith("approach: offender tag-a")
     pub.fix("phone-a", *victim)
-    # He arrives: the breach alarm supersedes the approach.
-    pub.fix("tag-a", *offset(*victim, 300.0, 200.0))
+    # He arrives and stays: the breach alarm supersedes the approach. (His sudden arrival is
+    # a manoeuvre: the breach is likely until confirm_s of his fixes has confirmed it, each
+    # current for his cadence, 0.1 s, plus 3 s: so his tag keeps reporting.)
+    for _ in range(80):
+        pub.fix("tag-a", *offset(*victim, 300.0, 200.0), ts=now())
+        time.sleep(0.5)
+        if any(m["state"] == "ended" and m["type"] == "approach" for m in of(cic, "BE-R-APPROACH")):
+            break
     ended = cic.wait_for(
         "cic/alarms", lambda m: m["alarm_id"] == approach["alarm_id"] and m["state"] == "ended"
     )
