@@ -189,6 +189,7 @@ def _parameters(m: dict[str, Any]) -> list[tuple[str, str]]:
         "time_to_breach_s",
         "zone",
         "operator",
+        "suspended_until",
     ):
         if m.get(key) is not None:
             out.append((key, str(m[key])))

@@ -99,6 +99,9 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "reason": event.reason,
         "operator": event.operator,
         "resolution": event.resolution,
+        "suspended_until": (
+            iso_utc(event.suspended_until) if event.suspended_until is not None else None
+        ),
         "trigger": {
             "device": trigger.device,
             "seq": trigger.seq if trigger.seq >= 0 else None,

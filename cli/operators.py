@@ -1,5 +1,6 @@
 """The operator service's commands: ``proximity users add|list|revoke``, ``proximity audit
-export`` and ``proximity alarms watch|ack|close`` (over the HTTP API of a running engine)."""
+export`` and ``proximity alarms watch|ack|close|suspend`` (over the HTTP API of a running
+engine)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import paho.mqtt.client as mqtt
 
 from ingest.model import RESOLUTIONS, IngestError
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
+from proximity.clock import iso_utc
 from service.settings import Settings, broker_access
 from storage.users import ROLES, Users, users_path
 
@@ -139,7 +141,30 @@ def add_parsers(
     close.add_argument("alarm_id", metavar="ID")
     close.add_argument("--resolution", choices=RESOLUTIONS, help="'other' needs --note")
     close.add_argument("--note", default="", help="why (needed without --resolution)")
-    for p in (watch, ack, close):
+    suspend = al_sub.add_parser(
+        "suspend",
+        help="suspend an alarm's source for 15 min to 2 h, saying why",
+        description=wrap(
+            "Holds back the messages of the alarm's source (its pair's, zone's or device's"
+            " rule) until then: ends and escalations still come, and the alarm is announced"
+            " again, as it stands, when the suspension is over. A panic or an escalation is"
+            " never suspended."
+        ),
+        epilog="Example:\n  proximity alarms suspend 5f0c... --for 30"
+        ' --note "her phone indoors, checked by phone call"\n',
+        formatter_class=raw,
+    )
+    suspend.add_argument("alarm_id", metavar="ID")
+    suspend.add_argument(
+        "--for",
+        dest="minutes",
+        type=float,
+        required=True,
+        metavar="MINUTES",
+        help="how long: 15 to 120 minutes",
+    )
+    suspend.add_argument("--note", required=True, help="why (required)")
+    for p in (watch, ack, close, suspend):
         p.add_argument(
             "--api", default=os.environ.get(API_ENV), help=f"the service's URL ({API_ENV})"
         )
@@ -320,6 +345,11 @@ def _alarms(args: argparse.Namespace) -> int:
             if args.resolution:
                 body["resolution"] = args.resolution
             got = _request(args, "POST", f"/api/alarms/{args.alarm_id}/close", body)
+            print(_said(got))
+        elif args.alarms_command == "suspend":
+            until = iso_utc(time.time() + 60.0 * args.minutes)
+            body = {"until": until, "note": args.note}
+            got = _request(args, "POST", f"/api/alarms/{args.alarm_id}/suspend", body)
             print(_said(got))
         else:
             return _watch(args)

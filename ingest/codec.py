@@ -34,6 +34,8 @@ from ingest.model import (
     EVENT_TYPES,
     OPERATOR_ACTIONS,
     RESOLUTIONS,
+    SUSPEND_MAX_S,
+    SUSPEND_MIN_S,
     DeviceEvent,
     Fix,
     OperatorAction,
@@ -181,8 +183,9 @@ def _number(obj: dict[str, Any], key: str, lo: float, hi: float, required: bool)
     return x
 
 
-def parse_timestamp(value: object) -> float:
-    """``ts`` as ISO 8601 with a UTC offset, or epoch seconds -> epoch seconds (float).
+def parse_timestamp(value: object, field: str = "ts") -> float:
+    """``ts`` (or another time ``field``) as ISO 8601 with a UTC offset, or epoch seconds ->
+    epoch seconds (float).
 
     >>> parse_timestamp("2026-11-23T10:00:00Z")
     1795428000.0
@@ -194,7 +197,7 @@ def parse_timestamp(value: object) -> float:
     """
     if isinstance(value, bool):
         raise InvalidInputError(
-            RejectReason.BAD_TIMESTAMP, "field 'ts' must be ISO 8601 or epoch seconds"
+            RejectReason.BAD_TIMESTAMP, f"field {field!r} must be ISO 8601 or epoch seconds"
         )
     if isinstance(value, int | float):
         try:
@@ -204,18 +207,19 @@ def parse_timestamp(value: object) -> float:
     elif isinstance(value, str):
         if len(value) > MAX_ISO_CHARS or not value.isascii():
             raise InvalidInputError(
-                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not ISO 8601"
+                RejectReason.BAD_TIMESTAMP, f"field {field!r} = {shown(value)} is not ISO 8601"
             )
         try:
             dt = datetime.fromisoformat(value)
         except ValueError as exc:
             raise InvalidInputError(
-                RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not ISO 8601"
+                RejectReason.BAD_TIMESTAMP, f"field {field!r} = {shown(value)} is not ISO 8601"
             ) from exc
         if dt.tzinfo is None:
             raise InvalidInputError(
                 RejectReason.BAD_TIMESTAMP,
-                f"field 'ts' = {shown(value)} has no UTC offset; send e.g. '2026-11-23T10:00:00Z'",
+                f"field {field!r} = {shown(value)} has no UTC offset;"
+                " send e.g. '2026-11-23T10:00:00Z'",
             )
         try:
             t = dt.timestamp()
@@ -224,11 +228,11 @@ def parse_timestamp(value: object) -> float:
     else:
         raise InvalidInputError(
             RejectReason.BAD_TIMESTAMP,
-            f"field 'ts' must be ISO 8601 or epoch seconds, got {_kind(value)}",
+            f"field {field!r} must be ISO 8601 or epoch seconds, got {_kind(value)}",
         )
     if not (MIN_EPOCH_S <= t < MAX_EPOCH_S):  # also NaN and infinities
         raise InvalidInputError(
-            RejectReason.BAD_TIMESTAMP, f"field 'ts' = {shown(value)} is not a plausible time"
+            RejectReason.BAD_TIMESTAMP, f"field {field!r} = {shown(value)} is not a plausible time"
         )
     return t
 
@@ -352,8 +356,10 @@ def decode_event(topic: str, payload: bytes | bytearray, t_recv: float) -> Devic
 def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> OperatorAction | Rejection:
     """Decode one operator action on ``cic/acks`` or ``cic/acks/{account}``: ``{"alarm_id",
     "operator", "ts", "action": "acknowledge" (the default) or "close", "resolution",
-    "note"}`` (a close needs its resolution, one of :data:`RESOLUTIONS`, or a note saying
-    why; ``other`` needs the note); never raises. The HTTP API's actions are decoded here too.
+    "note", "until"}`` (a close needs its resolution, one of :data:`RESOLUTIONS`, or a note
+    saying why; ``other`` needs the note; ``"action": "suspend"`` needs ``until``, ISO 8601
+    with its offset or epoch seconds, 15 min to 2 h after the action, and a note saying
+    why); never raises. The HTTP API's actions are decoded here too.
 
     On ``cic/acks/{account}`` the operator is the account (the broker authenticated it and
     lets only it write there); a name the payload gives beside it is kept after it, in
@@ -411,6 +417,17 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
             raise InvalidInputError(
                 RejectReason.BAD_TYPE, "a 'resolution' is given only with action 'close'"
             )
+        until = math.nan
+        if action == "suspend":
+            until = _until(obj.get("until"), t)
+            if not note.strip():
+                raise InvalidInputError(
+                    RejectReason.MISSING_FIELD, "a suspension needs a 'note' saying why"
+                )
+        elif "until" in obj:
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, "an 'until' is given only with action 'suspend'"
+            )
         if action == "close" and not note.strip() and resolution in ("", "other"):
             raise InvalidInputError(
                 RejectReason.MISSING_FIELD,
@@ -426,9 +443,28 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
             t,
             t_recv,
             resolution,
+            until,
         )
     except InvalidInputError as bad:
         return Rejection(topic, None, bad.reason, bad.detail, t_recv)
+
+
+def _until(value: object, t: float) -> float:
+    """A suspension's ``until`` (ISO 8601 with an offset, or epoch seconds), within
+    SUSPEND_MIN_S .. SUSPEND_MAX_S of the action's time ``t``."""
+    if value is None:
+        raise InvalidInputError(
+            RejectReason.MISSING_FIELD, "a suspension needs 'until' (ISO 8601 or epoch seconds)"
+        )
+    until = parse_timestamp(value, "until")
+    span = until - t
+    if not SUSPEND_MIN_S <= span <= SUSPEND_MAX_S:
+        raise InvalidInputError(
+            RejectReason.OUT_OF_RANGE,
+            f"a suspension lasts {SUSPEND_MIN_S / 60:.0f} min to {SUSPEND_MAX_S / 3600:.0f} h"
+            f" after the action; 'until' is {span:.0f} s after it",
+        )
+    return until
 
 
 def decode(

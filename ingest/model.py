@@ -33,6 +33,8 @@ class RejectReason(StrEnum):
     NOT_ENCRYPTED = "not_encrypted"
     NOT_A_POSITION = "not_a_position"
     UNKNOWN_ALARM = "unknown_alarm"
+    #: A suspension the engine refuses: a panic or an escalation is never suspended.
+    NOT_SUSPENDABLE = "not_suspendable"
     #: The input made a decoder fail: a bug of the engine, not of the sender. The message is
     #: still taken (and acknowledged) as a rejection, so that it cannot come back.
     INTERNAL_ERROR = "internal_error"
@@ -85,7 +87,10 @@ class DeviceEvent:
 
 
 #: What a CIC operator can do to an alarm on ``cic/acks``.
-OPERATOR_ACTIONS = frozenset({"acknowledge", "close"})
+OPERATOR_ACTIONS = frozenset({"acknowledge", "close", "suspend"})
+#: A suspension's bounds: from 15 minutes to 2 hours after the action.
+SUSPEND_MIN_S = 900.0
+SUSPEND_MAX_S = 7200.0
 #: How an operator closes an alarm (``other`` needs a note saying what happened).
 RESOLUTIONS = ("intervention_sent", "false_alarm", "technical", "victim_contacted", "other")
 
@@ -120,6 +125,7 @@ class OperatorAction:
     t_action: float
     t_recv: float
     resolution: str = ""  # one of RESOLUTIONS, for a close; "": none given
+    until: float = math.nan  # a suspension's end (epoch s); NaN for the other actions
 
 
 @dataclass(frozen=True, slots=True)

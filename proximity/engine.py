@@ -41,6 +41,7 @@ from proximity.intake import FixIntake
 from proximity.pair_rules import ApproachRule, ProximityRule
 from proximity.pairs import PairTable, dependency_rounds
 from proximity.rules import RuleConfig
+from proximity.suspensions import Suspensions
 from proximity.zones import ZoneWatch
 
 DEFAULT_RULES = RuleConfig()
@@ -127,6 +128,8 @@ class Engine:
         self.approach = self.approach_rule.levels
         self.zones = ZoneWatch(cases, self.slot_of, self.core, r, self._position, clock, self.book)
         self.faults = EngineFaults(self.health, self.book)
+        #: Alarm sources an operator suspended (proximity.suspensions).
+        self.suspensions = Suspensions()
         self._out = PairEvaluation.allocate(len(self.pairs))
         #: The latest decision time: decisions never go back in time.
         self._t_last = -math.inf
@@ -268,7 +271,12 @@ class Engine:
             events.extend(self.zones.decide(entries, now, "time"))
             events.extend(self.zones.probe_expiry(now))
         events.extend(self.health.sweep(now))
-        return self._decided(events)
+        out = self._decided(events)
+        if len(self.suspensions):
+            over = self.suspensions.expired(now, self.book.last)
+            self._remember(over)
+            out.extend(over)
+        return out
 
     def _decide(
         self, ev: PairEvaluation, at: float | npt.NDArray[np.float64], cause: str
@@ -297,6 +305,23 @@ class Engine:
         both): a ``closed`` event; the alarm stays silent until its episode ends, and a rise
         in level opens a new alarm."""
         return self._operator(alarm_id, operator, reason, AlarmState.CLOSED, resolution)
+
+    def suspend(
+        self, alarm_id: str, operator: str, note: str, until: float
+    ) -> list[AlarmEvent] | str:
+        """An operator suspends the source of alarm ``alarm_id`` until ``until`` (saying why:
+        ``note``): a ``suspended`` event, and that source's messages are held back until
+        then (:mod:`proximity.suspensions`). A panic or an escalation is never suspended:
+        the reason why, as text. Unknown or closed ids: []."""
+        last = self.book.last(alarm_id)
+        if last is None or last.state in (AlarmState.CLOSED, AlarmState.ENDED):
+            return []
+        refusal = self.suspensions.refusal(last)
+        if refusal is not None:
+            return refusal
+        event = self.suspensions.suspend(last, operator, note, until, self._clock())
+        self._remember([event])
+        return [event]
 
     def _operator(
         self, alarm_id: str, operator: str, note: str, state: AlarmState, resolution: str = ""
@@ -329,6 +354,7 @@ class Engine:
             resolution=resolution or None,
             cause="operator",
             previous_level=None,
+            suspended_until=None,
         )
         self._remember([event])
         return [event]
@@ -359,7 +385,7 @@ class Engine:
         """What a batch, a sweep or a device event decided: counted and remembered."""
         self.stats.events += len(events)
         self._remember(events)
-        return events
+        return self.suspensions.filter(events)
 
     def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
         """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""

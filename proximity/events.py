@@ -41,6 +41,7 @@ class AlarmState(IntEnum):
     ENDED = 3
     ACKNOWLEDGED = 4
     CLOSED = 5
+    SUSPENDED = 6
 
 
 def wire_name(code: IntEnum) -> str:
@@ -138,6 +139,8 @@ class AlarmEvent:
     operator: str | None = None
     #: How an operator closed the alarm (ingest.model.RESOLUTIONS); None: not closed so.
     resolution: str | None = None
+    #: Until when an operator suspended the alarm's source (``suspended`` events only).
+    suspended_until: float | None = None
 
     @property
     def trigger(self) -> Position:

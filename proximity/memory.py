@@ -41,6 +41,7 @@ from proximity.events import (
 )
 from proximity.health import Gap
 from proximity.states import LEVEL_FIELDS, EntryCounter, LevelMachine
+from proximity.suspensions import Suspension
 
 if TYPE_CHECKING:
     from proximity.engine import Engine
@@ -184,6 +185,18 @@ class EngineMemory:
                 "opened": {entry[i]: t for i, t in sorted(e.zones.opened.items())},
                 "probes": _counter(e.zones.probes, entry),
             },
+            "suspensions": [
+                {
+                    "source": list(k),
+                    "alarm_id": s.alarm_id,
+                    "operator": s.operator,
+                    "note": s.note,
+                    "until": s.until,
+                    "held": [to_plain(x) for x in s.held.values()],
+                    "unopened": dict(sorted(s.unopened.items())),
+                }
+                for k, s in e.suspensions.by_source.items()
+            ],
             "health": {
                 "fixes_missing": e.health.fixes_missing,
                 "gaps": {
@@ -256,6 +269,16 @@ class EngineMemory:
         z = r.get("zones", {})
         e.zones.opened = _keyed(z.get("opened", {}), entry_ix)
         _restore_counter(e.zones.probes, z.get("probes", {}), entry_ix)
+        for rec in r.get("suspensions", []):
+            source = tuple(rec["source"])
+            if not source or source[0] not in e.cases:
+                continue  # a case no longer in the registry
+            held = [from_plain(AlarmEvent, body) for body in rec.get("held", [])]
+            susp = Suspension(rec["alarm_id"], rec["operator"], rec["note"], float(rec["until"]))
+            susp.held = {x.alarm_id: x for x in held}
+            opened = rec.get("unopened", {})
+            susp.unopened = {k: str(v) for k, v in opened.items() if k in susp.held}
+            e.suspensions.by_source[source] = susp
         h = r.get("health", {})
         e.health.fixes_missing = int(h.get("fixes_missing", 0))
         e.health.gaps = {

@@ -291,6 +291,16 @@ STORAGE_FAULT_OVER = (
 )
 
 
+def suspended(operator_name: str, note: str, until: str) -> str:
+    """An operator suspended an alarm's source until ``until`` (ISO), saying why."""
+    return f"suspended by {operator_name} until {until}: {note}"
+
+
+def suspension_over(operator_name: str, reason: str) -> str:
+    """The suspension by ``operator_name`` ran out; the alarm as it stands (``reason``)."""
+    return f"suspension by {operator_name} is over; {reason}"
+
+
 def operator(action: str, operator_name: str, note: str, resolution: str = "") -> str:
     """An operator acknowledged or closed an alarm (with a resolution code, for a close)."""
     said = " - ".join(x for x in (resolution.replace("_", " "), note) if x)

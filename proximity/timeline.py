@@ -22,7 +22,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from ingest.batch import FixBatch, build_batch, unknown_device
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection, SessionLost
+from ingest.codec import ACK_TOPIC
+from ingest.model import (
+    DeviceEvent,
+    Fix,
+    OperatorAction,
+    Rejection,
+    RejectReason,
+    SessionLost,
+)
 from proximity.engine import Engine
 from proximity.events import AlarmEvent
 
@@ -151,7 +159,19 @@ class Timeline:
             else:
                 for a in run:
                     if isinstance(a, OperatorAction):
-                        if a.action == "close":
+                        if a.action == "suspend":
+                            done = eng.suspend(a.alarm_id, a.operator, a.note, a.until)
+                            if isinstance(done, str):  # refused: a panic, an escalation
+                                refused = Rejection(
+                                    ACK_TOPIC,
+                                    None,
+                                    RejectReason.NOT_SUSPENDABLE,
+                                    f"alarm {a.alarm_id!r}: {done}",
+                                    a.t_recv,
+                                )
+                                yield Segment("action", [], action=a, rejected=[refused])
+                                continue
+                        elif a.action == "close":
                             done = eng.close(a.alarm_id, a.operator, a.note, a.resolution)
                         else:
                             done = eng.acknowledge(a.alarm_id, a.operator, a.note)

@@ -142,7 +142,7 @@ class AlarmView:
         )
         if state == "open" or (state == "update" and rose):
             s.awaiting = True
-        elif state in ("acknowledged", "closed", "ended"):
+        elif state in ("acknowledged", "closed", "ended", "suspended"):
             s.awaiting = False
         s.message, s.last_seq = m, seq
         s.messages += 1

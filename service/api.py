@@ -133,6 +133,15 @@ class CloseBody(BaseModel):
     note: str = Field("", max_length=2000, description="why (required without a resolution)")
 
 
+class SuspendBody(BaseModel):
+    until: str = Field(
+        ...,
+        max_length=64,
+        description="ISO 8601 with an offset: 15 minutes to 2 hours from now",
+    )
+    note: str = Field(..., min_length=1, max_length=2000, description="why (required)")
+
+
 AlarmTypeName = Literal[
     "proximity",
     "zone",
@@ -495,7 +504,8 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         case_id: str | None = None,
         type: AlarmTypeName | None = None,
         level: Literal["pre_alert", "alarm", "escalation"] | None = None,
-        state: Literal["open", "update", "ended", "acknowledged", "closed"] | None = None,
+        state: Literal["open", "update", "ended", "acknowledged", "closed", "suspended"]
+        | None = None,
         since: Annotated[
             str | None, Query(description="decision time, ISO 8601 with an offset or Z")
         ] = None,
@@ -543,7 +553,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
             raise _problems([got.detail], "operator_action")
         before = s.last_seq
         ctx.act(got)
-        want = "closed" if got.action == "close" else "acknowledged"
+        want = {"close": "closed", "suspend": "suspended"}.get(got.action, "acknowledged")
         deadline = time.monotonic() + ACTION_WAIT_S
         while time.monotonic() < deadline:
             for q, m in ctx.view.trail(alarm_id):
@@ -574,6 +584,22 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         if body.resolution:
             payload["resolution"] = body.resolution
         return _act(alarm_id, u, payload)
+
+    @app.post(
+        "/api/alarms/{alarm_id}/suspend",
+        tags=["alarms"],
+        summary="Suspend an alarm's source for 15 min to 2 h, with a reason",
+        description="Its messages are held back until 'until' (ends and escalations still"
+        " come); a panic or an escalation is never suspended (409).",
+        responses={202: {"description": "queued; the engine has not answered yet"}},
+    )
+    def suspend(alarm_id: str, u: Operator, body: SuspendBody) -> Response:
+        s = ctx.view.get(alarm_id)
+        if s is not None and (
+            s.message.get("type") == "panic" or s.message.get("level") == "escalation"
+        ):
+            raise HTTPException(409, "a panic or an escalation is never suspended")
+        return _act(alarm_id, u, {"action": "suspend", "until": body.until, "note": body.note})
 
     @app.get(
         "/api/stream",

@@ -313,6 +313,9 @@ class EngineService:
                 ": the engine no longer watches it",
                 cause="registry",
                 previous_level=None,
+                operator=None,
+                resolution=None,
+                suspended_until=None,
             )
             for a in old.book.order
             if (e := old.book.last(a)) is not None
@@ -729,7 +732,7 @@ class EngineService:
             if seg.batch is not None:
                 self._record_fixes(seg.batch)
                 self._watch_devices(seg.batch)
-            if seg.action is not None and not seg.alarms:
+            if seg.action is not None and not seg.alarms and not seg.rejected:
                 a = seg.action
                 self.reporter.report(
                     [

@@ -109,6 +109,11 @@ def every_alarm() -> tuple[list[AlarmEvent], Case]:
             at(t, offset(*WORK, 180.0, d), offset(*HOME, 180.0, 5000.0))
             t += 1
     zone_ids = list(eng.zones.alarm_ids.values())
+    suspended = eng.suspend(
+        zone_ids[0], "operator 12", "the offender works there today", clock.t + 1800
+    )
+    assert not isinstance(suspended, str)
+    events.extend(suspended)
     events.extend(eng.close(zone_ids[0], "operator 12", "offender detained at the workplace"))
     # Both devices fall silent; then every device event.
     for _ in range(60):

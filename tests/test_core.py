@@ -279,6 +279,7 @@ def test_classification_invariants(seed: int, age_s: float) -> None:
     assert np.array_equal(cls == Classification.UNKNOWN, u > MAX_UNCERTAINTY_M)
     known = u <= MAX_UNCERTAINTY_M
     d, u, order, warn, cls = d[known], u[known], order[known], warn[known], cls[known]
+    prob = ev.probability[known]
     breach = cls >= Classification.POSSIBLE_BREACH
     assert np.all(d[breach] - u[breach] <= order[breach])  # within distance plus uncertainty
     certain = cls == Classification.CERTAIN_BREACH
@@ -289,8 +290,8 @@ def test_classification_invariants(seed: int, age_s: float) -> None:
     clear = cls == Classification.CLEAR
     assert np.all(d[clear] - u[clear] > warn[clear])
     # The probability agrees with the classification's direction.
-    assert np.all(ev.probability[certain] >= 0.99)
-    assert np.all(ev.probability[clear] <= 0.01)
+    assert np.all(prob[certain] >= 0.99)
+    assert np.all(prob[clear] <= 0.01)
 
 
 # The motion filter (constant-velocity Kalman per device).

@@ -38,7 +38,8 @@ def test_the_corpus_covers_every_alarm_type_state_and_level(
 ) -> None:
     kinds = {m["type"] for _, m in corpus}
     assert kinds == {t.name.lower() for t in AlarmType}
-    assert {m["state"] for _, m in corpus} == {"open", "update", "ended", "acknowledged", "closed"}
+    states = {m["state"] for _, m in corpus}
+    assert states == {"open", "update", "ended", "acknowledged", "closed", "suspended"}
     assert {m["level"] for _, m in corpus} == {"pre_alert", "alarm", "escalation"}
 
 
