@@ -9,7 +9,8 @@ JSON message so the two can never disagree:
 * ``msgType``: Alert for the message that opens an alarm, Update for its changes,
   acknowledgements and its end (with ``responseType`` AllClear and ``urgency`` Past), Cancel
   when an operator closes it. Every later message ``references`` the first one
-  (``sender,identifier,sent``), and ``incidents`` is the alarm id, so a CAP client groups them.
+  (``sender,identifier,sent``), and ``incidents`` names the alarm's incident (the alarms of
+  one situation: :mod:`proximity.incidents`) and the alarm id, so a CAP client groups them.
 * ``urgency``, ``severity``, ``certainty`` follow the level and the verdict (a certain breach
   is Observed, a likely or possible one Likely or Possible).
 * The area is a circle around the offender's estimated position whose radius is the 99 %
@@ -120,7 +121,8 @@ class CapFormatter:
         _sub(root, "note", m["reason"])
         if first is not None and state != "open":
             _sub(root, "references", first)
-        _sub(root, "incidents", m["alarm_id"])
+        incident = m.get("incident_id")
+        _sub(root, "incidents", f"{incident} {m['alarm_id']}" if incident else m["alarm_id"])
         self._info(root, m, state)
         return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
@@ -190,6 +192,7 @@ def _parameters(m: dict[str, Any]) -> list[tuple[str, str]]:
         "zone",
         "operator",
         "suspended_until",
+        "incident_id",
     ):
         if m.get(key) is not None:
             out.append((key, str(m[key])))

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,16 +117,22 @@ class MqttAlarmChannel:
         """Journal, then publish, one alarm message."""
         self.send_all([message])
 
-    def send_all(self, messages: list[dict[str, Any]], state: Delta | None = None) -> bool:
-        """Journal ``messages`` (in order) and what changed in the engine's state with them
-        (``state``) in one transaction, then publish them; return whether ``state`` was
+    def send_all(
+        self,
+        messages: list[dict[str, Any]],
+        state: Delta | None = None,
+        extra: Sequence[tuple[str, str, dict[str, Any]]] = (),
+    ) -> bool:
+        """Journal ``messages`` (in order), the ``extra`` messages on other topics (``(key,
+        topic, message)``: the incidents' changes) and what changed in the engine's state with
+        them (``state``) in one transaction, then publish them; return whether ``state`` was
         written (False while the journal refuses writes: the messages are then published all
         the same, and held)."""
         now = time.time()
-        for message in messages:
+        for message in [*messages, *(m for _, _, m in extra)]:
             message["times"]["published"] = iso_utc(self._clock())
         caps = [self._cap.alert(m) if self.cap_topic is not None else None for m in messages]
-        items = self._items(messages, caps)
+        items = self._items(messages, caps) + self._extra(extra)
         self.published += len(messages)
         # Journal first: committed before anything leaves the process (behind the messages
         # a storage fault holds, if any, to keep the journal's order).
@@ -142,9 +148,9 @@ class MqttAlarmChannel:
                 self.flush()  # deliveries whose marking was refused
                 return True
         # The journal refuses writes: the CIC gets the messages all the same, and is told.
-        for message in messages:
+        for message in [*messages, *(m for _, _, m in extra)]:
             message["journalled"] = False
-        items = self._items(messages, caps)
+        items = self._items(messages, caps) + self._extra(extra)
         for alarm_id, topic, payload in items:
             held = _Held(alarm_id, topic, payload, now)
             held.mid = self._client.publish(topic, payload, qos=ALARM_QOS).mid
@@ -163,6 +169,10 @@ class MqttAlarmChannel:
             if cap is not None and self.cap_topic is not None:
                 items.append((message["alarm_id"], self.cap_topic, cap))
         return items
+
+    @staticmethod
+    def _extra(extra: Sequence[tuple[str, str, dict[str, Any]]]) -> list[tuple[str, str, bytes]]:
+        return [(key, topic, orjson.dumps(m)) for key, topic, m in extra]
 
     def save_state(self, state: Delta) -> bool:
         """Write what changed in the engine's state, behind what a storage fault holds;

@@ -29,12 +29,15 @@ from typing import Any
 from proximity.cases import Case
 from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, Position, wire_name
+from proximity.incidents import IncidentChange
 
 CATEGORY = "stalking"
 SOURCE = "proximity-engine"
 
 #: JSON Schema (draft 2020-12) of the alarm message: the documented contract of cic/alarms.
 ALARM_SCHEMA_PATH = Path(__file__).parent / "schemas" / "alarm-message.schema.json"
+#: JSON Schema of the incident message (incident_topic).
+INCIDENT_SCHEMA_PATH = Path(__file__).parent / "schemas" / "incident-message.schema.json"
 
 
 def _num(x: float, ndigits: int) -> float | None:
@@ -99,6 +102,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "reason": event.reason,
         "operator": event.operator,
         "resolution": event.resolution,
+        "incident_id": event.incident_id,
         "suspended_until": (
             iso_utc(event.suspended_until) if event.suspended_until is not None else None
         ),
@@ -111,6 +115,40 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
             "fix": iso_utc(trigger.t_fix),
             "received": iso_utc(trigger.t_recv),
             "decided": iso_utc(event.t_decided),
+            "published": None,
+        },
+    }
+
+
+def incident_message(change: IncidentChange) -> dict[str, Any]:
+    """The message of one change of an incident (proximity.incidents), published next to the
+    alarm messages (``incident_topic``). ``times.published`` is filled in by the channel."""
+    kind = str(change.key[0])
+    return {
+        "incident_id": change.incident_id,
+        "category": CATEGORY,
+        "source": SOURCE,
+        "state": change.state,
+        "priority": change.priority,
+        "previous_priority": change.previous_priority,
+        "level": wire_name(change.level),
+        "kind": kind,
+        "subject": "/".join(str(k) for k in change.key[1:]),
+        "case_ids": sorted({m[1] for m in change.members}),
+        "alarms": [
+            {
+                "alarm_id": a,
+                "case_id": c,
+                "type": wire_name(t),
+                "level": wire_name(lv),
+                "state": wire_name(st),
+            }
+            for a, c, t, lv, st in change.members
+        ],
+        "reason": change.reason,
+        "times": {
+            "opened": iso_utc(change.opened),
+            "decided": iso_utc(change.decided),
             "published": None,
         },
     }

@@ -110,6 +110,13 @@ class AlarmBook:
                 self._awaiting.discard(e.alarm_id)
         self._forget()
 
+    def restate(self, events: Sequence[AlarmEvent]) -> None:
+        """The same last events, as published (with their incident id): in place."""
+        for e in events:
+            if e.alarm_id in self._last:
+                self._last[e.alarm_id] = e
+                self.dirty.add(e.alarm_id)
+
     def _put(self, e: AlarmEvent, order: int) -> None:
         self._last[e.alarm_id] = e
         self._last.move_to_end(e.alarm_id)

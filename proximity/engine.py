@@ -37,6 +37,7 @@ from proximity.core import warm_up as warm_up_core
 from proximity.events import AlarmEvent, AlarmState, Position
 from proximity.faults import EngineFaults
 from proximity.health import DeviceWatch, sequence_steps
+from proximity.incidents import Incidents
 from proximity.intake import FixIntake
 from proximity.pair_rules import ApproachRule, ProximityRule
 from proximity.pairs import PairTable, dependency_rounds
@@ -130,6 +131,8 @@ class Engine:
         self.faults = EngineFaults(self.health, self.book)
         #: Alarm sources an operator suspended (proximity.suspensions).
         self.suspensions = Suspensions()
+        #: The incidents the published alarms belong to (proximity.incidents).
+        self.incidents = Incidents()
         self._out = PairEvaluation.allocate(len(self.pairs))
         #: The latest decision time: decisions never go back in time.
         self._t_last = -math.inf
@@ -275,7 +278,7 @@ class Engine:
         if len(self.suspensions):
             over = self.suspensions.expired(now, self.book.last)
             self._remember(over)
-            out.extend(over)
+            out.extend(self._incidents(over))
         return out
 
     def _decide(
@@ -321,7 +324,7 @@ class Engine:
             return refusal
         event = self.suspensions.suspend(last, operator, note, until, self._clock())
         self._remember([event])
-        return [event]
+        return self._incidents([event])
 
     def _operator(
         self, alarm_id: str, operator: str, note: str, state: AlarmState, resolution: str = ""
@@ -357,7 +360,7 @@ class Engine:
             suspended_until=None,
         )
         self._remember([event])
-        return [event]
+        return self._incidents([event])
 
     def data_gap_events(self, lost_at: float, at: float) -> list[AlarmEvent]:
         """One ``data_gap`` alarm per case (:meth:`EngineFaults.data_gap`), remembered: only
@@ -375,7 +378,7 @@ class Engine:
         """The storage fault alarm of every case (:meth:`EngineFaults.storage_fault`)."""
         events = self.faults.storage_fault(reason, at, journal)
         self._remember(events)
-        return events
+        return self._incidents(events)
 
     def _remember(self, events: Sequence[AlarmEvent]) -> None:
         """Every alarm event the engine decides goes into the book, in order."""
@@ -385,7 +388,13 @@ class Engine:
         """What a batch, a sweep or a device event decided: counted and remembered."""
         self.stats.events += len(events)
         self._remember(events)
-        return self.suspensions.filter(events)
+        return self._incidents(self.suspensions.filter(events))
+
+    def _incidents(self, events: list[AlarmEvent]) -> list[AlarmEvent]:
+        """The published events with their incident (proximity.incidents), in the book too."""
+        tagged = self.incidents.tag(events)
+        self.book.restate(tagged)
+        return tagged
 
     def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
         """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""

@@ -141,6 +141,8 @@ class AlarmEvent:
     resolution: str | None = None
     #: Until when an operator suspended the alarm's source (``suspended`` events only).
     suspended_until: float | None = None
+    #: The incident the alarm belongs to (proximity.incidents); None: not published yet.
+    incident_id: str | None = None
 
     @property
     def trigger(self) -> Position:

@@ -185,6 +185,7 @@ class EngineMemory:
                 "opened": {entry[i]: t for i, t in sorted(e.zones.opened.items())},
                 "probes": _counter(e.zones.probes, entry),
             },
+            "incidents": e.incidents.to_plain(),
             "suspensions": [
                 {
                     "source": list(k),
@@ -269,6 +270,7 @@ class EngineMemory:
         z = r.get("zones", {})
         e.zones.opened = _keyed(z.get("opened", {}), entry_ix)
         _restore_counter(e.zones.probes, z.get("probes", {}), entry_ix)
+        e.incidents.restore(r.get("incidents", []), set(e.cases))
         for rec in r.get("suspensions", []):
             source = tuple(rec["source"])
             if not source or source[0] not in e.cases:

@@ -30,7 +30,7 @@ import orjson
 
 from cic.channel import MqttAlarmChannel
 from cic.journal import Journal, StateError
-from cic.messages import alarm_message
+from cic.messages import alarm_message, incident_message
 from cic.notice import notices_for
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
@@ -304,24 +304,26 @@ class EngineService:
         # The open alarms of an ended case end now, said so to the CIC (nothing of the case
         # can be decided after this).
         who = {ch.case_id: ch.actor for ch in changes if ch.action == "case_ended"}
-        ending = [
-            replace(
-                e,
-                state=AlarmState.ENDED,
-                t_decided=self.clock(),
-                reason=f"the case was ended in the registry by {who.get(e.case_id, 'unknown')}"
-                ": the engine no longer watches it",
-                cause="registry",
-                previous_level=None,
-                operator=None,
-                resolution=None,
-                suspended_until=None,
-            )
-            for a in old.book.order
-            if (e := old.book.last(a)) is not None
-            and e.case_id not in kept
-            and e.state not in (AlarmState.ENDED, AlarmState.CLOSED)
-        ]
+        ending = old.incidents.tag(
+            [
+                replace(
+                    e,
+                    state=AlarmState.ENDED,
+                    t_decided=self.clock(),
+                    reason=f"the case was ended in the registry by {who.get(e.case_id, 'unknown')}"
+                    ": the engine no longer watches it",
+                    cause="registry",
+                    previous_level=None,
+                    operator=None,
+                    resolution=None,
+                    suspended_until=None,
+                )
+                for a in old.book.order
+                if (e := old.book.last(a)) is not None
+                and e.case_id not in kept
+                and e.state not in (AlarmState.ENDED, AlarmState.CLOSED)
+            ]
+        )
         if ending:
             self._publish(ending)
         self.cases, self.devices = cases, devices
@@ -1036,9 +1038,14 @@ class EngineService:
             return
         sent: list[tuple[str, float, str, dict[str, Any]]] = []
         messages = [alarm_message(e, self.engine.cases[e.case_id]) for e in events]
+        # The incidents they changed, on their own topic (proximity.incidents).
+        incidents = [
+            (c.incident_id, self.settings.incident_topic, incident_message(c))
+            for c in self.engine.incidents.take()
+        ]
         # The messages and the state that raised them, in one transaction.
         state = self.memory.delta()
-        if self.channel.send_all(messages, state):
+        if self.channel.send_all(messages, state, incidents):
             self.memory.saved(state)
         published = self.clock()
         for event, message in zip(events, messages, strict=True):

@@ -131,6 +131,11 @@ class Settings(BaseSettings):
         " researcher role of the HTTP API",
     )
     alarm_topic: str = Field("cic/alarms", description="topic of the alarms to the CIC")
+    incident_topic: str = Field(
+        "cic/alarms/incidents",
+        description="topic of the incidents: the alarms of one situation grouped, with a"
+        " priority (each change of an incident, JSON)",
+    )
     cap_topic: str = Field(
         "cic/alarms/cap",
         description="topic of the same alarms as OASIS CAP 1.2 XML (empty: not published)",

@@ -82,6 +82,7 @@ def run_direct(
     wall0 = time.time()
 
     def take(events: list[AlarmEvent]) -> None:
+        engine.incidents.take()  # the incidents' own messages: not scored (their ids are)
         for e in events:
             m = alarm_message(e, by_id[e.case_id])
             m["times"]["published"] = iso_utc(clock.t)

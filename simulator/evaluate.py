@@ -446,7 +446,7 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
         print(
             f"  {'scenario type':<16} {'breaches':>8} {'detected':>8} {'(95% >=)':>8}"
             f" {'delay p50':>9} {'p90':>7} {'max':>7} {'alarms/pd':>9} {'false':>5}"
-            f" {'false/pd':>8} {'(95% <=)':>8} {'msgs/pd':>8} {'notices/pd':>10}"
+            f" {'false/pd':>8} {'(95% <=)':>8} {'inc/pd':>7} {'msgs/pd':>8} {'notices/pd':>10}"
             f" {'high/med/low':>12} {'max +-m':>7}"
         )
         for f in [*s["families"], t]:
@@ -460,6 +460,7 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
                 f" {f['alarms_per_pair_day'] or 0:>9.1f} {f['false_alarms']:>5}"
                 f" {f['false_alarms_per_pair_day'] or 0:>8.2f}"
                 f" {f['false_alarms_per_pair_day_upper95'] or 0:>8.2f}"
+                f" {f['incidents_per_pair_day'] or 0:>7.1f}"
                 f" {f['alarm_messages_per_pair_day'] or 0:>8.1f}"
                 f" {f['notices_per_pair_day'] or 0:>10.1f}"
                 f" {f['priority_split'] or '-':>12} {'-' if umax is None else f'{umax:.0f}':>7}"

@@ -20,11 +20,12 @@ Pure functions over plain values, so that a hand-made case can check them.
   alarms, and are also counted apart (``false_approach``): they are predictions.
 - Detection delays of breaches that began while the offender's device was silent are
   reported apart: they measure when the device came back, not the engine.
-- **Operator load** per pair-day: the alarms (ids) and alarm messages that reached the CIC,
-  and the offender notices they caused (one per alarm of a rule about an offender that
-  opens or rises: :func:`cic.notice.notices_for`'s rule). Each alarm's **priority** is read
-  from its highest level and type (escalation, panic or engine fault: high; alarm: medium;
-  pre-alert: low), and the split is reported. The **largest uncertainty** ever carried by a
+- **Operator load** per pair-day: the incidents (what an operator works: the alarms of one
+  situation, :mod:`proximity.incidents`), the alarms (ids) and alarm messages that reached
+  the CIC, and the offender notices they caused (one per alarm of a rule about an offender
+  that opens or rises: :func:`cic.notice.notices_for`'s rule). Each incident's **priority**
+  is its highest alarm's (escalation, panic or engine fault: high; alarm: medium; pre-alert:
+  low), and the split is reported. The **largest uncertainty** ever carried by a
   message at level alarm or escalation is reported too.
 - The **detection probability**'s 95 % lower bound is the one-sided Clopper-Pearson limit.
 """
@@ -78,6 +79,8 @@ class AlarmRecord:
     notices: int = 0
     #: Its highest level (1 pre-alert, 2 alarm, 3 escalation).
     top_level: int = 0
+    #: The incident it belongs to (the alarms of one situation); "": none said.
+    incident_id: str = ""
 
     @property
     def is_alarm(self) -> bool:
@@ -102,6 +105,8 @@ def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[
                 m["alarm_id"], m["case_id"], m["type"], math.nan, t
             )
         rec.messages += 1
+        if not rec.incident_id and isinstance(m.get("incident_id"), str):
+            rec.incident_id = m["incident_id"]
         level = m.get("level")
         rank = LEVEL_RANK.get(str(level), 0)
         rec.top_level = max(rec.top_level, rank)
@@ -170,7 +175,9 @@ class FamilyScore:
     parallel_labelled: int = 0
     parallel_expected: int = 0
     parallel_wrong: int = 0
-    #: Alarm messages (pre-alerts included) and offender notices that reached the CIC.
+    #: Incidents, alarm messages (pre-alerts included) and offender notices that reached
+    #: the CIC.
+    incidents: int = 0
     alarm_messages: int = 0
     notices: int = 0
     high: int = 0
@@ -220,6 +227,8 @@ class FamilyScore:
             "parallel_labelled": self.parallel_labelled,
             "parallel_expected": self.parallel_expected,
             "parallel_wrongly_labelled": self.parallel_wrong,
+            "incidents": self.incidents,
+            "incidents_per_pair_day": _r(self.incidents / days),
             "alarm_messages_per_pair_day": _r(self.alarm_messages / days),
             "notices_per_pair_day": _r(self.notices / days),
             "priority_high": self.high,
@@ -306,8 +315,14 @@ def score(
         f.pre_alerts += sum(not a.is_alarm for a in mine)
         f.alarm_messages += sum(a.messages for a in mine)
         f.notices += sum(a.notices for a in mine)
+        groups: dict[str, list[AlarmRecord]] = {}
         for a in mine:
-            setattr(f, a.priority, getattr(f, a.priority) + 1)
+            groups.setdefault(a.incident_id or a.alarm_id, []).append(a)
+        f.incidents += len(groups)
+        for members in groups.values():
+            best = min((a.priority for a in members), key=("high", "medium", "low").index)
+            setattr(f, best, getattr(f, best) + 1)
+        for a in mine:
             f.max_alarm_uncertainty_m = float(
                 np.fmax(f.max_alarm_uncertainty_m, a.max_alarm_uncertainty_m)
             )

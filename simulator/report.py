@@ -52,9 +52,10 @@ COLUMNS = (
     ("false_alarms_per_pair_day", "false alarms / pair-day"),
     ("false_alarms_per_pair_day_upper95", "... at most (95 %)"),
     ("pre_alerts_per_pair_day", "pre-alerts / pair-day"),
+    ("incidents_per_pair_day", "incidents / pair-day"),
     ("alarm_messages_per_pair_day", "alarm messages / pair-day"),
     ("notices_per_pair_day", "offender notices / pair-day"),
-    ("priority_split", "high/medium/low"),
+    ("priority_split", "incidents high/medium/low"),
     ("max_alarm_uncertainty_m", "largest uncertainty at alarm level (m)"),
     ("parallel_labelled", "labelled parallel"),
 )

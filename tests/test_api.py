@@ -661,3 +661,36 @@ def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
     assert esc["state"] == "update" and esc["suspended_until"] is None
     # An escalation cannot be suspended (409 here; not_suspendable on cic/acks).
     assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)[0] == 409
+
+
+def test_incidents_are_published_next_to_the_alarms_and_validate(
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher, broker: LocalBroker
+) -> None:
+    import jsonschema
+
+    from cic.messages import INCIDENT_SCHEMA_PATH
+    from tests.test_formats import VALIDATOR
+
+    incidents = jsonschema.Draft202012Validator(json.loads(INCIDENT_SCHEMA_PATH.read_text()))
+    listener = Listener(broker.url, ["cic/alarms/incidents"])
+    try:
+        api, _, _ = service
+        assert api("PUT", "/api/cases/BE-API-I", "cm-1", case("BE-API-I", "i"))[0] == 200
+        breach(pub, "i", 100.0)
+        alarm = cic.wait_for(
+            "cic/alarms", lambda m: m["case_id"] == "BE-API-I" and m["state"] == "open"
+        )
+        assert list(VALIDATOR.iter_errors(alarm)) == []
+        incident = listener.wait_for(
+            "cic/alarms/incidents", lambda m: m["incident_id"] == alarm["incident_id"]
+        )
+        assert list(incidents.iter_errors(incident)) == []
+        assert (incident["state"], incident["kind"], incident["subject"]) == (
+            "open",
+            "person",
+            "phone-i",
+        )
+        assert incident["alarms"][0]["alarm_id"] == alarm["alarm_id"]
+        assert incident["case_ids"] == ["BE-API-I"]
+    finally:
+        listener.close()

@@ -350,6 +350,7 @@ def test_operator_load_notices_priority_and_the_largest_alarm_level_uncertainty(
         aid: str, type_: str, state: str, level: str, u: float, prev: str | None = None
     ) -> dict[str, Any]:
         return {
+            "incident_id": "i-pz" if aid in "pz" else None,  # p and z: one situation
             "alarm_id": aid,
             "case_id": "A",
             "type": type_,
@@ -379,8 +380,10 @@ def test_operator_load_notices_priority_and_the_largest_alarm_level_uncertainty(
     fams, _ = score([window], recs)
     row = fams["f"].row()
     assert row["notices_per_pair_day"] == 3.0 and row["alarm_messages_per_pair_day"] == 6.0
-    assert (row["priority_high"], row["priority_medium"], row["priority_low"]) == (1, 2, 1)
-    assert row["priority_split"] == "25%/50%/25%" and row["max_alarm_uncertainty_m"] == 40.0
+    # Three incidents: p and z together (medium, its highest), s (medium), q (high).
+    assert row["incidents"] == 3 and row["incidents_per_pair_day"] == 3.0
+    assert (row["priority_high"], row["priority_medium"], row["priority_low"]) == (1, 2, 0)
+    assert row["priority_split"] == "33%/67%/0%" and row["max_alarm_uncertainty_m"] == 40.0
 
 
 def test_irregular_reporting_families_report_as_their_devices_do(suite: Suite) -> None:

@@ -163,7 +163,7 @@ def test_breach_raises_one_alarm_with_every_field_then_ends(pub: Publisher, cic:
     assert [e.message for e in VALIDATOR.iter_errors(alarm)] == []
     cap = cic.wait_for("cic/alarms/cap", lambda m: alarm["alarm_id"] in m["xml"])
     assert "<msgType>Alert</msgType>" in cap["xml"] and "<status>Actual</status>" in cap["xml"]
-    assert f"<incidents>{alarm['alarm_id']}</incidents>" in cap["xml"]
+    assert f"<incidents>{alarm['incident_id']} {alarm['alarm_id']}</incidents>" in cap["xml"]
 
     # Further fixes inside the order distance change nothing: no repeated message.
     pub.fix("tag-1", *offset(*victim, 45.0, 380.0))
