@@ -90,6 +90,12 @@ VELOCITY_SIGNIFICANCE = 4.0
 
 _UNKNOWN = np.int8(Classification.UNKNOWN)
 
+#: The filtered position's 68 % radius is never below this fraction of its last fix's stated
+#: accuracy. The filter averages fixes as if their errors were independent, but they are not:
+#: indoors, or by a building, a phone's fixes share a bias that drifts slowly, of about their
+#: stated accuracy, which no averaging removes. The estimate stays the filter's (jitter is
+#: still averaged); only its stated uncertainty keeps to what the device can know.
+ESTIMATE_FLOOR = 0.5
 #: An old fix's 68 % radius grows at this fraction of its device's top speed, so that its
 #: 99 % radius grows at the top speed itself.
 GROWTH_PER_TOP_SPEED = K68 / K99
@@ -113,13 +119,15 @@ def _store(
     ppp: float,
     ppv: float,
     pvv: float,
+    floor_var: float,
 ) -> None:
     """Write device ``i``'s filtered state after its fix at ``t`` (``t_eff``: the fix time,
-    or when it was taken in if that is earlier) into its row and its filter."""
+    or when it was taken in if that is earlier) into its row and its filter; its radius is
+    never below the floor (``floor_var``, a variance per axis: see ESTIMATE_FLOOR)."""
     rows[i, X] = x
     rows[i, Y] = y
     rows[i, Z] = z
-    rows[i, R0] = K68 * math.sqrt(ppp) - t_eff * rows[i, VMAX]
+    rows[i, R0] = K68 * math.sqrt(max(ppp, floor_var)) - t_eff * rows[i, VMAX]
     known = pvv <= VELOCITY_SIGMA_MAX_MPS * VELOCITY_SIGMA_MAX_MPS
     moving = vx * vx + vy * vy + vz * vz > VELOCITY_SIGNIFICANCE * pvv
     rows[i, VX] = (vx if moving else 0.0) if known else math.nan
@@ -144,6 +152,7 @@ def apply_fixes(
     now: FloatArray,
     unknown_acc_m: float,
     accel_psd: float,
+    floor2: float,
     rows: FloatArray,
     kf: FloatArray,
 ) -> None:
@@ -208,7 +217,7 @@ def apply_fixes(
             ppp = r
             ppv = 0.0
             pvv = INITIAL_VELOCITY_SIGMA_MPS * INITIAL_VELOCITY_SIGMA_MPS
-        _store(rows, kf, i, t, min(t, now[k]), x, y, z, vx, vy, vz, ppp, ppv, pvv)
+        _store(rows, kf, i, t, min(t, now[k]), x, y, z, vx, vy, vz, ppp, ppv, pvv, floor2 * r)
 
 
 @kernel
@@ -484,6 +493,9 @@ class ProximityCore:
         The motion model's white-acceleration spectral density, m^2/s^3 (:data:`ACCEL_PSD`).
     max_uncertainty_m : float
         A pair's 99 % radius beyond which its classification is ``unknown``.
+    estimate_floor : float
+        The filtered position's 68 % radius is at least this fraction of its fix's accuracy
+        (:data:`ESTIMATE_FLOOR`).
     """
 
     def __init__(
@@ -494,6 +506,7 @@ class ProximityCore:
         unknown_accuracy_m: float = UNKNOWN_ACCURACY_M,
         accel_psd: float = ACCEL_PSD,
         max_uncertainty_m: float = MAX_UNCERTAINTY_M,
+        estimate_floor: float = ESTIMATE_FLOOR,
     ) -> None:
         speeds = np.asarray(top_speed_mps, dtype=np.float64)
         if speeds.shape != (n_devices,) or not np.all(np.isfinite(speeds) & (speeds >= 0)):
@@ -510,6 +523,9 @@ class ProximityCore:
         self.pairs = pairs
         self.unknown_accuracy_m = float(unknown_accuracy_m)
         self.max_uncertainty_m = float(max_uncertainty_m)
+        if not 0.0 <= estimate_floor <= 1.0:
+            raise ValueError(f"estimate_floor must be within 0 .. 1, got {estimate_floor!r}")
+        self.estimate_floor = float(estimate_floor)
         self.top_speed_mps = speeds
         #: How fast each device's 68 % radius grows with the age of its fix.
         self.growth_mps = speeds * GROWTH_PER_TOP_SPEED
@@ -596,6 +612,7 @@ class ProximityCore:
             now,
             self.unknown_accuracy_m,
             self.accel_psd,
+            self.estimate_floor * self.estimate_floor,
             self.rows,
             self.kf,
         )

@@ -109,6 +109,7 @@ class Engine:
             unknown_accuracy_m,
             r.motion_accel_psd,
             r.max_uncertainty_m,
+            r.estimate_floor_fraction,
         )
         self.stats = EngineStats()
         self._clock = clock

@@ -25,6 +25,7 @@ alarm messages; a reminder or an acknowledgement changes no incident.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,13 @@ def incident_key(e: AlarmEvent) -> Key:
         return ("offender", e.offender.device)
     kind = "silent" if e.type in _SILENCE else e.type.name.lower()
     return ("device", e.device or e.offender.device, kind)
+
+
+def _instant(e: AlarmEvent) -> float:
+    """When the fix or event that caused ``e`` arrived (what orders decisions); a sweep's and
+    an operator's events keep the order they come in (one instant)."""
+    t = e.trigger.t_recv if e.cause in ("fix", "event") else math.inf
+    return t if t == t else math.inf  # NaN (a device without a fix): no instant of its own
 
 
 def priority_of(level: AlarmLevel, type_: AlarmType) -> str:
@@ -133,7 +141,24 @@ class Incidents:
 
     def tag(self, events: Sequence[AlarmEvent]) -> list[AlarmEvent]:
         """Each event with its ``incident_id``; the incidents' changes go to ``pending``, one
-        per incident and call (the alarms one decision opens together make one change)."""
+        per incident and decision instant (the alarms one fix opens together make one
+        change). The events are taken in the order of their instants (the arrival of the
+        fix or event that caused them), so that a batch of fixes gives the incidents that
+        the same fixes one at a time give."""
+        tagged: dict[int, AlarmEvent] = {}
+        order = sorted(range(len(events)), key=lambda k: _instant(events[k]))
+        k = 0
+        while k < len(order):
+            at = _instant(events[order[k]])
+            group = []
+            while k < len(order) and _instant(events[order[k]]) == at:
+                group.append(order[k])
+                k += 1
+            for j, e in zip(group, self._tag_group([events[j] for j in group]), strict=True):
+                tagged[j] = e
+        return [tagged[j] for j in range(len(events))]
+
+    def _tag_group(self, events: Sequence[AlarmEvent]) -> list[AlarmEvent]:
         out = []
         touched: dict[str, _Touch] = {}
         for e in events:

@@ -26,10 +26,11 @@ from numerics.uncertainty import Classification
 from proximity import reasons
 from proximity.alarms import APPROACH, PAIR, PROBING, AlarmBook
 from proximity.clock import iso_utc
-from proximity.core import PairEvaluation, ProximityCore
+from proximity.core import R0, VMAX, PairEvaluation, ProximityCore
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Motion
 from proximity.intake import FixIntake
 from proximity.pairs import PairTable
+from proximity.quality import R99_PER_R68
 from proximity.rules import RuleConfig
 from proximity.states import (
     ALARM,
@@ -399,8 +400,15 @@ class ApproachRule:
         # He must be the one approaching: the pair's closing speed and time to breach, and his
         # own speed towards her and his own course into the order circle around where she is
         # (her phone drifting indoors, or her walking towards him, is no approach of his).
+        # His course must enter the order circle whatever the uncertainty of where she is:
+        # the circle shrunk by her position's 99 % radius (a biased estimate of a phone
+        # indoors that puts her 170 m nearer his road is no course of his towards her).
+        core = self.proximity.core
+        vic = self.pairs.victim[idx]
+        r68 = core.rows[vic, R0] + now * core.rows[vic, VMAX]
+        inner = np.maximum(self.pairs.order_m[idx] - R99_PER_R68 * r68, 0.0)
         own_v, own_t = self.proximity.core.own_course(
-            self.pairs.offender[idx], self.pairs.victim[idx], self.pairs.order_m[idx]
+            self.pairs.offender[idx], self.pairs.victim[idx], inner
         )
         sustained = (
             (anchor - d >= r.approach_min_m)

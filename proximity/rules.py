@@ -60,6 +60,16 @@ class RuleConfig:
         " filter: larger follows manoeuvres faster, smaller averages more GPS jitter",
         gt=0,
     )
+    #: Fixes' errors are not independent (indoors, a phone's fixes share a slowly drifting
+    #: bias of about their stated accuracy): the filtered position's 68 % radius is never
+    #: below this fraction of its fix's stated accuracy, however many fixes it averaged.
+    estimate_floor_fraction: float = _rule(
+        0.5,
+        "the filtered position's 68 % radius is at least this fraction of its fix's stated"
+        " accuracy (fix errors share a bias that averaging does not remove)",
+        ge=0,
+        le=1,
+    )
     jump_slack_m: float = _rule(
         50.0,
         "metres added to the implausible-jump allowance",

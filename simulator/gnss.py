@@ -141,9 +141,12 @@ def observe(model: ErrorModel, t: FloatArray, rng: np.random.Generator) -> Obser
         # Dropouts are spans of time (a device that reports in bursts loses what falls in
         # the span, not a number of reports).
         spans = rng.uniform(*DROPOUT_S, n)
-        free = -np.inf  # dropouts do not overlap: no gap is longer than DROPOUT_S
+        # Dropouts neither overlap nor touch (a report is sent between two): no gap is
+        # longer than DROPOUT_S.
+        free = 0
         for s in np.flatnonzero(rng.random(n) < model.dropout_rate).tolist():
-            if t[s] >= free:
-                free = t[s] + spans[s]
-                sent[(t >= t[s]) & (t < free)] = False
+            if s > free:
+                end = int(np.searchsorted(t, t[s] + spans[s]))
+                sent[s:end] = False
+                free = end
     return Observed(sent, de, dn, acc)

@@ -592,27 +592,6 @@ def test_the_answer_to_an_acknowledgement_is_audited_and_research_ids_are_hashed
 
 
 # Last: it stops the module's engine and runs another on the same files.
-def test_a_restart_after_live_changes_goes_on_with_the_same_alarms(
-    service: tuple[Api, EngineProcess, Path], broker: LocalBroker
-) -> None:
-    api, proc, db = service
-    before = api("GET", "/api/alarms", "desk-1")[1]
-    with Registry(db) as registry:
-        version = registry.last_change()
-    assert before["alarms"] and version > 0
-    assert proc.stop() == 0, proc.log.read_text()
-    again = EngineProcess(broker.url, db, db.parent / "engine-2.log", *proc.extra_args).start()
-    try:
-        after = api("GET", "/api/alarms", "desk-1")[1]
-        # The same episodes go on (time may have opened others meanwhile: silence).
-        kept = {a["alarm_id"] for a in before["alarms"]}
-        assert kept <= {a["alarm_id"] for a in after["alarms"]}
-        assert api("GET", "/api/status", "boss")[1]["registry_version"] == version
-        assert "restored the engine's state" in again.log.read_text()
-    finally:
-        assert again.stop() == 0, again.log.read_text()
-
-
 def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
     service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
 ) -> None:
@@ -694,3 +673,24 @@ def test_incidents_are_published_next_to_the_alarms_and_validate(
         assert incident["case_ids"] == ["BE-API-I"]
     finally:
         listener.close()
+
+
+def test_a_restart_after_live_changes_goes_on_with_the_same_alarms(
+    service: tuple[Api, EngineProcess, Path], broker: LocalBroker
+) -> None:
+    api, proc, db = service
+    before = api("GET", "/api/alarms", "desk-1")[1]
+    with Registry(db) as registry:
+        version = registry.last_change()
+    assert before["alarms"] and version > 0
+    assert proc.stop() == 0, proc.log.read_text()
+    again = EngineProcess(broker.url, db, db.parent / "engine-2.log", *proc.extra_args).start()
+    try:
+        after = api("GET", "/api/alarms", "desk-1")[1]
+        # The same episodes go on (time may have opened others meanwhile: silence).
+        kept = {a["alarm_id"] for a in before["alarms"]}
+        assert kept <= {a["alarm_id"] for a in after["alarms"]}
+        assert api("GET", "/api/status", "boss")[1]["registry_version"] == version
+        assert "restored the engine's state" in again.log.read_text()
+    finally:
+        assert again.stop() == 0, again.log.read_text()

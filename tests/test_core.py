@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from numerics.geodesy import surface_xyz
 from numerics.uncertainty import K68, K99, Classification
 from proximity.cases import Case
-from proximity.core import GROWTH_PER_TOP_SPEED, MAX_GAP_S, MAX_UNCERTAINTY_M, ProximityCore
+from proximity.core import (
+    ESTIMATE_FLOOR,
+    GROWTH_PER_TOP_SPEED,
+    MAX_GAP_S,
+    MAX_UNCERTAINTY_M,
+    ProximityCore,
+)
 from proximity.pairs import PairTable
 from tests.conftest import T0
 from tests.naive import geod_distance_m, offset
@@ -326,10 +332,12 @@ def test_filter_averages_the_jitter_of_a_standing_device_and_knows_its_radius() 
     settled = slice(60, None)
     rms = float(np.sqrt(np.mean(err[settled] ** 2)))
     assert rms < raw_rms / 2  # about 6 m instead of 14
-    # The radius is the estimate's 68 % radius: it covers about 68 % of the errors.
+    # The radius is the estimate's 68 % radius, but never below half the stated accuracy
+    # (real fixes share a bias that averaging does not remove): with these independent
+    # errors it covers more than 68 % of them.
     inside = float(np.mean(err[settled] <= rad[settled]))
-    assert 0.55 < inside < 0.85, inside
-    assert float(rad[-1]) < 15.0 / 2
+    assert inside > 0.68, inside
+    assert float(rad[-1]) == pytest.approx(15.0 * ESTIMATE_FLOOR)
     speed = float(np.linalg.norm(core.rows[0, 5:8]))
     assert speed < 1.0  # known, and small
 
