@@ -708,3 +708,29 @@ def test_a_logger_that_sends_in_bursts_makes_a_breach_certain_not_only_likely() 
     crossing = 120.0 + (1500.0 - 450.0) / 12.0
     assert first.t_decided - T0 <= crossing + 8.0 + 1.0
     assert eng.intake.cadence.learned_s[eng.slot_of["o"]] == pytest.approx(8.0)
+
+
+def test_a_phone_indoors_whose_fixes_share_a_bias_is_not_placed_more_precisely_than_it_is() -> None:
+    # She is at home, indoors: her phone states 100 m and every fix is 150 m north of her
+    # (towards his road: a bias the fixes share, which averaging does not remove). He drives
+    # past on a road 540 m north of her home (no breach): 390 m from where her fixes put
+    # her. Averaged as independent fixes, her estimate is given a 30 m radius and his course
+    # enters the order circle around it, shrunk by that: an approach alarm on a bias. Her
+    # radius keeps to half her stated accuracy, and his course must enter the circle shrunk
+    # by her 99 % radius: none.
+    def drive(rules: RuleConfig) -> tuple[float, list[AlarmEvent]]:
+        clock = Clock()
+        eng = every_second(clock, rules)
+        biased = offset(*HOME, 0.0, 150.0)
+        closest = offset(*HOME, 0.0, 540.0)
+        out: list[AlarmEvent] = []
+        for t in range(200):
+            o = offset(*closest, 90.0, -2000.0 + 14.0 * t)
+            out += events_of(eng, fix("o", o, t, acc=8.0), fix("v", biased, t, acc=100.0))
+        radius = eng.core.radius_m(eng.slot_of["v"], T0 + 199)
+        return radius, [e for e in out if e.type == AlarmType.APPROACH]
+
+    radius, approach = drive(RuleConfig())
+    assert radius == pytest.approx(50.0) and approach == []
+    radius, approach = drive(RuleConfig(estimate_floor_fraction=0.0))
+    assert radius < 35.0 and approach[0].state == AlarmState.OPEN  # without the floor
