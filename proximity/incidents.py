@@ -172,7 +172,13 @@ class Incidents:
                 if e.state in _OVER:
                     out.append(e)  # the end of an alarm of no open incident (restored)
                     continue
-                name = "/".join(str(k) for k in key) + f"/{e.alarm_id}"
+                # Named by what it is about and when it began (the instant of the fix or
+                # event that opened it, whichever of that instant's alarms comes first), so
+                # that the same messages name it alike however they were batched; a sweep's
+                # by its first alarm.
+                at = _instant(e)
+                when = repr(at) if math.isfinite(at) else e.alarm_id
+                name = "/".join(str(k) for k in key) + f"/{when}"
                 inc = Incident(str(uuid.uuid5(INCIDENT_NAMESPACE, name)), key, e.t_decided)
                 self.open[key] = inc
             out.append(replace(e, incident_id=inc.incident_id))

@@ -183,6 +183,7 @@ def _flag_value(name: str) -> str:
         "parallel_max_angle_deg": "20",
         "time_epoch": "1800000000",  # date-ok: a setting's value, parsed and shown only
         "research_grid_m": "250",
+        "estimate_floor_fraction": "0.4",
     }
     if name in special:
         return special[name]
