@@ -204,7 +204,10 @@ class FixIntake:
         # dropout: read against a declared 1 s, every burst would start unchecked again and
         # a breach would never become certain).
         gap = t_fix - dev.t_fix[slots]  # NaN: the first fix
-        unchecked = ~(gap <= 2.0 * self.cadence.learned_s[slots] + EVIDENCE_SLACK_S)
+        # (Never stricter than the declared interval: a queue of buffered fixes delivered at
+        # once teaches a cadence of milliseconds that the device does not keep.)
+        cadence = np.maximum(self.cadence.learned_s[slots], self.interval_s[slots])
+        unchecked = ~(gap <= 2.0 * cadence + EVIDENCE_SLACK_S)
         self.t_unchecked[slots[unchecked]] = t_fix[unchecked]
         self.cadence.observe(slots, gap)
         dev.acc_m[slots] = batch.acc_m[rows]
@@ -239,7 +242,8 @@ class FixIntake:
     def current_until(self, slots: IntArray) -> FloatArray:
         """Up to when each device's last fix stands as current: until its next report is
         due (the cadence it keeps, plus EVIDENCE_SLACK_S)."""
-        return self.devices.t_fix[slots] + self.cadence.learned_s[slots] + EVIDENCE_SLACK_S
+        cadence = np.maximum(self.cadence.learned_s[slots], self.interval_s[slots])
+        return self.devices.t_fix[slots] + cadence + EVIDENCE_SLACK_S
 
     def position(self, slot: int, now: float) -> Position:
         """Device ``slot``'s last fix as of ``now``: its 68 % radius then, and whether its
