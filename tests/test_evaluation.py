@@ -181,7 +181,7 @@ def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm()
 
 
 def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
-    t0 = 1_800_000_000.0
+    t0 = T0
 
     def msg(aid: str, level: str, at: float, parallel: bool = False) -> dict[str, Any]:
         from proximity.clock import iso_utc
@@ -343,7 +343,7 @@ def test_the_detection_bound_is_the_clopper_pearson_lower_limit() -> None:
 
 
 def test_operator_load_notices_priority_and_the_largest_alarm_level_uncertainty() -> None:
-    t0 = 1_800_000_000.0
+    t0 = T0
     from proximity.clock import iso_utc
 
     def msg(

@@ -77,7 +77,7 @@ def test_a_transition_carries_the_position_of_its_moment() -> None:
         "lon": 4.35,
         "acc": 30,
         "tst": (int(T0) - 20),
-        "wtst": 1700000000,
+        "wtst": int(T0) - 30 * 86400,  # when the waypoint was made
         "t": "c",
         "tid": "ja",
     }
@@ -104,7 +104,7 @@ def loc(**fields: object) -> bytes:
         (JANE, loc(lat=50.8, lon=4.3), R.MISSING_FIELD, "tst"),
         (JANE, loc(lat=95, lon=4.3, tst=(int(T0) - 10)), R.OUT_OF_RANGE, "lat"),
         (JANE, loc(lat="50.8", lon=4.3, tst=(int(T0) - 10)), R.BAD_TYPE, "lat"),
-        (JANE, loc(lat=50.8, lon=4.3, tst=1895427990), R.FUTURE_TIMESTAMP, "after arrival"),
+        (JANE, loc(lat=50.8, lon=4.3, tst=int(T0) + 3600), R.FUTURE_TIMESTAMP, "after arrival"),
         (JANE, b"not json", R.MALFORMED_JSON, "JSON"),
         (JANE, loc(lat=50.8, lon=4.3, tst=int(T0) - 8 * 86400), R.STALE_TIMESTAMP, "days"),
     ],
