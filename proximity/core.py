@@ -688,8 +688,12 @@ class ProximityCore:
 
     def radius_m(self, slot: int, now: float) -> float:
         """A device's 68 % radius at ``now``: the estimate's, widened by its fix's age."""
-        now = max(now, float(self.t_eff[slot]))
-        return float(self.rows[slot, R0] + now * self.rows[slot, VMAX])
+        return float(self.radii_m(np.array([slot]), now)[0])
+
+    def radii_m(self, slots: IntArray, now: float | FloatArray) -> FloatArray:
+        """:meth:`radius_m` of devices ``slots`` at ``now`` (one time, or one per slot)."""
+        at = np.maximum(now, self.t_eff[slots])
+        return self.rows[slots, R0] + at * self.rows[slots, VMAX]
 
 
 def _times(now: float | FloatArray, n: int) -> FloatArray:

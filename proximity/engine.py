@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -117,10 +117,9 @@ class Engine:
         self.book = AlarmBook()
         self.health = DeviceWatch(cases, self.slot_of, devices, r, self._position, clock, self.book)
         self.intake = FixIntake(
-            ids, self.core, r, unknown_accuracy_m, self.health.interval_s, self.stats
+            ids, self.core, r, unknown_accuracy_m, self.health.cadence, self.stats
         )
         self.devices = self.intake.devices
-        self.health.learned_s = self.intake.cadence.learned_s  # what is normal for each device
         self.quality = self.intake.quality
         self.proximity = ProximityRule(self.pairs, self.intake, r, self.book, clock)
         self.levels = self.proximity.levels
@@ -349,16 +348,13 @@ class Engine:
             elif state == AlarmState.CLOSED:
                 del self.book.ids(rule)[key]
         what = "acknowledged" if state == AlarmState.ACKNOWLEDGED else "closed"
-        event = replace(
-            last,
-            state=state,
-            t_decided=self._clock(),
-            reason=reasons.operator(what, operator, note, resolution),
+        event = last.restated(
+            state,
+            self._clock(),
+            reasons.operator(what, operator, note, resolution),
+            "operator",
             operator=operator,
             resolution=resolution or None,
-            cause="operator",
-            previous_level=None,
-            suspended_until=None,
         )
         self._remember([event])
         return self._incidents([event])

@@ -6,8 +6,9 @@ Codes are ``IntEnum`` inside the engine and become strings only at the JSON edge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import Any
 
 from numerics.uncertainty import Classification
 
@@ -143,6 +144,22 @@ class AlarmEvent:
     suspended_until: float | None = None
     #: The incident the alarm belongs to (proximity.incidents); None: not published yet.
     incident_id: str | None = None
+
+    def restated(
+        self, state: AlarmState, t_decided: float, reason: str, cause: str, **more: Any
+    ) -> AlarmEvent:
+        """A new event of this alarm as it stands (its figures kept), in ``state``: what a
+        previous event said of operators (who acknowledged, closed or suspended it, and how)
+        and of a level change is not carried over unless given in ``more``."""
+        cleared: dict[str, Any] = {
+            "previous_level": None,
+            "operator": None,
+            "resolution": None,
+            "suspended_until": None,
+        }
+        return replace(
+            self, state=state, t_decided=t_decided, reason=reason, cause=cause, **(cleared | more)
+        )
 
     @property
     def trigger(self) -> Position:

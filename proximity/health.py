@@ -33,6 +33,7 @@ from ingest.model import DeviceEvent
 from numerics.jit import kernel
 from proximity import reasons
 from proximity.alarms import SILENCE, AlarmBook
+from proximity.cadence import Cadence
 from proximity.cases import Case, Device
 from proximity.clock import iso_utc
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
@@ -147,10 +148,10 @@ class DeviceWatch:
         self.grace_s = np.array(
             [_seconds(info.get(d), "signal_grace_s", rules.signal_grace_s) for d in self.ids]
         )
-        #: The cadence each device keeps (the intake's, shared; see proximity.intake.Cadence):
-        #: a device that reports more slowly than declared is silent only after its own
-        #: usual gap plus the grace.
-        self.learned_s = self.interval_s
+        #: The cadence each device keeps (proximity.cadence; the intake learns it): a device
+        #: that reports more slowly than declared is silent only after its own usual gap
+        #: plus the grace.
+        self.cadence = Cadence(self.interval_s)
         self.cases = tuple(cases)
         #: (case, role) of each slot: role True for an offender.
         self.cases_of: list[list[tuple[Case, bool]]] = [[] for _ in range(n)]
@@ -254,8 +255,7 @@ class DeviceWatch:
 
     def sweep(self, now: float) -> list[AlarmEvent]:
         """Open silence alarms for the devices that have just gone quiet."""
-        expected = np.maximum(self.interval_s, self.learned_s)
-        quiet = ~self.silent & (now - self.last_seen > expected + self.grace_s)
+        quiet = ~self.silent & (now - self.last_seen > self.cadence.expected_s() + self.grace_s)
         events = []
         for s in np.flatnonzero(quiet):
             self.silent[s] = True
@@ -280,7 +280,7 @@ class DeviceWatch:
                     dev,
                     is_offender,
                     quiet_s=quiet_s,
-                    interval_s=max(float(self.interval_s[slot]), float(self.learned_s[slot])),
+                    interval_s=float(self.cadence.expected_s(np.array([slot]))[0]),
                     grace_s=float(self.grace_s[slot]),
                 )
             else:

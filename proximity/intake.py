@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.batch import FixBatch
+from proximity.cadence import Cadence
 from proximity.core import ProximityCore
 from proximity.events import Position
 from proximity.quality import FixFilter
@@ -31,15 +32,6 @@ FloatArray = npt.NDArray[np.float64]
 CLOCK_SKEW_S = 1.0
 #: A fix stands as current evidence until its device's next report is due, plus this.
 EVIDENCE_SLACK_S = 3.0
-#: Each device's cadence is learned from its last CADENCE_GAPS gaps between fixes: their
-#: CADENCE_QUANTILE quantile (a device that logs in bursts has long gaps in every few; one
-#: dropout among sixteen gaps moves it little). Gaps longer than MAX_LEARNED_GAP_S count as
-#: that long (a silence is the health rule's, not a cadence).
-CADENCE_GAPS = 16
-CADENCE_QUANTILE = 0.9
-MAX_LEARNED_GAP_S = 600.0
-_Q_LO = int(CADENCE_QUANTILE * (CADENCE_GAPS - 1))
-_Q_FRAC = CADENCE_QUANTILE * (CADENCE_GAPS - 1) - _Q_LO
 #: A fix is called old in an alarm's reason when it is at least this old and its age, times
 #: the device's top speed, outweighs its own accuracy.
 OLD_FIX_S = 5.0
@@ -85,48 +77,12 @@ class DeviceTable:
         )
 
 
-class Cadence:
-    """How often each device actually reports, learned from the gaps between its fixes, with
-    the declared reporting interval as the prior (the first gaps are read against it).
-
-    ``learned_s`` is the :data:`CADENCE_QUANTILE` quantile of the device's last
-    :data:`CADENCE_GAPS` gaps: a phone in power saving declared at 1 s but reporting every
-    30-120 s, or a logger that sends bursts of 1 s fixes with gaps of 5-11 s, is read at the
-    cadence it keeps, not at the one it was declared with.
-    """
-
-    def __init__(self, declared_s: FloatArray) -> None:
-        self.declared_s = declared_s
-        self.gaps = np.repeat(np.asarray(declared_s, dtype=np.float64)[:, None], CADENCE_GAPS, 1)
-        self.count = np.zeros(declared_s.size, dtype=np.int64)
-        self.learned_s = np.array(declared_s, dtype=np.float64)
-
-    def observe(self, slots: IntArray, gap: FloatArray) -> None:
-        """Devices ``slots`` (distinct) sent a fix ``gap`` seconds after their previous one
-        (NaN: their first)."""
-        ok = np.isfinite(gap) & (gap > 0)
-        if not ok.any():
-            return
-        s = slots[ok]
-        self.gaps[s, self.count[s] % CADENCE_GAPS] = np.minimum(gap[ok], MAX_LEARNED_GAP_S)
-        self.count[s] += 1
-        # The quantile of a sorted row, by linear interpolation (as numpy.quantile's default;
-        # a sort of 16 values per device is cheaper than numpy.quantile's general path).
-        g = np.sort(self.gaps[s], axis=1)
-        self.learned_s[s] = g[:, _Q_LO] + _Q_FRAC * (g[:, _Q_LO + 1] - g[:, _Q_LO])
-
-    def expected_s(self, slots: IntArray | slice = slice(None)) -> FloatArray:
-        """The longest gap that is normal for each device: its declared interval, or the
-        cadence it keeps if that is slower (what the health rule waits for)."""
-        return np.maximum(self.declared_s[slots], self.learned_s[slots])
-
-
 class FixIntake:
     """Every device's state: its last fix (``devices``), the fix filter's (``quality``), the
     motion filter's (``core``), and when its newest stamp and its last unchecked fix were.
 
-    ``interval_s`` is each device's declared reporting interval (the health watch's array,
-    shared): the prior of its learned cadence (``cadence``), which the rules use.
+    ``cadence`` is each device's reporting cadence (the health watch's, shared): the
+    declared interval, or the slower one the device keeps (:mod:`proximity.cadence`).
     """
 
     def __init__(
@@ -135,7 +91,7 @@ class FixIntake:
         core: ProximityCore,
         rules: RuleConfig,
         unknown_accuracy_m: float,
-        interval_s: FloatArray,
+        cadence: Cadence,
         stats: IntakeStats,
     ) -> None:
         n = len(device_ids)
@@ -143,8 +99,7 @@ class FixIntake:
         self.rules = rules
         self.devices = DeviceTable(device_ids, core.lat, core.lon)
         self.quality = FixFilter(n, rules, unknown_accuracy_m)
-        self.interval_s = interval_s
-        self.cadence = Cadence(interval_s)
+        self.cadence = cadence
         self.stats = stats
         #: When each device last sent a fix that nothing checked (see apply); NaN: never.
         self.t_unchecked = np.full(n, np.nan)
@@ -204,10 +159,7 @@ class FixIntake:
         # dropout: read against a declared 1 s, every burst would start unchecked again and
         # a breach would never become certain).
         gap = t_fix - dev.t_fix[slots]  # NaN: the first fix
-        # (Never stricter than the declared interval: a queue of buffered fixes delivered at
-        # once teaches a cadence of milliseconds that the device does not keep.)
-        cadence = np.maximum(self.cadence.learned_s[slots], self.interval_s[slots])
-        unchecked = ~(gap <= 2.0 * cadence + EVIDENCE_SLACK_S)
+        unchecked = ~(gap <= 2.0 * self.cadence.expected_s(slots) + EVIDENCE_SLACK_S)
         self.t_unchecked[slots[unchecked]] = t_fix[unchecked]
         self.cadence.observe(slots, gap)
         dev.acc_m[slots] = batch.acc_m[rows]
@@ -242,8 +194,7 @@ class FixIntake:
     def current_until(self, slots: IntArray) -> FloatArray:
         """Up to when each device's last fix stands as current: until its next report is
         due (the cadence it keeps, plus EVIDENCE_SLACK_S)."""
-        cadence = np.maximum(self.cadence.learned_s[slots], self.interval_s[slots])
-        return self.devices.t_fix[slots] + cadence + EVIDENCE_SLACK_S
+        return self.devices.t_fix[slots] + self.cadence.expected_s(slots) + EVIDENCE_SLACK_S
 
     def position(self, slot: int, now: float) -> Position:
         """Device ``slot``'s last fix as of ``now``: its 68 % radius then, and whether its

@@ -26,7 +26,7 @@ from numerics.uncertainty import Classification
 from proximity import reasons
 from proximity.alarms import APPROACH, PAIR, PROBING, AlarmBook
 from proximity.clock import iso_utc
-from proximity.core import R0, VMAX, PairEvaluation, ProximityCore
+from proximity.core import PairEvaluation, ProximityCore
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Motion
 from proximity.intake import FixIntake
 from proximity.pairs import PairTable
@@ -403,9 +403,7 @@ class ApproachRule:
         # His course must enter the order circle whatever the uncertainty of where she is:
         # the circle shrunk by her position's 99 % radius (a biased estimate of a phone
         # indoors that puts her 170 m nearer his road is no course of his towards her).
-        core = self.proximity.core
-        vic = self.pairs.victim[idx]
-        r68 = core.rows[vic, R0] + now * core.rows[vic, VMAX]
+        r68 = self.proximity.core.radii_m(self.pairs.victim[idx], now)
         inner = np.maximum(self.pairs.order_m[idx] - R99_PER_R68 * r68, 0.0)
         own_v, own_t = self.proximity.core.own_course(
             self.pairs.offender[idx], self.pairs.victim[idx], inner

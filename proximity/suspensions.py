@@ -69,15 +69,12 @@ class Suspensions:
     ) -> AlarmEvent:
         """Suspend the source of alarm ``last`` until ``until``; the ``suspended`` event."""
         self.by_source[source_of(last)] = Suspension(last.alarm_id, operator, note, until)
-        return replace(
-            last,
-            state=AlarmState.SUSPENDED,
-            t_decided=at,
-            reason=reasons.suspended(operator, note, iso_utc(until) or f"{until!r}"),
+        return last.restated(
+            AlarmState.SUSPENDED,
+            at,
+            reasons.suspended(operator, note, iso_utc(until) or f"{until!r}"),
+            "operator",
             operator=operator,
-            resolution=None,
-            cause="operator",
-            previous_level=None,
             suspended_until=until,
         )
 
@@ -121,17 +118,6 @@ class Suspensions:
                     continue
                 opening = s.unopened.get(alarm_id)
                 state = AlarmState.UPDATE if opening is None else AlarmState.OPEN
-                out.append(
-                    replace(
-                        last,
-                        state=state,
-                        t_decided=now,
-                        reason=reasons.suspension_over(s.operator, opening or last.reason),
-                        cause="time",
-                        previous_level=None,
-                        suspended_until=None,
-                        operator=None,
-                        resolution=None,
-                    )
-                )
+                reason = reasons.suspension_over(s.operator, opening or last.reason)
+                out.append(last.restated(state, now, reason, "time"))
         return out

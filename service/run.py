@@ -20,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -306,17 +306,12 @@ class EngineService:
         who = {ch.case_id: ch.actor for ch in changes if ch.action == "case_ended"}
         ending = old.incidents.tag(
             [
-                replace(
-                    e,
-                    state=AlarmState.ENDED,
-                    t_decided=self.clock(),
-                    reason=f"the case was ended in the registry by {who.get(e.case_id, 'unknown')}"
+                e.restated(
+                    AlarmState.ENDED,
+                    self.clock(),
+                    f"the case was ended in the registry by {who.get(e.case_id, 'unknown')}"
                     ": the engine no longer watches it",
-                    cause="registry",
-                    previous_level=None,
-                    operator=None,
-                    resolution=None,
-                    suspended_until=None,
+                    "registry",
                 )
                 for a in old.book.order
                 if (e := old.book.last(a)) is not None

@@ -253,18 +253,18 @@ def test_recorded_tracks_replayed_so_that_they_meet() -> None:
 
 @pytest.mark.broker
 @pytest.mark.wallclock
-def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> None:
+def _through_mosquitto(scenarios: list[str], out: Path) -> dict[str, Any]:
+    """One variant of each scenario type through a private Mosquitto and the engine, x120."""
     with LocalBroker() as broker:
-        doc = run_evaluation(
+        return run_evaluation(
             EvalOptions(
-                scenarios=["walk-home", "stationary"],
-                pairs=1,
-                speed=120.0,
-                out=tmp_path,
-                broker=broker.url,
-                quiet=True,
+                scenarios=scenarios, pairs=1, speed=120.0, out=out, broker=broker.url, quiet=True
             )
         )
+
+
+def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> None:
+    doc = _through_mosquitto(["walk-home", "stationary"], tmp_path)
     [run] = doc["runs"]
     # Every fix reached the engine: used, or set aside as a jump (none late or duplicate).
     assert run["fixes_published"] > 10_000 and run["fixes_late_or_duplicate"] == 0
@@ -437,17 +437,7 @@ def test_bursty_and_minute_reporting_devices_alarm_through_mosquitto(tmp_path: P
     # logger that reports in bursts and a phone that reports once a minute each raise their
     # breach's alarm, within one reporting interval + confirm_s + 5 s (bursts: up to 15 s
     # apart) and within 60 s, and no alarm-level message carries more than 1 km.
-    with LocalBroker() as broker:
-        doc = run_evaluation(
-            EvalOptions(
-                scenarios=["bursty", "every-minute"],
-                pairs=1,
-                speed=120.0,
-                out=tmp_path,
-                broker=broker.url,
-                quiet=True,
-            )
-        )
+    doc = _through_mosquitto(["bursty", "every-minute"], tmp_path)
     [run] = doc["runs"]
     by = {f["family"]: f for f in run["families"]}
     assert by["bursty"]["breaches"] == by["bursty"]["breaches_detected"] == 1
