@@ -602,10 +602,10 @@ def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
     assert api("PUT", "/api/cases/BE-API-S", "cm-1", case("BE-API-S", "s"))[0] == 200
     breach(pub, "s", 800.0)  # within the warning distance: a pre-alert
     alarm_id = _open_alarm(cic, "BE-API-S")
-    until = (datetime.now(UTC) + timedelta(minutes=30)).isoformat()
+    until = datetime.fromtimestamp(now() + 30 * 60, UTC).isoformat()
     body = {"until": until, "note": "his workplace; confirmed by phone"}
     assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", {"until": until})[0] == 422
-    too_long = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
+    too_long = datetime.fromtimestamp(now() + 3 * 3600, UTC).isoformat()
     bad = {"until": too_long, "note": "x"}
     assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", bad)[0] == 422
     status, got = api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)
