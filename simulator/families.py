@@ -3,7 +3,8 @@
 Each family is a kind of situation a pilot must get right (the offender walks to the
 victim's home, drives towards her while she walks, travels the same road by coincidence,
 probes the boundary, goes silent and approaches, stays just outside the order distance for
-hours, passes while her phone is indoors, many pairs living their day in one city). A family
+hours, passes while her phone is indoors, many pairs living their day in one city, passes
+an exclusion zone with a fix every 100 m). A family
 builds ``variants`` cases from one seed; every case has a true path per person (walking,
 cycling and driving along a street grid, dwelling at home or work), an error model per
 device (:mod:`simulator.gnss`) and a reporting interval.
@@ -13,7 +14,8 @@ its own window, the long families run beside the short ones so that the engine's
 even, and every time is in seconds from the start of the run. Ground truth comes from the
 true paths: the true distance of each pair on a 0.5 s grid, its breach episodes (crossing
 and leaving the order distance), boundary probes (entries into the warning distance), and
-the windows in which a device sends nothing.
+the windows in which a device sends nothing, and the offender's passages through a case's
+exclusion zones.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from geofence.model import circle, feature_collection
 from numerics.geodesy import geodesic_distance_m
 from simulator.gnss import ErrorModel
-from simulator.scenario import BRUSSELS, Track
+from simulator.scenario import BRUSSELS, Track, to_latlon
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -136,8 +139,10 @@ class TruthEvent:
     """Something that really happened and that an alarm should report.
 
     ``kind``: ``breach`` (the true distance is within the order distance from ``start_s`` to
-    ``end_s``), ``probing`` (the third true entry into the warning distance within an hour,
-    at ``start_s``) or ``silence`` (the offender's device sends nothing from ``start_s``)."""
+    ``end_s``), ``zone`` (the offender is truly inside an exclusion zone of the case from
+    ``start_s`` to ``end_s``), ``probing`` (the third true entry into the warning distance
+    within an hour, at ``start_s``) or ``silence`` (the offender's device sends nothing from
+    ``start_s``)."""
 
     case_id: str
     kind: str
@@ -313,6 +318,8 @@ class Draft:
     note: str = ""
     offender_reporting: Reporting = field(default_factory=Reporting)
     victim_reporting: Reporting = field(default_factory=Reporting)
+    #: Exclusion zones of the case, circles (east, north, radius), metres in the draft's frame.
+    zones: tuple[tuple[float, float, float], ...] = ()
 
 
 def _she_is_home(
@@ -577,6 +584,55 @@ def network_pass(rng: np.random.Generator, duration_s: float) -> Draft:
     return _network(indoor_pass(rng, duration_s), 0.2, "passes at a safe distance; network fixes")
 
 
+#: The exclusion zone of ``zone-pass``: its radius, and how far it is from her home (beyond
+#: the warning distance, so that only the zone rule has anything to say).
+ZONE_PASS_RADIUS_M = 120.0
+ZONE_PASS_FROM_HOME_M = 1600.0
+#: ``zone-pass`` devices report once every this many metres travelled.
+ZONE_PASS_EVERY_M = 100.0
+
+
+def zone_pass(rng: np.random.Generator, duration_s: float) -> Draft:
+    """The offender walks or cycles along a straight street past an exclusion zone of
+    120 m (her children's school, 1.6 km from her home), his device reporting once every
+    100 m travelled (as declared): in half the variants the street runs through the zone,
+    0-85 m from its centre (a real zone breach, one or two fixes inside it at most); in the
+    others it passes 40-140 m outside (no alarm is right)."""
+    a = float(rng.uniform(0, 2 * math.pi))
+    centre = _polar(ZONE_PASS_FROM_HOME_M, a)
+    # The street runs across the line from her home to the zone, ``b`` from its centre.
+    through = bool(rng.integers(0, 2) == 0)
+    b = float(rng.uniform(0.0, 85.0) if through else rng.uniform(160.0, 260.0))
+    b *= 1.0 if rng.random() < 0.5 else -1.0
+    u = (-math.sin(a), math.cos(a))  # along the street
+    w = (math.cos(a), math.sin(a))  # across it (away from her home)
+    mid = (centre[0] + b * w[0], centre[1] + b * w[1])
+    far = 800.0
+    p0 = (mid[0] - far * u[0], mid[1] - far * u[1])
+    p1 = (mid[0] + far * u[0], mid[1] + far * u[1])
+    cycling = bool(rng.random() < 0.5)
+    speed = CYCLE if cycling else WALK
+    off = Path.at(p0).wait_until(float(rng.uniform(60, 300)))
+    off.go(rng, [p1], speed)
+    speed = 2.0 * far / (off.t[-1] - off.t[-2])  # as he really went (give or take 15 %)
+    every = Reporting(
+        "regular", every_s=ZONE_PASS_EVERY_M / speed, declared_s=ZONE_PASS_EVERY_M / speed
+    )
+    how = "through" if through else "past"
+    draft = _she_is_home(
+        rng,
+        off,
+        "cycling" if cycling else "walking",
+        duration_s,
+        f"{'cycles' if cycling else 'walks'} {how} the school zone; a fix every 100 m",
+    )
+    return replace(
+        draft,
+        offender_reporting=every,
+        zones=((centre[0], centre[1], ZONE_PASS_RADIUS_M),),
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -610,6 +666,12 @@ FAMILIES: dict[str, Family] = {
         Family("wrong-interval", wrong_interval, 1800.0, expect="proximity alarm"),
         Family("network-mix", network_mix, 1800.0, expect="proximity alarm"),
         Family("network-pass", network_pass, 3600.0, expect="none"),
+        Family(
+            "zone-pass",
+            zone_pass,
+            1800.0,
+            expect="zone alarm when the street runs through the zone, else none",
+        ),
     )
 }
 
@@ -670,6 +732,29 @@ def pair_truth(
             events.append(TruthEvent(case_id, "probing", entries[k], entries[k]))
             break
     return events, float(d.min())
+
+
+def zone_truth(
+    case_id: str,
+    off: Track,
+    centre: tuple[float, float],
+    radius_m: float,
+    start_s: float,
+    end_s: float,
+) -> list[TruthEvent]:
+    """The episodes of the offender truly inside the circle zone ``centre`` (lat, lon),
+    ``radius_m``, over [start, end] (marginal as breaches are: shallower than
+    MARGINAL_DEPTH_M or shorter than MARGINAL_S)."""
+    t = np.arange(start_s, end_s + TRUTH_STEP_S, TRUTH_STEP_S)
+    lat, lon = off.position(t)
+    d = geodesic_distance_m(lat, lon, np.full(t.size, centre[0]), np.full(t.size, centre[1]))
+    events = []
+    for i, j in _episodes(t, d <= radius_m):
+        depth = float(radius_m - d[i:j].min())
+        dur = float(t[j - 1] - t[i])
+        marginal = depth < MARGINAL_DEPTH_M or dur < MARGINAL_S
+        events.append(TruthEvent(case_id, "zone", float(t[i]), float(t[j - 1]), depth, marginal))
+    return events
 
 
 # --- the suite ------------------------------------------------------------------------------
@@ -764,6 +849,14 @@ def build_suite(
             )
             truth, dmin = pair_truth(case_id, off, vic, t0, t0 + fam.duration_s)
             truth += [TruthEvent(case_id, "silence", a, b) for a, b in silent]
+            features = []
+            for ze, zn, zr in draft.zones:
+                zlat, zlon = to_latlon(BRUSSELS, np.array([ze + oe]), np.array([zn + on]))
+                zc = (float(zlat[0]), float(zlon[0]))
+                truth += zone_truth(case_id, off, zc, zr, t0, t0 + fam.duration_s)
+                features.append(
+                    circle(zc[1], zc[0], zr, kind="exclusion", label="children's school")
+                )
             mobility = "driving" if draft.offender_mode == "driving" else "walking"
             if draft.offender_mode == "cycling":
                 mobility = "cycling"
@@ -783,6 +876,7 @@ def build_suite(
                             "victim_name": f"victim {no}",
                             "risk_notes": f"evaluation scenario {fam.name} #{k + 1}: {draft.note}",
                         },
+                        **({"zones": feature_collection(features)} if features else {}),
                     },
                     fam.name,
                     k,

@@ -12,9 +12,13 @@ Pure functions over plain values, so that a hand-made case can check them.
   case whose offender was silent at the crossing, a ``signal_lost`` alarm during the silence
   detects it too (the engine cannot see a silent device cross). An ``approach`` alarm up to
   ``APPROACH_LEAD_S`` before a breach is an early warning of it, not a false alarm.
+- A true **zone breach** (a non-marginal episode of the offender inside an exclusion zone of
+  his case) is detected by a ``zone`` alarm in the same window, and counts as a breach.
 - A **probing** event (third true entry into the warning distance within an hour) is
   detected by a ``probing`` alarm from ``PROBE_LEAD_S`` before it to the case's end.
 - A **silence** is detected by a ``signal_lost`` alarm within it (or ``BREACH_TAIL_S`` after).
+  A marginal silence (a dropout that swallowed a report, longer than the declared interval
+  plus the grace) justifies such an alarm without requiring one.
 - A **false alarm** is an alarm that matches no true event; alarms matching only a marginal
   breach are neither false nor detections. Approach alarms that no breach followed are false
   alarms, and are also counted apart (``false_approach``): they are predictions.
@@ -329,9 +333,28 @@ def score(
         real = [a for a in mine if a.is_alarm]
         f.alarms += len(real)
         justified: set[str] = set()
-        silences = [e for e in c.truth if e.kind == "silence"]
+        silences = [e for e in c.truth if e.kind == "silence" and not e.marginal]
         for e in c.truth:
-            if e.kind == "breach":
+            if e.kind == "zone":
+                hit = [
+                    a
+                    for a in real
+                    if a.type == "zone"
+                    and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
+                ]
+                justified |= {a.alarm_id for a in hit}
+                if e.marginal:
+                    f.marginal_breaches += 1
+                    continue
+                f.breaches += 1
+                o = Outcome(c.case_id, c.family, "zone", e.start_s, bool(hit))
+                if hit:
+                    o.delay_s = min(a.alarm_s for a in hit) - e.start_s
+                    o.by = "zone"
+                    f.delays_s.append(o.delay_s)
+                f.breaches_detected += o.detected
+                outcomes.append(o)
+            elif e.kind == "breach":
                 prox = [
                     a
                     for a in real
@@ -387,6 +410,8 @@ def score(
                     if a.type == "signal_lost" and e.start_s <= a.alarm_s <= e.end_s + BREACH_TAIL_S
                 ]
                 justified |= {a.alarm_id for a in hit}
+                if e.marginal:  # a dropout beyond the grace: an alarm is right, not required
+                    continue
                 f.silences += 1
                 f.silences_detected += bool(hit)
                 outcomes.append(Outcome(c.case_id, c.family, "silence", e.start_s, bool(hit)))

@@ -19,7 +19,8 @@ import numpy.typing as npt
 import orjson
 import paho.mqtt.client as mqtt
 
-from simulator.families import Suite
+from proximity.rules import RuleConfig
+from simulator.families import Suite, TruthEvent
 from simulator.metrics import (
     AlarmRecord,
     CaseWindow,
@@ -171,9 +172,34 @@ class RunResult:
                 out.append(arrived - float(self.published_wall[j]))
         return out
 
+    def dropouts(self) -> dict[str, list[TruthEvent]]:
+        """Per case: the gaps in its offender's reports (dropouts that swallowed a report)
+        longer than the declared interval plus the signal grace, as marginal silences: a
+        ``signal_lost`` alarm in one is the rule doing what it says, not a false alarm, and
+        the engine is not required to raise one (it allows for the cadence it learned)."""
+        grace = float(self.settings.get("signal_grace_s", RuleConfig().signal_grace_s))
+        sched = self.schedule
+        dev = {d: i for i, d in enumerate(sched.devices)}
+        out: dict[str, list[TruthEvent]] = {}
+        for c in self.suite.cases:
+            i = dev.get(c.offender)
+            if i is None:
+                continue
+            t = sched.t[(sched.dev == i) & ~sched.fast]
+            limit = self.suite.devices[c.offender].declared_s + grace
+            long = np.flatnonzero(np.diff(t) > limit)
+            out[c.id] = [
+                TruthEvent(c.id, "silence", float(t[k]), float(t[k + 1]), marginal=True)
+                for k in long.tolist()
+            ]
+        return out
+
     def summary(self) -> dict[str, Any]:
+        gaps = self.dropouts()
         windows = [
-            CaseWindow(c.id, c.family, c.start_s, c.end_s, tuple(c.truth), c.parallel)
+            CaseWindow(
+                c.id, c.family, c.start_s, c.end_s, (*c.truth, *gaps.get(c.id, ())), c.parallel
+            )
             for c in self.suite.cases
         ]
         fams, outcomes = score(windows, self.alarms())

@@ -180,6 +180,71 @@ def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm()
     assert f.false_alarms == 0
 
 
+def test_a_zone_passage_is_detected_by_a_zone_alarm_and_a_dropout_justifies_signal_lost() -> None:
+    c = CaseWindow(
+        "Z",
+        "zone",
+        0.0,
+        3600.0,
+        (
+            TruthEvent("Z", "zone", 1000.0, 1060.0, 60.0),
+            # A report swallowed by a dropout: a gap longer than declared + grace.
+            TruthEvent("Z", "silence", 2000.0, 2140.0, marginal=True),
+        ),
+    )
+    fams, outcomes = score(
+        [c],
+        [
+            _alarm("p1", "Z", "proximity", 1020.0),  # not what a zone passage needs: false
+            _alarm("z1", "Z", "zone", 1021.5),  # detects the passage, 21.5 s after entry
+            _alarm("s1", "Z", "signal_lost", 2131.0),  # the rule saying what it says
+            _alarm("z2", "Z", "zone", 3000.0),  # no passage then: false
+        ],
+    )
+    f = fams["zone"]
+    assert (f.breaches, f.breaches_detected, f.delays_s) == (1, 1, [21.5])
+    assert (f.false_alarms, f.silences, f.silences_detected) == (2, 0, 0)
+    assert [(o.kind, o.by) for o in outcomes] == [("zone", "zone")]
+    # Without any alarm in it, the marginal silence is no miss; the passage is.
+    fams, outcomes = score([c], [])
+    assert (fams["zone"].breaches_detected, fams["zone"].silences) == (0, 0)
+    assert [(o.kind, o.detected) for o in outcomes] == [("zone", False)]
+
+
+def test_zone_pass_streets_run_through_or_past_a_120_m_zone_with_a_fix_every_100_m() -> None:
+    suite = build_suite(["zone-pass"], variants=24, seed=5)
+    schedule = build_schedule(suite, 5)
+    through = past = 0
+    for c in suite.cases:
+        [zone] = c.case["zones"]["features"]
+        assert zone["properties"] == {
+            "radius_m": 120.0,
+            "kind": "exclusion",
+            "label": "children's school",
+        }
+        lon, lat = zone["geometry"]["coordinates"]
+        t = np.arange(c.start_s, c.end_s, 0.5)
+        olat, olon = suite.devices[c.offender].track.position(t)
+        d = geodesic_distance_m(olat, olon, np.full(t.size, lat), np.full(t.size, lon))
+        passages = [e for e in c.truth if e.kind == "zone"]
+        assert not [e for e in c.truth if e.kind == "breach"]  # far from her home
+        if d.min() <= 120.0:
+            through += 1
+            assert len(passages) == 1 and not passages[0].marginal  # 35 m deep at least
+            assert passages[0].depth_m == pytest.approx(120.0 - d.min(), abs=0.5)
+        else:
+            past += 1
+            assert passages == [] and d.min() >= 160.0 - 120.0 - 1.0
+        # One report per 100 m travelled while he moves.
+        i = schedule.devices.index(c.offender)
+        ts = schedule.t[schedule.dev == i]
+        lat_s, lon_s = suite.devices[c.offender].track.position(ts)
+        step = geodesic_distance_m(lat_s[:-1], lon_s[:-1], lat_s[1:], lon_s[1:])
+        moving = step > 50.0
+        assert np.median(step[moving]) == pytest.approx(100.0, rel=0.1)
+    assert through >= 6 and past >= 6
+
+
 def test_alarm_messages_group_by_id_and_latency_percentiles() -> None:
     t0 = T0
 
@@ -445,4 +510,15 @@ def test_bursty_and_minute_reporting_devices_alarm_through_mosquitto(tmp_path: P
     assert by["bursty"]["delay_median_s"] <= 15 + 15 + 5
     assert by["every-minute"]["delay_median_s"] <= 60.0
     assert run["total"]["false_alarms"] == 0
+    assert run["total"]["max_alarm_uncertainty_m"] <= 1000.0
+
+
+def test_the_zone_pass_family_detects_every_passage_and_no_near_miss(tmp_path: Path) -> None:
+    # A fix every 100 m past a 120 m exclusion zone: every passage through it (one or two
+    # fixes inside at most) raises a zone alarm, no street passing 40-140 m outside does.
+    opts = EvalOptions(scenarios=["zone-pass"], pairs=24, out=tmp_path, quiet=True, direct=True)
+    [run] = run_evaluation(opts)["runs"]
+    [fam] = run["families"]
+    assert fam["breaches"] >= 6 and fam["breaches_detected"] == fam["breaches"]
+    assert fam["false_alarms"] == 0
     assert run["total"]["max_alarm_uncertainty_m"] <= 1000.0
