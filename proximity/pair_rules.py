@@ -243,7 +243,8 @@ class ProximityRule:
         self.restarted_t[idx[again]] = jumped[again]
         self.levels.restart_likely(idx[again])
         cond = self.conditions(ev, settled, cause)
-        return audible(self.levels.step(idx, cond, now, evidence), idx, self.alarm_ids)
+        moves = self.levels.step(idx, cond, now, evidence, fresh=cause != "time")
+        return audible(moves, idx, self.alarm_ids)
 
     def decide(self, ev: PairEvaluation, now: FloatArray, cause: str) -> list[AlarmEvent]:
         """The proximity rule and boundary probing on evaluation ``ev`` at ``now``."""

@@ -11,8 +11,10 @@ into a few conditions per thing (:class:`Conditions`); :meth:`LevelMachine.step`
   the escalation distance), or when the alarm has lasted ``escalate_after_s``.
 * ``pre_alert``: entered when the rule's pre-alert condition holds (the warning band).
 * A level is left only when its leave condition (beyond its distance plus the margin, which
-  is the hysteresis) has held for ``dwell_s`` on every evaluation; ``force_end`` (a zone out of
-  force, an approach superseded by the breach alarm) ends at once.
+  is the hysteresis) has held for ``dwell_s`` on every evaluation on a fix (a sweep neither
+  begins, breaks nor completes a leave spell: time alone only grows an old fix's
+  uncertainty); ``force_end`` (a zone out of force, an approach superseded by the breach
+  alarm) ends at once.
 * ``unknown``: the thing's verdict is "position unknown" (an old fix whose uncertainty has
   outgrown ``max_uncertainty_m``): its level, timers and reminders stand still (nothing rises,
   falls, escalates or is announced again on uncertainty alone) until a fix makes it known;
@@ -172,7 +174,12 @@ class LevelMachine:
         self.t_likely[idx] = np.nan
 
     def step(
-        self, idx: IntArray, c: Conditions, now: float | Float, evidence: Float | None = None
+        self,
+        idx: IntArray,
+        c: Conditions,
+        now: float | Float,
+        evidence: Float | None = None,
+        fresh: bool = True,
     ) -> list[Transition]:
         """Advance things ``idx`` to ``now`` under conditions ``c``; return what changed.
 
@@ -186,21 +193,30 @@ class LevelMachine:
         burst) does not confirm itself. None: the clock is the evidence.
 
         Things whose verdict is ``unknown`` (and not forced to end) are left as they are:
-        not evaluated at all, so that no timer runs and no spell breaks on them."""
+        not evaluated at all, so that no timer runs and no spell breaks on them.
+
+        ``fresh``: False when time alone caused the evaluation (a sweep, no new fix). Time
+        only grows an old fix's uncertainty, so a leave spell is then neither begun, broken
+        nor completed: a level is left on fixes that show the danger over for ``dwell_s``,
+        however far apart they come (a device reporting once a minute would otherwise never
+        leave, its pessimistic distance shrinking back between its fixes)."""
         now = np.broadcast_to(np.asarray(now, dtype=np.float64), idx.shape)
         if c.unknown is not None and c.unknown.any():
             sel = np.flatnonzero(~c.unknown | c.force_end)
             if sel.size == 0:
                 return []
             ev = None if evidence is None else evidence[sel]
-            moves = self.step(idx[sel], c.subset(sel), now[sel], ev)
+            moves = self.step(idx[sel], c.subset(sel), now[sel], ev, fresh)
             return [replace(m, k=int(sel[m.k])) for m in moves]
         tm = self.timing
         before = self.level[idx].astype(np.int64)
 
         likely_for = _held(self.t_likely, idx, c.likely, now, evidence)
-        off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
-        off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
+        if fresh:
+            off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
+            off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
+        else:  # time alone: the leave spells stand as they are, and complete on a fix
+            off_alarm = off_pre = np.full(idx.size, np.nan)
 
         # NaN compares False: a condition that does not hold never satisfies a timer.
         confirmed = c.certain | (likely_for >= tm.confirm_s)

@@ -200,7 +200,7 @@ class ZoneWatch:
             force_end=~active,
             unknown=beyond,
         )
-        moves = audible(self.levels.step(idx, cond, now), idx, self.alarm_ids)
+        moves = audible(self.levels.step(idx, cond, now, fresh=fresh), idx, self.alarm_ids)
         if not moves:
             return []
         verdict = np.where(

@@ -12,6 +12,9 @@ Pure functions over plain values, so that a hand-made case can check them.
   case whose offender was silent at the crossing, a ``signal_lost`` alarm during the silence
   detects it too (the engine cannot see a silent device cross). An ``approach`` alarm up to
   ``APPROACH_LEAD_S`` before a breach is an early warning of it, not a false alarm.
+- A breach that begins while a ``proximity`` alarm of the case stands at level alarm or
+  above (reached for an earlier episode, not lowered or ended since) is detected by it: the
+  operator has the alarm. Its delay is not counted.
 - A true **zone breach** (a non-marginal episode of the offender inside an exclusion zone of
   his case) is detected by a ``zone`` alarm in the same window, and counts as a breach.
 - A **probing** event (third true entry into the warning distance within an hour) is
@@ -85,6 +88,12 @@ class AlarmRecord:
     top_level: int = 0
     #: The incident it belongs to (the alarms of one situation); "": none said.
     incident_id: str = ""
+    #: When it first fell below level alarm after reaching it (lowered or ended; inf: never).
+    alarm_until_s: float = math.inf
+
+    def standing(self, t: float) -> bool:
+        """Whether it stood at level alarm or above at ``t`` (reached before, not left)."""
+        return self.alarm_s <= t <= self.alarm_until_s
 
     @property
     def is_alarm(self) -> bool:
@@ -125,6 +134,12 @@ def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[
             rec.notices += 1
         if level in ALARM_LEVELS and math.isnan(rec.alarm_s):
             rec.alarm_s = t
+        elif (
+            rec.is_alarm
+            and math.isinf(rec.alarm_until_s)
+            and (m.get("state") == "ended" or level not in ALARM_LEVELS)
+        ):
+            rec.alarm_until_s = t
         if (m.get("motion") or {}).get("parallel"):
             rec.parallel = True
     return list(out.values())
@@ -342,13 +357,16 @@ def score(
                     if a.type == "zone"
                     and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
                 ]
+                standing = [a for a in real if a.type == "zone" and a.standing(e.start_s)]
                 justified |= {a.alarm_id for a in hit}
                 if e.marginal:
                     f.marginal_breaches += 1
                     continue
                 f.breaches += 1
-                o = Outcome(c.case_id, c.family, "zone", e.start_s, bool(hit))
-                if hit:
+                o = Outcome(c.case_id, c.family, "zone", e.start_s, bool(hit or standing))
+                if standing and not hit:
+                    o.by = "zone, standing"
+                elif hit:
                     o.delay_s = min(a.alarm_s for a in hit) - e.start_s
                     o.by = "zone"
                     f.delays_s.append(o.delay_s)
@@ -373,14 +391,22 @@ def score(
                     if a.type == "signal_lost"
                     and any(s.start_s <= a.alarm_s <= s.end_s + BREACH_TAIL_S for s in dark)
                 ]
+                # An alarm still standing from an earlier episode covers this one: the
+                # operator has it (recordings of people who stay near, with brief
+                # excursions, split into episodes the engine's hysteresis rightly joins).
+                standing = [a for a in real if a.type == "proximity" and a.standing(e.start_s)]
                 justified |= {a.alarm_id for a in prox + early + lost}
                 if e.marginal:
                     f.marginal_breaches += 1
                     continue
                 f.breaches += 1
                 f.early_warnings += bool(early)
-                o = Outcome(c.case_id, c.family, "breach", e.start_s, bool(prox or lost))
-                if prox:
+                o = Outcome(
+                    c.case_id, c.family, "breach", e.start_s, bool(prox or lost or standing)
+                )
+                if standing and not prox:
+                    o.by = "proximity, standing"
+                elif prox:
                     first = min(prox, key=lambda a: a.alarm_s)
                     o.delay_s = first.alarm_s - e.start_s
                     o.by = "proximity"

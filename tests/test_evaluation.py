@@ -180,6 +180,40 @@ def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm()
     assert f.false_alarms == 0
 
 
+def test_a_breach_that_begins_while_an_alarm_stands_is_detected_by_it() -> None:
+    # Two episodes 500 s apart (he stepped out briefly); the engine's alarm stood through the
+    # first and the second (its hysteresis joined them), then a third after it ended.
+    c = CaseWindow(
+        "R",
+        "replay",
+        0.0,
+        7200.0,
+        (
+            TruthEvent("R", "breach", 100.0, 400.0, 100.0),
+            TruthEvent("R", "breach", 900.0, 1500.0, 100.0),
+            TruthEvent("R", "breach", 4000.0, 4500.0, 100.0),
+        ),
+    )
+    messages = [
+        {"alarm_id": "a", "case_id": "R", "type": "proximity", "level": lvl, "state": st,
+         "times": {"decided": datetime.fromtimestamp(T0 + t, UTC).isoformat()}}
+        for t, lvl, st in [(90, "pre_alert", "open"), (110, "alarm", "update"),
+                           (2000, "pre_alert", "update"), (2100, "pre_alert", "ended")]
+    ]  # fmt: skip
+    [rec] = collect_alarms(messages, T0)
+    assert (rec.alarm_s, rec.alarm_until_s) == (110.0, 2000.0)
+    assert rec.standing(900.0) and not rec.standing(2500.0) and not rec.standing(100.0)
+    fams, outcomes = score([c], [rec])
+    f = fams["replay"]
+    assert (f.breaches, f.breaches_detected, f.delays_s) == (3, 2, [10.0])
+    assert [(o.start_s, o.detected, o.by) for o in outcomes] == [
+        (100.0, True, "proximity"),
+        (900.0, True, "proximity, standing"),
+        (4000.0, False, ""),
+    ]
+    assert f.false_alarms == 0
+
+
 def test_a_zone_passage_is_detected_by_a_zone_alarm_and_a_dropout_justifies_signal_lost() -> None:
     c = CaseWindow(
         "Z",

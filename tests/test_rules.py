@@ -13,7 +13,7 @@ from proximity.engine import Engine
 from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType
 from proximity.rules import RuleConfig
 from tests.naive import geod_distance_m, offset
-from tests.test_engine import HOME, T0, Clock, case
+from tests.test_engine import HOME, T0, Clock, case, fix
 
 #: The engine's default top speed (an old fix's radius grows by its age times it).
 DEFAULT_TOP_SPEED = MOBILITY_MPS[DEFAULT_MOBILITY]
@@ -314,3 +314,29 @@ def test_a_fix_from_the_future_makes_no_real_fix_late() -> None:
     assert raised[0][0] - T0 <= 30 + RuleConfig().confirm_s + 2  # a jump in: confirmed
     st = poisoned.eng.stats
     assert (st.fixes_clock_ahead, st.fixes_duplicate, st.fixes_late) == (2, 1, 0)
+
+
+def test_an_alarm_of_devices_reporting_once_a_minute_ends_when_their_fixes_show_him_gone() -> None:
+    # Both report once a minute (top speed 40 m/s): between two fixes the pessimistic
+    # distance shrinks by kilometres, which must neither hold the alarm for ever nor end it
+    # without a fix. He comes to 100 m, then is seen 900 m away (beyond the order distance
+    # plus the margin by his fixes, not by a fix a few seconds old): the alarm falls to a
+    # pre-alert on his second fix out there, not on a sweep in between.
+    r = Run()
+
+    def minute(t: float, dist: float) -> list[AlarmEvent]:
+        out = r.second(t, fix("o", offset(*HOME, 90.0, dist), t), fix("v", HOME, t))
+        for s in range(1, 60):  # the service's sweeps between the fixes
+            out += r.second(t + s)
+        return out
+
+    events = minute(0.0, 3000.0) + minute(60.0, 100.0) + minute(120.0, 100.0)
+    assert any(e.level >= AlarmLevel.ALARM for e in events)
+    assert minute(180.0, 900.0) == []  # the first fix out there starts the dwell
+    [ev] = r.second(240.0, fix("o", offset(*HOME, 90.0, 900.0), 240.0), fix("v", HOME, 240.0))
+    assert (ev.state, ev.level, ev.previous_level) == (
+        AlarmState.UPDATE,
+        AlarmLevel.PRE_ALERT,
+        AlarmLevel.ESCALATION,
+    )
+    assert ev.cause == "fix"
