@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--speed",
         type=float,
-        default=60.0,
+        default=20.0,
         metavar="X",
-        help="scenario seconds per wall second (default: 60; 1 is real time)",
+        help="scenario seconds per wall second (default: 20; 1 is real time)",
     )
     ev.add_argument(
         "--interval",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -221,7 +222,14 @@ def run_once(
         disconnect(monitor)
     with cic.lock:
         result.messages = list(cic.messages)
+    # Sweeps the engine skipped because it fell behind its clock (its log says so).
+    log_text = (opts.out / f"engine-run{label}.log").read_text(errors="replace")
+    result.sweeps_skipped = sum(int(n) for n in SKIPPED.findall(log_text))
     return result
+
+
+#: The engine's warning when it falls behind its clock (service.run).
+SKIPPED = re.compile(r"fell more than \d+ sweeps behind its clock: skipped the oldest (\d+)")
 
 
 def _publish(
@@ -464,6 +472,12 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
                 f" {f['alarm_messages_per_pair_day'] or 0:>8.1f}"
                 f" {f['notices_per_pair_day'] or 0:>10.1f}"
                 f" {f['priority_split'] or '-':>12} {'-' if umax is None else f'{umax:.0f}':>7}"
+            )
+        if s.get("sweeps_skipped"):
+            print(
+                f"  WARNING: the engine fell behind its x{doc['speed']:g} clock (it skipped"
+                f" {s['sweeps_skipped']:,} sweeps): delays, detections and latency of this run"
+                " say more about the machine than the engine; run again with a lower --speed"
             )
         if s.get("mode") == "direct":
             print("  latency: not measured (--direct: no broker between devices, engine and CIC)")

@@ -40,7 +40,7 @@ DEVICE_SETTINGS = ("interval_s",)
 class EvalOptions:
     scenarios: list[str]
     pairs: int = 5
-    speed: float = 60.0
+    speed: float = 20.0
     interval_s: float = 1.0
     alarm_interval_s: float | None = None
     seed: int = 7
@@ -149,6 +149,8 @@ class RunResult:
     engine_status: dict[str, Any]
     lag_max_s: float
     disconnects: int = 0
+    #: Sweeps the engine skipped, having fallen behind its clock (0: it kept up).
+    sweeps_skipped: int = 0
     #: "broker": published through MQTT to 'proximity run'; "direct": an in-process engine
     #: fed the fixes (simulator.direct), without transport and latency.
     mode: str = "broker"
@@ -218,6 +220,7 @@ class RunResult:
             "messages": len(self.messages),
             "publish_lag_max_s": round(self.lag_max_s, 3),
             "mqtt_disconnects": self.disconnects,
+            "sweeps_skipped": self.sweeps_skipped,
             "epoch": self.epoch,
             "latency_ms": percentiles_ms(self.latencies_s()),
             "families": [f.row() for f in fams.values()],
