@@ -692,6 +692,20 @@ def _episodes(t: FloatArray, inside: npt.NDArray[np.bool_]) -> list[tuple[int, i
     return merged
 
 
+def _within(
+    case_id: str, kind: str, t: FloatArray, d: FloatArray, limit_m: float
+) -> list[TruthEvent]:
+    """Events ``kind`` for the episodes of ``d`` (metres at times ``t``) within ``limit_m``,
+    marginal when shallower than MARGINAL_DEPTH_M or shorter than MARGINAL_S."""
+    events = []
+    for i, j in _episodes(t, d <= limit_m):
+        depth = float(limit_m - d[i:j].min())
+        dur = float(t[j - 1] - t[i])
+        marginal = depth < MARGINAL_DEPTH_M or dur < MARGINAL_S
+        events.append(TruthEvent(case_id, kind, float(t[i]), float(t[j - 1]), depth, marginal))
+    return events
+
+
 def pair_truth(
     case_id: str,
     off: Track,
@@ -709,12 +723,7 @@ def pair_truth(
     lat1, lon1 = off.position(t)
     lat2, lon2 = vic.position(t)
     d = geodesic_distance_m(lat1, lon1, lat2, lon2)
-    events = []
-    for i, j in _episodes(t, d <= order_m):
-        depth = float(order_m - d[i:j].min())
-        dur = float(t[j - 1] - t[i])
-        marginal = depth < MARGINAL_DEPTH_M or dur < MARGINAL_S
-        events.append(TruthEvent(case_id, "breach", float(t[i]), float(t[j - 1]), depth, marginal))
+    events = _within(case_id, "breach", t, d, order_m)
     # Entries into the warning distance (with hysteresis), the third within an hour.
     beyond = np.flatnonzero(d > warning_m + margin_m)
     crossings = np.flatnonzero((d[1:] <= warning_m) & (d[:-1] > warning_m)) + 1
@@ -748,13 +757,7 @@ def zone_truth(
     t = np.arange(start_s, end_s + TRUTH_STEP_S, TRUTH_STEP_S)
     lat, lon = off.position(t)
     d = geodesic_distance_m(lat, lon, np.full(t.size, centre[0]), np.full(t.size, centre[1]))
-    events = []
-    for i, j in _episodes(t, d <= radius_m):
-        depth = float(radius_m - d[i:j].min())
-        dur = float(t[j - 1] - t[i])
-        marginal = depth < MARGINAL_DEPTH_M or dur < MARGINAL_S
-        events.append(TruthEvent(case_id, "zone", float(t[i]), float(t[j - 1]), depth, marginal))
-    return events
+    return _within(case_id, "zone", t, d, radius_m)
 
 
 # --- the suite ------------------------------------------------------------------------------
