@@ -14,7 +14,8 @@ Pure functions over plain values, so that a hand-made case can check them.
   ``APPROACH_LEAD_S`` before a breach is an early warning of it, not a false alarm.
 - A breach that begins while a ``proximity`` alarm of the case stands at level alarm or
   above (reached for an earlier episode, not lowered or ended since) is detected by it: the
-  operator has the alarm. Its delay is not counted.
+  operator has the alarm. Its delay is not counted, and the alarm is not false (it may have
+  opened early, on a fix that GPS noise put inside, and stood until the real crossing).
 - A true **zone breach** (a non-marginal episode of the offender inside an exclusion zone of
   his case) is detected by a ``zone`` alarm in the same window, and counts as a breach.
 - A **probing** event (third true entry into the warning distance within an hour) is
@@ -358,7 +359,7 @@ def score(
                     and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
                 ]
                 standing = [a for a in real if a.type == "zone" and a.standing(e.start_s)]
-                justified |= {a.alarm_id for a in hit}
+                justified |= {a.alarm_id for a in hit + standing}
                 if e.marginal:
                     f.marginal_breaches += 1
                     continue
@@ -395,7 +396,7 @@ def score(
                 # operator has it (recordings of people who stay near, with brief
                 # excursions, split into episodes the engine's hysteresis rightly joins).
                 standing = [a for a in real if a.type == "proximity" and a.standing(e.start_s)]
-                justified |= {a.alarm_id for a in prox + early + lost}
+                justified |= {a.alarm_id for a in prox + early + lost + standing}
                 if e.marginal:
                     f.marginal_breaches += 1
                     continue

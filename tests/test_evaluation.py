@@ -212,6 +212,15 @@ def test_a_breach_that_begins_while_an_alarm_stands_is_detected_by_it() -> None:
         (4000.0, False, ""),
     ]
     assert f.false_alarms == 0
+    # An alarm that opened early (noise put a fix inside 100 s before the crossing) and
+    # stood through it is about the breach: not false; one that ended before it is false.
+    early = CaseWindow(
+        "E", "replay", 0.0, 7200.0, (TruthEvent("E", "breach", 1000.0, 1500.0, 90.0),)
+    )
+    stood = AlarmRecord("s", "E", "proximity", 900.0, 890.0, 1, alarm_until_s=2000.0)
+    ended = AlarmRecord("x", "E", "proximity", 300.0, 290.0, 1, alarm_until_s=400.0)
+    fams, _ = score([early], [stood, ended])
+    assert (fams["replay"].breaches_detected, fams["replay"].false_alarms) == (1, 1)
 
 
 def test_a_zone_passage_is_detected_by_a_zone_alarm_and_a_dropout_justifies_signal_lost() -> None:
