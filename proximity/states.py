@@ -12,9 +12,9 @@ into a few conditions per thing (:class:`Conditions`); :meth:`LevelMachine.step`
 * ``pre_alert``: entered when the rule's pre-alert condition holds (the warning band).
 * A level is left only when its leave condition (beyond its distance plus the margin, which
   is the hysteresis) has held for ``dwell_s`` on every evaluation on a fix (a sweep neither
-  begins, breaks nor completes a leave spell: time alone only grows an old fix's
-  uncertainty); ``force_end`` (a zone out of force, an approach superseded by the breach
-  alarm) ends at once.
+  begins nor breaks a leave spell, since time alone only grows an old fix's uncertainty, and
+  completes one only where the condition still holds); ``force_end`` (a zone out of force,
+  an approach superseded by the breach alarm) ends at once.
 * ``unknown``: the thing's verdict is "position unknown" (an old fix whose uncertainty has
   outgrown ``max_uncertainty_m``): its level, timers and reminders stand still (nothing rises,
   falls, escalates or is announced again on uncertainty alone) until a fix makes it known;
@@ -196,10 +196,11 @@ class LevelMachine:
         not evaluated at all, so that no timer runs and no spell breaks on them.
 
         ``fresh``: False when time alone caused the evaluation (a sweep, no new fix). Time
-        only grows an old fix's uncertainty, so a leave spell is then neither begun, broken
-        nor completed: a level is left on fixes that show the danger over for ``dwell_s``,
-        however far apart they come (a device reporting once a minute would otherwise never
-        leave, its pessimistic distance shrinking back between its fixes)."""
+        only grows an old fix's uncertainty, so a leave spell is then neither begun nor
+        broken, and it completes only if its condition still holds: a level is left on fixes
+        that show the danger over for ``dwell_s``, however far apart they come (a device
+        reporting once a minute would otherwise never leave, its pessimistic distance
+        shrinking back between its fixes), or on a sweep that still shows it over."""
         now = np.broadcast_to(np.asarray(now, dtype=np.float64), idx.shape)
         if c.unknown is not None and c.unknown.any():
             sel = np.flatnonzero(~c.unknown | c.force_end)
@@ -215,8 +216,12 @@ class LevelMachine:
         if fresh:
             off_alarm = _held(self.t_leave_alarm, idx, c.leave_alarm, now)
             off_pre = _held(self.t_leave_pre, idx, c.leave_pre, now)
-        else:  # time alone: the leave spells stand as they are, and complete on a fix
-            off_alarm = off_pre = np.full(idx.size, np.nan)
+        else:
+            # Time alone: a spell is neither begun nor broken (an old fix's uncertainty only
+            # grows), and it completes only where its condition still holds, grown
+            # uncertainty and all.
+            off_alarm = np.where(c.leave_alarm, now - self.t_leave_alarm[idx], np.nan)
+            off_pre = np.where(c.leave_pre, now - self.t_leave_pre[idx], np.nan)
 
         # NaN compares False: a condition that does not hold never satisfies a timer.
         confirmed = c.certain | (likely_for >= tm.confirm_s)
