@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -222,14 +221,7 @@ def run_once(
         disconnect(monitor)
     with cic.lock:
         result.messages = list(cic.messages)
-    # Sweeps the engine skipped because it fell behind its clock (its log says so).
-    log_text = (opts.out / f"engine-run{label}.log").read_text(errors="replace")
-    result.sweeps_skipped = sum(int(n) for n in SKIPPED.findall(log_text))
     return result
-
-
-#: The engine's warning when it falls behind its clock (service.run).
-SKIPPED = re.compile(r"fell more than \d+ sweeps behind its clock: skipped the oldest (\d+)")
 
 
 def _publish(

@@ -17,7 +17,7 @@ Pure functions over plain values, so that a hand-made case can check them.
   operator has the alarm. Its delay is not counted, and the alarm is not false (it may have
   opened early, on a fix that GPS noise put inside, and stood until the real crossing).
 - A true **zone breach** (a non-marginal episode of the offender inside an exclusion zone of
-  his case) is detected by a ``zone`` alarm in the same window, and counts as a breach.
+  his case) counts as a breach, detected in the same ways by a ``zone`` alarm instead.
 - A **probing** event (third true entry into the warning distance within an hour) is
   detected by a ``probing`` alarm from ``PROBE_LEAD_S`` before it to the case's end.
 - A **silence** is detected by a ``signal_lost`` alarm within it (or ``BREACH_TAIL_S`` after).
@@ -351,39 +351,22 @@ def score(
         justified: set[str] = set()
         silences = [e for e in c.truth if e.kind == "silence" and not e.marginal]
         for e in c.truth:
-            if e.kind == "zone":
-                hit = [
-                    a
-                    for a in real
-                    if a.type == "zone"
-                    and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
-                ]
-                standing = [a for a in real if a.type == "zone" and a.standing(e.start_s)]
-                justified |= {a.alarm_id for a in hit + standing}
-                if e.marginal:
-                    f.marginal_breaches += 1
-                    continue
-                f.breaches += 1
-                o = Outcome(c.case_id, c.family, "zone", e.start_s, bool(hit or standing))
-                if standing and not hit:
-                    o.by = "zone, standing"
-                elif hit:
-                    o.delay_s = min(a.alarm_s for a in hit) - e.start_s
-                    o.by = "zone"
-                    f.delays_s.append(o.delay_s)
-                f.breaches_detected += o.detected
-                outcomes.append(o)
-            elif e.kind == "breach":
+            if e.kind in ("breach", "zone"):
+                # A breach of the order distance is the proximity rule's; a zone passage
+                # the zone rule's (approach alarms warn of the former only).
+                rule = "proximity" if e.kind == "breach" else "zone"
                 prox = [
                     a
                     for a in real
-                    if a.type == "proximity"
+                    if a.type == rule
                     and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
                 ]
                 early = [
                     a
                     for a in real
-                    if a.type == "approach" and e.start_s - APPROACH_LEAD_S <= a.alarm_s <= e.end_s
+                    if a.type == "approach"
+                    and rule == "proximity"
+                    and e.start_s - APPROACH_LEAD_S <= a.alarm_s <= e.end_s
                 ]
                 dark = [s for s in silences if s.start_s <= e.start_s <= s.end_s]
                 lost = [
@@ -395,28 +378,26 @@ def score(
                 # An alarm still standing from an earlier episode covers this one: the
                 # operator has it (recordings of people who stay near, with brief
                 # excursions, split into episodes the engine's hysteresis rightly joins).
-                standing = [a for a in real if a.type == "proximity" and a.standing(e.start_s)]
+                standing = [a for a in real if a.type == rule and a.standing(e.start_s)]
                 justified |= {a.alarm_id for a in prox + early + lost + standing}
                 if e.marginal:
                     f.marginal_breaches += 1
                     continue
                 f.breaches += 1
                 f.early_warnings += bool(early)
-                o = Outcome(
-                    c.case_id, c.family, "breach", e.start_s, bool(prox or lost or standing)
-                )
+                o = Outcome(c.case_id, c.family, e.kind, e.start_s, bool(prox or lost or standing))
                 if standing and not prox:
-                    o.by = "proximity, standing"
+                    o.by = f"{rule}, standing"
                 elif prox:
                     first = min(prox, key=lambda a: a.alarm_s)
                     o.delay_s = first.alarm_s - e.start_s
-                    o.by = "proximity"
+                    o.by = rule
                     o.labelled_parallel = any(a.parallel for a in prox)
                     (f.delays_after_silence_s if dark else f.delays_s).append(o.delay_s)
                 elif lost:
                     o.by = "signal_lost"
                 f.breaches_detected += o.detected
-                if c.parallel:
+                if c.parallel and rule == "proximity":
                     f.parallel_expected += 1
                     f.parallel_labelled += o.labelled_parallel
                 outcomes.append(o)

@@ -149,8 +149,6 @@ class RunResult:
     engine_status: dict[str, Any]
     lag_max_s: float
     disconnects: int = 0
-    #: Sweeps the engine skipped, having fallen behind its clock (0: it kept up).
-    sweeps_skipped: int = 0
     #: "broker": published through MQTT to 'proximity run'; "direct": an in-process engine
     #: fed the fixes (simulator.direct), without transport and latency.
     mode: str = "broker"
@@ -220,7 +218,8 @@ class RunResult:
             "messages": len(self.messages),
             "publish_lag_max_s": round(self.lag_max_s, 3),
             "mqtt_disconnects": self.disconnects,
-            "sweeps_skipped": self.sweeps_skipped,
+            # Sweeps the engine skipped, having fallen behind its clock (0: it kept up).
+            "sweeps_skipped": self.engine_status.get("sweeps_skipped") or 0,
             "epoch": self.epoch,
             "latency_ms": percentiles_ms(self.latencies_s()),
             "families": [f.row() for f in fams.values()],
