@@ -185,7 +185,8 @@ class RunResult:
             i = dev.get(c.offender)
             if i is None:
                 continue
-            t = sched.t[(sched.dev == i) & ~sched.fast]
+            rows = sched.index[i][sched.index[i] >= 0]  # its reports, in time order
+            t = sched.t[rows[~sched.fast[rows]]]
             limit = self.suite.devices[c.offender].declared_s + grace
             long = np.flatnonzero(np.diff(t) > limit)
             out[c.id] = [
