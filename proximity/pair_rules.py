@@ -34,6 +34,7 @@ from proximity.quality import R99_PER_R68
 from proximity.rules import RuleConfig
 from proximity.states import (
     ALARM,
+    PRE,
     Conditions,
     EntryCounter,
     LevelMachine,
@@ -364,8 +365,9 @@ class ProximityRule:
 
 class ApproachRule:
     """A sustained approach of the offender, predicted to breach soon: a second level
-    machine per pair, which must hold for approach_hold_s before it is an alarm (nothing
-    before: one fix's velocity is not an approach), and ends only after a whole horizon
+    machine per pair, which must hold for approach_hold_s before it is announced (nothing
+    before: one fix's velocity is not an approach), at the pre-alert level (or the alarm
+    level, ``approach_alarm``: a prediction may be wrong), and ends only after a whole horizon
     without a sustained approach (the velocity estimate of a walker swings, and one approach
     is one alarm), or when the pair's proximity alarm takes over."""
 
@@ -378,7 +380,8 @@ class ApproachRule:
         timing = replace(
             proximity.levels.timing, confirm_s=r.approach_hold_s, dwell_s=r.approach_horizon_s
         )
-        self.levels = LevelMachine(len(self.pairs), timing, likely_is_pre=False)
+        top = ALARM if r.approach_alarm else PRE
+        self.levels = LevelMachine(len(self.pairs), timing, likely_is_pre=False, top=top)
         self.alarm_ids = book.ids(APPROACH)
         self.anchor = np.full(len(self.pairs), np.nan)  # see conditions
         self.anchor_t = np.full(len(self.pairs), np.nan)

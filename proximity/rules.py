@@ -167,6 +167,15 @@ class RuleConfig:
         "an approach must be predicted this long before it is an alarm",
         ge=0,
     )
+    #: An approach is a prediction, and a prediction may be wrong (an offender who rides
+    #: straight at her home and turns 100 m short looks like one until the turn): by
+    #: default it is a pre-alert (the operator sees it coming, the offender is warned to
+    #: turn back: "deter first"), and the police alarm is the breach. A programme whose
+    #: protocol sends the police on a prediction sets it to true.
+    approach_alarm: bool = _rule(
+        False,
+        "an approach is an alarm (level alarm) instead of a pre-alert",
+    )
     approach_min_speed_mps: float = _rule(
         0.5,
         "smallest closing speed of an approach",

@@ -152,10 +152,15 @@ LEVEL_FIELDS = (
 class LevelMachine:
     """Levels, timers and notification state of ``n`` watched things."""
 
-    def __init__(self, n: int, timing: Timing, likely_is_pre: bool = True) -> None:
+    def __init__(
+        self, n: int, timing: Timing, likely_is_pre: bool = True, top: int = ESCALATION
+    ) -> None:
         self.timing = timing
         #: False: a likely spell that is not confirmed yet raises nothing (no pre-alert).
         self.likely_is_pre = likely_is_pre
+        #: The highest level a thing can reach (a confirmed spell of a rule whose top is
+        #: PRE is a pre-alert, with nothing before it).
+        self.top = top
         self.level = np.zeros(n, dtype=np.int8)
         self.certain = np.zeros(n, dtype=bool)  # announced as certain at the current level
         self.t_likely = np.full(n, np.nan)  # since when "likely" has held
@@ -233,6 +238,7 @@ class LevelMachine:
                 confirmed, ALARM, np.where(c.pre | (c.likely & self.likely_is_pre), PRE, NONE)
             ),
         )
+        up = np.minimum(up, self.top)
         down = np.where(
             off_pre >= tm.dwell_s,
             NONE,

@@ -10,7 +10,8 @@ Pure functions over plain values, so that a hand-made case can check them.
   ``proximity`` alarm from ``BREACH_LEAD_S`` before its start to ``BREACH_TAIL_S`` after its
   end; its **detection delay** is that alarm's decision time minus the true crossing. In a
   case whose offender was silent at the crossing, a ``signal_lost`` alarm during the silence
-  detects it too (the engine cannot see a silent device cross). An ``approach`` alarm up to
+  detects it too (the engine cannot see a silent device cross). An ``approach`` alarm (a
+  pre-alert by default, ``approach_alarm``) whose first message comes up to
   ``APPROACH_LEAD_S`` before a breach is an early warning of it, not a false alarm.
 - A breach that begins while a ``proximity`` alarm of the case stands at level alarm or
   above (reached for an earlier episode, not lowered or ended since) is detected by it: the
@@ -361,12 +362,14 @@ def score(
                     if a.type == rule
                     and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
                 ]
+                # An approach warns at either level (a pre-alert by default): from its
+                # first message.
                 early = [
                     a
-                    for a in real
+                    for a in mine
                     if a.type == "approach"
                     and rule == "proximity"
-                    and e.start_s - APPROACH_LEAD_S <= a.alarm_s <= e.end_s
+                    and e.start_s - APPROACH_LEAD_S <= a.first_s <= e.end_s
                 ]
                 dark = [s for s in silences if s.start_s <= e.start_s <= s.end_s]
                 lost = [

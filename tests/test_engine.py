@@ -519,13 +519,16 @@ def test_she_walking_towards_him_is_no_approach_of_his() -> None:
 
 
 def _drive_past(
-    miss_m: float, her: Callable[[int], tuple[float, float]], burst: range = range(0)
+    miss_m: float,
+    her: Callable[[int], tuple[float, float]],
+    burst: range = range(0),
+    rules: RuleConfig | None = None,
 ) -> list[AlarmEvent]:
     """He drives east at 14 m/s along a road ``miss_m`` north of her home, from 2,000 m west
     of its closest point; her true position at second t is ``her(t)``. During ``burst`` his
     fixes are 150 m south of him (multipath towards her, the stated accuracy unchanged)."""
     clock = Clock()
-    eng = every_second(clock)
+    eng = every_second(clock, rules)
     closest = offset(*HOME, 0.0, miss_m)
     out: list[AlarmEvent] = []
     for t in range(200):
@@ -601,8 +604,17 @@ def test_an_approach_must_hold_not_flash_on_one_fix() -> None:
     assert drive(3.0) == []
     [flash] = drive(0.0)[:1]  # the rule without the hold: an alarm on that one fix
     assert flash.t_decided == T0 + 80
-    # A real approach (a road 300 m from her) holds: an alarm, with no approach pre-alert.
+    # A real approach (a road 300 m from her) holds. A prediction is a pre-alert: the
+    # police alarm is the breach it predicts, which supersedes it.
     out = _drive_past(300.0, lambda t: HOME)
+    approach = [e for e in out if e.type == AlarmType.APPROACH]
+    breach = next(e for e in out if e.type == AlarmType.PROXIMITY and e.level >= AlarmLevel.ALARM)
+    assert approach[0].state == AlarmState.OPEN and approach[0].t_decided < breach.t_decided
+    assert {e.level for e in approach} == {AlarmLevel.PRE_ALERT}
+    assert approach[-1].state == AlarmState.ENDED and "superseded" in approach[-1].reason
+    # A programme that sends the police on a prediction: the same approach is an alarm, with
+    # no approach pre-alert before it.
+    out = _drive_past(300.0, lambda t: HOME, rules=RuleConfig(approach_alarm=True))
     approach = [e for e in out if e.type == AlarmType.APPROACH]
     assert approach[0].state == AlarmState.OPEN and approach[0].level == AlarmLevel.ALARM
     assert all(e.level != AlarmLevel.PRE_ALERT for e in approach)

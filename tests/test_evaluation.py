@@ -131,10 +131,12 @@ def test_scoring_on_a_hand_made_case() -> None:
         ),
     ]
     alarms = [
-        _alarm("a1", "A", "approach", 900.0),  # an early warning of A's breach
+        # An early warning of A's breach: an approach pre-alert (the default level).
+        AlarmRecord("a1", "A", "approach", math.nan, 900.0),
         _alarm("a2", "A", "proximity", 1012.0),  # detects it, 12 s after the crossing
         _alarm("b1", "B", "proximity", 3000.0),  # false
-        _alarm("b2", "B", "approach", 4000.0),  # false (a prediction no breach followed)
+        # False: an approach alarm (approach_alarm) that no breach followed.
+        _alarm("b2", "B", "approach", 4000.0),
         AlarmRecord("b3", "B", "proximity", math.nan, 100.0),  # a pre-alert only
         _alarm("b4", "B", "proximity", day + 50.0),  # after B's window: not scored
         _alarm("c1", "C", "proximity", 5020.0),  # matches only the marginal breach
@@ -143,11 +145,11 @@ def test_scoring_on_a_hand_made_case() -> None:
     f = fams["fam"]
     assert (f.breaches, f.breaches_detected, f.marginal_breaches) == (2, 1, 1)
     assert f.delays_s == [12.0]
-    assert (f.alarms, f.false_alarms, f.false_approach, f.pre_alerts) == (5, 2, 1, 1)
+    assert (f.alarms, f.false_alarms, f.false_approach, f.pre_alerts) == (4, 2, 1, 2)
     assert f.early_warnings == 1
     row = f.row()
     assert row["pair_days"] == 2.0 and row["detection_rate"] == 0.5
-    assert row["false_alarms_per_pair_day"] == 1.0 and row["alarms_per_pair_day"] == 2.5
+    assert row["false_alarms_per_pair_day"] == 1.0 and row["alarms_per_pair_day"] == 2.0
     # Two false alarms in two pair-days: the rate is below 6.30 / 2 per pair-day at 95 %.
     assert row["false_alarms_per_pair_day_upper95"] == pytest.approx(6.2958 / 2, abs=1e-3)
     missed = [o for o in outcomes if not o.detected]

@@ -108,7 +108,8 @@ def test_a_car_closing_in_raises_an_approach_alarm_before_the_breach(
     approach = cic.wait_for(
         "cic/alarms", lambda m: m["type"] == "approach" and m["case_id"] == "BE-R-APPROACH"
     )
-    assert (approach["state"], approach["level"]) == ("open", "alarm")
+    # A prediction is a pre-alert: the breach it predicts is the alarm.
+    assert (approach["state"], approach["level"]) == ("open", "pre_alert")
     assert approach["distance_m"] > 1000  # long before the order distance
     assert approach["closing_speed_mps"] == pytest.approx(20.0, abs=3.0)
     assert 0 < approach["time_to_breach_s"] <= 120
