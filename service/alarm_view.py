@@ -9,7 +9,10 @@ threads; the engine's thread is never asked.
 
 Which alarms wait for an operator follows the engine's own book (:mod:`proximity.alarms`):
 an alarm waits from when it opens, or rises in level, until it is acknowledged, closed or
-ended. The queue's order: priority (:func:`priority`), then age, oldest first.
+ended. Operators work incidents (the alarms of one situation, :mod:`proximity.incidents`):
+the queue's order is the incident's priority (its open alarms' highest), then the incident's
+age, so that its alarms stand together; within one incident, each alarm's own priority, then
+age, oldest first.
 """
 
 from __future__ import annotations
@@ -34,11 +37,34 @@ DONE = frozenset({"ended", "closed"})
 
 def priority(message: dict[str, Any]) -> str:
     """``high`` (an escalation, a panic, an engine fault), ``medium`` (an alarm) or ``low``
-    (a pre-alert): the queue's first key. (Issue: incidents will group alarms and carry a
-    priority of their own.)"""
+    (a pre-alert); an incident's is its open alarms' highest (as the engine's)."""
     if message.get("level") == "escalation" or message.get("type") in HIGH_TYPES:
         return "high"
     return "medium" if message.get("level") == "alarm" else "low"
+
+
+def incident_priorities(alarms: list[AlarmSummary]) -> dict[str, str]:
+    """Each incident's priority: the highest of its open alarms among ``alarms``."""
+    out: dict[str, str] = {}
+    for s in alarms:
+        p, was = priority(s.message), out.get(s.incident)
+        if was is None or PRIORITIES.index(p) < PRIORITIES.index(was):
+            out[s.incident] = p
+    return out
+
+
+def order_by_incident(alarms: list[AlarmSummary]) -> list[AlarmSummary]:
+    """The queue's order (see the module docstring)."""
+    best = incident_priorities([s for s in alarms if s.open] or alarms)
+    first: dict[str, int] = {}
+    for s in alarms:
+        first[s.incident] = min(first.get(s.incident, s.first_seq), s.first_seq)
+
+    def key(s: AlarmSummary) -> tuple[int, int, int, int]:
+        inc = PRIORITIES.index(best.get(s.incident, priority(s.message)))
+        return (inc, first[s.incident], PRIORITIES.index(priority(s.message)), s.first_seq)
+
+    return sorted(alarms, key=key)
 
 
 def _rank(level: object) -> int:
@@ -61,7 +87,13 @@ class AlarmSummary:
     def open(self) -> bool:
         return self.message.get("state") not in DONE
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def incident(self) -> str:
+        """Its incident's id (its own id for a message from before incidents)."""
+        got = self.message.get("incident_id")
+        return got if isinstance(got, str) and got else self.alarm_id
+
+    def to_dict(self, incident_priority: str | None = None) -> dict[str, Any]:
         m = self.message
         return {
             "alarm_id": self.alarm_id,
@@ -70,6 +102,8 @@ class AlarmSummary:
             "level": m.get("level"),
             "state": m.get("state"),
             "priority": priority(m),
+            "incident_id": self.incident,
+            "incident_priority": incident_priority or priority(m),
             "opened": self.opened,
             "updated": (m.get("times") or {}).get("decided"),
             "awaiting_operator": self.awaiting,
@@ -157,7 +191,14 @@ class AlarmView:
                 for s in self.alarms.values()
                 if s.open or (include_ended and s.message.get("state") == "ended")
             ]
-        return sorted(out, key=lambda s: (PRIORITIES.index(priority(s.message)), s.first_seq))
+        return order_by_incident(out)
+
+    def incident(self, incident_id: str) -> list[AlarmSummary]:
+        """The open alarms of one incident, in the queue's order."""
+        with self._lock:
+            self._refresh()
+            out = [s for s in self.alarms.values() if s.open and s.incident == incident_id]
+        return order_by_incident(out)
 
     def get(self, alarm_id: str) -> AlarmSummary | None:
         with self._lock:

@@ -53,7 +53,7 @@ from ingest.model import RESOLUTIONS, OperatorAction, Rejection
 from proximity.cases import case_document, parse_case_file
 from proximity.clock import iso_utc
 from proximity.errors import CaseFileError, RegistryError
-from service.alarm_view import AlarmView
+from service.alarm_view import AlarmView, incident_priorities
 from storage.registry import Registry, redacted
 from storage.users import ROLES, User, Users
 
@@ -134,10 +134,17 @@ class CloseBody(BaseModel):
 
 
 class SuspendBody(BaseModel):
-    until: str = Field(
-        ...,
+    until: str | None = Field(
+        None,
         max_length=64,
         description="ISO 8601 with an offset: 15 minutes to 2 hours from now",
+    )
+    minutes: float | None = Field(
+        None,
+        ge=15,
+        le=120,
+        description="instead of 'until': for this long from now by the engine's clock"
+        " (a desk whose own clock is wrong still suspends for what it means)",
     )
     note: str = Field(..., min_length=1, max_length=2000, description="why (required)")
 
@@ -489,12 +496,13 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         items = ctx.view.queue(include_ended)
         ctx.users.audit(u, "GET /api/alarms", _reads(s.message for s in items))
         open_, awaiting = ctx.view.counts()
+        best = incident_priorities([s for s in items if s.open])
         return _json(
             {
                 "seq": seq,
                 "open": open_,
                 "awaiting_operator": awaiting,
-                "alarms": [s.to_dict() for s in items],
+                "alarms": [s.to_dict(best.get(s.incident)) for s in items],
             }
         )
 
@@ -537,7 +545,19 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
             raise HTTPException(404, f"no alarm {alarm_id!r} in the journal")
         trail = ctx.view.trail(alarm_id)
         ctx.users.audit(u, f"GET /api/alarms/{alarm_id}", _reads(m for _, m in trail))
-        return _json(s.to_dict() | {"trail": [{"seq": q, "message": m} for q, m in trail]})
+        mates = ctx.view.incident(s.incident)
+        incident = {
+            "incident_id": s.incident,
+            "alarms": [
+                {k: m.to_dict()[k] for k in ("alarm_id", "type", "level", "state", "case_id")}
+                for m in mates
+            ],
+        }
+        best = incident_priorities(mates).get(s.incident)
+        return _json(
+            s.to_dict(best)
+            | {"incident": incident, "trail": [{"seq": q, "message": m} for q, m in trail]}
+        )
 
     def _act(alarm_id: str, who: User, payload: dict[str, Any]) -> Response:
         s = ctx.view.get(alarm_id)
@@ -599,7 +619,12 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
             s.message.get("type") == "panic" or s.message.get("level") == "escalation"
         ):
             raise HTTPException(409, "a panic or an escalation is never suspended")
-        return _act(alarm_id, u, {"action": "suspend", "until": body.until, "note": body.note})
+        if (body.until is None) == (body.minutes is None):
+            raise _problems(["give either 'until' or 'minutes'"], "operator_action")
+        until = body.until
+        if body.minutes is not None:
+            until = iso_utc(ctx.clock() + body.minutes * 60.0)
+        return _act(alarm_id, u, {"action": "suspend", "until": until, "note": body.note})
 
     @app.get(
         "/api/stream",

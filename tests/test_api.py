@@ -593,7 +593,7 @@ def test_the_answer_to_an_acknowledgement_is_audited_and_research_ids_are_hashed
 
 # Last: it stops the module's engine and runs another on the same files.
 def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
-    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher
+    service: tuple[Api, EngineProcess, Path], cic: Listener, pub: Publisher, broker: LocalBroker
 ) -> None:
     from tests.test_cap import XSD
     from tests.test_formats import VALIDATOR
@@ -608,6 +608,14 @@ def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
     too_long = datetime.fromtimestamp(now() + 3 * 3600, UTC).isoformat()
     bad = {"until": too_long, "note": "x"}
     assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", bad)[0] == 422
+    # Or for a number of minutes by the engine's clock (what the console sends): 15 to 120,
+    # and not both.
+    for wrong in ({"minutes": 10, "note": "x"}, {"minutes": 30, "until": until, "note": "x"}):
+        assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", wrong)[0] == 422
+    # The queue names each alarm's incident and the incident's priority.
+    _, queue = api("GET", "/api/alarms", "desk-1")
+    [mine] = [a for a in queue["alarms"] if a["alarm_id"] == alarm_id]
+    assert mine["incident_id"] == mine["last"]["incident_id"] and mine["incident_priority"] == "low"
     status, got = api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)
     assert status == 200 and got["message"]["state"] == "suspended", got
     m = cic.wait_for(
@@ -638,8 +646,23 @@ def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
         "cic/alarms", lambda m: m["alarm_id"] == alarm_id and m["level"] == "escalation"
     )
     assert esc["state"] == "update" and esc["suspended_until"] is None
-    # An escalation cannot be suspended (409 here; not_suspendable on cic/acks).
+    # An escalation cannot be suspended: 409 here, and on cic/acks a rejection with its
+    # reason on proximity/rejected (and nothing held back).
     assert api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)[0] == 409
+    rejected = Listener(broker.url, ["proximity/rejected"])
+    try:
+        ack = {"alarm_id": alarm_id, "action": "suspend", "ts": now(), **body}
+        pub.raw("cic/acks/desk-1", json.dumps(ack).encode())
+        refused = rejected.wait_for(
+            "proximity/rejected", lambda m: m["reason"] == "not_suspendable"
+        )
+        assert alarm_id in refused["detail"] and "escalation" in refused["detail"]
+    finally:
+        rejected.close()
+    _, one = api("GET", f"/api/alarms/{alarm_id}", "desk-1")
+    assert one["last"]["suspended_until"] is None and one["last"]["state"] != "suspended"
+    assert one["incident"]["incident_id"] == one["incident_id"]
+    assert alarm_id in [a["alarm_id"] for a in one["incident"]["alarms"]]
 
 
 def test_incidents_are_published_next_to_the_alarms_and_validate(

@@ -1,6 +1,7 @@
 """The operator console in a real browser (Debian's Chromium, driven by Playwright): a new
-alarm appears in the queue, the alert sounds, the map shows both parties, acknowledging in
-the page reaches cic/alarms; and the case manager draws a zone. Screenshots are saved."""
+alarm appears in the queue, grouped with the alarms of its incident, the alert sounds, the
+map shows both parties, acknowledging and suspending in the page reach cic/alarms; and the
+case manager draws a zone. Screenshots are saved."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import orjson
 import pytest
 
 from simulator.broker import LocalBroker, free_port
+from simulator.metrics import epoch
 from simulator.process import EngineProcess
 from tests.conftest import WAIT_S, Listener, Publisher, add_users, import_cases, now
 from tests.naive import offset
@@ -117,15 +119,28 @@ def test_a_new_alarm_shows_sounds_maps_and_is_acknowledged_in_the_page(
         )
         page.wait_for_function("window.consoleState.alertsPlayed >= 1", timeout=WAIT_S * 1000)
         assert page.text_content("#unacked") == "2 unacknowledged"
-        # The queue puts the panic first.
-        first = page.locator("#queue tbody tr").first
-        assert first.get_attribute("data-alarm-id") == row.get_attribute("data-alarm-id")
-        row.click()
+        # One situation, one incident: her panic and the pre-alert about him stand together
+        # in the queue under one incident id, the incident high, the panic first.
+        panic_id = row.get_attribute("data-alarm-id")
+        rows = page.locator("#queue tbody tr")
+        page.wait_for_function(
+            "document.querySelectorAll('#queue tbody tr').length === 2", timeout=WAIT_S * 1000
+        )
+        assert rows.nth(0).get_attribute("data-alarm-id") == panic_id
+        assert rows.nth(0).get_attribute("data-incident-id") == rows.nth(1).get_attribute(
+            "data-incident-id"
+        )
+        assert (rows.nth(0).locator("td").nth(1).text_content() or "").endswith("(high)")
+        assert "same-incident" in (rows.nth(1).get_attribute("class") or "")
+        # (The queue is drawn anew every second: a locator finds the row again, a handle
+        # taken before may point at a row that has been replaced.)
+        page.locator(f"#queue tbody tr[data-alarm-id='{panic_id}']").click()
         page.wait_for_function(
             "window.consoleState.drawn.map(d => d.device).sort().join() === 'phone-c,tag-c'",
             timeout=WAIT_S * 1000,
         )
         assert "S. Dubois" in (page.text_content("#summary") or "")
+        assert "with proximity pre_alert" in (page.text_content("#incident") or "")
         assert page.locator("#trail li").count() >= 1
         page.screenshot(path=str(shots / "console-alarm.png"), full_page=True)
         alarm_id = row.get_attribute("data-alarm-id")
@@ -140,6 +155,36 @@ def test_a_new_alarm_shows_sounds_maps_and_is_acknowledged_in_the_page(
             timeout=WAIT_S * 1000,
         )
         page.screenshot(path=str(shots / "console-acknowledged.png"), full_page=True)
+        # A panic is never suspended: the page says why.
+        page.click("#suspend")
+        page.wait_for_function(
+            "document.querySelector('#action-result').textContent.includes('never suspended')",
+            timeout=WAIT_S * 1000,
+        )
+        # The pre-alert's source is, for 30 minutes, with the operator's reason (required).
+        pre_id = rows.nth(1).get_attribute("data-alarm-id")
+        page.locator(f"#queue tbody tr[data-alarm-id='{pre_id}']").click()
+        page.wait_for_function(
+            "document.querySelector('#detail-title').textContent.startsWith('proximity')",
+            timeout=WAIT_S * 1000,
+        )
+        page.fill("#note", "")
+        page.click("#suspend")
+        assert "needs a reason" in (page.text_content("#action-result") or "")
+        page.select_option("#suspend-for", "30")
+        page.fill("#note", "his workplace; known")
+        page.click("#suspend")
+        held = cic.wait_for(
+            "cic/alarms", lambda m: m["alarm_id"] == pre_id and m["state"] == "suspended"
+        )
+        assert held["operator"] == "desk-7" and "his workplace; known" in held["reason"]
+        minutes = (epoch(held["suspended_until"]) - epoch(held["times"]["decided"])) / 60
+        assert minutes == pytest.approx(30.0, abs=0.1)
+        page.wait_for_function(
+            "document.querySelector('#action-result').textContent.startsWith('suspended')",
+            timeout=WAIT_S * 1000,
+        )
+        page.screenshot(path=str(shots / "console-suspended.png"), full_page=True)
         print(f"the queue showed the alarm {shown_after:.2f} s after the first breach fix")
         assert not errors, errors
     finally:

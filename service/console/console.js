@@ -120,7 +120,15 @@ function startOperator() {
   $("ack").addEventListener("click", () => act("acknowledge", { note: $("note").value }));
   $("close").addEventListener("click", () =>
     act("close", { resolution: $("resolution").value, note: $("note").value }));
+  $("suspend").addEventListener("click", () => {
+    const note = $("note").value.trim();
+    if (!note) { text($("action-result"), "a suspension needs a reason: write it in the note"); return; }
+    act("suspend", { minutes: Number($("suspend-for").value), note });
+  });
 }
+
+// An incident's short name: the first block of its id (the full id is the row's title).
+const shortId = (id) => (id || "").split("-")[0];
 
 async function loadQueue() {
   const q = await api("GET", "/api/alarms");
@@ -140,12 +148,20 @@ function renderQueue() {
     tr.className = a.priority + (a.awaiting_operator ? " awaiting" : "");
     tr.dataset.alarmId = a.alarm_id;
     tr.dataset.caseId = a.case_id;
+    tr.dataset.incidentId = a.incident_id;
+    // The alarms of one incident stand together (the server's order); the first of each
+    // incident names it, the others are indented under it.
+    const prev = body.lastElementChild;
+    const first = !prev || prev.dataset.incidentId !== a.incident_id;
+    if (!first) tr.classList.add("same-incident");
     if (a.alarm_id === state.selected) tr.classList.add("selected");
-    for (const v of [a.priority, age(a.opened), a.type, a.level, a.state, a.case_id]) {
+    const incident = first ? shortId(a.incident_id) + " (" + a.incident_priority + ")" : "\u2514";
+    for (const v of [a.priority, incident, age(a.opened), a.type, a.level, a.state, a.case_id]) {
       const td = document.createElement("td");
       text(td, v);
       tr.appendChild(td);
     }
+    tr.children[1].title = "incident " + a.incident_id;
     tr.addEventListener("click", () => select(a.alarm_id));
     body.appendChild(tr);
   }
@@ -238,6 +254,11 @@ async function loadDetail(alarmId) {
     dl.append(dt, dd);
   }
   $("summary").replaceChildren(dl);
+  const inc = a.incident || { incident_id: a.incident_id, alarms: [] };
+  const others = inc.alarms.filter((x) => x.alarm_id !== a.alarm_id);
+  text($("incident"), `incident ${shortId(inc.incident_id)} (${a.incident_priority}): ` +
+    (others.length ? `with ${others.map((x) => `${x.type} ${x.level}`).join(", ")}` : "this alarm alone") +
+    (m.suspended_until ? `; suspended until ${m.suspended_until}` : ""));
   text($("reason"), m.reason);
   const ol = $("trail");
   ol.replaceChildren();
@@ -259,7 +280,8 @@ async function act(action, body) {
   if (!state.selected) return;
   try {
     const got = await api("POST", `/api/alarms/${encodeURIComponent(state.selected)}/${action}`, body);
-    text($("action-result"), got.message ? `${got.message.state} by ${got.message.operator}` : got.detail);
+    const until = got.message && got.message.suspended_until ? " until " + got.message.suspended_until : "";
+    text($("action-result"), got.message ? `${got.message.state} by ${got.message.operator}${until}` : got.detail);
     await loadQueue();
     await loadDetail(state.selected);
   } catch (e) {
