@@ -386,8 +386,9 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
     assert json.loads((tmp_path / "summary.json").read_text()) == doc
     assert "<img src='data:image/png;base64," in (tmp_path / "report.html").read_text()
     assert (tmp_path / "alarms-run1.jsonl").stat().st_size > 0
-    # The same scenarios through an in-process engine (--direct): the same verdicts, and the
-    # breach alarm decided within a few seconds of the same moment.
+    # The same scenarios through an in-process engine (--direct): the same verdicts. (Not
+    # the same delay to the second: through the broker at x120, every 100 ms the machine is
+    # busy elsewhere is 12 s of scenario time.)
     direct = run_evaluation(
         EvalOptions(
             scenarios=["walk-home", "stationary"],
@@ -403,7 +404,7 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
     for a, b in zip(run["families"], drun["families"], strict=True):
         for key in ("breaches", "breaches_detected", "false_alarms", "early_warnings"):
             assert a[key] == b[key], (a["family"], key)
-    assert drun["total"]["delay_median_s"] == pytest.approx(run["total"]["delay_median_s"], abs=3.0)
+    assert math.isfinite(drun["total"]["delay_median_s"])
     assert "direct" in (tmp_path / "direct" / "report.html").read_text()
 
 
@@ -545,17 +546,24 @@ def test_the_irregular_reporting_families_meet_their_targets(tmp_path: Path) -> 
 def test_bursty_and_minute_reporting_devices_alarm_through_mosquitto(tmp_path: Path) -> None:
     # The timing findings through the real broker and the engine's own clock (x120): a
     # logger that reports in bursts and a phone that reports once a minute each raise their
-    # breach's alarm, within one reporting interval + confirm_s + 5 s (bursts: up to 15 s
-    # apart) and within 60 s, and no alarm-level message carries more than 1 km.
-    doc = _through_mosquitto(["bursty", "every-minute"], tmp_path)
+    # breach's alarm (with bursts, a confirmation used never to complete), no false alarm,
+    # and no alarm-level message carries more than 1 km.
+    families = ["bursty", "every-minute"]
+    doc = _through_mosquitto(families, tmp_path)
     [run] = doc["runs"]
     by = {f["family"]: f for f in run["families"]}
     assert by["bursty"]["breaches"] == by["bursty"]["breaches_detected"] == 1
     assert by["every-minute"]["breaches"] == by["every-minute"]["breaches_detected"] == 1
-    assert by["bursty"]["delay_median_s"] <= 15 + 15 + 5
-    assert by["every-minute"]["delay_median_s"] <= 60.0
     assert run["total"]["false_alarms"] == 0
     assert run["total"]["max_alarm_uncertainty_m"] <= 1000.0
+    # The delays, on the fixes alone (in process: a busy machine cannot stretch them): within
+    # one reporting interval + confirm_s + 5 s (bursts: up to 15 s apart), and within 60 s.
+    opts = EvalOptions(scenarios=families, pairs=1, out=tmp_path / "d", quiet=True, direct=True)
+    [drun] = run_evaluation(opts)["runs"]
+    dby = {f["family"]: f for f in drun["families"]}
+    assert dby["bursty"]["breaches_detected"] == dby["every-minute"]["breaches_detected"] == 1
+    assert dby["bursty"]["delay_median_s"] <= 15 + 15 + 5
+    assert dby["every-minute"]["delay_median_s"] <= 60.0
 
 
 def test_the_zone_pass_family_detects_every_passage_and_no_near_miss(tmp_path: Path) -> None:
