@@ -7,8 +7,10 @@ Pure functions over plain values, so that a hand-made case can check them.
   moment it reached that level; alarms of a case outside its window are not scored (a
   device that has not started or has finished its scenario is not the engine's mistake).
 - A true **breach** (non-marginal episode within the order distance) is *detected* by a
-  ``proximity`` alarm from ``BREACH_LEAD_S`` before its start to ``BREACH_TAIL_S`` after its
-  end; its **detection delay** is that alarm's decision time minus the true crossing. In a
+  ``proximity`` alarm reaching level alarm from ``BREACH_LEAD_S`` before its start to
+  ``BREACH_TAIL_S`` after its end (its first rise, or a rise again after it was lowered to a
+  pre-alert: one alarm id can have several spells at level alarm); its **detection delay**
+  is that rise's decision time minus the true crossing. In a
   case whose offender was silent at the crossing, a ``signal_lost`` alarm during the silence
   detects it too (the engine cannot see a silent device cross). An ``approach`` alarm (a
   pre-alert by default, ``approach_alarm``) whose first message comes up to
@@ -92,10 +94,21 @@ class AlarmRecord:
     incident_id: str = ""
     #: When it first fell below level alarm after reaching it (lowered or ended; inf: never).
     alarm_until_s: float = math.inf
+    #: Every spell at level alarm or above, [from, until] (until inf: not left): an alarm
+    #: lowered to a pre-alert that rises again is one alarm id with two spells, and the
+    #: second is as much an alarm as the first.
+    spells: list[list[float]] = field(default_factory=list)
 
     def standing(self, t: float) -> bool:
         """Whether it stood at level alarm or above at ``t`` (reached before, not left)."""
-        return self.alarm_s <= t <= self.alarm_until_s
+        return any(a <= t <= b for a, b in self.spells) or (
+            not self.spells and self.alarm_s <= t <= self.alarm_until_s
+        )
+
+    def rise_in(self, lo: float, hi: float) -> float:
+        """The first time in [lo, hi] it reached level alarm (from below; NaN: none)."""
+        rises = [a for a, _ in self.spells] or [self.alarm_s]
+        return min((r for r in rises if lo <= r <= hi), default=math.nan)
 
     @property
     def is_alarm(self) -> bool:
@@ -134,6 +147,12 @@ def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[
         )
         if m.get("type") in NOTICE_TYPES and rising:
             rec.notices += 1
+        up = level in ALARM_LEVELS and m.get("state") != "ended"
+        in_spell = bool(rec.spells) and math.isinf(rec.spells[-1][1])
+        if up and not in_spell:
+            rec.spells.append([t, math.inf])
+        elif not up and in_spell:
+            rec.spells[-1][1] = t
         if level in ALARM_LEVELS and math.isnan(rec.alarm_s):
             rec.alarm_s = t
         elif (
@@ -356,12 +375,9 @@ def score(
                 # A breach of the order distance is the proximity rule's; a zone passage
                 # the zone rule's (approach alarms warn of the former only).
                 rule = "proximity" if e.kind == "breach" else "zone"
-                prox = [
-                    a
-                    for a in real
-                    if a.type == rule
-                    and e.start_s - BREACH_LEAD_S <= a.alarm_s <= e.end_s + BREACH_TAIL_S
-                ]
+                window = (e.start_s - BREACH_LEAD_S, e.end_s + BREACH_TAIL_S)
+                rises = {a.alarm_id: a.rise_in(*window) for a in real if a.type == rule}
+                prox = [a for a in real if a.type == rule and not math.isnan(rises[a.alarm_id])]
                 # An approach warns at either level (a pre-alert by default): from its
                 # first message.
                 early = [
@@ -392,8 +408,7 @@ def score(
                 if standing and not prox:
                     o.by = f"{rule}, standing"
                 elif prox:
-                    first = min(prox, key=lambda a: a.alarm_s)
-                    o.delay_s = first.alarm_s - e.start_s
+                    o.delay_s = min(rises[a.alarm_id] for a in prox) - e.start_s
                     o.by = rule
                     o.labelled_parallel = any(a.parallel for a in prox)
                     (f.delays_after_silence_s if dark else f.delays_s).append(o.delay_s)

@@ -225,6 +225,37 @@ def test_a_breach_that_begins_while_an_alarm_stands_is_detected_by_it() -> None:
     assert (fams["replay"].breaches_detected, fams["replay"].false_alarms) == (1, 1)
 
 
+def test_an_alarm_lowered_to_a_pre_alert_that_rises_again_detects_the_next_breach() -> None:
+    # He came in, left to the warning band (the alarm fell to a pre-alert, the same id), and
+    # came back ten minutes later: the second rise of that id is the second breach's alarm,
+    # with its own delay (the city's encounters do this).
+    c = CaseWindow(
+        "U",
+        "city",
+        0.0,
+        3600.0,
+        (
+            TruthEvent("U", "breach", 100.0, 300.0, 100.0),
+            TruthEvent("U", "breach", 1000.0, 1400.0, 100.0),
+        ),
+    )
+    messages = [
+        {"alarm_id": "u", "case_id": "U", "type": "proximity", "level": lvl, "state": st,
+         "times": {"decided": datetime.fromtimestamp(T0 + t, UTC).isoformat()}}
+        for t, lvl, st in [(90, "pre_alert", "open"), (112, "alarm", "update"),
+                           (150, "alarm", "acknowledged"), (400, "pre_alert", "update"),
+                           (1014, "alarm", "update"), (1300, "escalation", "update"),
+                           (1500, "pre_alert", "update"), (1600, "pre_alert", "ended")]
+    ]  # fmt: skip
+    [rec] = collect_alarms(messages, T0)
+    assert rec.spells == [[112.0, 400.0], [1014.0, 1500.0]]
+    assert rec.standing(1200.0) and not rec.standing(700.0)
+    fams, outcomes = score([c], [rec])
+    f = fams["city"]
+    assert (f.breaches, f.breaches_detected, sorted(f.delays_s)) == (2, 2, [12.0, 14.0])
+    assert [o.by for o in outcomes] == ["proximity", "proximity"] and f.false_alarms == 0
+
+
 def test_a_zone_passage_is_detected_by_a_zone_alarm_and_a_dropout_justifies_signal_lost() -> None:
     c = CaseWindow(
         "Z",
