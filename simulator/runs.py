@@ -174,7 +174,8 @@ class RunResult:
 
     def dropouts(self) -> dict[str, list[TruthEvent]]:
         """Per case: the gaps in its offender's reports (dropouts that swallowed a report)
-        longer than the declared interval plus the signal grace, as marginal silences: a
+        longer than the declared interval plus the signal grace, up to the case's end too,
+        as marginal silences: a
         ``signal_lost`` alarm in one is the rule doing what it says, not a false alarm, and
         the engine is not required to raise one (it allows for the cadence it learned)."""
         grace = float(self.settings.get("signal_grace_s", RuleConfig().signal_grace_s))
@@ -193,6 +194,9 @@ class RunResult:
                 TruthEvent(c.id, "silence", float(t[k]), float(t[k + 1]), marginal=True)
                 for k in long.tolist()
             ]
+            # And a last report that a dropout left without a successor before the case ended.
+            if t.size and c.end_s - float(t[-1]) > limit:
+                out[c.id].append(TruthEvent(c.id, "silence", float(t[-1]), c.end_s, marginal=True))
         return out
 
     def summary(self) -> dict[str, Any]:

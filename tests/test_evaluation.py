@@ -35,6 +35,7 @@ from simulator.metrics import (
     score,
 )
 from simulator.replay import ReplayPair, TrackError, add_replays, read_track
+from simulator.runs import RunResult
 from tests.conftest import T0
 
 TRACKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tracks"
@@ -223,6 +224,25 @@ def test_a_breach_that_begins_while_an_alarm_stands_is_detected_by_it() -> None:
     ended = AlarmRecord("x", "E", "proximity", 300.0, 290.0, 1, alarm_until_s=400.0)
     fams, _ = score([early], [stood, ended])
     assert (fams["replay"].breaches_detected, fams["replay"].false_alarms) == (1, 1)
+
+
+def test_a_dropout_that_took_an_offender_s_last_reports_is_a_marginal_silence() -> None:
+    # A device reporting once a minute whose last reports a dropout took: silent for more
+    # than its declared interval plus the grace before its case ended, as in the middle.
+    suite = build_suite(["every-minute"], variants=1, seed=3)
+    sched = build_schedule(suite, 3)
+    [case] = suite.cases
+    i = sched.devices.index(case.offender)
+    sent = sched.index[i][sched.index[i] >= 0]
+    assert sched.t[sent[-1]] > case.end_s - 120  # it reported to the end
+    run = RunResult({}, suite, sched, [], np.zeros(sched.t.size), 0.0, 1.0, 0.0, 0, {}, 0.0)
+    assert [e for e in run.dropouts()[case.id] if e.end_s == case.end_s] == []
+    last = float(sched.t[sent[-1]])
+    cut = sched.t[sent] > case.end_s - 400  # a dropout of the last 400 s
+    sched.index[i][np.isin(sched.index[i], sent[cut])] = -1
+    tail = run.dropouts()[case.id][-1]
+    assert (tail.kind, tail.marginal, tail.end_s) == ("silence", True, case.end_s)
+    assert tail.start_s == float(sched.t[sent[~cut][-1]]) < last - 300
 
 
 def test_an_alarm_lowered_to_a_pre_alert_that_rises_again_detects_the_next_breach() -> None:
