@@ -183,26 +183,28 @@ def test_a_silent_offender_is_detected_by_signal_lost_and_probing_by_its_alarm()
     assert f.false_alarms == 0
 
 
+def _breaches(case_id: str, family: str, *spans: tuple[float, float]) -> CaseWindow:
+    """A case of an hour or more whose true breaches (100 m deep) span ``spans``."""
+    end = max(3600.0, max(b for _, b in spans) + 2700.0)
+    events = tuple(TruthEvent(case_id, "breach", a, b, 100.0) for a, b in spans)
+    return CaseWindow(case_id, family, 0.0, end, events)
+
+
+def _trail(case_id: str, rows: list[tuple[float, str, str]]) -> list[dict[str, Any]]:
+    """The CIC messages of one proximity alarm: (seconds, level, state) each."""
+    return [
+        {"alarm_id": case_id.lower(), "case_id": case_id, "type": "proximity", "level": lvl,
+         "state": st, "times": {"decided": datetime.fromtimestamp(T0 + t, UTC).isoformat()}}
+        for t, lvl, st in rows
+    ]  # fmt: skip
+
+
 def test_a_breach_that_begins_while_an_alarm_stands_is_detected_by_it() -> None:
     # Two episodes 500 s apart (he stepped out briefly); the engine's alarm stood through the
     # first and the second (its hysteresis joined them), then a third after it ended.
-    c = CaseWindow(
-        "R",
-        "replay",
-        0.0,
-        7200.0,
-        (
-            TruthEvent("R", "breach", 100.0, 400.0, 100.0),
-            TruthEvent("R", "breach", 900.0, 1500.0, 100.0),
-            TruthEvent("R", "breach", 4000.0, 4500.0, 100.0),
-        ),
-    )
-    messages = [
-        {"alarm_id": "a", "case_id": "R", "type": "proximity", "level": lvl, "state": st,
-         "times": {"decided": datetime.fromtimestamp(T0 + t, UTC).isoformat()}}
-        for t, lvl, st in [(90, "pre_alert", "open"), (110, "alarm", "update"),
-                           (2000, "pre_alert", "update"), (2100, "pre_alert", "ended")]
-    ]  # fmt: skip
+    c = _breaches("R", "replay", (100.0, 400.0), (900.0, 1500.0), (4000.0, 4500.0))
+    rows = [(90, "pre_alert", "open"), (110, "alarm", "update"), (2000, "pre_alert", "update")]
+    messages = _trail("R", [*rows, (2100, "pre_alert", "ended")])
     [rec] = collect_alarms(messages, T0)
     assert (rec.alarm_s, rec.alarm_until_s) == (110.0, 2000.0)
     assert rec.standing(900.0) and not rec.standing(2500.0) and not rec.standing(100.0)
@@ -249,24 +251,14 @@ def test_an_alarm_lowered_to_a_pre_alert_that_rises_again_detects_the_next_breac
     # He came in, left to the warning band (the alarm fell to a pre-alert, the same id), and
     # came back ten minutes later: the second rise of that id is the second breach's alarm,
     # with its own delay (the city's encounters do this).
-    c = CaseWindow(
+    c = _breaches("U", "city", (100.0, 300.0), (1000.0, 1400.0))
+    messages = _trail(
         "U",
-        "city",
-        0.0,
-        3600.0,
-        (
-            TruthEvent("U", "breach", 100.0, 300.0, 100.0),
-            TruthEvent("U", "breach", 1000.0, 1400.0, 100.0),
-        ),
-    )
-    messages = [
-        {"alarm_id": "u", "case_id": "U", "type": "proximity", "level": lvl, "state": st,
-         "times": {"decided": datetime.fromtimestamp(T0 + t, UTC).isoformat()}}
-        for t, lvl, st in [(90, "pre_alert", "open"), (112, "alarm", "update"),
-                           (150, "alarm", "acknowledged"), (400, "pre_alert", "update"),
-                           (1014, "alarm", "update"), (1300, "escalation", "update"),
-                           (1500, "pre_alert", "update"), (1600, "pre_alert", "ended")]
-    ]  # fmt: skip
+        [(90, "pre_alert", "open"), (112, "alarm", "update"), (150, "alarm", "acknowledged"),
+         (400, "pre_alert", "update"), (1014, "alarm", "update"),
+         (1300, "escalation", "update"), (1500, "pre_alert", "update"),
+         (1600, "pre_alert", "ended")],
+    )  # fmt: skip
     [rec] = collect_alarms(messages, T0)
     assert rec.spells == [[112.0, 400.0], [1014.0, 1500.0]]
     assert rec.standing(1200.0) and not rec.standing(700.0)
