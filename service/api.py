@@ -489,7 +489,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
     @app.get(
         "/api/alarms",
         tags=["alarms"],
-        summary="The open queue: by priority (high, medium, low), then age",
+        summary="The open queue: by incident priority, incident age, then each alarm's",
     )
     def alarm_queue(u: Operator, include_ended: Annotated[bool, Query()] = False) -> Response:
         seq = ctx.view.last_seq()
