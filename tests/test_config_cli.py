@@ -195,10 +195,20 @@ def _flag_value(name: str) -> str:
     return f"/tmp/{name}.sqlite"  # paths
 
 
+def _flag_args(name: str) -> list[str]:
+    """The flag of setting ``name`` with a value other than its default (a switch alone:
+    ``--approach-alarm``, or ``--no-...`` for one that is on by default)."""
+    field = Settings.model_fields[name]
+    if field.annotation is bool:
+        flag = flag_name(name)
+        return [flag if not field.default else "--no-" + flag.removeprefix("--")]
+    return [flag_name(name), _flag_value(name)]
+
+
 def test_every_setting_has_a_flag_on_run_and_config_show(
     clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = [a for n in Settings.model_fields for a in (flag_name(n), _flag_value(n))]
+    args = [a for n in Settings.model_fields for a in _flag_args(n)]
     s = _show(capsys, *args)["settings"]
     for name in Settings.model_fields:
         assert s[name]["source"] == "flag", name
