@@ -164,7 +164,7 @@ class RuleConfig:
     #: ... and the prediction has held on every evaluation for this long.
     approach_hold_s: float = _rule(
         3.0,
-        "an approach must be predicted this long before it is an alarm",
+        "an approach must be predicted this long before it is announced",
         ge=0,
     )
     #: An approach is a prediction, and a prediction may be wrong (an offender who rides

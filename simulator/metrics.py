@@ -147,7 +147,9 @@ def collect_alarms(messages: Iterable[dict[str, Any]], t0_epoch: float) -> list[
         )
         if m.get("type") in NOTICE_TYPES and rising:
             rec.notices += 1
-        up = level in ALARM_LEVELS and m.get("state") != "ended"
+        # A spell ends when the alarm falls below level alarm, ends, or the operator closes
+        # it (a closed alarm is silent; if it rises again it is a new alarm id).
+        up = level in ALARM_LEVELS and m.get("state") not in ("ended", "closed")
         in_spell = bool(rec.spells) and math.isinf(rec.spells[-1][1])
         if up and not in_spell:
             rec.spells.append([t, math.inf])

@@ -266,6 +266,9 @@ def test_an_alarm_lowered_to_a_pre_alert_that_rises_again_detects_the_next_breac
     f = fams["city"]
     assert (f.breaches, f.breaches_detected, sorted(f.delays_s)) == (2, 2, [12.0, 14.0])
     assert [o.by for o in outcomes] == ["proximity", "proximity"] and f.false_alarms == 0
+    # An alarm the operator closed stands no more (it is silent; a rise is a new alarm id).
+    [closed] = collect_alarms(_trail("K", [(112, "alarm", "open"), (200, "alarm", "closed")]), T0)
+    assert closed.spells == [[112.0, 200.0]] and not closed.standing(1000.0)
 
 
 def test_a_zone_passage_is_detected_by_a_zone_alarm_and_a_dropout_justifies_signal_lost() -> None:
