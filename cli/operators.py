@@ -20,7 +20,6 @@ import paho.mqtt.client as mqtt
 
 from ingest.model import RESOLUTIONS, IngestError
 from ingest.transport import connect, disconnect, make_client, parse_broker_url
-from proximity.clock import iso_utc
 from service.settings import Settings, broker_access
 from storage.users import ROLES, Users, users_path
 
@@ -347,8 +346,8 @@ def _alarms(args: argparse.Namespace) -> int:
             got = _request(args, "POST", f"/api/alarms/{args.alarm_id}/close", body)
             print(_said(got))
         elif args.alarms_command == "suspend":
-            until = iso_utc(time.time() + 60.0 * args.minutes)
-            body = {"until": until, "note": args.note}
+            # For so many minutes by the engine's clock (not this terminal's).
+            body = {"minutes": args.minutes, "note": args.note}
             got = _request(args, "POST", f"/api/alarms/{args.alarm_id}/suspend", body)
             print(_said(got))
         else:

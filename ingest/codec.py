@@ -36,6 +36,7 @@ from ingest.model import (
     RESOLUTIONS,
     SUSPEND_MAX_S,
     SUSPEND_MIN_S,
+    SUSPEND_SLACK_S,
     DeviceEvent,
     Fix,
     OperatorAction,
@@ -451,18 +452,19 @@ def decode_ack(topic: str, payload: bytes | bytearray, t_recv: float) -> Operato
 
 def _until(value: object, t: float) -> float:
     """A suspension's ``until`` (ISO 8601 with an offset, or epoch seconds), within
-    SUSPEND_MIN_S .. SUSPEND_MAX_S of the action's time ``t``."""
+    SUSPEND_MIN_S .. SUSPEND_MAX_S of the action's time ``t`` (give or take
+    SUSPEND_SLACK_S)."""
     if value is None:
         raise InvalidInputError(
             RejectReason.MISSING_FIELD, "a suspension needs 'until' (ISO 8601 or epoch seconds)"
         )
     until = parse_timestamp(value, "until")
     span = until - t
-    if not SUSPEND_MIN_S <= span <= SUSPEND_MAX_S:
+    if not SUSPEND_MIN_S - SUSPEND_SLACK_S <= span <= SUSPEND_MAX_S + SUSPEND_SLACK_S:
         raise InvalidInputError(
             RejectReason.OUT_OF_RANGE,
             f"a suspension lasts {SUSPEND_MIN_S / 60:.0f} min to {SUSPEND_MAX_S / 3600:.0f} h"
-            f" after the action; 'until' is {span:.0f} s after it",
+            f" after the action; this one would end {span / 60:.1f} min after it",
         )
     return until
 

@@ -88,9 +88,12 @@ class DeviceEvent:
 
 #: What a CIC operator can do to an alarm on ``cic/acks``.
 OPERATOR_ACTIONS = frozenset({"acknowledge", "close", "suspend"})
-#: A suspension's bounds: from 15 minutes to 2 hours after the action.
+#: A suspension's bounds: from 15 minutes to 2 hours after the action, give or take
+#: SUSPEND_SLACK_S (a desk that asks for "15 minutes from now" stamps it a moment before
+#: the engine stamps the action).
 SUSPEND_MIN_S = 900.0
 SUSPEND_MAX_S = 7200.0
+SUSPEND_SLACK_S = 30.0
 #: How an operator closes an alarm (``other`` needs a note saying what happened).
 RESOLUTIONS = ("intervention_sent", "false_alarm", "technical", "victim_contacted", "other")
 

@@ -151,14 +151,14 @@ class RuleConfig:
         gt=0,
     )
 
-    #: Approach: an ``approach`` alarm before the breach when the offender closes in at
+    #: Approach: an ``approach`` pre-alert before the breach when the offender closes in at
     #: ``approach_min_speed_mps`` or more, is predicted to reach the order distance within
     #: ``approach_horizon_s`` (by the pair's relative motion and by his own course towards
     #: where she is), and has already closed ``approach_min_m`` in this approach (a
     #: sustained approach, not a swing of the velocity estimate); settled estimates only.
     approach_horizon_s: float = _rule(
         120.0,
-        "approach alarm when the order distance is predicted within this time",
+        "an approach is announced when the order distance is predicted within this time",
         gt=0,
     )
     #: ... and the prediction has held on every evaluation for this long.
@@ -183,7 +183,7 @@ class RuleConfig:
     )
     approach_min_m: float = _rule(
         50.0,
-        "metres an approach must already have closed before it alarms",
+        "metres an approach must already have closed before it is announced",
         ge=0,
     )
 

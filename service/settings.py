@@ -362,7 +362,10 @@ def resolve_settings(
     merged: dict[str, Any] = {}
     for name in Settings.model_fields:
         if name in given:
-            merged[name], origins[name] = given[name], Origin("flag", flag_name(name))
+            flag = flag_name(name)
+            if given[name] is False:  # a switch given as --no-...
+                flag = "--no-" + flag.removeprefix("--")
+            merged[name], origins[name] = given[name], Origin("flag", flag)
         elif name in env_values:
             merged[name], origins[name] = env_values[name], Origin("environment", env_vars[name])
         elif name in file_values:

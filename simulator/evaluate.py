@@ -382,7 +382,7 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
                     add_replays(suite, opts.replay)
                 suites[interval] = (suite, build_schedule(suite, opts.seed))
             suite, schedule = suites[interval]
-            what = ", ".join(f"{a}={b}" for a, b in combo.items()) or "default settings"
+            what = ", ".join(f"{a}={b}" for a, b in settings.items()) or "default settings"
             pace = (
                 "as fast as the engine goes"
                 if opts.direct

@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulator.broker import LocalBroker, free_port
+from simulator.metrics import epoch
 from simulator.process import EngineProcess
 from storage.registry import Registry
 from tests.conftest import (
@@ -616,12 +617,21 @@ def test_an_operator_suspends_a_source_with_a_reason_and_never_an_escalation(
     _, queue = api("GET", "/api/alarms", "desk-1")
     [mine] = [a for a in queue["alarms"] if a["alarm_id"] == alarm_id]
     assert mine["incident_id"] == mine["last"]["incident_id"] and mine["incident_priority"] == "low"
-    status, got = api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)
-    assert status == 200 and got["message"]["state"] == "suspended", got
+    # From a terminal, for the shortest time allowed, by the engine's clock.
+    env = dict(os.environ, PROXIMITY_API=api.base, PROXIMITY_API_TOKEN=api.tokens["desk-1"])
+    cmd = ("alarms", "suspend", alarm_id, "--for", "15", "--note", body["note"])
+    done = run_cli(*cmd, env=env)
+    assert done.returncode == 0 and "SUSPENDED" in done.stdout, done
     m = cic.wait_for(
         "cic/alarms", lambda m: m["alarm_id"] == alarm_id and m["state"] == "suspended"
     )
     assert m["operator"] == "desk-1" and m["suspended_until"] is not None
+    held_s = epoch(m["suspended_until"]) - epoch(m["times"]["decided"])
+    assert 900 - 5 < held_s <= 900
+    # Again over HTTP, for 30 minutes (a suspension can be renewed).
+    status, got = api("POST", f"/api/alarms/{alarm_id}/suspend", "desk-1", body)
+    assert status == 200 and got["message"]["state"] == "suspended", got
+    m = got["message"]
     assert m["reason"].endswith(": his workplace; confirmed by phone")
     assert list(VALIDATOR.iter_errors(m)) == []
     if XSD.exists():

@@ -127,6 +127,11 @@ def test_a_suspension_on_cic_acks_needs_a_bounded_until_and_a_note() -> None:
     assert isinstance(ok, OperatorAction) and ok.until == t + 1800 and ok.operator == "desk-1"
     iso = ack(until="2026-11-23T11:00:00+00:00", note="n")  # date-ok: T0 + 1 h
     assert isinstance(iso, OperatorAction) and iso.until == t + 3600
+    # "15 minutes from now" by the desk's clock, stamped by the engine a moment later.
+    assert isinstance(ack(until=t + 900 - 0.4, note="n"), OperatorAction)
+    assert isinstance(ack(until=t + 7200 + 0.4, note="n"), OperatorAction)
+    short = ack(until=t + 840, note="n")
+    assert isinstance(short, Rejection) and "would end 14.0 min after it" in short.detail
     bad: list[tuple[dict[str, object], RejectReason]] = [
         ({"until": t + 60, "note": "n"}, RejectReason.OUT_OF_RANGE),  # under 15 min
         ({"until": t + 3 * 3600, "note": "n"}, RejectReason.OUT_OF_RANGE),  # over 2 h
