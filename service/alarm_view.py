@@ -10,9 +10,11 @@ threads; the engine's thread is never asked.
 Which alarms wait for an operator follows the engine's own book (:mod:`proximity.alarms`):
 an alarm waits from when it opens, or rises in level, until it is acknowledged, closed or
 ended. Operators work incidents (the alarms of one situation, :mod:`proximity.incidents`):
-the queue's order is the incident's priority (its open alarms' highest), then the incident's
-age, so that its alarms stand together; within one incident, each alarm's own priority, then
-age, oldest first.
+the queue's order is the incident's priority, then the incident's age, so that its alarms
+stand together; within one incident, each alarm's own priority, then age, oldest first. An
+incident's priority and members are the engine's, from the incident messages it journals
+next to the alarms (``incident_topic``); only an alarm whose incident has no message (a
+journal from before incidents) has them derived here, as the engine would.
 """
 
 from __future__ import annotations
@@ -43,28 +45,14 @@ def priority(message: dict[str, Any]) -> str:
     return "medium" if message.get("level") == "alarm" else "low"
 
 
-def incident_priorities(alarms: list[AlarmSummary]) -> dict[str, str]:
-    """Each incident's priority: the highest of its open alarms among ``alarms``."""
+def derived_priorities(alarms: list[AlarmSummary]) -> dict[str, str]:
+    """Each incident's priority as the engine derives it: the highest of ``alarms``."""
     out: dict[str, str] = {}
     for s in alarms:
         p, was = priority(s.message), out.get(s.incident)
         if was is None or PRIORITIES.index(p) < PRIORITIES.index(was):
             out[s.incident] = p
     return out
-
-
-def order_by_incident(alarms: list[AlarmSummary]) -> list[AlarmSummary]:
-    """The queue's order (see the module docstring)."""
-    best = incident_priorities([s for s in alarms if s.open] or alarms)
-    first: dict[str, int] = {}
-    for s in alarms:
-        first[s.incident] = min(first.get(s.incident, s.first_seq), s.first_seq)
-
-    def key(s: AlarmSummary) -> tuple[int, int, int, int]:
-        inc = PRIORITIES.index(best.get(s.incident, priority(s.message)))
-        return (inc, first[s.incident], PRIORITIES.index(priority(s.message)), s.first_seq)
-
-    return sorted(alarms, key=key)
 
 
 def _rank(level: object) -> int:
@@ -119,13 +107,17 @@ class AlarmView:
     """The alarms of the journal at ``path`` (messages on ``topic``), refreshed from it on
     each use. Thread-safe."""
 
-    def __init__(self, path: Path, topic: str) -> None:
+    def __init__(self, path: Path, topic: str, incident_topic: str | None = None) -> None:
         self.path = path
         self.topic = topic
+        self.incident_topic = incident_topic
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
-        self._seq = 0
+        self._seq = 0  # the newest alarm message read
+        self._read = 0  # the newest row read (alarm or incident message)
         self.alarms: dict[str, AlarmSummary] = {}
+        #: Each incident's last message from the engine (``incident_topic``).
+        self.incidents: dict[str, dict[str, Any]] = {}
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -149,21 +141,26 @@ class AlarmView:
             return self._seq
 
     def _refresh(self) -> None:
+        topics = (self.topic, self.incident_topic or self.topic)
         try:
             rows = (
                 self._conn()
                 .execute(
-                    "SELECT seq, alarm_id, payload FROM outbox"
-                    " WHERE topic=? AND seq>? ORDER BY seq",
-                    (self.topic, self._seq),
+                    "SELECT seq, alarm_id, topic, payload FROM outbox"
+                    " WHERE topic IN (?, ?) AND seq>? ORDER BY seq",
+                    (*topics, self._read),
                 )
                 .fetchall()
             )
         except sqlite3.OperationalError:  # the engine has not made the journal yet
             return
-        for seq, alarm_id, payload in rows:
-            self._take(int(seq), str(alarm_id), orjson.loads(payload))
-            self._seq = int(seq)
+        for seq, key, topic, payload in rows:
+            self._read = int(seq)
+            if topic == self.topic:
+                self._take(int(seq), str(key), orjson.loads(payload))
+                self._seq = int(seq)
+            else:
+                self.incidents[str(key)] = orjson.loads(payload)
 
     def _take(self, seq: int, alarm_id: str, m: dict[str, Any]) -> None:
         s = self.alarms.get(alarm_id)
@@ -182,8 +179,8 @@ class AlarmView:
         s.messages += 1
 
     def queue(self, include_ended: bool = False) -> list[AlarmSummary]:
-        """The open alarms by priority, then age (oldest first); with ``include_ended``
-        also those that ended without an operator closing them."""
+        """The open alarms in the queue's order (see the module docstring); with
+        ``include_ended`` also those that ended without an operator closing them."""
         with self._lock:
             self._refresh()
             out = [
@@ -191,14 +188,54 @@ class AlarmView:
                 for s in self.alarms.values()
                 if s.open or (include_ended and s.message.get("state") == "ended")
             ]
-        return order_by_incident(out)
+            return self._ordered(out)
 
     def incident(self, incident_id: str) -> list[AlarmSummary]:
         """The open alarms of one incident, in the queue's order."""
         with self._lock:
             self._refresh()
             out = [s for s in self.alarms.values() if s.open and s.incident == incident_id]
-        return order_by_incident(out)
+            return self._ordered(out)
+
+    def incident_members(self, incident_id: str) -> list[dict[str, Any]]:
+        """One incident's alarms as the engine lists them (alarm id, case id, type, level,
+        state), or, without an incident message, its open alarms as the queue shows them."""
+        with self._lock:
+            self._refresh()
+            got = self.incidents.get(incident_id, {}).get("alarms")
+            if isinstance(got, list):
+                return [a for a in got if isinstance(a, dict)]
+            mates = [s for s in self.alarms.values() if s.open and s.incident == incident_id]
+            return [
+                {k: d[k] for k in ("alarm_id", "case_id", "type", "level", "state")}
+                for d in (m.to_dict() for m in self._ordered(mates))
+            ]
+
+    def priorities(self, alarms: list[AlarmSummary]) -> dict[str, str]:
+        """The priority of each incident of ``alarms``: the engine's (its last incident
+        message), else derived from the open ones among ``alarms``."""
+        with self._lock:
+            return self._priorities(alarms)
+
+    def _priorities(self, alarms: list[AlarmSummary]) -> dict[str, str]:
+        out = derived_priorities([s for s in alarms if s.open] or alarms)
+        for inc in out:
+            got = self.incidents.get(inc, {}).get("priority")
+            if got in PRIORITIES:
+                out[inc] = got
+        return out
+
+    def _ordered(self, alarms: list[AlarmSummary]) -> list[AlarmSummary]:
+        best = self._priorities(alarms)
+        first: dict[str, int] = {}
+        for s in alarms:
+            first[s.incident] = min(first.get(s.incident, s.first_seq), s.first_seq)
+
+        def key(s: AlarmSummary) -> tuple[int, int, int, int]:
+            inc = PRIORITIES.index(best.get(s.incident, priority(s.message)))
+            return (inc, first[s.incident], PRIORITIES.index(priority(s.message)), s.first_seq)
+
+        return sorted(alarms, key=key)
 
     def get(self, alarm_id: str) -> AlarmSummary | None:
         with self._lock:

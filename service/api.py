@@ -53,7 +53,7 @@ from ingest.model import RESOLUTIONS, OperatorAction, Rejection
 from proximity.cases import case_document, parse_case_file
 from proximity.clock import iso_utc
 from proximity.errors import CaseFileError, RegistryError
-from service.alarm_view import AlarmView, incident_priorities
+from service.alarm_view import AlarmView
 from storage.registry import Registry, redacted
 from storage.users import ROLES, User, Users
 
@@ -496,7 +496,7 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
         items = ctx.view.queue(include_ended)
         ctx.users.audit(u, "GET /api/alarms", _reads(s.message for s in items))
         open_, awaiting = ctx.view.counts()
-        best = incident_priorities([s for s in items if s.open])
+        best = ctx.view.priorities(items)
         return _json(
             {
                 "seq": seq,
@@ -545,15 +545,11 @@ def make_api(ctx: ApiContext, extra: FastAPI | None = None) -> FastAPI:
             raise HTTPException(404, f"no alarm {alarm_id!r} in the journal")
         trail = ctx.view.trail(alarm_id)
         ctx.users.audit(u, f"GET /api/alarms/{alarm_id}", _reads(m for _, m in trail))
-        mates = ctx.view.incident(s.incident)
         incident = {
             "incident_id": s.incident,
-            "alarms": [
-                {k: m.to_dict()[k] for k in ("alarm_id", "type", "level", "state", "case_id")}
-                for m in mates
-            ],
+            "alarms": ctx.view.incident_members(s.incident),
         }
-        best = incident_priorities(mates).get(s.incident)
+        best = ctx.view.priorities([s]).get(s.incident)
         return _json(
             s.to_dict(best)
             | {"incident": incident, "trail": [{"seq": q, "message": m} for q, m in trail]}

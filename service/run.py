@@ -979,7 +979,7 @@ class EngineService:
         return ApiContext(
             db=s.db,
             users=users,
-            view=AlarmView(journal, s.alarm_topic),
+            view=AlarmView(journal, s.alarm_topic, s.incident_topic),
             clock=self.clock,
             act=self.subscriber.put_local,
             apply_registry=lambda: self.call(

@@ -704,6 +704,16 @@ def test_incidents_are_published_next_to_the_alarms_and_validate(
         )
         assert incident["alarms"][0]["alarm_id"] == alarm["alarm_id"]
         assert incident["case_ids"] == ["BE-API-I"]
+        # The API shows the engine's incident (members and priority, from its journalled
+        # incident messages), not one of its own making.
+        _, one = api("GET", f"/api/alarms/{alarm['alarm_id']}", "desk-1")
+        seen = [
+            m
+            for m in listener.on("cic/alarms/incidents")
+            if m["incident_id"] == alarm["incident_id"]
+        ]
+        assert one["incident"]["alarms"] in [m["alarms"] for m in seen]
+        assert one["incident_priority"] in [m["priority"] for m in seen]
     finally:
         listener.close()
 

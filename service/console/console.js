@@ -257,7 +257,7 @@ async function loadDetail(alarmId) {
   const inc = a.incident || { incident_id: a.incident_id, alarms: [] };
   const others = inc.alarms.filter((x) => x.alarm_id !== a.alarm_id);
   text($("incident"), `incident ${shortId(inc.incident_id)} (${a.incident_priority}): ` +
-    (others.length ? `with ${others.map((x) => `${x.type} ${x.level}`).join(", ")}` : "this alarm alone") +
+    (others.length ? `with ${others.map((x) => `${x.type} ${x.level}` + (["ended", "closed"].includes(x.state) ? ` (${x.state})` : "")).join(", ")}` : "this alarm alone") +
     (m.suspended_until ? `; suspended until ${m.suspended_until}` : ""));
   text($("reason"), m.reason);
   const ol = $("trail");
