@@ -196,6 +196,10 @@ def _parameters(m: dict[str, Any]) -> list[tuple[str, str]]:
     ):
         if m.get(key) is not None:
             out.append((key, str(m[key])))
+    p = m.get("pursuit")
+    if p:
+        out.append(("pursuit", "active" if p["active"] else "inactive"))
+        out += [("pursuit_not_possible", x) for x in p["not_possible"]]
     out += [(f"summary.{k}", v) for k, v in m["summary"].items()]
     out += [(f"time.{k}", v) for k, v in m["times"].items() if v is not None]
     return out

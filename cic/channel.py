@@ -6,8 +6,10 @@ committed transaction, then publishes both with QoS 1; :meth:`MqttAlarmChannel.p
 them delivered when the broker's acknowledgement has come. :meth:`MqttAlarmChannel.replay`
 publishes, at start, what an earlier run journalled and never saw delivered. The rest goes
 out through the same door, each with its own guarantee: the evidence anchors (journalled and
-delivered as alarms are: :meth:`MqttAlarmChannel.send_records`), the retained status (QoS 1, and the
-``offline`` will), the offender's notices (QoS 1), the rejections (QoS 0), and the alarms of
+delivered as alarms are: :meth:`MqttAlarmChannel.send_records`), the device commands and
+the notices to offenders and protected persons (journalled with the alarms that caused
+them, QoS 1), the retained status (QoS 1, and the ``offline`` will), the rejections (QoS 0),
+and the alarms of
 an engine whose decision loop is stuck (:meth:`MqttAlarmChannel.send_straight`: QoS 1, no
 journal).
 
@@ -122,17 +124,19 @@ class MqttAlarmChannel:
         messages: list[dict[str, Any]],
         state: Delta | None = None,
         extra: Sequence[tuple[str, str, dict[str, Any]]] = (),
+        raw: Sequence[tuple[str, str, bytes]] = (),
     ) -> bool:
         """Journal ``messages`` (in order), the ``extra`` messages on other topics (``(key,
-        topic, message)``: the incidents' changes) and what changed in the engine's state with
-        them (``state``) in one transaction, then publish them; return whether ``state`` was
-        written (False while the journal refuses writes: the messages are then published all
-        the same, and held)."""
+        topic, message)``: the incidents' changes), the ``raw`` ones (``(key, topic,
+        payload)``: device commands and notices, as the devices receive them) and what
+        changed in the engine's state with them (``state``) in one transaction, then publish
+        them; return whether ``state`` was written (False while the journal refuses writes:
+        the messages are then published all the same, and held)."""
         now = time.time()
         for message in [*messages, *(m for _, _, m in extra)]:
             message["times"]["published"] = iso_utc(self._clock())
         caps = [self._cap.alert(m) if self.cap_topic is not None else None for m in messages]
-        items = self._items(messages, caps) + self._extra(extra)
+        items = self._items(messages, caps) + self._extra(extra) + list(raw)
         self.published += len(messages)
         # Journal first: committed before anything leaves the process (behind the messages
         # a storage fault holds, if any, to keep the journal's order).
@@ -150,7 +154,7 @@ class MqttAlarmChannel:
         # The journal refuses writes: the CIC gets the messages all the same, and is told.
         for message in [*messages, *(m for _, _, m in extra)]:
             message["journalled"] = False
-        items = self._items(messages, caps) + self._extra(extra)
+        items = self._items(messages, caps) + self._extra(extra) + list(raw)
         for alarm_id, topic, payload in items:
             held = _Held(alarm_id, topic, payload, now)
             held.mid = self._client.publish(topic, payload, qos=ALARM_QOS).mid

@@ -28,7 +28,7 @@ from typing import Any
 
 from proximity.cases import Case
 from proximity.clock import iso_utc
-from proximity.events import AlarmEvent, Position, wire_name
+from proximity.events import AlarmEvent, Position, PursuitInfo, wire_name
 from proximity.incidents import IncidentChange
 
 CATEGORY = "stalking"
@@ -106,6 +106,7 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
         "suspended_until": (
             iso_utc(event.suspended_until) if event.suspended_until is not None else None
         ),
+        "pursuit": _pursuit(event.pursuit),
         "trigger": {
             "device": trigger.device,
             "seq": trigger.seq if trigger.seq >= 0 else None,
@@ -117,6 +118,32 @@ def alarm_message(event: AlarmEvent, case: Case) -> dict[str, Any]:
             "decided": iso_utc(event.t_decided),
             "published": None,
         },
+    }
+
+
+def _pursuit(p: PursuitInfo | None) -> dict[str, Any] | None:
+    """The alarm's pursuit (proximity.pursuit): null when none concerns it."""
+    if p is None:
+        return None
+    return {
+        "active": p.active,
+        "interval_s": p.interval_s,
+        "possible": not p.not_possible,
+        "not_possible": [
+            f"{d}: reports over HTTP only (OsmAnd / Traccar Client) and cannot be commanded"
+            for d in p.not_possible
+        ],
+        "devices": [
+            {
+                "device": d.device,
+                "commands": d.mode,
+                "asked_interval_s": d.asked_interval_s,
+                "own_interval_s": _num(d.own_interval_s, 1),
+                "acknowledged": d.acknowledged,
+                "cadence_s": _num(d.cadence_s, 1) if d.cadence_s is not None else None,
+            }
+            for d in p.devices
+        ],
     }
 
 

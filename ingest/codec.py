@@ -31,12 +31,14 @@ from typing import Any
 import orjson
 
 from ingest.model import (
+    COMMAND_STATUSES,
     EVENT_TYPES,
     OPERATOR_ACTIONS,
     RESOLUTIONS,
     SUSPEND_MAX_S,
     SUSPEND_MIN_S,
     SUSPEND_SLACK_S,
+    CommandAck,
     DeviceEvent,
     Fix,
     OperatorAction,
@@ -81,6 +83,7 @@ def time_problem(t: float, t_recv: float) -> tuple[RejectReason, str] | None:
 FIX_TOPIC_PREFIX = "devices/"
 FIX_TOPIC_SUFFIX = "/fix"
 EVENT_TOPIC_SUFFIX = "/event"
+COMMAND_ACK_SUFFIX = "/cmd/ack"
 #: Operators' acknowledgements and closings of alarms (the CIC's side of the channel): on
 #: ``cic/acks/{account}`` the operator is the broker account the topic names (the generated
 #: ACL lets each CIC account write only its own), on ``cic/acks`` (unsecured brokers) the
@@ -469,12 +472,65 @@ def _until(value: object, t: float) -> float:
     return until
 
 
+def decode_command_ack(
+    topic: str, payload: bytes | bytearray, t_recv: float
+) -> CommandAck | Rejection:
+    """Decode a device's acknowledgement of a command (``devices/{device_id}/cmd/ack``):
+    ``{"command_id": ..., "status": "ok" | "rejected", "detail": ...}`` (``ts`` optional);
+    never raises."""
+    device = device_from_fix_topic(topic, COMMAND_ACK_SUFFIX)
+    if device is None:
+        return Rejection(
+            topic, None, RejectReason.BAD_TOPIC, "expected devices/{device_id}/cmd/ack", t_recv
+        )
+    try:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidInputError(
+                RejectReason.TOO_LARGE,
+                f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
+            )
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInputError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise InvalidInputError(
+                RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {_kind(obj)}"
+            )
+        command_id = obj.get("command_id")
+        if command_id is None:
+            raise InvalidInputError(RejectReason.MISSING_FIELD, "field 'command_id' is required")
+        if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE,
+                f"field 'command_id' must be the command's id (text), got {shown(command_id)}",
+            )
+        status = obj.get("status", "ok")
+        if not isinstance(status, str) or status not in COMMAND_STATUSES:
+            raise InvalidInputError(
+                RejectReason.OUT_OF_RANGE,
+                f"field 'status' = {shown(status)} must be one of"
+                f" {', '.join(sorted(COMMAND_STATUSES))}",
+            )
+        detail = obj.get("detail", "")
+        if not isinstance(detail, str):
+            raise InvalidInputError(
+                RejectReason.BAD_TYPE, f"field 'detail' must be text, got {_kind(detail)}"
+            )
+        return CommandAck(device, command_id, status, detail[:500], t_recv)
+    except InvalidInputError as bad:
+        return Rejection(topic, device, bad.reason, bad.detail, t_recv)
+
+
 def decode(
     topic: str, payload: bytes | bytearray, t_recv: float
-) -> Fix | DeviceEvent | OperatorAction | Rejection:
-    """Dispatch on the topic: fixes, device events and operator actions; never raises."""
+) -> Fix | DeviceEvent | OperatorAction | CommandAck | Rejection:
+    """Dispatch on the topic: fixes, device events, operator actions and command
+    acknowledgements; never raises."""
     if topic == ACK_TOPIC or topic.startswith(ACK_TOPIC + "/"):
         return decode_ack(topic, payload, t_recv)
+    if topic.endswith(COMMAND_ACK_SUFFIX):
+        return decode_command_ack(topic, payload, t_recv)
     if topic.endswith(EVENT_TOPIC_SUFFIX):
         return decode_event(topic, payload, t_recv)
     return decode_fix(topic, payload, t_recv)

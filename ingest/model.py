@@ -35,6 +35,9 @@ class RejectReason(StrEnum):
     UNKNOWN_ALARM = "unknown_alarm"
     #: A suspension the engine refuses: a panic or an escalation is never suspended.
     NOT_SUSPENDABLE = "not_suspendable"
+    #: An acknowledgement of a command the engine has not sent this device (or no longer
+    #: waits for: the pursuit is over, or a newer command replaced it).
+    UNKNOWN_COMMAND = "unknown_command"
     #: The input made a decoder fail: a bug of the engine, not of the sender. The message is
     #: still taken (and acknowledged) as a rejection, so that it cannot come back.
     INTERNAL_ERROR = "internal_error"
@@ -129,6 +132,22 @@ class OperatorAction:
     t_recv: float
     resolution: str = ""  # one of RESOLUTIONS, for a close; "": none given
     until: float = math.nan  # a suspension's end (epoch s); NaN for the other actions
+
+
+#: What a device says of a command it received (``devices/{id}/cmd/ack``).
+COMMAND_STATUSES = frozenset({"ok", "rejected"})
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck:
+    """A device's acknowledgement of a command (:mod:`cic.commands`): ``status`` ``ok`` (it
+    obeys) or ``rejected`` (it cannot; ``detail`` may say why)."""
+
+    device: str
+    command_id: str
+    status: str
+    detail: str
+    t_recv: float
 
 
 @dataclass(frozen=True, slots=True)

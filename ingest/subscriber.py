@@ -34,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest.codec import ACK_SUBSCRIPTION, ACK_TOPIC, decode
 from ingest.model import (
+    CommandAck,
     DeviceEvent,
     Fix,
     OperatorAction,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 
 FIX_SUBSCRIPTION = "devices/+/fix"
 EVENT_SUBSCRIPTION = "devices/+/event"
+COMMAND_ACK_SUBSCRIPTION = "devices/+/cmd/ack"
 SUBSCRIBE_QOS = 1
 QUEUE_LIMIT = 200_000
 #: How many messages the broker may hand the engine before it has acknowledged them (MQTT 5
@@ -60,7 +62,7 @@ QUEUE_LIMIT = 200_000
 #: (:mod:`storage.backlog`); the rest waits at the broker.
 RECEIVE_MAXIMUM = 65_535
 
-Item = Fix | DeviceEvent | OperatorAction | Rejection | SessionLost | Wake
+Item = Fix | DeviceEvent | OperatorAction | CommandAck | Rejection | SessionLost | Wake
 
 
 def decode_message(
@@ -187,6 +189,7 @@ class FixSubscriber:
             [
                 (FIX_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (EVENT_SUBSCRIPTION, SUBSCRIBE_QOS),
+                (COMMAND_ACK_SUBSCRIPTION, SUBSCRIBE_QOS),
                 (ACK_TOPIC, SUBSCRIBE_QOS),
                 (ACK_SUBSCRIPTION, SUBSCRIBE_QOS),
                 *((t, SUBSCRIBE_QOS) for t in OWNTRACKS_SUBSCRIPTIONS),
@@ -194,9 +197,10 @@ class FixSubscriber:
         )
         self.connected.set()
         log.info(
-            "subscribed to %s, %s, %s, %s and OwnTracks on %s",
+            "subscribed to %s, %s, %s, %s, %s and OwnTracks on %s",
             FIX_SUBSCRIPTION,
             EVENT_SUBSCRIPTION,
+            COMMAND_ACK_SUBSCRIPTION,
             ACK_TOPIC,
             ACK_SUBSCRIPTION,
             self.broker,

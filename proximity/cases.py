@@ -37,7 +37,18 @@ from proximity.errors import CaseFileError
 MAX_ORDER_DISTANCE_M = 100_000.0
 #: A device id is used in MQTT topics (devices/{id}/fix): no level separator, no wildcards.
 FORBIDDEN_ID_CHARS = frozenset("/+#")
-CASE_KEYS = frozenset({"id", "offenders", "protected", "order", "summary", "zones", "mobility"})
+CASE_KEYS = frozenset(
+    {
+        "id",
+        "offenders",
+        "protected",
+        "order",
+        "summary",
+        "zones",
+        "mobility",
+        "share_offender_position",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +193,9 @@ class Case:
     #: Certainly within this distance, an alarm escalates; None: the engine's
     #: ``escalation_fraction`` of the order distance.
     escalation_distance_m: float | None = None
+    #: The protected person's notices may show the offender's position, distance and
+    #: direction (cic.notice.VictimNotices); off unless the case file says so.
+    share_offender_position: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +240,8 @@ def case_document(case: Case) -> dict[str, Any]:
     }
     if mobility:
         doc["mobility"] = mobility
+    if case.share_offender_position:
+        doc["share_offender_position"] = True
     return doc
 
 
@@ -431,6 +447,9 @@ def _parse_case(
                 summary[key] = val
     zones, named = _check_zones(where, raw.get("zones"), problems, warnings)
     off_speed, prot_speed = _check_mobility(where, raw.get("mobility"), problems)
+    share = raw.get("share_offender_position", False)
+    if not isinstance(share, bool):
+        problems.append(f"{where}: 'share_offender_position' must be true or false, got {share!r}")
     if len(problems) > before:
         return None, named
     case = Case(
@@ -444,6 +463,7 @@ def _parse_case(
         off_speed,
         prot_speed,
         escalation,
+        share is True,
     )
     return case, named
 

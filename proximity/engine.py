@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -34,13 +34,14 @@ from proximity.alarms import APPROACH, PAIR, ZONE, AlarmBook
 from proximity.cases import Case, Device, top_speeds
 from proximity.core import PairEvaluation, ProximityCore
 from proximity.core import warm_up as warm_up_core
-from proximity.events import AlarmEvent, AlarmState, Position
+from proximity.events import AlarmEvent, AlarmLevel, AlarmState, AlarmType, Position
 from proximity.faults import EngineFaults
 from proximity.health import DeviceWatch, sequence_steps
 from proximity.incidents import Incidents
 from proximity.intake import FixIntake
 from proximity.pair_rules import ApproachRule, ProximityRule
 from proximity.pairs import PairTable, dependency_rounds
+from proximity.pursuit import Pursuit
 from proximity.rules import RuleConfig
 from proximity.suspensions import Suspensions
 from proximity.zones import ZoneWatch
@@ -133,6 +134,17 @@ class Engine:
         self.suspensions = Suspensions()
         #: The incidents the published alarms belong to (proximity.incidents).
         self.incidents = Incidents()
+        #: The devices asked to report faster during an alarm (proximity.pursuit).
+        self.pursuit = Pursuit(
+            cases,
+            devices,
+            r,
+            lambda d: float(self.health.interval_s[self.slot_of[d]]),
+            lambda d: float(self.devices.t_fix[self.slot_of[d]]),
+            self._gaps,
+            lambda d: bool(self.health.silent[self.slot_of[d]]),
+            self._pursuit_alarm,
+        )
         self._out = PairEvaluation.allocate(len(self.pairs))
         #: The latest decision time: decisions never go back in time.
         self._t_last = -math.inf
@@ -274,6 +286,7 @@ class Engine:
             events.extend(self.zones.decide(entries, now, "time"))
             events.extend(self.zones.probe_expiry(now))
         events.extend(self.health.sweep(now))
+        events.extend(self.pursuit.tick(now))
         out = self._decided(events)
         if len(self.suspensions):
             over = self.suspensions.expired(now, self.book.last)
@@ -391,7 +404,37 @@ class Engine:
         """The published events with their incident (proximity.incidents), in the book too."""
         tagged = self.incidents.tag(events)
         self.book.restate(tagged)
-        return tagged
+        # The pursuit's figures go with the published events only (the book, which is
+        # saved, keeps what the rules decided).
+        return self.pursuit.decide(tagged)
+
+    def _gaps(self, device: str) -> tuple[int, list[float]]:
+        """How many gaps between ``device``'s fixes have been counted, and the latest (at
+        most proximity.cadence.CADENCE_GAPS), oldest first."""
+        cad, slot = self.health.cadence, self.slot_of[device]
+        n = int(cad.count[slot])
+        ring = cad.gaps[slot]
+        k = min(n, ring.size)
+        return n, [float(ring[(n - k + i) % ring.size]) for i in range(k)]
+
+    def _pursuit_alarm(
+        self, alarm_id: str, state: AlarmState, case_id: str, device: str, reason: str, at: float
+    ) -> AlarmEvent:
+        """A ``pursuit_ignored`` health alarm (proximity.pursuit) of ``device`` in a case."""
+        case = self.cases[case_id]
+        slot = self.slot_of[device]
+        e = self.health.alarm_event(
+            alarm_id,
+            AlarmType.PURSUIT_IGNORED,
+            AlarmLevel.PRE_ALERT,
+            state,
+            case,
+            slot,
+            device in case.offenders,
+            reason,
+            at,
+        )
+        return replace(e, t_decided=at, cause="time")
 
     def evaluate(self, idx: npt.NDArray[np.int64] | None = None) -> PairEvaluation:
         """The core's current verdict on pairs ``idx`` (all pairs by default), for inspection."""

@@ -28,6 +28,7 @@ class AlarmType(IntEnum):
     PROBING = 12  # repeated entries into the warning band
     ENGINE_FAULT = 13  # the engine stopped deciding: every case's protection is interrupted
     DATA_GAP = 14  # the broker lost the engine's session: messages of a time span may be gone
+    PURSUIT_IGNORED = 15  # a device asked to report faster during an alarm does not
 
 
 class AlarmLevel(IntEnum):
@@ -92,6 +93,29 @@ class ZoneRef:
 
 
 @dataclass(frozen=True, slots=True)
+class DevicePursuit:
+    """One device of a pursuit (proximity.pursuit) as the alarm message shows it."""
+
+    device: str
+    mode: str
+    asked_interval_s: float | None  # None: not asked (cannot be commanded, or already fast)
+    own_interval_s: float
+    acknowledged: bool
+    cadence_s: float | None  # the median gap of its fixes since the pursuit began
+
+
+@dataclass(frozen=True, slots=True)
+class PursuitInfo:
+    """The pursuit of one alarm: ``active`` while its devices are asked to report faster
+    (or already do); ``not_possible`` names the devices that cannot be commanded."""
+
+    active: bool
+    interval_s: float
+    devices: tuple[DevicePursuit, ...]
+    not_possible: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AlarmEvent:
     """One state change of one alarm; ``alarm_id`` is stable for the life of the alarm.
 
@@ -144,6 +168,8 @@ class AlarmEvent:
     suspended_until: float | None = None
     #: The incident the alarm belongs to (proximity.incidents); None: not published yet.
     incident_id: str | None = None
+    #: The pursuit of the alarm's devices (proximity.pursuit); None: no pursuit concerns it.
+    pursuit: PursuitInfo | None = None
 
     def restated(
         self, state: AlarmState, t_decided: float, reason: str, cause: str, **more: Any

@@ -347,6 +347,22 @@ class DeviceWatch:
             for case in self.cases
         ]
 
+    def alarm_event(
+        self,
+        alarm_id: str,
+        kind: AlarmType,
+        level: AlarmLevel,
+        state: AlarmState,
+        case: Case,
+        slot: int,
+        is_offender: bool,
+        reason: str,
+        now: float,
+    ) -> AlarmEvent:
+        """A health alarm's event about the device in ``slot`` (for another rule: the
+        pursuit's ``pursuit_ignored``), with both parties' last positions."""
+        return self._event(alarm_id, kind, level, state, case, slot, is_offender, reason, now)
+
     def _event(
         self,
         alarm_id: str,

@@ -225,6 +225,48 @@ class RuleConfig:
         ge=0,
     )
 
+    #: Pursuit mode (proximity.pursuit): while an alarm at level alarm or above is open for a
+    #: pair or a zone, the offender's device and the protected person's are asked to report
+    #: every ``pursuit_interval_s`` (a device that already reports faster keeps its pace),
+    #: until ``pursuit_tail_s`` after the episode ends; then their own interval is restored.
+    pursuit: bool = _rule(
+        True,
+        "ask the devices of an alarm at level alarm or above to report faster (pursuit mode)",
+    )
+    pursuit_interval_s: float = _rule(
+        10.0,
+        "reporting interval the devices are asked for during pursuit, seconds",
+        gt=0,
+    )
+    pursuit_tail_s: float = _rule(
+        120.0,
+        "pursuit goes on this long after the episode's last alarm ends, seconds",
+        ge=0,
+    )
+    #: A command a device has not acknowledged this long after it was sent is sent again
+    #: (at most pursuit_sends times); a device that acknowledged, or cannot, but sends no
+    #: fix for three pursuit intervals after this long keeps its old cadence: the command is
+    #: sent again, and after the last send a ``pursuit_ignored`` health alarm opens.
+    pursuit_ack_timeout_s: float = _rule(
+        10.0,
+        "a device command not acknowledged this long after it was sent is sent again, seconds",
+        gt=0,
+    )
+    pursuit_sends: int = _rule(
+        3,
+        "how often a device command is sent before the device is taken to ignore it",
+        ge=1,
+    )
+    #: The faster interval is asked for until a time (the command's ``until``): a device
+    #: that hears nothing more falls back to its own interval by itself; the engine renews
+    #: it at half the lease while the pursuit goes on.
+    pursuit_lease_s: float = _rule(
+        600.0,
+        "a pursuit command asks for the faster interval until this long after it is sent,"
+        " seconds (renewed while the pursuit goes on)",
+        gt=0,
+    )
+
 
 def rule_settings() -> dict[str, tuple[str, Any, dict[str, Any]]]:
     """Every rule as a setting: name -> (type name, default, description and bounds)."""

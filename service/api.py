@@ -164,6 +164,7 @@ AlarmTypeName = Literal[
     "separated",
     "engine_fault",
     "data_gap",
+    "pursuit_ignored",
 ]
 
 ERRORS: dict[int | str, dict[str, Any]] = {

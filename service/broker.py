@@ -24,7 +24,8 @@ engine: its intake (``broker_username``, reading) and its publishing client (the
 with ``-out``, writing). What each may do:
 
 - a device publishes only its own fixes and events (``devices/<id>/fix``, ``.../event``, and
-  its OwnTracks topics) and reads only its own notices and commands;
+  its acknowledgements of commands, ``.../cmd/ack``, and its OwnTracks topics) and reads
+  only its own notices and commands;
 - the engine's intake reads the device topics and ``cic/acks/+``; its publishing client
   writes the alarms (``cic/alarms/#``), the evidence anchors, ``proximity/#`` and the
   devices' notices and commands;
@@ -152,7 +153,7 @@ def plan_accounts(
     accounts = []
     for dev in device_ids:
         read = [f"devices/{dev}/notice", f"devices/{dev}/cmd"]
-        write = [f"devices/{dev}/fix", f"devices/{dev}/event"]
+        write = [f"devices/{dev}/fix", f"devices/{dev}/event", f"devices/{dev}/cmd/ack"]
         ot = info.get(dev, {}).get("owntracks")
         if isinstance(ot, dict) and isinstance(ot.get("user"), str):
             base = f"owntracks/{ot['user']}/{ot['device']}"
@@ -167,7 +168,13 @@ def plan_accounts(
             write += [base, f"{base}/#"]
             read.append(f"{base}/cmd")
         accounts.append(Account(dev, "device", tuple(read), tuple(write)))
-    engine_reads = ("devices/+/fix", "devices/+/event", "owntracks/+/+", "owntracks/+/+/event")
+    engine_reads = (
+        "devices/+/fix",
+        "devices/+/event",
+        "devices/+/cmd/ack",
+        "owntracks/+/+",
+        "owntracks/+/+/event",
+    )
     head = [
         Account(engine, "engine", (*engine_reads, "cic/acks/+"), ()),
         Account(

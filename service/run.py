@@ -29,13 +29,14 @@ import numpy.typing as npt
 import orjson
 
 from cic.channel import MqttAlarmChannel
+from cic.commands import command_publications, command_record
 from cic.journal import Journal, StateError
 from cic.messages import alarm_message, incident_message
-from cic.notice import notices_for
+from cic.notice import VictimNotices, notices_for
 from ingest.batch import FixBatch
 from ingest.codec import ACK_TOPIC
 from ingest.http_server import HttpServer
-from ingest.model import IngestError, Rejection, RejectReason, Wake
+from ingest.model import CommandAck, IngestError, Rejection, RejectReason, Wake
 from ingest.osmand import make_app as make_osmand_app
 from ingest.owntracks import aliases as owntracks_aliases
 from ingest.owntracks import keys as owntracks_keys
@@ -215,6 +216,9 @@ class EngineService:
         self._cadence = np.full(n, np.nan)  # each device's reporting interval, seen, s
         self._last_fix = np.full(n, np.nan)  # each device's newest fix time, for the cadence
         self.notices_published = 0
+        self.victim_notices = VictimNotices()  # what each protected person was told so far
+        self.commands_published = 0
+        self.command_acks = 0
         # Evidence entries the disk refused, in order (storage.backlog), and the fault.
         self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
         self._evidence_retry = Retry("the evidence record")
@@ -235,6 +239,12 @@ class EngineService:
         self._slot_case_ptr = np.cumsum([0, *(len(x) for x in slot_cases)], dtype=np.int64)
         self._slot_cases = np.array([ci for x in slot_cases for ci in sorted(x)], dtype=np.int64)
         self._device_ids: npt.NDArray[Any] = np.array(self.engine.devices.ids, dtype=object)
+        #: Device id -> its OwnTracks app (user, device): where its commands go.
+        self._owntracks_of = {
+            d.id: (str(ot["user"]), str(ot["device"]))
+            for d in self.devices
+            if isinstance(ot := d.info.get("owntracks"), dict) and "user" in ot and "device" in ot
+        }
 
     def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
         """Run ``fn`` on the decision loop's thread, between two steps, and return what it
@@ -328,6 +338,7 @@ class EngineService:
         for f in dataclasses.fields(old.stats):
             setattr(self.engine.stats, f.name, getattr(old.stats, f.name))
         self.engine.faults.previously_until = old.faults.previously_until
+        self.engine.pursuit.adopt(old.pursuit)
         self.engine.start(old._t_last if math.isfinite(old._t_last) else self.clock())
         self.timeline = Timeline(self.engine, self.grid)
         old_slot = old.slot_of
@@ -412,6 +423,9 @@ class EngineService:
                 "alarms_unacknowledged": self.channel.unacknowledged,
                 "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
+                "commands_published": self.commands_published,
+                "command_acks": self.command_acks,
+                "devices_in_pursuit": len(self.engine.pursuit.in_pursuit()),
                 "open_alarms": self.engine.open_alarms,
                 "storage": "fault" if self._storage_error() else "ok",
                 "storage_error": self._storage_error() or None,
@@ -710,13 +724,16 @@ class EngineService:
                 self.channel.status(s.status_topic, self._status("online"))
                 next_status = time.monotonic() + s.status_interval_s
 
-    def _step(self, items: Sequence[Item | Wake], horizon: float) -> None:
+    def _step(self, items: Sequence[Item | Wake | CommandAck], horizon: float) -> None:
         """Take ``items`` (in arrival order) and the sweeps due up to ``horizon``: each sweep
         after the items stamped at or before its instant (:class:`Timeline`); record and
         publish what each step decided before the next."""
         # A Wake is no message: another thread had work for the loop (done after the step).
-        messages: list[Item] = [i for i in items if not isinstance(i, Wake)]
-        self.messages_received += len(messages)
+        messages: list[Item] = [i for i in items if not isinstance(i, Wake | CommandAck)]
+        acks = [i for i in items if isinstance(i, CommandAck)]
+        self.messages_received += len(messages) + len(acks)
+        if acks:  # the devices' acknowledgements of commands: the pursuit's, not a decision
+            self._command_acks(acks)
         rejected = [i for i in messages if isinstance(i, Rejection)]
         if rejected:
             self.reporter.report(rejected)
@@ -902,7 +919,15 @@ class EngineService:
         """Each device's status (the HTTP API's /api/devices/status; the loop's thread)."""
         e, now = self.engine, self.clock()
         book = e.book
-        health_types = {"signal_lost", "victim_silent", "battery_low", "power_off", "tamper"}
+        health_types = {
+            "signal_lost",
+            "victim_silent",
+            "battery_low",
+            "power_off",
+            "tamper",
+            "pursuit_ignored",
+        }
+        chased = e.pursuit.in_pursuit()
         health: dict[str, list[str]] = {}
         for a in list(book.order):
             last = book.last(a)
@@ -929,6 +954,9 @@ class EngineService:
                     "reporting_interval_seen_s": _finite(self._cadence[slot]),
                     "silent": bool(e.health.silent[slot]),
                     "health_alarms": sorted(set(health.get(dev, []))),
+                    # How it is commanded (pursuit mode): mqtt, owntracks, or none (HTTP only).
+                    "commands": e.pursuit.mode(dev),
+                    "in_pursuit": dev in chased,
                 }
             )
         return out
@@ -1029,7 +1057,7 @@ class EngineService:
         self._record(entries)
 
     def _publish(self, events: list[AlarmEvent]) -> None:
-        if not events:
+        if not events and not self.engine.pursuit.pending:
             return
         sent: list[tuple[str, float, str, dict[str, Any]]] = []
         messages = [alarm_message(e, self.engine.cases[e.case_id]) for e in events]
@@ -1038,9 +1066,11 @@ class EngineService:
             (c.incident_id, self.settings.incident_topic, incident_message(c))
             for c in self.engine.incidents.take()
         ]
+        # What goes to the devices: the pursuit's commands and the notices.
+        raw, records = self._device_messages(events)
         # The messages and the state that raised them, in one transaction.
         state = self.memory.delta()
-        if self.channel.send_all(messages, state, incidents):
+        if self.channel.send_all(messages, state, incidents, raw):
             self.memory.saved(state)
         published = self.clock()
         for event, message in zip(events, messages, strict=True):
@@ -1061,9 +1091,71 @@ class EngineService:
                 event.case_id,
                 event.reason,
             )
-        self._record(sent)
+        self._record(sent + records)
         self._check_storage()  # a journal that has just refused this alarm: tell the CIC
-        # The offender's "move away" notices: built without any of the victim's data.
+
+    def _device_messages(
+        self, events: list[AlarmEvent]
+    ) -> tuple[list[tuple[str, str, bytes]], list[tuple[str, float, str, dict[str, Any]]]]:
+        """The messages to devices that ``events`` and the pursuit's timers decided
+        (``(key, topic, payload)``, journalled with the alarms), and their evidence entries:
+        the pursuit's commands, the offender's "move away" notices (built without any of
+        the victim's data) and the protected person's notices."""
+        raw: list[tuple[str, str, bytes]] = []
+        records: list[tuple[str, float, str, dict[str, Any]]] = []
+        for cmd in self.engine.pursuit.take():
+            pubs = command_publications(cmd, self._owntracks_of)
+            raw += [(cmd.command_id, topic, payload) for topic, payload in pubs]
+            body = command_record(cmd) | {"topics": [topic for topic, _ in pubs]}
+            records += [(case_id, cmd.issued, "command", body) for case_id in cmd.case_ids]
+            self.commands_published += 1
+            log.info("command %s to %s: %s", cmd.command_id[:8], cmd.device, cmd.reason)
         for notice in notices_for(events):
-            self.channel.notice(notice.topic, notice.payload)
+            raw.append((notice.notice_id, notice.topic, notice.payload))
+            body = orjson.loads(notice.payload) | {"device": notice.device, "to": "offender"}
+            records.append((notice.case_id, notice.issued, "notice", body))
             self.notices_published += 1
+        for vn in self.victim_notices.take(events, self.engine.cases):
+            raw.append((vn.notice_id, vn.topic, vn.payload))
+            body = dict(vn.body) | {"device": vn.device, "to": "protected"}
+            records.append((vn.case_id, self.clock(), "notice", body))
+            self.notices_published += 1
+        return raw, records
+
+    def _command_acks(self, acks: list[CommandAck]) -> None:
+        """Devices' acknowledgements of commands: taken into the pursuit and recorded in the
+        evidence record of its cases; one of a command the engine does not wait for is a
+        rejection (``unknown_command``)."""
+        pursuit = self.engine.pursuit
+        rejected: list[Rejection] = []
+        records: list[tuple[str, float, str, dict[str, Any]]] = []
+        for a in acks:
+            chase = pursuit.chases.get(a.device)
+            if chase is None or not pursuit.knows(a.device, a.command_id):
+                rejected.append(
+                    Rejection(
+                        f"devices/{a.device}/cmd/ack",
+                        a.device,
+                        RejectReason.UNKNOWN_COMMAND,
+                        f"no command {a.command_id!r} of device {a.device!r} is waiting for"
+                        " an acknowledgement (an older one, or the pursuit is over)",
+                        a.t_recv,
+                    )
+                )
+                continue
+            if a.status == "ok":
+                pursuit.acknowledged(a.device, a.command_id, a.t_recv)
+            else:
+                log.warning("device %s refused command %s: %s", a.device, a.command_id, a.detail)
+            self.command_acks += 1
+            body = {
+                "device": a.device,
+                "command_id": a.command_id,
+                "status": a.status,
+                "detail": a.detail,
+                "received": iso_utc(a.t_recv),
+            }
+            records += [(case_id, a.t_recv, "command_ack", body) for case_id in sorted(chase.cases)]
+        if rejected:
+            self.reporter.report(rejected)
+        self._record(records)

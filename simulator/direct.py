@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cic.commands import command_message
 from cic.messages import alarm_message
 from ingest.batch import FixBatch
 from proximity.cases import parse_case_file
@@ -33,7 +34,16 @@ from proximity.timeline import SweepGrid
 from service.run import engine_for
 from service.settings import Settings
 from simulator.families import Suite
-from simulator.runs import DEVICE_SETTINGS, Cic, EvalOptions, Progress, RunResult, Schedule, hms
+from simulator.runs import (
+    DEVICE_SETTINGS,
+    Cic,
+    DevicePaces,
+    EvalOptions,
+    Progress,
+    RunResult,
+    Schedule,
+    hms,
+)
 from storage.registry import Registry
 
 #: Scenario seconds of fixes per batch.
@@ -76,13 +86,22 @@ def run_direct(
     cic = Cic([c.id for c in suite.cases])
     sc = schedule
     slot = np.array([engine.slot_of[d] for d in sc.devices], dtype=np.int64)
-    case_of = np.array(sc.case_of, dtype=np.int64)
     acks: list[tuple[float, str]] = []  # (scenario seconds, alarm id)
     progress = Progress(opts.quiet)
     wall0 = time.time()
 
+    paces = DevicePaces(sc.devices, epoch)
+    sent_rows = np.zeros(sc.t.size, dtype=bool)
+
     def take(events: list[AlarmEvent]) -> None:
         engine.incidents.take()  # the incidents' own messages: not scored (their ids are)
+        # The pursuit's commands reach the devices, which obey and acknowledge them as
+        # they arrive (RECEIVE_DELAY_S later).
+        for cmd in engine.pursuit.take():
+            if paces.take(cmd.device, command_message(cmd)):
+                engine.pursuit.acknowledged(
+                    cmd.device, cmd.command_id, cmd.issued + RECEIVE_DELAY_S
+                )
         for e in events:
             m = alarm_message(e, by_id[e.case_id])
             m["times"]["published"] = iso_utc(clock.t)
@@ -120,8 +139,9 @@ def run_direct(
         k += 1
         j = int(np.searchsorted(sc.t, hi, side="right"))
         rows = np.arange(i, j)
-        # Faster reporting only while an alarm of the device's case is open.
-        rows = rows[~sc.fast[rows] | cic.alarm_open[case_of[sc.dev[rows]]]]
+        # Faster reports only while the device is asked for them (pursuit mode).
+        rows = paces.sent(sc, rows)
+        sent_rows[rows] = True
         sent += int(rows.size)
         i = j
         # Every fix of this chunk has arrived by the horizon, and none of the next.
@@ -169,4 +189,6 @@ def run_direct(
         },
         0.0,
         mode="direct",
+        sent=sent_rows,
+        commands=paces.commands,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from ingest.transport import connect, disconnect, make_client, parse_broker_url
 from proximity.cases import parse_case_file
 from proximity.clock import now as clock_now
 from proximity.errors import ProximityError
+from proximity.rules import RuleConfig
 from service.settings import Settings
 from simulator.broker import LocalBroker
 from simulator.families import Suite, build_suite
@@ -42,6 +44,7 @@ from simulator.process import STATUS_TOPIC, EngineProcess
 from simulator.runs import (
     DEVICE_SETTINGS,
     Cic,
+    DevicePaces,
     EvalOptions,
     Progress,
     RunResult,
@@ -63,6 +66,14 @@ SESSION_S = 600
 
 
 # --- the devices' reports -------------------------------------------------------------------
+
+
+def pursuit_pace(settings: dict[str, str], interval_s: float) -> float | None:
+    """The interval the engine's pursuit asks the devices for under ``settings`` (None:
+    pursuit is off, or the devices already report as fast)."""
+    on = str(settings.get("pursuit", "true")).strip().lower() not in ("false", "0", "no", "off")
+    pace = float(settings.get("pursuit_interval_s", RuleConfig().pursuit_interval_s))
+    return pace if on and pace < interval_s else None
 
 
 def build_schedule(suite: Suite, seed: int) -> Schedule:
@@ -163,7 +174,23 @@ def run_once(
     monitor.subscribe([(ALARM_TOPIC, 1), (STATUS_TOPIC, 1)])
     devices = make_client(f"proximity-eval-devices-{tag}")
     devices.on_disconnect = cic.on_disconnect
+    # The devices hear the engine's commands (pursuit mode), obey and acknowledge them; the
+    # epoch is set when the engine's clock starts (below).
+    paces = DevicePaces(schedule.devices, math.nan)
+
+    def on_command(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        device = msg.topic.split("/")[1]
+        try:
+            command = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(command, dict) and paces.take(device, command):
+            ack = {"command_id": command["command_id"], "status": "ok"}
+            client.publish(f"devices/{device}/cmd/ack", orjson.dumps(ack), qos=1)
+
+    devices.on_message = on_command
     connect(devices, broker, clean_start=False, session_expiry_s=SESSION_S)
+    devices.subscribe("devices/+/cmd", qos=1)
     env = {_flag(k): str(v) for k, v in settings.items() if k not in DEVICE_SETTINGS}
     lead = FIRST_LEAD_S
     engine: EngineProcess | None = None
@@ -197,7 +224,9 @@ def run_once(
             f"  engine online: {engine.status.get('pairs')} pairs, clock x{opts.speed:g}"
             f" from {time.strftime('%H:%M:%S', time.localtime(epoch))}"
         )
-        result = _publish(opts, suite, schedule, devices, cic, epoch, settings, engine)
+        paces.epoch = epoch
+        result = _publish(opts, suite, schedule, devices, cic, epoch, settings, engine, paces)
+        result.commands = paces.commands
         # Drain: the engine has taken every fix, and its alarms have come.
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -233,11 +262,11 @@ def _publish(
     epoch: float,
     settings: dict[str, str],
     engine: EngineProcess,
+    paces: DevicePaces,
 ) -> RunResult:
     x = opts.speed
     topics = [f"devices/{d}/fix" for d in sc.devices]
     acc = np.where(np.isfinite(sc.acc), sc.acc, 0.0)  # 0: unknown, as devices say it
-    case_of = np.array(sc.case_of, dtype=np.int64)
     pub = np.full(sc.t.size, np.nan)
     progress = Progress(opts.quiet)
     n = sc.t.size
@@ -252,10 +281,7 @@ def _publish(
         now_s = (clock_now() - epoch) * x
         j = int(np.searchsorted(sc.t, now_s, side="right"))
         if j > i:
-            open_ = cic.alarm_open[case_of[sc.dev[i:j]]]
-            for r in range(i, j):
-                if sc.fast[r] and not open_[r - i]:
-                    continue
+            for r in paces.sent(sc, np.arange(i, j)).tolist():
                 payload = orjson.dumps(
                     {
                         "ts": round(epoch + float(sc.t[r]), 3),
@@ -368,20 +394,22 @@ def run_evaluation(opts: EvalOptions) -> dict[str, Any]:
         if broker is not None:
             where += " (private, loopback, no TLS or accounts: for evaluation only)"
         say(f"broker     {where}")
-        suites: dict[float, tuple[Suite, Schedule]] = {}
+        suites: dict[tuple[float, float | None], tuple[Suite, Schedule]] = {}
         for k, combo in enumerate(combos, start=1):
             settings = {**opts.settings, **combo}
+            if opts.alarm_interval_s is not None:  # the pace pursuit asks for
+                settings.setdefault("pursuit_interval_s", f"{opts.alarm_interval_s:g}")
             interval = float(settings.get("interval_s", opts.interval_s))
-            if interval not in suites:
-                suite = build_suite(
-                    opts.scenarios, opts.pairs, opts.seed, interval, opts.alarm_interval_s
-                )
+            # The devices' faster reports: at the pace pursuit asks for, sent while asked.
+            fast_s = pursuit_pace(settings, interval)
+            if (interval, fast_s) not in suites:
+                suite = build_suite(opts.scenarios, opts.pairs, opts.seed, interval, fast_s)
                 if opts.replay:
                     from simulator.replay import add_replays
 
                     add_replays(suite, opts.replay)
-                suites[interval] = (suite, build_schedule(suite, opts.seed))
-            suite, schedule = suites[interval]
+                suites[interval, fast_s] = (suite, build_schedule(suite, opts.seed))
+            suite, schedule = suites[interval, fast_s]
             what = ", ".join(f"{a}={b}" for a, b in settings.items()) or "default settings"
             pace = (
                 "as fast as the engine goes"
@@ -471,6 +499,12 @@ def print_summary(doc: dict[str, Any], out: Path) -> None:
                 f" {s['sweeps_skipped']:,} sweeps): delays, detections and latency of this run"
                 " say more about the machine than the engine; run again with a lower --speed"
             )
+        track = s["pursuit"]["alarm_track"]
+        print(
+            f"  pursuit: {s['pursuit']['commands']:,} commands to the devices; offenders' track"
+            f" during alarms: {track['fixes']:,} fixes, interval p50"
+            f" {_seconds(track['interval_median_s'])} p90 {_seconds(track['interval_p90_s'])}"
+        )
         if s.get("mode") == "direct":
             print("  latency: not measured (--direct: no broker between devices, engine and CIC)")
         else:

@@ -258,6 +258,13 @@ def write_report(out: Path, doc: dict[str, Any], runs: list[RunResult]) -> Path:
             )
         )
         parts.append(_table([*s["families"], s["total"]], COLUMNS))
+        track = s["pursuit"]["alarm_track"]
+        parts.append(
+            f"<p>Pursuit: {s['pursuit']['commands']:,} commands to the devices. The offenders'"
+            f" track while an alarm of theirs stood at level alarm or above: {track['fixes']:,}"
+            f" fixes, {track['interval_median_s']} s between them (median;"
+            f" 90th percentile {track['interval_p90_s']} s).</p>"
+        )
         if s["missed"]:
             parts.append(
                 "<p>Missed: "
@@ -280,6 +287,7 @@ def write_report(out: Path, doc: dict[str, Any], runs: list[RunResult]) -> Path:
                 "false_alarms_per_pair_day": s["total"]["false_alarms_per_pair_day"],
                 "alarms_per_pair_day": s["total"]["alarms_per_pair_day"],
                 "p95_ms": s["latency_ms"]["p95"],
+                "track_s": s["pursuit"]["alarm_track"]["interval_median_s"],
             }
             for s in doc["runs"]
         ]
@@ -291,6 +299,7 @@ def write_report(out: Path, doc: dict[str, Any], runs: list[RunResult]) -> Path:
             ("false_alarms_per_pair_day_upper95", "... at most (95 %)"),
             ("alarms_per_pair_day", "alarms / pair-day"),
             ("p95_ms", "latency p95 (ms)"),
+            ("track_s", "track during alarms (s between fixes)"),
         )
         parts.append("<h2>Sweep: detection against false alarms</h2>" + _table(rows, cols))
     parts.append(f"<img src='{latency_plot(runs)}'>")

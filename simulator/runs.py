@@ -81,8 +81,8 @@ class Schedule:
 
 
 class Cic:
-    """Collects the alarm messages and the engine's status; knows which cases have an open
-    alarm (for faster reporting)."""
+    """Collects the alarm messages and the engine's status; knows which alarms are open and
+    which the simulated operator is to acknowledge."""
 
     def __init__(self, case_ids: Sequence[str]) -> None:
         self.messages: list[tuple[float, dict[str, Any]]] = []
@@ -90,7 +90,6 @@ class Cic:
         self.lock = threading.Lock()
         self._case = {c: i for i, c in enumerate(case_ids)}
         self.open_alarms: dict[str, int] = {}  # alarm id -> case index
-        self.alarm_open = np.zeros(len(case_ids), dtype=bool)
         self.new_alarms: list[tuple[str, float]] = []  # (alarm id, decided epoch)
         self.disconnects = 0
 
@@ -109,8 +108,8 @@ class Cic:
         self.take(body, arrived)
 
     def take(self, body: dict[str, Any], arrived: float) -> None:
-        """An alarm message has arrived: keep it, and follow which cases have an alarm open
-        and which alarms the operator is to acknowledge."""
+        """An alarm message has arrived: keep it, and follow which alarms are open and which
+        the operator is to acknowledge."""
         with self.lock:
             self.messages.append((arrived, body))
             ci = self._case.get(body.get("case_id", ""))
@@ -127,9 +126,47 @@ class Cic:
                 ):
                     self.new_alarms.append((aid, iso_to_epoch(body["times"]["decided"])))
                 self.open_alarms[aid] = ci
-            self.alarm_open[:] = False
-            for c in self.open_alarms.values():
-                self.alarm_open[c] = True
+
+
+# --- the devices' side of the command channel ------------------------------------------------
+
+
+class DevicePaces:
+    """The simulated devices' obedience to the engine's pursuit commands (cic.commands):
+    each device sends its schedule's faster reports (``Schedule.fast``) while a
+    ``report_interval`` it received asks for them (until the command's ``until``), and its
+    own reports always. Times are scenario seconds (the engine's clock minus ``epoch``)."""
+
+    def __init__(self, devices: Sequence[str], epoch: float) -> None:
+        self.epoch = epoch
+        self.index = {d: i for i, d in enumerate(devices)}
+        self.until = np.full(len(devices), -np.inf)
+        self.lock = threading.Lock()
+        self.commands = 0  # commands taken (repeats of one command included)
+        self._seen: set[str] = set()
+
+    def take(self, device: str, command: dict[str, Any]) -> bool:
+        """One command message to ``device``; whether the device obeys it (to acknowledge)."""
+        i = self.index.get(device)
+        cid = command.get("command_id")
+        if i is None or not isinstance(cid, str):
+            return False
+        with self.lock:
+            self.commands += 1
+            if cid in self._seen:
+                return True  # a repeat: taken already, acknowledged again
+            self._seen.add(cid)
+            if command.get("command") != "report_interval":
+                return True  # report_now: the next report is soon anyway
+            until = command.get("until")
+            self.until[i] = iso_to_epoch(until) - self.epoch if until else -np.inf
+        return True
+
+    def sent(self, sched: Schedule, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Of the schedule's ``rows``, those the devices send now."""
+        with self.lock:
+            faster = sched.t[rows] < self.until[sched.dev[rows]]
+        return rows[~sched.fast[rows] | faster]
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -152,6 +189,43 @@ class RunResult:
     #: "broker": published through MQTT to 'proximity run'; "direct": an in-process engine
     #: fed the fixes (simulator.direct), without transport and latency.
     mode: str = "broker"
+    #: Which rows of the schedule the devices sent (None: every row's publication time is
+    #: in ``published_wall``).
+    sent: npt.NDArray[np.bool_] | None = None
+    #: Pursuit commands the devices received.
+    commands: int = 0
+
+    def sent_rows(self) -> npt.NDArray[np.bool_]:
+        if self.sent is not None:
+            return self.sent
+        return np.isfinite(self.published_wall)
+
+    def alarm_track(self) -> dict[str, Any]:
+        """The offenders' track while an alarm of theirs stood at level alarm or above (its
+        spells): the intervals between the fixes they sent then, median and 90th
+        percentile, seconds, and how many fixes."""
+        sent = self.sent_rows()
+        sched = self.schedule
+        dev = {d: i for i, d in enumerate(sched.devices)}
+        offender = {c.id: dev.get(c.offender) for c in self.suite.cases}
+        gaps: list[float] = []
+        fixes = 0
+        for a in self.alarms():
+            i = offender.get(a.case_id)
+            if i is None or not a.is_alarm:
+                continue
+            rows = sched.index[i][sched.index[i] >= 0]
+            t = sched.t[rows[sent[rows]]]
+            spells = a.spells or [[a.alarm_s, a.alarm_until_s]]
+            for lo, hi in spells:
+                inside = t[(t >= lo) & (t <= min(hi, self.suite.duration_s))]
+                fixes += int(inside.size)
+                gaps.extend(np.diff(inside).tolist())
+        return {
+            "fixes": fixes,
+            "interval_median_s": round(float(np.median(gaps)), 2) if gaps else None,
+            "interval_p90_s": round(float(np.percentile(gaps, 90)), 2) if gaps else None,
+        }
 
     def alarms(self) -> list[AlarmRecord]:
         return collect_alarms((m for _, m in self.messages), self.epoch)
@@ -227,6 +301,7 @@ class RunResult:
             "sweeps_skipped": self.engine_status.get("sweeps_skipped") or 0,
             "epoch": self.epoch,
             "latency_ms": percentiles_ms(self.latencies_s()),
+            "pursuit": {"commands": self.commands, "alarm_track": self.alarm_track()},
             "families": [f.row() for f in fams.values()],
             "total": totals(fams).row(),
             "missed": [

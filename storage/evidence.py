@@ -7,11 +7,14 @@ is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes of one batch, as col
 ``t`` is the newest fix time), ``alarm`` (one message sent), ``purge``, or ``change`` (who
 changed what in the case or its devices' descriptions: one row of the registry's change record,
 ``seq``, ``at``, ``actor``, ``action``, ``case_id``, ``detail``, recorded as the engine applies
-it), and ``body`` a JSON object. Its ``body_hash`` is the SHA-256 of the body's canonical JSON
-(sorted keys, no spaces), and its ``hash`` is the SHA-256 of the previous entry's hash and the
-entry's other fields (:func:`entry_hash`): changing, removing or reordering any entry breaks
-every hash after it. Retention removes old fix bodies but keeps their hashes, so the chain still
-verifies and shows what was removed and when (a ``purge`` entry records each purge).
+it), ``command`` (a command sent to a device: :mod:`cic.commands`), ``command_ack`` (a device's
+acknowledgement of one), or ``notice`` (a notice sent to a device, the offender's or the
+protected person's: :mod:`cic.notice`), and ``body`` a JSON object. Its ``body_hash`` is the
+SHA-256 of the body's canonical JSON (sorted keys, no spaces), and its ``hash`` is the SHA-256
+of the previous entry's hash and the entry's other fields (:func:`entry_hash`): changing,
+removing or reordering any entry breaks every hash after it. Retention removes old fix bodies
+but keeps their hashes, so the chain still verifies and shows what was removed and when (a
+``purge`` entry records each purge).
 
 A chain alone shows consistency, not integrity: whoever can write the SQLite file or an export
 can edit an entry and recompute every hash after it. So every entry is signed (its ``sig``:
@@ -59,7 +62,7 @@ from storage.signing import EvidenceKey, is_key_hex, verify_signature
 from storage.store import open_durable, transaction
 
 GENESIS = "0" * 64
-KINDS = frozenset({"fix", "alarm", "purge", "change"})
+KINDS = frozenset({"fix", "alarm", "purge", "change", "command", "command_ack", "notice"})
 #: The ``type`` of an anchor message.
 ANCHOR_TYPE = "evidence_anchor"
 #: The fields of an export's lines: no other may be there (an addition no hash or signature

@@ -15,7 +15,7 @@ from proximity.cases import Case, CaseFile, Device, case_document
 from proximity.errors import RegistryError
 from storage.store import make_private
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Keys of a device description whose values are secrets: never shown, never in the change
 #: record (only that they changed).
 SECRET_KEYS = frozenset({"key", "secret", "password", "token"})
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS cases (
     zones              TEXT NOT NULL,  -- GeoJSON FeatureCollection
     updated_at         TEXT NOT NULL,
     mobility           TEXT NOT NULL DEFAULT '{}',  -- {"offenders": m/s, "protected": m/s}
-    escalation_distance_m REAL  -- NULL: the engine's escalation_fraction of the order distance
+    escalation_distance_m REAL,  -- NULL: the engine's escalation_fraction of the order distance
+    share_offender_position INTEGER NOT NULL DEFAULT 0  -- the victim's notices may show him
 );
 CREATE TABLE IF NOT EXISTS case_devices (
     case_id   TEXT NOT NULL REFERENCES cases(id) ON DELETE CASCADE,
@@ -190,6 +191,10 @@ class Registry:
         if version < 3:  # schema 3: per-case escalation distance
             db.execute("ALTER TABLE cases ADD COLUMN escalation_distance_m REAL")
         # schema 4: the change record (its table is made by _SCHEMA; nothing to convert)
+        if version < 5:  # schema 5: whether the victim's notices may show the offender
+            db.execute(
+                "ALTER TABLE cases ADD COLUMN share_offender_position INTEGER NOT NULL DEFAULT 0"
+            )
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (SCHEMA_VERSION,))
         db.execute("COMMIT")
 
@@ -241,13 +246,15 @@ class Registry:
                     self._change(db, now, actor, "case_changed", case.id, {"changed": changed})
                 db.execute(
                     "INSERT INTO cases(id, order_distance_m, warning_distance_m, summary, zones,"
-                    " updated_at, mobility, escalation_distance_m) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    " updated_at, mobility, escalation_distance_m, share_offender_position)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(id) DO UPDATE SET"
                     " order_distance_m=excluded.order_distance_m,"
                     " warning_distance_m=excluded.warning_distance_m,"
                     " summary=excluded.summary, zones=excluded.zones,"
                     " updated_at=excluded.updated_at, mobility=excluded.mobility,"
-                    " escalation_distance_m=excluded.escalation_distance_m",
+                    " escalation_distance_m=excluded.escalation_distance_m,"
+                    " share_offender_position=excluded.share_offender_position",
                     (
                         case.id,
                         case.order_distance_m,
@@ -262,6 +269,7 @@ class Registry:
                             }
                         ),
                         case.escalation_distance_m,
+                        int(case.share_offender_position),
                     ),
                 )
                 db.execute("DELETE FROM case_devices WHERE case_id=?", (case.id,))
@@ -400,9 +408,10 @@ class Registry:
         ):
             members.setdefault(case_id, {"offender": [], "protected": []})[role].append(device_id)
         out = []
-        for case_id, order_m, warning_m, summary, zones, mobility, esc_m in db.execute(
+        for case_id, order_m, warning_m, summary, zones, mobility, esc_m, share in db.execute(
             "SELECT id, order_distance_m, warning_distance_m, summary, zones, mobility,"
-            f" escalation_distance_m FROM cases {where.replace('case_id', 'id')} ORDER BY id",
+            " escalation_distance_m, share_offender_position"
+            f" FROM cases {where.replace('case_id', 'id')} ORDER BY id",
             args,
         ):
             m = members.get(case_id, {"offender": [], "protected": []})
@@ -419,6 +428,7 @@ class Registry:
                     offender_top_speed_mps=speeds.get("offenders"),
                     protected_top_speed_mps=speeds.get("protected"),
                     escalation_distance_m=esc_m,
+                    share_offender_position=bool(share),
                 )
             )
         return out

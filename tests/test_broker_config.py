@@ -40,7 +40,7 @@ def test_each_device_gets_only_its_own_topics_and_a_desk_only_its_acknowledgemen
         "phone-1",
     }  # fmt: skip
     tag = accounts["tag-1"]
-    assert set(tag.write) == {"devices/tag-1/fix", "devices/tag-1/event"}
+    assert set(tag.write) == {"devices/tag-1/fix", "devices/tag-1/event", "devices/tag-1/cmd/ack"}
     assert set(tag.read) == {"devices/tag-1/notice", "devices/tag-1/cmd"}
     phone = accounts["phone-1"]
     # The app's own topic and what it publishes under it (event, info, waypoints, ...).

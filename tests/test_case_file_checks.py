@@ -185,7 +185,7 @@ FEATURE_1 = ("cases", 0, "zones", "features", 1)
         (
             ("cases", 1, "notes"),
             "cases[1].notes: unknown field (known here: id, mobility, offenders, order,"
-            " protected, summary, zones)",
+            " protected, share_offender_position, summary, zones)",
         ),
     ],
 )

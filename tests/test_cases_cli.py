@@ -206,7 +206,7 @@ def test_registry_of_schema_1_is_migrated(tmp_path: Path) -> None:
         by_id = {c.id: c for c in reg.cases()}
         assert len(by_id) == 4 and by_id["BE-2026-0001"].escalation_distance_m == 200.0
     version = sqlite3.connect(db).execute("SELECT value FROM meta").fetchone()[0]
-    assert int(version) == SCHEMA_VERSION == 4
+    assert int(version) == SCHEMA_VERSION == 5
 
 
 def test_registry_in_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:

@@ -455,7 +455,7 @@ def test_a_small_run_through_mosquitto_detects_the_breaches(tmp_path: Path) -> N
 
 
 @pytest.mark.wallclock
-def test_a_direct_run_reports_faster_while_an_alarm_is_open(tmp_path: Path) -> None:
+def test_a_direct_run_reports_faster_while_pursuit_asks_for_it(tmp_path: Path) -> None:
     def run(alarm_interval_s: float | None) -> dict[str, Any]:
         opts = EvalOptions(
             scenarios=["walk-home"],
@@ -473,6 +473,33 @@ def test_a_direct_run_reports_faster_while_an_alarm_is_open(tmp_path: Path) -> N
     # Twice as many fixes while his approach and breach alarms were open: minutes of them.
     assert fast["fixes_published"] > slow["fixes_published"] + 120
     assert fast["fixes_processed"] + fast["fixes_set_aside"] == fast["fixes_published"]
+
+
+@pytest.mark.wallclock
+def test_pursuit_makes_the_devices_report_faster_during_the_alarms(tmp_path: Path) -> None:
+    # Devices that report every 30 s: with pursuit the engine asks them for a fix every 10 s
+    # while his alarm stands, and they obey; without it they keep their own pace.
+    def run(pursuit: str) -> dict[str, Any]:
+        opts = EvalOptions(
+            scenarios=["walk-home"],
+            pairs=2,
+            interval_s=30.0,
+            out=tmp_path / pursuit,
+            quiet=True,
+            direct=True,
+            settings={"pursuit": pursuit},
+        )
+        [result] = run_evaluation(opts)["runs"]
+        return result
+
+    on, off = run("true"), run("false")
+    assert off["pursuit"]["commands"] == 0 and on["pursuit"]["commands"] > 0
+    assert on["total"]["breaches_detected"] == off["total"]["breaches_detected"] > 0
+    track_on, track_off = on["pursuit"]["alarm_track"], off["pursuit"]["alarm_track"]
+    assert track_off["interval_median_s"] == pytest.approx(30.0, abs=1.0)
+    assert track_on["interval_median_s"] == pytest.approx(10.0, abs=1.0)
+    assert track_on["fixes"] > 2 * track_off["fixes"]
+    assert on["fixes_published"] > off["fixes_published"]
 
 
 def test_the_false_alarm_bound_is_the_poisson_upper_limit() -> None:

@@ -18,7 +18,8 @@ from tests.test_engine import HOME, T0, Clock, case, fix
 #: The engine's default top speed (an old fix's radius grows by its age times it).
 DEFAULT_TOP_SPEED = MOBILITY_MPS[DEFAULT_MOBILITY]
 #: Silence has its own tests: these sequences may leave a device quiet for a while.
-QUIET = RuleConfig(reporting_interval_s=1e9)
+#: No device-health alarms: no silence, and no pursuit (whose devices here obey no command).
+QUIET = RuleConfig(reporting_interval_s=1e9, pursuit=False)
 
 
 class Run:
