@@ -215,6 +215,17 @@ class Pursuit:
                 out.append(e)
         return out
 
+    def resume(self, events: Sequence[AlarmEvent], now: float) -> int:
+        """After a restart: the open alarms (their last events) at level alarm or above put
+        their devices in pursuit again, asked at ``now``; how many devices."""
+        if not self.rules.pursuit:
+            return 0
+        for e in events:
+            if e.type in PURSUIT_TYPES and e.level >= AlarmLevel.ALARM and e.state not in _OVER:
+                for dev in self.devices_of(e):
+                    self._join(dev, e, now)
+        return len(self.chases)
+
     def info(self, devices: Sequence[str], at: float) -> PursuitInfo:
         """The pursuit of ``devices`` as an event decided at ``at`` shows it (only what the
         events and the sweeps before ``at`` decided: not how far the batch has gone)."""

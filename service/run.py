@@ -597,6 +597,13 @@ class EngineService:
         book = self.engine.book
         still = [a for a in book.order if book.still_open(a)]
         self.channel.recall(still)
+        # Pursuit is not saved: the open alarms at level alarm put their devices back in
+        # pursuit now (the commands go again; a device takes a repeat once).
+        resumed = self.engine.pursuit.resume(
+            [e for a in still if (e := book.last(a)) is not None], self.clock()
+        )
+        if resumed:
+            log.info("pursuit resumed for %d device(s) of open alarms", resumed)
         log.info(
             "restored the engine's state: %d alarm(s) remembered, %d still open, %d pair(s)"
             " at a level",
@@ -1112,15 +1119,26 @@ class EngineService:
             log.info("command %s to %s: %s", cmd.command_id[:8], cmd.device, cmd.reason)
         for notice in notices_for(events):
             raw.append((notice.notice_id, notice.topic, notice.payload))
+            raw += self._owntracks_notice(notice.notice_id, notice.device, notice.text)
             body = orjson.loads(notice.payload) | {"device": notice.device, "to": "offender"}
             records.append((notice.case_id, notice.issued, "notice", body))
             self.notices_published += 1
         for vn in self.victim_notices.take(events, self.engine.cases):
             raw.append((vn.notice_id, vn.topic, vn.payload))
+            raw += self._owntracks_notice(vn.notice_id, vn.device, str(vn.body["text"]))
             body = dict(vn.body) | {"device": vn.device, "to": "protected"}
             records.append((vn.case_id, self.clock(), "notice", body))
             self.notices_published += 1
         return raw, records
+
+    def _owntracks_notice(self, key: str, device: str, text: str) -> list[tuple[str, str, bytes]]:
+        """A notice's text to an OwnTracks app too, as the app shows one (its ``action``
+        command with a ``notification``: the iOS app shows it; others ignore it)."""
+        app = self._owntracks_of.get(device)
+        if app is None:
+            return []
+        body = {"_type": "cmd", "action": "action", "notification": text}
+        return [(key, f"owntracks/{app[0]}/{app[1]}/cmd", orjson.dumps(body))]
 
     def _command_acks(self, acks: list[CommandAck]) -> None:
         """Devices' acknowledgements of commands: taken into the pursuit and recorded in the

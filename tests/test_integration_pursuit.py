@@ -261,6 +261,9 @@ def test_an_owntracks_phone_gets_the_apps_own_commands(
         },
     }
     assert _wait(seen, "owntracks/jane/pixel/cmd", lambda m: m["action"] == "reportLocation")
+    # Its notice comes as the app shows one too.
+    shown = _wait(seen, "owntracks/jane/pixel/cmd", lambda m: m["action"] == "action")
+    assert shown["notification"].startswith(("Stay alert", "The police have been alerted"))
     # No native command reaches an OwnTracks phone's device topic.
     assert _cmds(seen, "phone-2") == []
     pub.fix("tag-2", *offset(*HOME, 0.0, 3000.0))

@@ -188,3 +188,16 @@ def test_the_commands_do_not_depend_on_how_the_fixes_were_batched() -> None:
     one = _run(True)
     assert one == _run(False)
     assert {k for _, k, *_ in one} >= {"report_interval"}  # there were commands to compare
+
+
+def test_a_restart_puts_the_devices_of_open_alarms_back_in_pursuit() -> None:
+    # Pursuit is not saved: the restarted engine's open alarms (restored from the journal)
+    # ask their devices again, at the restart.
+    loop = Loop()
+    _breach(loop, 40)
+    book = loop.eng.book
+    still = [e for a in book.order if book.still_open(a) and (e := book.last(a)) is not None]
+    fresh = Loop()
+    assert fresh.eng.pursuit.resume(still, T0 + 50) == 2
+    asked = {(c.device, c.kind, c.issued) for c in fresh.eng.pursuit.take()}
+    assert asked == {("o", "report_interval", T0 + 50), ("v", "report_interval", T0 + 50)}
