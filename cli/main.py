@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--alarm-interval",
         type=float,
         metavar="S",
-        help="faster reporting while an alarm of the device's case is open (default: none)",
+        help="the interval pursuit mode asks the devices for during an alarm (sets"
+        " pursuit_interval_s; default: the engine's, 10 s): the devices report faster when"
+        " the engine commands it",
     )
     ev.add_argument("--seed", type=int, default=7, help="random seed (default: 7)")
     ev.add_argument(

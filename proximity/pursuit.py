@@ -65,6 +65,8 @@ _OVER = (AlarmState.ENDED, AlarmState.CLOSED)
 MQTT, OWNTRACKS, NONE = "mqtt", "owntracks", "none"
 #: A device in pursuit that sends no fix for this many pursuit intervals keeps its old pace.
 IGNORED_INTERVALS = 3.0
+#: ... and ignores it until its last KEPT_GAPS gaps are within twice the pursuit's interval.
+KEPT_GAPS = 3
 
 
 def command_mode(info: Mapping[str, object]) -> str:
@@ -116,6 +118,7 @@ class _Chase:
     cadence: float | None = None  # the median gap since then, as of the last sweep
     ignored: str | None = None  # the open pursuit_ignored alarm's id
     ignored_case: str | None = None
+    ignored_gaps: int = 0  # gaps its cadence had counted when the alarm opened
     sent_ids: set[str] = field(default_factory=set)  # every command sent to it in this pursuit
 
     @property
@@ -421,9 +424,17 @@ class Pursuit:
                     if unanswered:
                         why = f"never acknowledged, and {why}"
                     events.extend(self._raise_ignored(c, now, why))
-            elif c.ignored is not None and quiet_for < r.pursuit_interval_s * 2:
+            elif c.ignored is not None and self._keeps_pace(c):
                 events.extend(self._end_ignored(c, now, "the device reports at pursuit pace"))
         return events
+
+    def _keeps_pace(self, c: _Chase) -> bool:
+        """Its last KEPT_GAPS gaps, all since the alarm opened, are within twice the
+        pursuit's interval (one fix is not a pace: the alarm does not flap)."""
+        count, recent = self._gaps(c.device)
+        if count - c.ignored_gaps < KEPT_GAPS or len(recent) < KEPT_GAPS:
+            return False
+        return max(recent[-KEPT_GAPS:]) <= 2.0 * self.rules.pursuit_interval_s
 
     def _resend(self, c: _Chase, now: float) -> bool:
         """Send ``c``'s command again; False when it has been sent as often as allowed."""
@@ -442,6 +453,7 @@ class Pursuit:
         case_id = sorted(c.cases)[0]
         c.ignored = str(uuid.uuid5(PURSUIT_ALARM_NAMESPACE, f"{case_id}/{c.device}/{c.started!r}"))
         c.ignored_case = case_id
+        c.ignored_gaps = self._gaps(c.device)[0]
         sends = c.command.send if c.command is not None else 0
         reason = (
             f"device {c.device} ignores pursuit: asked {sends} time(s) since"

@@ -90,7 +90,7 @@ def run_direct(
     progress = Progress(opts.quiet)
     wall0 = time.time()
 
-    paces = DevicePaces(sc.devices, epoch)
+    paces = DevicePaces(sc.devices, epoch, sc.t.size)
     sent_rows = np.zeros(sc.t.size, dtype=bool)
 
     def take(events: list[AlarmEvent]) -> None:
@@ -130,7 +130,7 @@ def run_direct(
             sc.acc[rows],
             t_fix,
             t_fix + RECEIVE_DELAY_S,
-            sc.seq[rows],
+            paces.number(sc, rows),
         )
         take(engine.process(batch))
 
@@ -191,4 +191,5 @@ def run_direct(
         mode="direct",
         sent=sent_rows,
         commands=paces.commands,
+        seq_of_row=paces.seq_of_row,
     )

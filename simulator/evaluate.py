@@ -69,11 +69,12 @@ SESSION_S = 600
 
 
 def pursuit_pace(settings: dict[str, str], interval_s: float) -> float | None:
-    """The interval the engine's pursuit asks the devices for under ``settings`` (None:
-    pursuit is off, or the devices already report as fast)."""
-    on = str(settings.get("pursuit", "true")).strip().lower() not in ("false", "0", "no", "off")
+    """The interval the engine's pursuit asks the devices for under ``settings`` (None: the
+    devices already report as fast). The schedule has these faster reports whether pursuit
+    is on or off (they are sent only when asked for), so that runs with it on and off see
+    the same reports, with the same errors, at the devices' own interval."""
     pace = float(settings.get("pursuit_interval_s", RuleConfig().pursuit_interval_s))
-    return pace if on and pace < interval_s else None
+    return pace if pace < interval_s else None
 
 
 def build_schedule(suite: Suite, seed: int) -> Schedule:
@@ -176,7 +177,7 @@ def run_once(
     devices.on_disconnect = cic.on_disconnect
     # The devices hear the engine's commands (pursuit mode), obey and acknowledge them; the
     # epoch is set when the engine's clock starts (below).
-    paces = DevicePaces(schedule.devices, math.nan)
+    paces = DevicePaces(schedule.devices, math.nan, schedule.t.size)
 
     def on_command(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         device = msg.topic.split("/")[1]
@@ -227,6 +228,7 @@ def run_once(
         paces.epoch = epoch
         result = _publish(opts, suite, schedule, devices, cic, epoch, settings, engine, paces)
         result.commands = paces.commands
+        result.seq_of_row = paces.seq_of_row
         # Drain: the engine has taken every fix, and its alarms have come.
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -281,14 +283,15 @@ def _publish(
         now_s = (clock_now() - epoch) * x
         j = int(np.searchsorted(sc.t, now_s, side="right"))
         if j > i:
-            for r in paces.sent(sc, np.arange(i, j)).tolist():
+            rows = paces.sent(sc, np.arange(i, j))
+            for r, seq in zip(rows.tolist(), paces.number(sc, rows).tolist(), strict=True):
                 payload = orjson.dumps(
                     {
                         "ts": round(epoch + float(sc.t[r]), 3),
                         "lat": round(float(sc.lat[r]), 7),
                         "lon": round(float(sc.lon[r]), 7),
                         "acc": float(acc[r]),
-                        "seq": int(sc.seq[r]),
+                        "seq": seq,
                     }
                 )
                 pub[r] = time.time()

@@ -137,10 +137,14 @@ class DevicePaces:
     ``report_interval`` it received asks for them (until the command's ``until``), and its
     own reports always. Times are scenario seconds (the engine's clock minus ``epoch``)."""
 
-    def __init__(self, devices: Sequence[str], epoch: float) -> None:
+    def __init__(self, devices: Sequence[str], epoch: float, rows: int) -> None:
         self.epoch = epoch
         self.index = {d: i for i, d in enumerate(devices)}
         self.until = np.full(len(devices), -np.inf)
+        #: A device numbers the fixes it sends (seq): a report it does not send (a faster
+        #: one nobody asked for) takes no number, so the engine sees no gap.
+        self.next_seq = np.zeros(len(devices), dtype=np.int64)
+        self.seq_of_row = np.full(rows, -1, dtype=np.int64)
         self.lock = threading.Lock()
         self.commands = 0  # commands taken (repeats of one command included)
         self._seen: set[str] = set()
@@ -168,6 +172,16 @@ class DevicePaces:
             faster = sched.t[rows] < self.until[sched.dev[rows]]
         return rows[~sched.fast[rows] | faster]
 
+    def number(self, sched: Schedule, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The seq of each of ``rows`` (sent now, in time order), one more per device."""
+        dev = sched.dev[rows]
+        out = np.empty(rows.size, dtype=np.int64)
+        for k, d in enumerate(dev.tolist()):  # a chunk's rows: few
+            out[k] = self.next_seq[d]
+            self.next_seq[d] += 1
+        self.seq_of_row[rows] = out
+        return out
+
 
 # --- one run --------------------------------------------------------------------------------
 
@@ -194,6 +208,17 @@ class RunResult:
     sent: npt.NDArray[np.bool_] | None = None
     #: Pursuit commands the devices received.
     commands: int = 0
+    #: The seq each row was sent with (-1: not sent); None: the schedule's own numbers.
+    seq_of_row: npt.NDArray[np.int64] | None = None
+
+    def row_of_seq(self, device: int) -> npt.NDArray[np.int64]:
+        """Device ``device``'s rows by the seq they were sent with (-1: none)."""
+        if self.seq_of_row is None:
+            return self.schedule.index[device]
+        rows = np.flatnonzero((self.schedule.dev == device) & (self.seq_of_row >= 0))
+        out = np.full(int(self.seq_of_row[rows].max()) + 1 if rows.size else 0, -1, np.int64)
+        out[self.seq_of_row[rows]] = rows
+        return out
 
     def sent_rows(self) -> npt.NDArray[np.bool_]:
         if self.sent is not None:
@@ -234,14 +259,19 @@ class RunResult:
         """Fix published -> alarm received, for alarms a fix caused (wall seconds)."""
         out = []
         dev = {d: i for i, d in enumerate(self.schedule.devices)}
+        index: dict[int, npt.NDArray[np.int64]] = {}
         for arrived, m in self.messages:
             trig = m.get("trigger") or {}
             if trig.get("cause") != "fix" or trig.get("seq") is None:
                 continue
             i = dev.get(str(trig.get("device")))
-            if i is None or trig["seq"] >= self.schedule.index[i].size:
+            if i is None:
                 continue
-            j = self.schedule.index[i][trig["seq"]]
+            if i not in index:
+                index[i] = self.row_of_seq(i)
+            if trig["seq"] >= index[i].size:
+                continue
+            j = index[i][trig["seq"]]
             if j >= 0 and math.isfinite(self.published_wall[j]):
                 out.append(arrived - float(self.published_wall[j]))
         return out
