@@ -413,9 +413,9 @@ class Engine:
         most proximity.cadence.CADENCE_GAPS), oldest first."""
         cad, slot = self.health.cadence, self.slot_of[device]
         n = int(cad.count[slot])
-        ring = cad.gaps[slot]
-        k = min(n, ring.size)
-        return n, [float(ring[(n - k + i) % ring.size]) for i in range(k)]
+        ring = cad.gaps[slot].tolist()
+        k, size = min(n, len(ring)), len(ring)
+        return n, [ring[(n - k + i) % size] for i in range(k)]
 
     def _pursuit_alarm(
         self, alarm_id: str, state: AlarmState, case_id: str, device: str, reason: str, at: float

@@ -35,11 +35,10 @@ written for each kind of device is :mod:`cic.commands`'s.
 from __future__ import annotations
 
 import math
+import statistics
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-
-import numpy as np
 
 from proximity.cases import Case, Device
 from proximity.clock import iso_utc
@@ -120,6 +119,7 @@ class _Chase:
     ignored_case: str | None = None
     ignored_gaps: int = 0  # gaps its cadence had counted when the alarm opened
     sent_ids: set[str] = field(default_factory=set)  # every command sent to it in this pursuit
+    next_at: float = -math.inf  # the sweep from which it is looked at again (tick)
 
     @property
     def needs_command(self) -> bool:
@@ -266,8 +266,8 @@ class Pursuit:
         count, recent = self._gaps(c.device)
         if c.gaps_from < 0:
             c.gaps_from = count
-        since = recent[len(recent) - min(len(recent), count - c.gaps_from) :]
-        c.cadence = float(np.median(since)) if since else None
+        k = min(len(recent), count - c.gaps_from)
+        c.cadence = statistics.median(recent[len(recent) - k :]) if k > 0 else None
 
     def _join(self, dev: str, e: AlarmEvent, now: float) -> None:
         c = self.chases.get(dev)
@@ -276,6 +276,7 @@ class Pursuit:
         c.alarms.add(e.alarm_id)
         c.cases.add(e.case_id)
         c.tail_until = math.inf
+        c.next_at = -math.inf
         if c.command is None and self._commandable(c):
             self._ask(c, now, "an alarm is open")
 
@@ -286,6 +287,7 @@ class Pursuit:
         c.alarms.discard(alarm_id)
         if not c.alarms:
             c.tail_until = now + self.rules.pursuit_tail_s
+            c.next_at = -math.inf
 
     def _commandable(self, c: _Chase) -> bool:
         return c.needs_command and c.own_s > self.rules.pursuit_interval_s
@@ -375,58 +377,88 @@ class Pursuit:
         if c is None or command_id not in c.sent_ids:
             return False
         if c.command is not None and c.command.command_id == command_id:
+            # (No visit is forced: its timers are computed from the acknowledgement's
+            # arrival, whenever it was taken in.)
             c.acked_at = min(c.acked_at, t_recv)
         self.acks += 1
         return True
 
     def tick(self, now: float) -> list[AlarmEvent]:
         """The timers at ``now`` (a sweep): restores, re-sends, renewals, and the health
-        alarms of devices that ignore the pursuit (returned)."""
-        r = self.rules
+        alarms of devices that ignore the pursuit (returned). A device is looked at when one
+        of its timers is due, or every pursuit interval (its pace), not at every sweep."""
         events: list[AlarmEvent] = []
         for dev in list(self.chases):
             c = self.chases[dev]
-            if c.restoring:
-                if (
-                    c.acked_at <= now
-                    or c.mode != MQTT
-                    or c.command is None
-                    or (now - c.sent_at >= r.pursuit_ack_timeout_s and not self._resend(c, now))
-                ):
-                    del self.chases[dev]
+            if c.next_at > now:
                 continue
-            self._pace(c)
-            if now >= c.tail_until:
-                events.extend(self._end_ignored(c, now, "the pursuit is over"))
-                if self._commandable(c) and c.command is not None:
-                    self._restore(c, now)
-                else:
-                    del self.chases[dev]
-                continue
-            if not self._commandable(c) or c.command is None:
-                continue
-            acked = c.acked_at <= now
-            unanswered = c.mode == MQTT and not acked
-            if unanswered and now - c.sent_at >= r.pursuit_ack_timeout_s and self._resend(c, now):
-                continue
-            if c.command.until is not None and now >= c.command.issued + r.pursuit_lease_s / 2:
-                self._ask(c, now, "renewed: the pursuit goes on")
-                continue
-            # Its pace: a device that sends no fix for three pursuit intervals after the
-            # command (acknowledged or not) keeps its old cadence.
-            since = c.acked_at if acked else c.sent_at
-            last = self._last_fix(dev)
-            quiet_for = now - max(last if math.isfinite(last) else -math.inf, since)
-            limit = IGNORED_INTERVALS * r.pursuit_interval_s + r.pursuit_ack_timeout_s
-            if quiet_for >= limit:
-                if not self._resend(c, now):
-                    why = f"no fix for {quiet_for:.0f} s after it"
-                    if unanswered:
-                        why = f"never acknowledged, and {why}"
-                    events.extend(self._raise_ignored(c, now, why))
-            elif c.ignored is not None and self._keeps_pace(c):
-                events.extend(self._end_ignored(c, now, "the device reports at pursuit pace"))
+            if self._visit(c, now, events):
+                del self.chases[dev]
+            else:
+                c.next_at = self._next_visit(c, now)
         return events
+
+    def _visit(self, c: _Chase, now: float, events: list[AlarmEvent]) -> bool:
+        """One device's timers at ``now``; True when its pursuit is over."""
+        r = self.rules
+        if c.restoring:
+            return (
+                c.acked_at <= now
+                or c.mode != MQTT
+                or c.command is None
+                or (now - c.sent_at >= r.pursuit_ack_timeout_s and not self._resend(c, now))
+            )
+        self._pace(c)
+        if now >= c.tail_until:
+            events.extend(self._end_ignored(c, now, "the pursuit is over"))
+            if self._commandable(c) and c.command is not None:
+                self._restore(c, now)
+                return False
+            return True
+        if not self._commandable(c) or c.command is None:
+            return False
+        acked = c.acked_at <= now
+        unanswered = c.mode == MQTT and not acked
+        if unanswered and now - c.sent_at >= r.pursuit_ack_timeout_s and self._resend(c, now):
+            return False
+        if c.command.until is not None and now >= c.command.issued + r.pursuit_lease_s / 2:
+            self._ask(c, now, "renewed: the pursuit goes on")
+            return False
+        # Its pace: a device that sends no fix for three pursuit intervals after the
+        # command (acknowledged or not) keeps its old cadence.
+        quiet_for = now - self._quiet_since(c, now)
+        if quiet_for >= self._quiet_limit():
+            if not self._resend(c, now):
+                why = f"no fix for {quiet_for:.0f} s after it"
+                if unanswered:
+                    why = f"never acknowledged, and {why}"
+                events.extend(self._raise_ignored(c, now, why))
+        elif c.ignored is not None and self._keeps_pace(c):
+            events.extend(self._end_ignored(c, now, "the device reports at pursuit pace"))
+        return False
+
+    def _quiet_since(self, c: _Chase, now: float) -> float:
+        """Since when the device has sent nothing that shows it obeys: its last fix, or the
+        command (its acknowledgement) if that came later."""
+        since = c.acked_at if c.acked_at <= now else c.sent_at
+        last = self._last_fix(c.device)
+        return max(last if math.isfinite(last) else -math.inf, since)
+
+    def _quiet_limit(self) -> float:
+        return IGNORED_INTERVALS * self.rules.pursuit_interval_s + self.rules.pursuit_ack_timeout_s
+
+    def _next_visit(self, c: _Chase, now: float) -> float:
+        """When ``c`` must be looked at next: its nearest timer, and at least every pursuit
+        interval (its pace, for the alarm message and the end of an ignored pursuit)."""
+        r = self.rules
+        due = [now + r.pursuit_interval_s, c.tail_until]
+        if c.command is not None and math.isfinite(c.sent_at):
+            if c.acked_at > now:
+                due.append(c.sent_at + r.pursuit_ack_timeout_s)
+            if c.command.until is not None:
+                due.append(c.command.issued + r.pursuit_lease_s / 2)
+            due.append(self._quiet_since(c, now) + self._quiet_limit())
+        return min(d for d in due if d > now)
 
     def _keeps_pace(self, c: _Chase) -> bool:
         """Its last KEPT_GAPS gaps, all since the alarm opened, are within twice the

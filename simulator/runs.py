@@ -5,6 +5,7 @@ scoring, and the progress line."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import threading
@@ -175,10 +176,14 @@ class DevicePaces:
     def number(self, sched: Schedule, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """The seq of each of ``rows`` (sent now, in time order), one more per device."""
         dev = sched.dev[rows]
+        # Each row's rank among the chunk's rows of its device (rows in time order).
+        order = np.argsort(dev, kind="stable")
+        grouped = dev[order]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        rank = np.arange(grouped.size) - np.repeat(starts, np.diff(np.r_[starts, grouped.size]))
         out = np.empty(rows.size, dtype=np.int64)
-        for k, d in enumerate(dev.tolist()):  # a chunk's rows: few
-            out[k] = self.next_seq[d]
-            self.next_seq[d] += 1
+        out[order] = self.next_seq[grouped] + rank
+        self.next_seq += np.bincount(dev, minlength=self.next_seq.size)
         self.seq_of_row[rows] = out
         return out
 
@@ -210,15 +215,22 @@ class RunResult:
     commands: int = 0
     #: The seq each row was sent with (-1: not sent); None: the schedule's own numbers.
     seq_of_row: npt.NDArray[np.int64] | None = None
+    _by_seq: list[npt.NDArray[np.int64]] | None = None
 
     def row_of_seq(self, device: int) -> npt.NDArray[np.int64]:
         """Device ``device``'s rows by the seq they were sent with (-1: none)."""
         if self.seq_of_row is None:
             return self.schedule.index[device]
-        rows = np.flatnonzero((self.schedule.dev == device) & (self.seq_of_row >= 0))
-        out = np.full(int(self.seq_of_row[rows].max()) + 1 if rows.size else 0, -1, np.int64)
-        out[self.seq_of_row[rows]] = rows
-        return out
+        if self._by_seq is None:  # every device's at once (one sort)
+            sent = np.flatnonzero(self.seq_of_row >= 0)
+            dev = self.schedule.dev[sent]
+            sent = sent[np.lexsort((self.seq_of_row[sent], dev))]
+            cuts = np.searchsorted(
+                self.schedule.dev[sent], np.arange(len(self.schedule.devices) + 1)
+            )
+            # Seqs run 0, 1, ... per device: the k-th sent row has seq k.
+            self._by_seq = [sent[a:b] for a, b in itertools.pairwise(cuts.tolist())]
+        return self._by_seq[device]
 
     def sent_rows(self) -> npt.NDArray[np.bool_]:
         if self.sent is not None:
