@@ -41,7 +41,7 @@ import orjson
 from nacl.secret import SecretBox
 
 from ingest.codec import decode
-from ingest.model import DeviceEvent, Fix, OperatorAction, Rejection
+from ingest.model import CommandAck, DeviceEvent, Fix, OperatorAction, Rejection
 from ingest.osmand import decode_request
 from ingest.owntracks import decode_owntracks
 from ingest.subscriber import decode_message
@@ -311,7 +311,13 @@ def targets(t_recv: float) -> list[Target]:
             "device_id": "tag-17",
         }
     )
-    mqtt = (Fix, DeviceEvent, OperatorAction, Rejection)
+    mqtt = (Fix, DeviceEvent, OperatorAction, CommandAck, Rejection)
+    command_acks = (
+        orjson.dumps({"command_id": "6f0c3d1e-8b1a-5c52-9c1e-2a4b7d9e0f11", "status": "ok"}),
+        orjson.dumps(
+            {"command_id": "6f0c3d1e", "status": "rejected", "detail": "no GPS", "ts": t_recv}
+        ),
+    )
     http = (Fix, Rejection)
     envelope_nonce = bytes(range(24))
 
@@ -349,6 +355,13 @@ def targets(t_recv: float) -> list[Target]:
         Target("fix", lambda p: decode("devices/tag-17/fix", p, t_recv), fixes, "json", mqtt),
         Target("event", lambda p: decode("devices/tag-17/event", p, t_recv), events, "json", mqtt),
         Target("ack", lambda p: decode("cic/acks", p, t_recv), acks, "json", mqtt),
+        Target(
+            "command_ack",
+            lambda p: decode("devices/tag-17/cmd/ack", p, t_recv),
+            command_acks,
+            "json",
+            mqtt,
+        ),
         Target("owntracks_location", owntracks("owntracks/joe/nokia"), (location,), "json", http),
         Target(
             "owntracks_transition",

@@ -282,8 +282,8 @@ def decode_fix(topic: str, payload: bytes | bytearray, t_recv: float) -> Fix | R
         return Rejection(topic, device, bad.reason, bad.detail, t_recv)
 
 
-def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[str, Any], float]:
-    """The message's JSON object and its ``ts``, checked against the arrival time."""
+def _object(payload: bytes | bytearray) -> dict[str, Any]:
+    """The message's JSON object (at most MAX_PAYLOAD_BYTES)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise InvalidInputError(
             RejectReason.TOO_LARGE,
@@ -297,6 +297,12 @@ def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[st
         raise InvalidInputError(
             RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {_kind(obj)}"
         )
+    return obj
+
+
+def _object_and_time(payload: bytes | bytearray, t_recv: float) -> tuple[dict[str, Any], float]:
+    """The message's JSON object and its ``ts``, checked against the arrival time."""
+    obj = _object(payload)
     if "ts" not in obj:
         raise InvalidInputError(RejectReason.MISSING_FIELD, "field 'ts' is required")
     t = parse_timestamp(obj["ts"])
@@ -484,19 +490,7 @@ def decode_command_ack(
             topic, None, RejectReason.BAD_TOPIC, "expected devices/{device_id}/cmd/ack", t_recv
         )
     try:
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidInputError(
-                RejectReason.TOO_LARGE,
-                f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}",
-            )
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidInputError(RejectReason.MALFORMED_JSON, f"not valid JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise InvalidInputError(
-                RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {_kind(obj)}"
-            )
+        obj = _object(payload)
         command_id = obj.get("command_id")
         if command_id is None:
             raise InvalidInputError(RejectReason.MISSING_FIELD, "field 'command_id' is required")

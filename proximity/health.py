@@ -224,7 +224,7 @@ class DeviceWatch:
                         )
                     )
                     out.append(
-                        self._event(
+                        self.alarm_event(
                             alarm_id,
                             AlarmType.DATA_GAP,
                             AlarmLevel.ALARM,
@@ -289,7 +289,7 @@ class DeviceWatch:
                 alarm_id = self.alarm_ids.pop(key)
                 reason = reasons.silence_over(dev)
             out.append(
-                self._event(
+                self.alarm_event(
                     alarm_id, kind, _level(kind), state, case, slot, is_offender, reason, now
                 )
             )
@@ -311,7 +311,7 @@ class DeviceWatch:
                 )
                 reason = reasons.device_event(ev.kind, ev.device, is_offender, iso_utc(ev.t_event))
                 out.append(
-                    self._event(
+                    self.alarm_event(
                         alarm_id,
                         kind,
                         level,
@@ -333,7 +333,7 @@ class DeviceWatch:
         every case is affected. Each names the case's first offender device and carries the
         parties' last positions."""
         return [
-            self._event(
+            self.alarm_event(
                 str(uuid.uuid5(ns, f"{case.id}/{kind.name}/{at!r}")),
                 kind,
                 level,
@@ -358,24 +358,11 @@ class DeviceWatch:
         is_offender: bool,
         reason: str,
         now: float,
-    ) -> AlarmEvent:
-        """A health alarm's event about the device in ``slot`` (for another rule: the
-        pursuit's ``pursuit_ignored``), with both parties' last positions."""
-        return self._event(alarm_id, kind, level, state, case, slot, is_offender, reason, now)
-
-    def _event(
-        self,
-        alarm_id: str,
-        kind: AlarmType,
-        level: AlarmLevel,
-        state: AlarmState,
-        case: Case,
-        slot: int,
-        is_offender: bool,
-        reason: str,
-        now: float,
         source: DeviceEvent | None = None,
     ) -> AlarmEvent:
+        """A device alarm's event about the device in ``slot`` (its health, its events, or
+        for another rule the pursuit's ``pursuit_ignored``), with both parties' last
+        positions; ``source`` the device event that caused it, if one did."""
         own = self._position(slot, now)
         if source is not None:
             # The event is the newest message of this device; its own position, when it has

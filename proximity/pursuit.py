@@ -313,34 +313,28 @@ class Pursuit:
         )
 
     def _ask(self, c: _Chase, now: float, why: str) -> None:
+        """Ask for the pursuit's interval, until the lease is over."""
         r = self.rules
-        cmd = Command(
-            self._id(c.device, "report_interval", now),
-            c.device,
-            c.mode,
-            "report_interval",
-            r.pursuit_interval_s,
-            now + r.pursuit_lease_s,
-            now,
-            now + r.pursuit_lease_s,
-            _reason("report_interval", c.device, r.pursuit_interval_s, why),
-            tuple(sorted(c.cases)),
-        )
-        c.command, c.sent_at, c.acked_at = cmd, now, math.inf
-        self._queue(cmd)
+        self._set_interval(c, now, r.pursuit_interval_s, now + r.pursuit_lease_s, why)
 
     def _restore(self, c: _Chase, now: float) -> None:
+        """Give the device its own interval back."""
         c.restoring = True
+        self._set_interval(c, now, c.own_s, None, "the alarm is over")
+
+    def _set_interval(
+        self, c: _Chase, now: float, interval_s: float, until: float | None, why: str
+    ) -> None:
         cmd = Command(
-            self._id(c.device, "restore", now),
+            self._id(c.device, "report_interval" if until is not None else "restore", now),
             c.device,
             c.mode,
             "report_interval",
-            c.own_s,
-            None,
+            interval_s,
+            until,
             now,
             now + self.rules.pursuit_lease_s,
-            _reason("report_interval", c.device, None, "the alarm is over"),
+            _reason("report_interval", c.device, interval_s if until is not None else None, why),
             tuple(sorted(c.cases)),
         )
         c.command, c.sent_at, c.acked_at = cmd, now, math.inf
