@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ import paho.mqtt.client as mqtt
 
 from ingest.codec import parse_timestamp
 from ingest.transport import BrokerAddress, connect, disconnect, make_client
+from proximity.clock import now as clock_now
 
 
 class CommandedPace:
@@ -65,7 +65,9 @@ class CommandedPace:
 
 class ObedientDevice:
     """A device on the broker at ``broker`` that reports ``position()`` at its commanded pace
-    (``obey`` False: it hears the commands but neither acknowledges nor obeys them)."""
+    (``obey`` False: it hears the commands but neither acknowledges nor obeys them); its fix
+    times are on ``clock``, the engine's (proximity.clock: the wall clock, moved by the
+    clock offset of a drill or of the test suite's year-ahead run)."""
 
     def __init__(
         self,
@@ -75,7 +77,7 @@ class ObedientDevice:
         own_interval_s: float,
         *,
         obey: bool = True,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = clock_now,
     ) -> None:
         self.device = device
         self.position = position
