@@ -166,7 +166,7 @@ class Pursuit:
         self._health_alarm = health_alarm
         self.chases: dict[str, _Chase] = {}
         self.pending: list[Command] = []
-        #: Every command sent so far (counted) and acknowledgements taken.
+        #: Every command sent so far (repeats included) and acknowledgements taken.
         self.commands_sent = 0
         self.acks = 0
         self._serial = 0
@@ -358,19 +358,15 @@ class Pursuit:
 
     # -- what the devices do ------------------------------------------------------------------
 
-    def knows(self, device: str, command_id: str) -> bool:
-        """Whether ``command_id`` is a command sent to ``device`` in its pursuit now."""
-        c = self.chases.get(device)
-        return c is not None and command_id in c.sent_ids
-
-    def acknowledged(self, device: str, command_id: str, t_recv: float) -> bool:
-        """Device ``device`` acknowledged command ``command_id`` (arrived at ``t_recv``);
-        False when it is no command of its pursuit now (an old one, or another device's).
-        Only the acknowledgement of its current ``report_interval`` counts as obeying it."""
+    def acknowledged(self, device: str, command_id: str, t_recv: float, obeys: bool = True) -> bool:
+        """Device ``device`` acknowledged command ``command_id`` (arrived at ``t_recv``;
+        ``obeys`` False: it said it cannot); False when it is no command of its pursuit now
+        (an old one, or another device's). Only an ``ok`` of its current ``report_interval``
+        counts as obeying it."""
         c = self.chases.get(device)
         if c is None or command_id not in c.sent_ids:
             return False
-        if c.command is not None and c.command.command_id == command_id:
+        if obeys and c.command is not None and c.command.command_id == command_id:
             # (No visit is forced: its timers are computed from the acknowledgement's
             # arrival, whenever it was taken in.)
             c.acked_at = min(c.acked_at, t_recv)

@@ -217,8 +217,6 @@ class EngineService:
         self._last_fix = np.full(n, np.nan)  # each device's newest fix time, for the cadence
         self.notices_published = 0
         self.victim_notices = VictimNotices()  # what each protected person was told so far
-        self.commands_published = 0
-        self.command_acks = 0
         # Evidence entries the disk refused, in order (storage.backlog), and the fault.
         self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
         self._evidence_retry = Retry("the evidence record")
@@ -241,9 +239,7 @@ class EngineService:
         self._device_ids: npt.NDArray[Any] = np.array(self.engine.devices.ids, dtype=object)
         #: Device id -> its OwnTracks app (user, device): where its commands go.
         self._owntracks_of = {
-            d.id: (str(ot["user"]), str(ot["device"]))
-            for d in self.devices
-            if isinstance(ot := d.info.get("owntracks"), dict) and "user" in ot and "device" in ot
+            dev: app for app, dev in owntracks_aliases((d.id, d.info) for d in self.devices).items()
         }
 
     def call(self, fn: Callable[[], _T], timeout: float = 10.0) -> _T:
@@ -423,8 +419,8 @@ class EngineService:
                 "alarms_unacknowledged": self.channel.unacknowledged,
                 "delivery_max_lag_ms": round(self.channel.max_lag_s * 1000.0, 1),
                 "notices_published": self.notices_published,
-                "commands_published": self.commands_published,
-                "command_acks": self.command_acks,
+                "commands_published": self.engine.pursuit.commands_sent,
+                "command_acks": self.engine.pursuit.acks,
                 "devices_in_pursuit": len(self.engine.pursuit.in_pursuit()),
                 "open_alarms": self.engine.open_alarms,
                 "storage": "fault" if self._storage_error() else "ok",
@@ -1115,7 +1111,6 @@ class EngineService:
             raw += [(cmd.command_id, topic, payload) for topic, payload in pubs]
             body = command_record(cmd) | {"topics": [topic for topic, _ in pubs]}
             records += [(case_id, cmd.issued, "command", body) for case_id in cmd.case_ids]
-            self.commands_published += 1
             log.info("command %s to %s: %s", cmd.command_id[:8], cmd.device, cmd.reason)
         for notice in notices_for(events):
             raw.append((notice.notice_id, notice.topic, notice.payload))
@@ -1149,7 +1144,8 @@ class EngineService:
         records: list[tuple[str, float, str, dict[str, Any]]] = []
         for a in acks:
             chase = pursuit.chases.get(a.device)
-            if chase is None or not pursuit.knows(a.device, a.command_id):
+            ok = a.status == "ok"
+            if chase is None or not pursuit.acknowledged(a.device, a.command_id, a.t_recv, ok):
                 rejected.append(
                     Rejection(
                         f"devices/{a.device}/cmd/ack",
@@ -1161,11 +1157,8 @@ class EngineService:
                     )
                 )
                 continue
-            if a.status == "ok":
-                pursuit.acknowledged(a.device, a.command_id, a.t_recv)
-            else:
+            if not ok:
                 log.warning("device %s refused command %s: %s", a.device, a.command_id, a.detail)
-            self.command_acks += 1
             body = {
                 "device": a.device,
                 "command_id": a.command_id,
