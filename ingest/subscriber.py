@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,11 @@ QUEUE_LIMIT = 200_000
 #: effect is on disk, and while the disk refuses writes it goes on deciding on up to this many
 #: (:mod:`storage.backlog`); the rest waits at the broker.
 RECEIVE_MAXIMUM = 65_535
+#: What :meth:`FixSubscriber.stop` unsubscribes from (never subscribed): the broker's answer
+#: shows it has taken the acknowledgements sent before.
+BARRIER_FILTER = "proximity/engine/no-such-subscription"
+#: A PUBACK's first two bytes (type, remaining length 2) ahead of its 16-bit message id.
+PUBACK_HEADER = (mqtt.PUBACK << 24) | (2 << 16)
 
 Item = Fix | DeviceEvent | OperatorAction | CommandAck | Rejection | SessionLost | Wake
 
@@ -80,6 +86,21 @@ def decode_message(
         return decode(topic, payload, t_recv)
     except Exception as exc:
         return internal_error(topic, payload, t_recv, exc)
+
+
+def send_pubacks(client: mqtt.Client, mids: list[int]) -> None:
+    """Acknowledge the QoS 1 messages ``mids`` (manual acknowledgement) in one write: their
+    PUBACKs (MQTT 5, success: the reason code left out, as paho does) as one packet of paho's
+    outgoing queue, so one wake-up of its network thread and one ``send()`` for the batch,
+    where ``client.ack()`` costs both per message. paho has no public call for it; where its
+    queue is not there (another version), each message is acknowledged on its own."""
+    queue_packet = getattr(client, "_packet_queue", None)
+    if not callable(queue_packet):
+        for mid in mids:
+            client.ack(mid, SUBSCRIBE_QOS)
+        return
+    packets = struct.pack(f"!{len(mids)}I", *((PUBACK_HEADER | mid) for mid in mids))
+    queue_packet(mqtt.PUBACK, packets, 0, 0)
 
 
 def _topic(msg: mqtt.MQTTMessage) -> str | None:
@@ -133,6 +154,9 @@ class FixSubscriber:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_unsubscribe = self._on_unsubscribe
+        self._barrier = threading.Event()
+        self._barrier_mid = -1
 
     def start(self) -> None:
         connect(
@@ -144,8 +168,27 @@ class FixSubscriber:
             receive_maximum=RECEIVE_MAXIMUM,
         )
 
-    def stop(self) -> None:
+    def stop(self, flush_s: float = 2.0) -> None:
+        """Disconnect, once the broker has taken the acknowledgements already given (up to
+        ``flush_s``). Closing at once can lose the last ones: a socket closed with messages
+        unread (the broker goes on sending) resets the connection, and the broker drops what
+        it had not read yet, so those messages would come again. The barrier: an
+        UNSUBSCRIBE of a filter nothing subscribes to, after them; the broker takes a
+        client's packets in order, so its answer means it has taken every acknowledgement
+        before it."""
+        if self.connected.is_set():
+            self._barrier.clear()
+            rc, mid = self._client.unsubscribe(BARRIER_FILTER)
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                self._barrier_mid = -1 if mid is None else mid
+                self._barrier.wait(flush_s)
         disconnect(self._client)
+
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any
+    ) -> None:
+        if mid == self._barrier_mid:
+            self._barrier.set()
 
     def network_alive(self) -> bool:
         """Whether the MQTT client's network thread (which receives every message) runs.
@@ -273,13 +316,11 @@ class FixSubscriber:
         reconnect that kept the session) is acknowledged once; one of a session the broker
         no longer has is not acknowledged at all (its id may name another message now)."""
         tags, self._drained = dict.fromkeys(self._drained), []
-        sent = 0
         with self._stamp:  # against a reconnect starting a new session meanwhile
-            for tag in tags:
-                if tag >> 16 == self._connection:
-                    self._client.ack(tag & 0xFFFF, SUBSCRIBE_QOS)
-                    sent += 1
-        return sent
+            mids = [tag & 0xFFFF for tag in tags if tag >> 16 == self._connection]
+            if mids:
+                send_pubacks(self._client, mids)
+        return len(mids)
 
     def drain(self, timeout: float, limit: int = 100_000) -> tuple[list[Item], float]:
         """Wait up to ``timeout`` s for one item, then take everything queued (at most

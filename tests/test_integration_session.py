@@ -179,11 +179,46 @@ def test_held_acknowledgements_are_sent_once_and_never_into_a_new_session() -> N
             sub.stop()
 
 
-def _drain(sub: FixSubscriber, n: int) -> list[Fix]:
+def test_a_batch_of_acknowledgements_in_one_write_reaches_the_broker() -> None:
+    """The batch's PUBACKs go out as one write: the broker takes every one (the session
+    comes back empty), and the ones not sent are what comes back."""
+    with LocalBroker(config=ROOT / "deploy" / "mosquitto.conf") as broker:
+
+        def session() -> FixSubscriber:
+            sub = FixSubscriber(
+                parse_broker_url(broker.url), "batched-acks", session_expiry_s=600, clock=now
+            )
+            sub.start()
+            assert sub.connected.wait(30.0)
+            return sub
+
+        sub = session()
+        pub = Publisher(broker.url)
+        for k in range(1500):
+            pub.fix(f"tag-{k % 50}", *HOME, ts=now() - 2000 + k, seq=k)
+        pub.close()
+        first: list[Fix] = []  # the first 1000 the broker hands out
+        deadline = time.monotonic() + 30.0
+        while len(first) < 1000 and time.monotonic() < deadline:
+            items, _ = sub.drain(timeout=0.2, limit=1000 - len(first))
+            first.extend(i for i in items if isinstance(i, Fix))
+        assert len(first) == 1000
+        assert sub.acknowledge() == 1000
+        sub.stop()
+        sub = session()
+        try:
+            rest = _drain(sub, 500)  # the other 500 again, none of the acknowledged
+            assert sorted(f.seq for f in rest) == sorted(set(range(1500)) - {f.seq for f in first})
+            assert _drain(sub, 1, timeout=1.0) == []
+        finally:
+            sub.stop()
+
+
+def _drain(sub: FixSubscriber, n: int, timeout: float = 30.0) -> list[Fix]:
     """The next ``n`` fixes the subscriber queues (other items, such as a session loss, are
     skipped); bounded."""
     fixes: list[Fix] = []
-    deadline = time.monotonic() + 30.0
+    deadline = time.monotonic() + timeout
     while len(fixes) < n and time.monotonic() < deadline:
         items, _ = sub.drain(timeout=0.2)
         fixes.extend(i for i in items if isinstance(i, Fix))
