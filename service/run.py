@@ -57,7 +57,8 @@ from service.metrics import Metrics
 from service.settings import OUT_SUFFIX, Settings, broker_access, rule_config
 from service.watchdog import Watchdog
 from storage.backlog import Retry
-from storage.evidence import EvidenceLog, read_track
+from storage.evidence import Entry, EvidenceLog, read_track
+from storage.fixpack import FixBlock
 from storage.registry import Change, Registry
 from storage.signing import pseudonym_key
 from storage.store import WRITE_ERRORS
@@ -218,7 +219,7 @@ class EngineService:
         self.notices_published = 0
         self.victim_notices = VictimNotices()  # what each protected person was told so far
         # Evidence entries the disk refused, in order (storage.backlog), and the fault.
-        self._evidence_held: list[tuple[str, float, str, dict[str, Any]]] = []
+        self._evidence_held: list[Entry | FixBlock] = []
         self._evidence_retry = Retry("the evidence record")
         self._storage_fault = ""  # what the open storage fault alarm said; "": none
         self._storage_busy = False  # sending the fault's own alarms
@@ -534,7 +535,7 @@ class EngineService:
             self.channel.status(s.status_topic, self._offline())
             # One last try of what a storage fault holds; what is then on disk is
             # acknowledged (and the fault's end sent) before the channel closes.
-            self._flush_evidence(now=True)
+            self._flush_evidence(now=True, final=True)
             self.channel.flush(force=True)
             self._anchor()  # where each record stands as the engine stops
             self._check_storage(final=True)
@@ -747,7 +748,6 @@ class EngineService:
             if seg.rejected:
                 self.reporter.report(seg.rejected)
             if seg.batch is not None:
-                self._record_fixes(seg.batch)
                 self._watch_devices(seg.batch)
             if seg.action is not None and not seg.alarms and not seg.rejected:
                 a = seg.action
@@ -764,6 +764,8 @@ class EngineService:
                     ]
                 )
             self._publish(seg.alarms)
+            if seg.batch is not None:  # the alarms first: the fixes' record after them
+                self._record_fixes(seg.batch)
         if self.grid.skipped > skipped:
             log.warning(
                 "the engine fell more than %d sweeps behind its clock: skipped the oldest %d",
@@ -771,7 +773,7 @@ class EngineService:
                 self.grid.skipped - skipped,
             )
 
-    def _record(self, entries: list[tuple[str, float, str, dict[str, Any]]]) -> None:
+    def _record(self, entries: Sequence[Entry | FixBlock]) -> None:
         """Entries for the evidence record: written now, or, while the disk refuses writes,
         kept in order behind the refused ones (:meth:`_flush_evidence`)."""
         if not entries:
@@ -779,17 +781,23 @@ class EngineService:
         self._evidence_held.extend(entries)
         self._flush_evidence(now=not self._evidence_retry.failing)
 
-    def _flush_evidence(self, now: bool = False) -> None:
-        """Write the held evidence entries (when a try is due, or ``now``)."""
-        if not self._evidence_held or not (now or self._evidence_retry.due()):
+    def _flush_evidence(self, now: bool = False, final: bool = False) -> None:
+        """Write the held evidence entries (when a try is due, or ``now``), and a slice of the
+        fold of the staged fixes when one is due (all of it if ``final``)."""
+        if not (now or self._evidence_retry.due()):
             return
         try:
-            self.evidence.append(self._evidence_held)
+            if self._evidence_held:
+                self.evidence.append(self._evidence_held)
+                self._evidence_held = []
+            if final:
+                self.evidence.fold_all(self.clock())
+            else:
+                self.evidence.fold(self.clock())
         except WRITE_ERRORS as exc:
             if self._evidence_retry.failed(exc):
                 log.error("the evidence record %s refuses writes: %s", self.evidence.path, exc)
         else:
-            self._evidence_held = []
             if self._evidence_retry.succeeded():
                 log.warning("the evidence record %s takes writes again", self.evidence.path)
         self._check_storage()
@@ -1027,9 +1035,8 @@ class EngineService:
         )
 
     def _record_fixes(self, batch: FixBatch) -> None:
-        """The fixes the engine used (not late, duplicate or set aside) go on record: one
-        entry per case and batch, its fixes as columns (times in epoch seconds), so the
-        record costs little per fix."""
+        """The fixes the engine used (not late, duplicate or set aside) go on record, each
+        once per case of its device: array work per batch, and one staged block."""
         if not self.engine.intake.used_rows:
             return
         rows = np.concatenate(self.engine.intake.used_rows)
@@ -1043,21 +1050,28 @@ class EngineService:
         case_of = self._slot_cases[first + np.arange(fix_of.size)]
         order = np.argsort(case_of, kind="stable")
         case_of, fix_of = case_of[order], fix_of[order]
-        starts = np.flatnonzero(np.r_[True, case_of[1:] != case_of[:-1]])
-        entries = []
-        for ci, r in zip(case_of[starts].tolist(), np.split(fix_of, starts[1:]), strict=True):
-            acc = batch.acc_m[r]
-            body = {
-                "device": self._device_ids[batch.slot[r]].tolist(),
-                "t_fix": batch.t_fix[r].tolist(),
-                "t_recv": batch.t_recv[r].tolist(),
-                "lat": batch.lat[r].tolist(),
-                "lon": batch.lon[r].tolist(),
-                "acc_m": np.where(np.isnan(acc), -1.0, acc).tolist(),  # -1: unknown
-                "seq": batch.seq[r].tolist(),  # -1: none
-            }
-            entries.append((self._case_ids[ci], float(batch.t_fix[r].max()), "fix", body))
-        self._record(entries)
+        # One block for the batch, staged; the evidence record folds each case's fixes into
+        # its chain later (storage.evidence: one signed entry per case per fold, not per
+        # batch).
+        cases, case_at = np.unique(case_of, return_inverse=True)
+        slots, dev_at = np.unique(batch.slot[fix_of], return_inverse=True)
+        acc = batch.acc_m[fix_of]
+        block = FixBlock(
+            float(batch.t_fix[rows].max()),
+            [self._case_ids[c] for c in cases.tolist()],
+            case_at.astype(np.int64),
+            self._device_ids[slots].tolist(),
+            dev_at.astype(np.int64),
+            {
+                "t_fix": batch.t_fix[fix_of],
+                "t_recv": batch.t_recv[fix_of],
+                "lat": batch.lat[fix_of],
+                "lon": batch.lon[fix_of],
+                "acc_m": np.where(np.isnan(acc), -1.0, acc),  # -1: unknown
+                "seq": batch.seq[fix_of],  # -1: none
+            },
+        )
+        self._record([block])
 
     def _publish(self, events: list[AlarmEvent]) -> None:
         if not events and not self.engine.pursuit.pending:

@@ -2,7 +2,7 @@
 the alarm messages sent (each one a decision) and the purges, exportable for a court.
 
 Each entry is ``(case_id, seq, t, kind, body)``: ``seq`` counts the case's entries from 1, ``t``
-is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes of one batch, as columns:
+is UTC epoch seconds, ``kind`` is ``fix`` (the case's fixes since the last fold, as columns:
 ``device``, ``t_fix``, ``t_recv``, ``lat``, ``lon``, ``acc_m`` (-1 unknown), ``seq`` (-1 none);
 ``t`` is the newest fix time), ``alarm`` (one message sent), ``purge``, or ``change`` (who
 changed what in the case or its devices' descriptions: one row of the registry's change record,
@@ -40,6 +40,11 @@ consistency, not who signed it.
 
 What it does not show: whoever holds the key can rewrite and re-sign the record; then only the
 anchors published before the rewrite (as the CIC holds them) show it.
+
+Fixes come in one staged block per batch (:meth:`EvidenceLog.append` with a
+:class:`storage.fixpack.FixBlock`), cheap to write, and are folded into the chains later
+(:meth:`EvidenceLog.fold`): one signed entry per case per fold rather than per batch, whose
+body is kept packed on disk (:mod:`storage.fixpack`) and given back as its JSON object.
 """
 
 from __future__ import annotations
@@ -49,17 +54,33 @@ import json
 import math
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from proximity.clock import iso_utc
 from proximity.errors import ProximityError
+from storage.fixpack import (
+    FixBlock,
+    block_bodies,
+    concat,
+    pack_block,
+    pack_body,
+    pack_columns,
+    unpack_block,
+)
+from storage.fixpack import unpack_body as _unpack_body
 from storage.signing import EvidenceKey, is_key_hex, verify_signature
 from storage.store import open_durable, transaction
+
+#: An entry to append: ``(case_id, t, kind, body)``, or a block of fixes to stage.
+Entry = tuple[str, float, str, dict[str, Any]]
 
 GENESIS = "0" * 64
 KINDS = frozenset({"fix", "alarm", "purge", "change", "command", "command_ack", "notice"})
@@ -93,7 +114,21 @@ CREATE TABLE IF NOT EXISTS evidence (
 CREATE INDEX IF NOT EXISTS evidence_by_time ON evidence(kind, t);
 CREATE TRIGGER IF NOT EXISTS evidence_no_delete BEFORE DELETE ON evidence
 BEGIN SELECT RAISE(ABORT, 'the evidence record is append-only'); END;
+-- Fixes taken, not yet folded into their cases' chains: one block per batch (storage.fixpack).
+CREATE TABLE IF NOT EXISTS staged (id INTEGER PRIMARY KEY, t REAL NOT NULL, block BLOB NOT NULL);
+-- A fold under way: the blocks it folds (id <= upto) and how many buckets of cases it has done.
+CREATE TABLE IF NOT EXISTS fold_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), upto INTEGER NOT NULL, done INTEGER NOT NULL
+);
 """
+#: A fold writes the chain entries of the staged fixes in this many slices, each the cases of
+#: one bucket (crc32 of the case id): each slice a transaction of its own, small enough not
+#: to hold the engine's loop for long, and a crash between two resumes where it stopped.
+FOLD_BUCKETS = 256
+#: Staged fixes are folded into the chains every this many seconds (of the engine's clock) ...
+FOLD_INTERVAL_S = 60.0
+#: ... or sooner once this many are staged (the memory they hold).
+FOLD_MAX_FIXES = 1_000_000
 #: The guard against rewrites, as SQLite keeps it in the file (without IF NOT EXISTS): a file
 #: whose guard differs (one written before entries were signed) is given this one.
 _NO_REWRITE = """CREATE TRIGGER evidence_no_rewrite BEFORE UPDATE ON evidence
@@ -215,6 +250,15 @@ class EvidenceLog:
         #: The cases written since the record was opened (kept when a refused write makes
         #: the heads be read again).
         self._written: set[str] = set()
+        #: The staged blocks not folded yet (id, block), as on disk; and the fold under way.
+        self._staged: list[tuple[int, FixBlock]] = [
+            (int(i), unpack_block(bytes(b)))
+            for i, b in self._db.execute("SELECT id, block FROM staged ORDER BY id")
+        ]
+        self._fold: _Fold | None = None
+        # Blocks left by a run that stopped without folding them: folded at the first call.
+        self._last_fold = -math.inf if self._staged else math.nan
+        self.fold_interval_s = FOLD_INTERVAL_S
 
     @property
     def public_key(self) -> str:
@@ -231,22 +275,120 @@ class EvidenceLog:
             self._heads[case_id] = (int(row[0]), str(row[1])) if row else (0, GENESIS)
         return self._heads[case_id]
 
-    def append(self, entries: Iterable[tuple[str, float, str, dict[str, Any]]]) -> int:
-        """Append ``(case_id, t, kind, body)`` entries in one transaction, each case's last
-        one signed; return how many."""
-        return self._write(entries)
+    def append(self, entries: Iterable[Entry | FixBlock]) -> int:
+        """Append ``(case_id, t, kind, body)`` entries, each signed, and stage the blocks of
+        fixes among them (:meth:`fold` puts those in their cases' chains later), in one
+        transaction; return how many entries."""
+        items = list(entries)
+        blocks = [b for b in items if isinstance(b, FixBlock) and b.size]
+        ids: list[int] = []
+
+        def stage(db: sqlite3.Connection) -> None:
+            for b in blocks:
+                cur = db.execute("INSERT INTO staged(t, block) VALUES (?, ?)", (b.t, pack_block(b)))
+                ids.append(int(cur.lastrowid or 0))
+
+        written = self._write(
+            (e for e in items if not isinstance(e, FixBlock)), stage if blocks else None
+        )
+        self._staged.extend(zip(ids, blocks, strict=True))
+        return written
+
+    @property
+    def staged_fixes(self) -> int:
+        """Fixes staged, not yet in their cases' chains."""
+        return sum(b.size for _, b in self._staged)
+
+    def fold(self, now: float, force: bool = False) -> int:
+        """One slice of the fold of the staged fixes into their cases' chains (one entry per
+        case, its fixes in the order taken), when a fold is due (every
+        ``fold_interval_s``, or FOLD_MAX_FIXES staged) or ``force``; return how many entries
+        it wrote. Each slice is one transaction: the entries of one bucket of cases, and
+        where the fold stands (the last one removes the folded blocks)."""
+        if self._fold is None:
+            if not self._staged:
+                self._last_fold = now
+                return 0
+            if math.isnan(self._last_fold):
+                self._last_fold = now
+            due = now - self._last_fold >= self.fold_interval_s
+            if not (force or due or self.staged_fixes >= FOLD_MAX_FIXES):
+                return 0
+            self._fold = self._start_fold()
+        f = self._fold
+        b = f.done
+        rows = f.order[f.bounds[b] : f.bounds[b + 1]]
+        entries: list[Entry] = []
+        stored: list[bytes | None] = []
+        if rows.size:
+            m = f.merged
+            case_of = m.case_of[rows]
+            starts = np.flatnonzero(np.r_[True, case_of[1:] != case_of[:-1]])
+            t_fix = m.columns["t_fix"]
+            for c, r in zip(case_of[starts].tolist(), np.split(rows, starts[1:]), strict=True):
+                entries.append((m.cases[c], float(t_fix[r].max()), "fix", block_bodies(m, r)))
+                stored.append(
+                    pack_columns(m.devices, m.dev_of[r], {k: v[r] for k, v in m.columns.items()})
+                )
+        done = next(
+            (k for k in range(b + 1, FOLD_BUCKETS) if f.bounds[k] < f.bounds[k + 1]), FOLD_BUCKETS
+        )
+        last = done == FOLD_BUCKETS
+
+        def progress(db: sqlite3.Connection) -> None:
+            if last:
+                db.execute("DELETE FROM staged WHERE id <= ?", (f.upto,))
+                db.execute("DELETE FROM fold_state")
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO fold_state(id, upto, done) VALUES (1, ?, ?)",
+                    (f.upto, done),
+                )
+
+        written = self._write(entries, progress, stored)
+        f.done = done
+        if last:
+            self._staged = [(i, blk) for i, blk in self._staged if i > f.upto]
+            self._fold = None
+            self._last_fold = now
+        return written
+
+    def fold_all(self, now: float) -> int:
+        """Fold every staged fix into its case's chain now (the engine stopping); how many
+        entries that wrote."""
+        written = 0
+        while self._staged or self._fold is not None:
+            written += self.fold(now, force=True)
+        return written
+
+    def _start_fold(self) -> _Fold:
+        """The fold of the blocks staged so far, or the one a crash interrupted (its blocks
+        and the buckets it had done, as the file keeps them)."""
+        row = self._db.execute("SELECT upto, done FROM fold_state").fetchone()
+        upto, done = (int(row[0]), int(row[1])) if row else (self._staged[-1][0], 0)
+        merged = concat([blk for i, blk in self._staged if i <= upto])
+        bucket = np.array(
+            [zlib.crc32(c.encode()) % FOLD_BUCKETS for c in merged.cases], dtype=np.int64
+        )
+        key = bucket[merged.case_of] * max(1, len(merged.cases)) + merged.case_of
+        order = np.argsort(key, kind="stable")
+        bounds = np.searchsorted(bucket[merged.case_of][order], np.arange(FOLD_BUCKETS + 1))
+        while done < FOLD_BUCKETS - 1 and bounds[done] == bounds[done + 1]:
+            done += 1  # nothing to do in an empty bucket (the last one runs all the same)
+        return _Fold(upto, done, merged, order, bounds)
 
     def _write(
         self,
-        entries: Iterable[tuple[str, float, str, dict[str, Any]]],
+        entries: Iterable[Entry],
         before: Callable[[sqlite3.Connection], None] | None = None,
+        stored: list[bytes | None] | None = None,
     ) -> int:
         """Chain, sign and insert ``entries`` in one transaction, after ``before`` (run in it).
         The engine's batch adds about one entry per case it touched (its fixes), and one per
         alarm message: one signature each."""
         rows: list[tuple[str, int, float, str, bytes, str, str, str, str | None]] = []
         heads = dict(self._heads)
-        for case_id, t, kind, body in entries:
+        for k, (case_id, t, kind, body) in enumerate(entries):
             if kind not in KINDS:
                 raise ValueError(f"unknown evidence kind {kind!r}")
             seq, prev = heads.get(case_id) or self._head(case_id)
@@ -254,7 +396,12 @@ class EvidenceLog:
             data = canonical(body)
             body_hash = sha256(data)
             h = entry_hash(prev, case_id, seq, t, kind, body_hash)
-            rows.append((case_id, seq, t, kind, data, body_hash, prev, h, None))
+            # A fix body is kept packed (storage.fixpack), ``stored`` when given; its hash
+            # is its JSON's.
+            kept = stored[k] if stored is not None else None
+            if kept is None and kind == "fix":
+                kept = pack_body(body)
+            rows.append((case_id, seq, t, kind, kept or data, body_hash, prev, h, None))
             heads[case_id] = (seq, h)
         # Every entry is signed (a write adds about one per case: its fixes, and each alarm
         # message): an entry whose signature was removed cannot pass for an old one.
@@ -357,7 +504,7 @@ class EvidenceLog:
                 "seq": seq,
                 "t": t,
                 "kind": kind,
-                "body": orjson.loads(body) if body is not None else None,
+                "body": unpack_body(kind, body) if body is not None else None,
                 "body_hash": body_hash,
                 "prev": prev,
                 "hash": h,
@@ -385,7 +532,10 @@ class EvidenceLog:
     def last_fix_time(self) -> float:
         """The newest time of a fix entry in the record (NaN: none): where an earlier run of
         the engine stopped taking fixes."""
-        (t,) = self._db.execute("SELECT MAX(t) FROM evidence WHERE kind = 'fix'").fetchone()
+        (t,) = self._db.execute(
+            "SELECT MAX(t) FROM (SELECT MAX(t) AS t FROM evidence WHERE kind = 'fix'"
+            " UNION ALL SELECT MAX(t) FROM staged)"
+        ).fetchone()
         return float(t) if t is not None else float("nan")
 
     def last_change(self) -> int:
@@ -429,6 +579,24 @@ class Verification:
     outside: int = 0
     #: Every public key the export names (its head line's and its anchors').
     named_keys: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class _Fold:
+    """A fold under way: the staged blocks it takes (``id <= upto``), merged; how many buckets
+    of cases it has done (they are done in order); the fixes ordered by bucket, case and
+    arrival, and where each bucket's run starts."""
+
+    upto: int
+    done: int
+    merged: FixBlock
+    order: npt.NDArray[np.int64]
+    bounds: npt.NDArray[np.int64]
+
+
+def unpack_body(kind: str, data: bytes) -> Any:
+    """A stored body -> its JSON value (a fix body may be packed, :mod:`storage.fixpack`)."""
+    return _unpack_body(bytes(data)) if kind == "fix" else orjson.loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -887,13 +1055,19 @@ def read_track(path: Path, case_id: str, since: float) -> list[dict[str, Any]]:
             " AND body IS NOT NULL ORDER BY seq",
             (case_id, since),
         ).fetchall()
+        staged = db.execute("SELECT block FROM staged WHERE t>=? ORDER BY id", (since,)).fetchall()
     except sqlite3.Error:
         return []
     finally:
         db.close()
+    bodies = [_unpack_body(bytes(body)) for (body,) in rows]
+    for (data,) in staged:  # taken, not folded into the chain yet
+        block = unpack_block(bytes(data))
+        if case_id in block.cases:
+            mine = np.flatnonzero(block.case_of == block.cases.index(case_id))
+            bodies.append(block_bodies(block, mine))
     out: list[dict[str, Any]] = []
-    for (body,) in rows:
-        b = orjson.loads(body)
+    for b in bodies:
         for dev, t, lat, lon, acc in zip(
             b["device"], b["t_fix"], b["lat"], b["lon"], b["acc_m"], strict=True
         ):

@@ -529,6 +529,8 @@ def test_the_engine_records_each_used_fix_in_every_case_of_its_device(tmp_path: 
     batch, _ = build_batch(fixes, service.engine.slot_of)
     service.engine.process(batch)
     service._record_fixes(batch)
+    assert lines_of(service.evidence, "A")[:-1] == []  # staged, not in the chain yet
+    service.evidence.fold_all(T0 + 1)
     bodies = {
         c: [orjson.loads(x)["body"] for x in lines_of(service.evidence, c)[:-1]] for c in "AB"
     }
@@ -558,6 +560,8 @@ def test_a_batch_whose_every_fix_is_set_aside_records_nothing(tmp_path: Path) ->
     service.engine.process(jump)
     assert service.engine.stats.fixes_implausible == 1
     service._record_fixes(jump)
+    assert service.evidence.staged_fixes == 1
+    service.evidence.fold_all(T0 + 2)
     assert len(lines_of(service.evidence, "A")) == 2  # the first fix's entry and the head
     service.evidence.close()
 
