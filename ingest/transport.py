@@ -143,11 +143,50 @@ or mqtts://HOST:PORT for TLS (port 8883)
     return BrokerAddress(parts.hostname, port, tls)
 
 
+#: How much :class:`ReadAhead` asks the socket for at a time.
+READ_AHEAD_BYTES = 256 * 1024
+
+
+class ReadAhead:
+    """A client's socket, read ahead: paho reads each packet in three or more ``recv()``
+    calls (its first byte, each byte of its length, the rest), a system call each, so a
+    stream of small messages costs more in reads than in anything else. This takes what the
+    socket has in one call and hands it out from memory; ``pending()`` says how much it
+    holds, which paho's loop asks (as of a TLS socket) before waiting on the socket, so
+    nothing held is left waiting. Everything else is the socket's own."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._buf):
+            data = self._sock.recv(max(size, READ_AHEAD_BYTES))  # raises as the socket does
+            if len(data) <= size:
+                return bytes(data)
+            self._buf, self._at = data, 0
+        out = self._buf[self._at : self._at + size]
+        self._at += len(out)
+        return out
+
+    def pending(self) -> int:
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._at + (inner() if callable(inner) else 0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     # paho leaves Nagle's algorithm on; with QoS 1 it meets the peer's delayed ACK and every
     # small publish waits ~40 ms. Alarms and fixes are small and urgent: send at once.
     if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # paho keeps the socket it has just opened in ``_sock`` (no public way to wrap it): read
+    # it ahead (ReadAhead). Where that attribute is not this socket, paho is left as it is.
+    if getattr(client, "_sock", None) is sock and not isinstance(sock, ReadAhead):
+        client._sock = ReadAhead(sock)
 
 
 def make_client(client_id: str = "", *, manual_ack: bool = False) -> mqtt.Client:

@@ -255,6 +255,7 @@ class EvidenceLog:
             (int(i), unpack_block(bytes(b)))
             for i, b in self._db.execute("SELECT id, block FROM staged ORDER BY id")
         ]
+        self._staged_count = sum(b.size for _, b in self._staged)
         self._fold: _Fold | None = None
         # Blocks left by a run that stopped without folding them: folded at the first call.
         self._last_fold = -math.inf if self._staged else math.nan
@@ -292,12 +293,13 @@ class EvidenceLog:
             (e for e in items if not isinstance(e, FixBlock)), stage if blocks else None
         )
         self._staged.extend(zip(ids, blocks, strict=True))
+        self._staged_count += sum(b.size for b in blocks)
         return written
 
     @property
     def staged_fixes(self) -> int:
         """Fixes staged, not yet in their cases' chains."""
-        return sum(b.size for _, b in self._staged)
+        return self._staged_count
 
     def fold(self, now: float, force: bool = False) -> int:
         """One slice of the fold of the staged fixes into their cases' chains (one entry per
@@ -349,6 +351,7 @@ class EvidenceLog:
         f.done = done
         if last:
             self._staged = [(i, blk) for i, blk in self._staged if i > f.upto]
+            self._staged_count = sum(blk.size for _, blk in self._staged)
             self._fold = None
             self._last_fold = now
         return written
