@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import select
 import socket
+import sqlite3
 import struct
 import sys
 import tempfile
@@ -53,6 +54,7 @@ from proximity.cases import parse_case_file
 from proximity.clock import now as wall
 from simulator.broker import LocalBroker
 from simulator.process import EngineProcess
+from storage.evidence import unpack_body
 from storage.registry import Registry
 
 ORDER_M = 500.0
@@ -435,7 +437,26 @@ def main(argv: list[str] | None = None) -> int:
             code = engine.stop()
         if code not in (0, None):
             print(f"the engine exited with {code}; its log: {work / 'engine.log'}")
-    return _report(args, offered, samples, t_meas, t_end, stamps, alarms, hops)
+    at_rest = _evidence_size(db.with_suffix(".evidence.sqlite"))
+    return _report(args, offered, samples, t_meas, t_end, stamps, alarms, hops, at_rest)
+
+
+def _evidence_size(path: Path) -> tuple[int, int, int]:
+    """The evidence record's fix entries once the engine has stopped (and folded them): how
+    many fixes they hold, the bytes they take (every column of their rows), and the file's
+    size."""
+    fixes = stored = 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        for row in db.execute(
+            "SELECT body, length(case_id) + length(body_hash) + length(prev) + length(hash)"
+            " + coalesce(length(sig), 0) + 24 FROM evidence WHERE kind = 'fix'"
+        ):
+            fixes += len(unpack_body("fix", row[0])["device"])
+            stored += len(row[0]) + int(row[1])
+    finally:
+        db.close()
+    return fixes, stored, path.stat().st_size
 
 
 def _at(samples: list[tuple[float, int, float, int]], t: float) -> tuple[float, int, float, int]:
@@ -455,6 +476,7 @@ def _report(
     stamps: dict[tuple[str, int], float],
     alarms: list[tuple[float, str, int, str]],
     hops: list[tuple[float, float]],
+    at_rest: tuple[int, int, int],
 ) -> int:
     a, b = _at(samples, t_meas), _at(samples, t_end)
     span = b[0] - a[0]
@@ -480,7 +502,10 @@ def _report(
         f" largest {max(backlog, default=0)} fixes\n"
         f"  engine CPU {cpu_us:.0f} us per fix ({(b[2] - a[2]) / span:.0%} of a core)\n"
         f"  alarm messages at the CIC: {len(alarms)} in all, by cause"
-        f" {', '.join(f'{k} {v}' for k, v in sorted(causes.items()))}"
+        f" {', '.join(f'{k} {v}' for k, v in sorted(causes.items()))}\n"
+        f"  evidence record at rest: {at_rest[0]} fixes in the chains,"
+        f" {at_rest[1] / max(1, at_rest[0]):.1f} bytes per fix (their entries, every column),"
+        f" file {at_rest[2] / 1e6:.1f} MB"
     )
     row = "  {:<24} {:>8} {:>9} {:>9} {:>9} {:>9}"
     print(row.format("", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"))
