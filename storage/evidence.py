@@ -68,8 +68,8 @@ from proximity.clock import iso_utc
 from proximity.errors import ProximityError
 from storage.fixpack import (
     FixBlock,
+    Staging,
     block_bodies,
-    concat,
     pack_block,
     pack_body,
     pack_columns,
@@ -250,15 +250,13 @@ class EvidenceLog:
         #: The cases written since the record was opened (kept when a refused write makes
         #: the heads be read again).
         self._written: set[str] = set()
-        #: The staged blocks not folded yet (id, block), as on disk; and the fold under way.
-        self._staged: list[tuple[int, FixBlock]] = [
-            (int(i), unpack_block(bytes(b)))
-            for i, b in self._db.execute("SELECT id, block FROM staged ORDER BY id")
-        ]
-        self._staged_count = sum(b.size for _, b in self._staged)
+        #: The staged fixes not folded yet, as on disk; and the fold under way.
+        self._mem = Staging()
+        for i, b in self._db.execute("SELECT id, block FROM staged ORDER BY id"):
+            self._mem.add(int(i), unpack_block(bytes(b)))
         self._fold: _Fold | None = None
         # Blocks left by a run that stopped without folding them: folded at the first call.
-        self._last_fold = -math.inf if self._staged else math.nan
+        self._last_fold = -math.inf if self._mem.ids else math.nan
         self.fold_interval_s = FOLD_INTERVAL_S
 
     @property
@@ -292,14 +290,14 @@ class EvidenceLog:
         written = self._write(
             (e for e in items if not isinstance(e, FixBlock)), stage if blocks else None
         )
-        self._staged.extend(zip(ids, blocks, strict=True))
-        self._staged_count += sum(b.size for b in blocks)
+        for i, b in zip(ids, blocks, strict=True):
+            self._mem.add(i, b)
         return written
 
     @property
     def staged_fixes(self) -> int:
         """Fixes staged, not yet in their cases' chains."""
-        return self._staged_count
+        return self._mem.n
 
     def fold(self, now: float, force: bool = False) -> int:
         """One slice of the fold of the staged fixes into their cases' chains (one entry per
@@ -308,7 +306,7 @@ class EvidenceLog:
         it wrote. Each slice is one transaction: the entries of one bucket of cases, and
         where the fold stands (the last one removes the folded blocks)."""
         if self._fold is None:
-            if not self._staged:
+            if not self._mem.ids:
                 self._last_fold = now
                 return 0
             if math.isnan(self._last_fold):
@@ -350,8 +348,7 @@ class EvidenceLog:
         written = self._write(entries, progress, stored)
         f.done = done
         if last:
-            self._staged = [(i, blk) for i, blk in self._staged if i > f.upto]
-            self._staged_count = sum(blk.size for _, blk in self._staged)
+            self._mem.drop(f.upto)
             self._fold = None
             self._last_fold = now
         return written
@@ -360,7 +357,7 @@ class EvidenceLog:
         """Fold every staged fix into its case's chain now (the engine stopping); how many
         entries that wrote."""
         written = 0
-        while self._staged or self._fold is not None:
+        while self._mem.ids or self._fold is not None:
             written += self.fold(now, force=True)
         return written
 
@@ -368,8 +365,8 @@ class EvidenceLog:
         """The fold of the blocks staged so far, or the one a crash interrupted (its blocks
         and the buckets it had done, as the file keeps them)."""
         row = self._db.execute("SELECT upto, done FROM fold_state").fetchone()
-        upto, done = (int(row[0]), int(row[1])) if row else (self._staged[-1][0], 0)
-        merged = concat([blk for i, blk in self._staged if i <= upto])
+        upto, done = (int(row[0]), int(row[1])) if row else (self._mem.ids[-1], 0)
+        merged = self._mem.prefix(upto)
         bucket = np.array(
             [zlib.crc32(c.encode()) % FOLD_BUCKETS for c in merged.cases], dtype=np.int64
         )

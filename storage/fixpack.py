@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,25 +182,85 @@ def unpack_block(data: bytes) -> FixBlock:
         raise PackError(f"not a staged block of fixes: {exc}") from exc
 
 
-def concat(blocks: Sequence[FixBlock]) -> FixBlock:
-    """Blocks as one (case and device tables merged), in order."""
-    cases: dict[str, int] = {}
-    devices: dict[str, int] = {}
-    case_parts, dev_parts = [], []
-    for b in blocks:
-        cmap = np.array([cases.setdefault(c, len(cases)) for c in b.cases], dtype=np.int64)
-        dmap = np.array([devices.setdefault(d, len(devices)) for d in b.devices], dtype=np.int64)
-        case_parts.append(cmap[b.case_of] if b.size else b.case_of)
-        dev_parts.append(dmap[b.dev_of] if b.size else b.dev_of)
-    empty = np.zeros(0, dtype=np.int64)
-    return FixBlock(
-        max((b.t for b in blocks), default=float("nan")),
-        list(cases),
-        np.concatenate(case_parts) if blocks else empty,
-        list(devices),
-        np.concatenate(dev_parts) if blocks else empty,
-        {
-            c: np.concatenate([b.columns[c] for b in blocks]) if blocks else np.zeros(0, _DTYPES[c])
-            for c in COLUMNS
-        },
-    )
+class Staging:
+    """The staged fixes in memory, as one set of growing columns (case and device tables
+    merged as blocks come): adding a block is a few slice writes, and a fold reads a prefix
+    of the columns without gathering anything. ``ids`` and ``ends`` give each block's id and
+    where its rows end."""
+
+    def __init__(self) -> None:
+        self._case_index: dict[str, int] = {}
+        self._dev_index: dict[str, int] = {}
+        self.cases: list[str] = []
+        self.devices: list[str] = []
+        self.n = 0
+        self._cap = 1024
+        self._case_of = np.zeros(self._cap, dtype=np.int64)
+        self._dev_of = np.zeros(self._cap, dtype=np.int64)
+        self._cols = {c: np.zeros(self._cap, dtype=_DTYPES[c]) for c in COLUMNS}
+        self.ids: list[int] = []
+        self.ends: list[int] = []
+        self.t_max: list[float] = []
+
+    def add(self, block_id: int, block: FixBlock) -> None:
+        n = block.size
+        if self.n + n > self._cap:
+            self._grow(self.n + n)
+        lo, hi = self.n, self.n + n
+        cmap = [_index(self._case_index, self.cases, c) for c in block.cases]
+        dmap = [_index(self._dev_index, self.devices, d) for d in block.devices]
+        self._case_of[lo:hi] = np.asarray(cmap, dtype=np.int64)[block.case_of]
+        self._dev_of[lo:hi] = np.asarray(dmap, dtype=np.int64)[block.dev_of]
+        for c in COLUMNS:
+            self._cols[c][lo:hi] = block.columns[c]
+        self.n = hi
+        self.ids.append(block_id)
+        self.ends.append(hi)
+        self.t_max.append(block.t)
+
+    def _grow(self, need: int) -> None:
+        cap = max(need, 2 * self._cap)
+        self._case_of = np.resize(self._case_of, cap)
+        self._dev_of = np.resize(self._dev_of, cap)
+        self._cols = {c: np.resize(a, cap) for c, a in self._cols.items()}
+        self._cap = cap
+
+    def prefix(self, upto: int) -> FixBlock:
+        """The fixes of the blocks with ids up to ``upto``, as one block (views)."""
+        k = sum(1 for i in self.ids if i <= upto)
+        end = self.ends[k - 1] if k else 0
+        return FixBlock(
+            max(self.t_max[:k], default=float("nan")),
+            self.cases,
+            self._case_of[:end],
+            self.devices,
+            self._dev_of[:end],
+            {c: a[:end] for c, a in self._cols.items()},
+        )
+
+    def drop(self, upto: int) -> None:
+        """Forget the blocks with ids up to ``upto`` (folded); the rest move to the front."""
+        k = sum(1 for i in self.ids if i <= upto)
+        end = self.ends[k - 1] if k else 0
+        rest = self.n - end
+        self._case_of[:rest] = self._case_of[end : self.n].copy()
+        self._dev_of[:rest] = self._dev_of[end : self.n].copy()
+        for a in self._cols.values():
+            a[:rest] = a[end : self.n].copy()
+        self.n = rest
+        self.ids = self.ids[k:]
+        self.ends = [e - end for e in self.ends[k:]]
+        self.t_max = self.t_max[k:]
+        if not self.ids:  # the tables start afresh (cases and devices come and go)
+            self._case_index.clear()
+            self._dev_index.clear()
+            self.cases, self.devices = [], []
+
+
+def _index(index: dict[str, int], names: list[str], name: str) -> int:
+    """``name``'s place in ``names`` (added at the end when new)."""
+    k = index.get(name)
+    if k is None:
+        k = index[name] = len(names)
+        names.append(name)
+    return k
