@@ -186,6 +186,39 @@ def _publisher(
 ) -> None:
     """Publish this part's devices' fixes from ``t_start`` to ``t_end`` at ``rate`` each;
     report the send times of the probe pairs' fixes (for fix -> CIC)."""
+    try:
+        _publish(
+            host,
+            port,
+            part,
+            parts,
+            pairs,
+            probes,
+            rate,
+            t_start,
+            t_end,
+            probe_interval_s,
+            sent,
+            out,
+        )
+    except OSError as exc:  # the broker closed the connection: said, not hung on
+        out.put({"error": f"publisher {part}: {exc!r}"})
+
+
+def _publish(
+    host: str,
+    port: int,
+    part: int,
+    parts: int,
+    pairs: int,
+    probes: int,
+    rate: float,
+    t_start: float,
+    t_end: float,
+    probe_interval_s: float,
+    sent: Any,
+    out: Any,
+) -> None:
     pub = RawPublisher(host, port, f"bench-publisher-{part}")
     period = 1.0 / rate
     devices = []  # (phase in the period, device index)
@@ -196,7 +229,7 @@ def _publisher(
     phases = np.array([p for p, _ in devices])
     topics = [_utf8(f"devices/{'tag' if d % 2 == 0 else 'phone'}-{d // 2}/fix") for _, d in devices]
     ids = [d for _, d in devices]
-    stamps: dict[tuple[str, int], float] = {}
+    stamps: dict[Any, Any] = {}
     probe_topic = _utf8(PROBE_TOPIC)
     next_probe = t_start if part == 0 else math.inf
     cycle, i = 0, 0  # the period counted from t_start, and the next device in it
@@ -420,8 +453,13 @@ def main(argv: list[str] | None = None) -> int:
                         flush=True,
                     )
             stamps: dict[tuple[str, int], float] = {}
+            errors = []
             for _ in pubs:
-                stamps.update(stamps_out.get(timeout=60))
+                got = stamps_out.get(timeout=60)
+                if "error" in got:
+                    errors.append(got["error"])
+                else:
+                    stamps.update(got)
             for p in pubs:
                 p.join(30)
             # Let the backlog drain (for the alarms still on their way), briefly.
@@ -433,8 +471,15 @@ def main(argv: list[str] | None = None) -> int:
             alarms, hops = cic_out.get(timeout=60)
             cic.join(30)
         finally:
+            stop.set()
+            for p in [cic, *pubs]:
+                if p.is_alive():
+                    p.terminate()
             disconnect(watcher)
             code = engine.stop()
+        if errors:
+            print(f"a publisher lost its connection: {'; '.join(errors)}", file=sys.stderr)
+            return 1
         if code not in (0, None):
             print(f"the engine exited with {code}; its log: {work / 'engine.log'}")
     at_rest = _evidence_size(db.with_suffix(".evidence.sqlite"))
