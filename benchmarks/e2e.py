@@ -170,39 +170,13 @@ def _probe_distance(t: float, phase: float) -> float:
     )
 
 
-def _publisher(
-    host: str,
-    port: int,
-    part: int,
-    parts: int,
-    pairs: int,
-    probes: int,
-    rate: float,
-    t_start: float,
-    t_end: float,
-    probe_interval_s: float,
-    sent: Any,
-    out: Any,
-) -> None:
-    """Publish this part's devices' fixes from ``t_start`` to ``t_end`` at ``rate`` each;
-    report the send times of the probe pairs' fixes (for fix -> CIC)."""
+def _publisher(*args: Any) -> None:
+    """:func:`_publish` in a process of its own; a connection the broker closes is reported
+    on its queue (the last argument), not left to hang the run."""
     try:
-        _publish(
-            host,
-            port,
-            part,
-            parts,
-            pairs,
-            probes,
-            rate,
-            t_start,
-            t_end,
-            probe_interval_s,
-            sent,
-            out,
-        )
-    except OSError as exc:  # the broker closed the connection: said, not hung on
-        out.put({"error": f"publisher {part}: {exc!r}"})
+        _publish(*args)
+    except OSError as exc:
+        args[-1].put({"error": f"publisher {args[2]}: {exc!r}"})
 
 
 def _publish(
@@ -219,6 +193,8 @@ def _publish(
     sent: Any,
     out: Any,
 ) -> None:
+    """Publish this part's devices' fixes from ``t_start`` to ``t_end`` at ``rate`` each;
+    put on ``out`` the send times of the probe pairs' fixes (for fix -> CIC)."""
     pub = RawPublisher(host, port, f"bench-publisher-{part}")
     period = 1.0 / rate
     devices = []  # (phase in the period, device index)
