@@ -79,7 +79,7 @@ from storage.fixpack import unpack_body as _unpack_body
 from storage.signing import EvidenceKey, is_key_hex, verify_signature
 from storage.store import open_durable, transaction
 
-#: An entry to append: ``(case_id, t, kind, body)``, or a block of fixes to stage.
+#: An entry of a case's chain, as given to :meth:`EvidenceLog.append`: ``(case_id, t, kind, body)``.
 Entry = tuple[str, float, str, dict[str, Any]]
 
 GENESIS = "0" * 64
@@ -370,9 +370,9 @@ class EvidenceLog:
         bucket = np.array(
             [zlib.crc32(c.encode()) % FOLD_BUCKETS for c in merged.cases], dtype=np.int64
         )
-        key = bucket[merged.case_of] * max(1, len(merged.cases)) + merged.case_of
-        order = np.argsort(key, kind="stable")
-        bounds = np.searchsorted(bucket[merged.case_of][order], np.arange(FOLD_BUCKETS + 1))
+        of_fix = bucket[merged.case_of]
+        order = np.argsort(of_fix * max(1, len(merged.cases)) + merged.case_of, kind="stable")
+        bounds = np.searchsorted(of_fix[order], np.arange(FOLD_BUCKETS + 1))
         while done < FOLD_BUCKETS - 1 and bounds[done] == bounds[done + 1]:
             done += 1  # nothing to do in an empty bucket (the last one runs all the same)
         return _Fold(upto, done, merged, order, bounds)
@@ -383,9 +383,10 @@ class EvidenceLog:
         before: Callable[[sqlite3.Connection], None] | None = None,
         stored: list[bytes | None] | None = None,
     ) -> int:
-        """Chain, sign and insert ``entries`` in one transaction, after ``before`` (run in it).
-        The engine's batch adds about one entry per case it touched (its fixes), and one per
-        alarm message: one signature each."""
+        """Chain, sign and insert ``entries`` in one transaction, after ``before`` (run in it);
+        ``stored``, parallel to them, what to keep of each body where it is not its JSON (a
+        fold's packed fixes). One signature per entry: a fold adds one per case, the engine's
+        batches one per alarm message."""
         rows: list[tuple[str, int, float, str, bytes, str, str, str, str | None]] = []
         heads = dict(self._heads)
         for k, (case_id, t, kind, body) in enumerate(entries):
@@ -403,8 +404,8 @@ class EvidenceLog:
                 kept = pack_body(body)
             rows.append((case_id, seq, t, kind, kept or data, body_hash, prev, h, None))
             heads[case_id] = (seq, h)
-        # Every entry is signed (a write adds about one per case: its fixes, and each alarm
-        # message): an entry whose signature was removed cannot pass for an old one.
+        # Every entry is signed: an entry whose signature was removed cannot pass for an old
+        # one.
         rows = [(*r[:8], self._key.sign(head_message(r[0], r[1], r[7]))) for r in rows]
         if not rows and before is None:
             return 0
